@@ -1,0 +1,13 @@
+//! The Strata cluster model: the `Cluster` document, its located validation and (later)
+//! rendering of every host's files.
+#![forbid(unsafe_code)]
+
+pub mod diagnostic;
+pub mod formats;
+pub mod model;
+pub mod validate;
+pub mod yaml;
+
+pub use diagnostic::{Diagnostic, Location, Report, Severity};
+pub use model::{Cluster, Host, Role};
+pub use validate::{Context, Loaded, cluster_schema, load_file, load_str};
