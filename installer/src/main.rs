@@ -1,1 +1,111 @@
-fn main() {}
+//! The `strata` command.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod init;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, OutputFormat, Shell, ValidateArgs};
+
+fn main() -> ExitCode {
+    // The one TLS crypto provider of the whole program, installed before anything uses TLS.
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("strata: a TLS crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => validate(&args),
+        Command::Schema => {
+            let schema = strata_manifests::cluster_schema();
+            let text = serde_json::to_string_pretty(&schema).context("printing the schema")?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = std::io::stdout();
+            match shell {
+                Shell::Bash => clap_complete::generate(
+                    clap_complete::Shell::Bash,
+                    &mut cmd,
+                    "strata",
+                    &mut out,
+                ),
+                Shell::Zsh => {
+                    clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "strata", &mut out)
+                }
+                Shell::Fish => clap_complete::generate(
+                    clap_complete::Shell::Fish,
+                    &mut cmd,
+                    "strata",
+                    &mut out,
+                ),
+            }
+            out.flush().context("writing the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(args: &ValidateArgs) -> Result<ExitCode> {
+    let path = &args.file.file;
+    let (ok, report, summary) = match strata_manifests::load_file(path) {
+        Ok(loaded) => {
+            let c = &loaded.cluster;
+            let summary = format!(
+                "{}: valid: cluster {} with {} host{} (Kubernetes {}, platform {})",
+                path.display(),
+                c.name(),
+                c.spec.hosts.len(),
+                if c.spec.hosts.len() == 1 { "" } else { "s" },
+                c.spec.kubernetes.version,
+                c.spec.platform.name(),
+            );
+            (true, loaded.report, summary)
+        }
+        Err(report) => (false, report, String::new()),
+    };
+    match args.output {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "file": path.display().to_string(),
+                "valid": ok,
+                "diagnostics": report.diagnostics,
+            });
+            println!("{doc}");
+        }
+        OutputFormat::Text => {
+            if !report.diagnostics.is_empty() {
+                eprint!("{report}");
+            }
+            if ok {
+                println!("{summary}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

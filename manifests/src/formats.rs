@@ -94,8 +94,7 @@ pub fn check_dns_label(s: &str) -> Result<(), String> {
             .take(63)
             .collect();
         let mut msg = format!(
-            "`{s}` is not a DNS-1123 label (lower-case letters, digits and '-', at most 63, \
-             starting and ending with a letter or digit)"
+            "`{s}` is not a DNS-1123 label (a-z, 0-9 and '-', at most 63, no '-' at either end)"
         );
         if is_dns_label(&suggestion) {
             msg.push_str(&format!("; for example `{suggestion}`"));

@@ -1,0 +1,126 @@
+//! Command-line interface definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Strata turns a few Linux hosts into a secure, self-updating Kubernetes cluster.
+///
+/// Start with `strata init` to write a Cluster file (cluster.yaml), check it with
+/// `strata validate`, then install with `strata apply`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a Cluster file by answering questions in the terminal.
+    ///
+    /// Without a terminal (CI), pass every answer as a flag with --non-interactive.
+    Init(InitArgs),
+    /// Check a Cluster file and report every problem with its line and column.
+    ///
+    /// Exits 0 when the file is valid (warnings are printed but allowed), 1 otherwise.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of the Cluster file, for editors and other tools.
+    Schema,
+    /// Print a shell completion script (e.g. `strata completions bash > /etc/bash_completion.d/strata`).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct FileArg {
+    /// The Cluster file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "cluster.yaml",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Readable text.
+    #[default]
+    Text,
+    /// One JSON document (for CI and tools).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlatformChoice {
+    /// Existing machines reached over SSH.
+    Ssh,
+    /// systemd-nspawn machines created on this computer.
+    Local,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the Cluster file.
+    #[arg(short = 'o', long, default_value = "cluster.yaml", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Overwrite the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Take every answer from flags instead of asking (for CI and scripts).
+    #[arg(long)]
+    pub non_interactive: bool,
+    /// Cluster name (a DNS-1123 label). [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub name: Option<String>,
+    /// Where hosts come from. [non-interactive]
+    #[arg(long, value_enum, requires = "non_interactive")]
+    pub platform: Option<PlatformChoice>,
+    /// A host as NAME[@ADDRESS]:ROLE[,ROLE...], e.g. cp1@198.18.0.2:etcd,control-plane.
+    /// Repeat for each host. [non-interactive]
+    #[arg(long = "host", value_name = "HOST", requires = "non_interactive")]
+    pub hosts: Vec<String>,
+    /// SSH login user. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub ssh_user: Option<String>,
+    /// SSH port. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub ssh_port: Option<u16>,
+    /// SSH private key file. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub ssh_key: Option<String>,
+    /// Kubernetes version. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub kubernetes_version: Option<String>,
+    /// Pod network CIDR. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub pod_cidr: Option<String>,
+    /// Service network CIDR. [non-interactive]
+    #[arg(long, requires = "non_interactive")]
+    pub service_cidr: Option<String>,
+}

@@ -1,0 +1,215 @@
+//! The `strata` binary as users and CI run it: exit codes, messages, files written.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn home_with_key() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(home.path().join(".ssh")).expect("mkdir");
+    let key = home.path().join(".ssh/id_ed25519");
+    std::fs::write(&key, "placeholder\n").expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    home
+}
+
+fn strata(args: &[&str], home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("HOME", home)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run strata")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_reports_five_located_errors_and_fails() {
+    let home = home_with_key();
+    let file = repo("manifests/tests/data/five-mistakes.yaml");
+    let out = strata(
+        &["validate", "-f", &file.display().to_string()],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let located: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("five-mistakes.yaml:") && l.contains(": error: "))
+        .collect();
+    assert_eq!(located.len(), 5, "{err}");
+    for l in located {
+        // file:line:column: error: field.path: message
+        let rest = l.split("five-mistakes.yaml:").nth(1).expect("location");
+        let mut parts = rest.splitn(3, ':');
+        assert!(
+            parts.next().and_then(|n| n.parse::<usize>().ok()).is_some(),
+            "{l}"
+        );
+        assert!(
+            parts.next().and_then(|n| n.parse::<usize>().ok()).is_some(),
+            "{l}"
+        );
+    }
+    assert!(err.contains("5 errors, 0 warnings"), "{err}");
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let home = home_with_key();
+    for f in ["examples/ssh-minimal.yaml", "examples/local.yaml"] {
+        let out = strata(
+            &["validate", "-f", &repo(f).display().to_string()],
+            home.path(),
+        );
+        assert!(out.status.success(), "{f}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("valid: cluster"), "{f}");
+    }
+}
+
+#[test]
+fn validate_json_output_is_machine_readable() {
+    let home = home_with_key();
+    let file = repo("manifests/tests/data/five-mistakes.yaml");
+    let out = strata(
+        &[
+            "validate",
+            "--output",
+            "json",
+            "-f",
+            &file.display().to_string(),
+        ],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], false);
+    let diags = v["diagnostics"].as_array().expect("list");
+    assert_eq!(diags.len(), 5);
+    assert!(diags.iter().all(|d| d["location"]["line"].is_u64()));
+}
+
+#[test]
+fn validate_names_a_missing_file() {
+    let home = home_with_key();
+    let out = strata(
+        &["validate", "-f", "/nonexistent/cluster.yaml"],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/cluster.yaml: error: cannot read the file"));
+}
+
+#[test]
+fn init_without_a_terminal_points_to_the_alternatives() {
+    let home = home_with_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_file = dir.path().join("c.yaml");
+    let out = strata(
+        &["init", "-o", &out_file.display().to_string()],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--non-interactive"), "{err}");
+    assert!(err.contains("examples/"), "{err}");
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn init_non_interactive_writes_a_valid_file_and_refuses_bad_answers() {
+    let home = home_with_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.yaml");
+    let f = file.display().to_string();
+    let out = strata(
+        &[
+            "init",
+            "--non-interactive",
+            "-o",
+            &f,
+            "--name",
+            "ci",
+            "--platform",
+            "ssh",
+            "--host",
+            "cp1@198.18.0.2:etcd,control-plane",
+            "--host",
+            "w1@198.18.0.3:worker",
+        ],
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = strata(&["validate", "-f", &f], home.path());
+    assert!(check.status.success(), "{}", text(&check.stderr));
+
+    // Existing file: refused without --force.
+    let again = strata(
+        &[
+            "init",
+            "--non-interactive",
+            "-o",
+            &f,
+            "--name",
+            "ci",
+            "--host",
+            "a@198.18.0.9:etcd,control-plane",
+        ],
+        home.path(),
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("--force"));
+
+    // Invalid answers: the full report, and nothing written.
+    let bad = dir.path().join("bad.yaml");
+    let out = strata(
+        &[
+            "init",
+            "--non-interactive",
+            "-o",
+            &bad.display().to_string(),
+            "--name",
+            "ci",
+            "--host",
+            "cp1@198.18.0.2:etcd,control-plane",
+            "--host",
+            "cp1@198.18.0.2:worker",
+            "--pod-cidr",
+            "10.96.0.0/16",
+        ],
+        home.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("duplicate host name `cp1`"), "{err}");
+    assert!(err.contains("also used by host `cp1`"), "{err}");
+    assert!(err.contains("overlaps the pod CIDR"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn schema_and_completions_print() {
+    let home = home_with_key();
+    let out = strata(&["schema"], home.path());
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json schema");
+    assert_eq!(schema["title"], "Strata Cluster");
+    assert!(schema["$defs"]["Host"]["properties"]["roles"].is_object());
+    for shell in ["bash", "zsh", "fish"] {
+        let out = strata(&["completions", shell], home.path());
+        assert!(out.status.success(), "{shell}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("validate") && script.contains("init"),
+            "{shell}"
+        );
+    }
+}
