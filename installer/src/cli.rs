@@ -30,6 +30,9 @@ pub enum Command {
     ///
     /// Exits 0 when the file is valid (warnings are printed but allowed), 1 otherwise.
     Validate(ValidateArgs),
+    /// Manage the cluster's certificates: create, check expiry, renew.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Print the JSON Schema of the Cluster file, for editors and other tools.
     Schema,
     /// Print a shell completion script (e.g. `strata completions bash > /etc/bash_completion.d/strata`).
@@ -37,6 +40,58 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create the CAs, certificates and kubeconfigs that are missing, and re-issue those whose
+    /// inputs changed (a host added, an address changed). Everything else stays as it is.
+    Generate(StateArgs),
+    /// List every certificate with its expiry; exit 1 when one expires within --within or
+    /// has a problem.
+    Check {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Warn about certificates that expire within this many days (e.g. 30, 30d, 720h).
+        #[arg(long, default_value = "30d", value_parser = parse_days)]
+        within: i64,
+    },
+    /// Re-issue leaf certificates with the same CA and keys (new serial and validity).
+    /// CAs are never renewed by this command.
+    Renew {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Renew every leaf certificate.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        /// Certificates to renew, as `certs check` names them (e.g. apiserver, kubelet/w1).
+        #[arg(value_name = "NAME", required_unless_present = "all")]
+        names: Vec<String>,
+    },
+}
+
+/// Days from `30`, `30d` or a duration such as `720h`.
+fn parse_days(s: &str) -> Result<i64, String> {
+    if let Some(d) = s
+        .strip_suffix('d')
+        .unwrap_or(s)
+        .parse::<i64>()
+        .ok()
+        .filter(|_| s.ends_with('d') || s.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Ok(d);
+    }
+    strata_manifests::formats::parse_duration(s)
+        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX))
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// The cluster's state directory [default: <directory of the Cluster file>/<cluster name>].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,6 +1,7 @@
 //! The `strata` command.
 #![forbid(unsafe_code)]
 
+mod certs;
 mod cli;
 mod init;
 
@@ -35,6 +36,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate(&args),
+        Command::Certs(cmd) => certs::run(&cmd),
         Command::Schema => {
             let schema = strata_manifests::cluster_schema();
             let text = serde_json::to_string_pretty(&schema).context("printing the schema")?;

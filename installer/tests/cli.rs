@@ -213,3 +213,81 @@ fn schema_and_completions_print() {
         );
     }
 }
+
+#[test]
+fn certs_generate_check_and_renew() {
+    let home = home_with_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster.yaml");
+    std::fs::copy(repo("examples/local.yaml"), &file).expect("copy");
+    let f = file.display().to_string();
+    // A state directory created beforehand with a loose mode is tightened.
+    std::fs::create_dir(dir.path().join("local")).expect("mkdir");
+    std::fs::set_permissions(
+        dir.path().join("local"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+
+    let out = strata(&["certs", "generate", "-f", &f], home.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let so = text(&out.stdout);
+    assert!(so.contains("26 created, 0 re-issued, 0 kept"), "{so}");
+    // Default state directory: next to the file, named after the cluster.
+    let state = dir.path().join("local");
+    let mode = |p: &str| {
+        std::fs::metadata(state.join(p))
+            .expect(p)
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("pki/ca.key"), 0o600);
+    assert_eq!(mode("auth/kubeconfig"), 0o600);
+    assert_eq!(mode("pki"), 0o700);
+    assert_eq!(mode(""), 0o700);
+
+    let again = strata(&["certs", "generate", "-f", &f], home.path());
+    assert!(text(&again.stdout).contains("0 created, 0 re-issued, 26 kept"));
+
+    let check = strata(&["certs", "check", "-f", &f], home.path());
+    assert!(check.status.success(), "{}", text(&check.stdout));
+    assert!(text(&check.stdout).contains("all 17 certificates valid for at least 30 days"));
+    // Leaves live a year: asking for 400 days of margin fails and says what to do.
+    let strict = strata(
+        &["certs", "check", "-f", &f, "--within", "400d"],
+        home.path(),
+    );
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(text(&strict.stdout).contains("expires within 400 days"));
+    assert!(text(&strict.stderr).contains("strata certs renew"));
+
+    let renew = strata(&["certs", "renew", "-f", &f, "apiserver"], home.path());
+    assert!(renew.status.success(), "{}", text(&renew.stderr));
+    assert!(text(&renew.stdout).contains("re-issued  apiserver: renewed"));
+    let bad = strata(&["certs", "renew", "-f", &f, "etcd/ca"], home.path());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("never touches a CA"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let none = strata(&["certs", "renew", "-f", &f], home.path());
+    assert_eq!(none.status.code(), Some(2), "NAME or --all is required");
+
+    // --state-dir puts the PKI elsewhere.
+    let other = dir.path().join("elsewhere");
+    let out = strata(
+        &[
+            "certs",
+            "generate",
+            "-f",
+            &f,
+            "--state-dir",
+            &other.display().to_string(),
+        ],
+        home.path(),
+    );
+    assert!(out.status.success());
+    assert!(other.join("pki/ca.crt").exists());
+}

@@ -5,6 +5,7 @@
 pub mod diagnostic;
 pub mod formats;
 pub mod model;
+pub mod pki;
 pub mod validate;
 pub mod yaml;
 

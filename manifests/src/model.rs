@@ -326,6 +326,10 @@ pub struct ControlPlane {
     /// host:port of the API; empty means the first control-plane host, port 6443.
     #[serde(default = "default_endpoint")]
     pub endpoint: Endpoint,
+    /// Extra IP addresses and DNS names for the API server certificate (a load balancer,
+    /// a public name).
+    #[serde(default, rename = "certSANs", skip_serializing_if = "Vec::is_empty")]
+    pub cert_sans: Vec<HostAddress>,
 }
 
 fn default_endpoint() -> Endpoint {
@@ -336,6 +340,7 @@ impl Default for ControlPlane {
     fn default() -> Self {
         Self {
             endpoint: default_endpoint(),
+            cert_sans: Vec::new(),
         }
     }
 }
@@ -750,6 +755,29 @@ impl Cluster {
                 .clone()
                 .unwrap_or_else(|| d.private_key.clone()),
             host_key: host.ssh.host_key.clone(),
+        }
+    }
+
+    /// On the local platform, gives every host without an address the next free one of
+    /// the benchmarking range 198.18.0.0/15 (from 198.18.0.2 on, in host order).
+    pub fn assign_local_addresses(&mut self) {
+        if !matches!(self.spec.platform, Platform::Local(_)) {
+            return;
+        }
+        let used: Vec<IpAddr> = self
+            .spec
+            .hosts
+            .iter()
+            .filter_map(|h| h.address.as_ref().and_then(HostAddress::ip))
+            .collect();
+        let mut next = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2));
+        for h in self.spec.hosts.iter_mut().filter(|h| h.address.is_none()) {
+            while used.contains(&IpAddr::V4(next.into())) {
+                next += 1;
+            }
+            let ip = std::net::Ipv4Addr::from(next);
+            h.address = Some(HostAddress((ip.to_string(), HostAddr::Ip(IpAddr::V4(ip)))));
+            next += 1;
         }
     }
 

@@ -128,7 +128,7 @@ pub fn load_str(text: &str, ctx: &Context) -> Result<Loaded, Report> {
 
     let cluster = serde_json::from_value::<Cluster>(value);
     match cluster {
-        Ok(cluster) => {
+        Ok(mut cluster) => {
             let semantic = semantic_problems(&cluster, &doc, ctx);
             report.diagnostics.extend(semantic.into_iter().filter(|d| {
                 !repaired
@@ -140,6 +140,7 @@ pub fn load_str(text: &str, ctx: &Context) -> Result<Loaded, Report> {
             if report.has_errors() {
                 Err(report)
             } else {
+                cluster.assign_local_addresses();
                 Ok(Loaded {
                     cluster,
                     report,

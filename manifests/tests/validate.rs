@@ -223,3 +223,22 @@ fn written_yaml_round_trips() {
         .cluster;
     assert_eq!(first, again, "{written}");
 }
+
+#[test]
+fn local_hosts_without_addresses_get_free_ones() {
+    let hosts = "    - {name: a, roles: [etcd, control-plane]}\n    - {name: b, address: 198.18.0.3, roles: [worker]}\n    - {name: c, roles: [worker]}\n";
+    let c = check(&minimal(hosts, "")).expect("valid").cluster;
+    let addrs: Vec<String> = c
+        .spec
+        .hosts
+        .iter()
+        .map(|h| {
+            h.address
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(addrs, ["198.18.0.2", "198.18.0.3", "198.18.0.4"]);
+    assert_eq!(c.api_endpoint().as_deref(), Some("198.18.0.2:6443"));
+}

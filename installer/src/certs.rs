@@ -1,0 +1,144 @@
+//! `strata certs generate | check | renew`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, anyhow};
+use strata_manifests::Context;
+use strata_pki::{Action, Outcome, Selection, StateDir};
+use time::OffsetDateTime;
+
+use crate::cli::{CertsCommand, StateArgs};
+
+/// A Cluster's PKI inputs and its state directory.
+pub struct ClusterState {
+    pub inputs: strata_pki::Inputs,
+    pub state: StateDir,
+}
+
+/// Loads and validates the Cluster file (printing warnings) and locates its state directory.
+pub fn load(args: &StateArgs) -> Result<ClusterState> {
+    let path = &args.file.file;
+    let loaded = strata_manifests::load_file(path).map_err(|report| {
+        eprint!("{report}");
+        anyhow!("{} is not valid; fix the errors above", path.display())
+    })?;
+    if !loaded.report.diagnostics.is_empty() {
+        eprint!("{}", loaded.report);
+    }
+    let ctx = Context::for_file(path);
+    let inputs = strata_manifests::pki::inputs(&loaded.cluster, &ctx)
+        .with_context(|| format!("{}", path.display()))?;
+    let root = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => ctx.base_dir.join(loaded.cluster.name()),
+    };
+    Ok(ClusterState {
+        inputs,
+        state: StateDir::new(root),
+    })
+}
+
+fn print_outcome(out: &Outcome) {
+    for (name, action) in &out.items {
+        match action {
+            Action::Created => println!("  created    {name}"),
+            Action::Reissued(why) => println!("  re-issued  {name}: {why}"),
+            Action::Kept => {}
+        }
+    }
+    println!(
+        "{} created, {} re-issued, {} kept",
+        out.created().count(),
+        out.reissued().count(),
+        out.kept().count()
+    );
+}
+
+pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
+    let now = OffsetDateTime::now_utc();
+    match cmd {
+        CertsCommand::Generate(args) => {
+            let cs = load(args)?;
+            let out = strata_pki::generate(&cs.inputs, &cs.state, now).with_context(|| {
+                format!("phase pki, state directory {}", cs.state.root.display())
+            })?;
+            println!(
+                "PKI of cluster {} in {}",
+                cs.inputs.cluster_name,
+                cs.state.root.display()
+            );
+            print_outcome(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Check { state, within } => {
+            let cs = load(state)?;
+            let rows = strata_pki::check(&cs.inputs, &cs.state, now)
+                .with_context(|| format!("reading {}", cs.state.root.display()))?;
+            let mut failing = 0;
+            println!(
+                "{:<32} {:<34} {:<16} {:<11} {:>5}  STATUS",
+                "NAME", "SUBJECT", "ISSUER", "NOT AFTER", "DAYS"
+            );
+            for r in &rows {
+                let status = match (&r.problem, r.days_left) {
+                    (Some(p), _) => format!("PROBLEM: {p}"),
+                    (None, Some(d)) if d < 0 => "EXPIRED".into(),
+                    (None, Some(d)) if d < *within => format!("expires within {within} days"),
+                    _ => "ok".into(),
+                };
+                if status != "ok" {
+                    failing += 1;
+                }
+                println!(
+                    "{:<32} {:<34} {:<16} {:<11} {:>5}  {status}",
+                    r.name,
+                    short(&r.subject, 34),
+                    short(&r.issuer.replace("CN=", ""), 16),
+                    r.not_after
+                        .map(|t| t.date().to_string())
+                        .unwrap_or("-".into()),
+                    r.days_left.map(|d| d.to_string()).unwrap_or("-".into()),
+                );
+            }
+            if failing > 0 {
+                eprintln!(
+                    "{failing} certificate(s) need attention: `strata certs generate` creates \
+                     missing ones, `strata certs renew NAME` renews expiring ones"
+                );
+                Ok(ExitCode::FAILURE)
+            } else {
+                println!(
+                    "all {} certificates valid for at least {within} days",
+                    rows.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        CertsCommand::Renew { state, all, names } => {
+            let cs = load(state)?;
+            let selection = if *all {
+                Selection::All
+            } else {
+                Selection::Names(names.clone())
+            };
+            let out = strata_pki::renew(&cs.inputs, &cs.state, now, &selection)
+                .with_context(|| format!("renewing in {}", cs.state.root.display()))?;
+            print_outcome(&out);
+            println!(
+                "Hosts still use the old certificates until they are shipped and the \
+                 components restarted (strata apply)."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

@@ -1,0 +1,150 @@
+//! Files of the state directory: atomic writes with explicit modes.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::PkiError;
+
+/// Mode of private keys and files that embed one (kubeconfigs).
+pub const PRIVATE: u32 = 0o600;
+/// Mode of certificates and public keys.
+pub const PUBLIC: u32 = 0o644;
+/// Mode of every directory of the state directory.
+pub const DIR: u32 = 0o700;
+
+fn io_err(path: &Path, source: io::Error) -> PkiError {
+    PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `dir` and its missing parents inside `root` with mode 0700 (and tightens `root`).
+pub fn ensure_dir(root: &Path, dir: &Path) -> Result<(), PkiError> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut d = dir.to_path_buf();
+    while !d.exists() {
+        missing.push(d.clone());
+        if !d.pop() {
+            break;
+        }
+    }
+    for m in missing.iter().rev() {
+        fs::create_dir(m)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| io_err(m, e))?;
+        if m.starts_with(root) {
+            fs::set_permissions(m, fs::Permissions::from_mode(DIR)).map_err(|e| io_err(m, e))?;
+        }
+    }
+    if dir.starts_with(root) {
+        let mode = fs::metadata(dir)
+            .map_err(|e| io_err(dir, e))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode != DIR {
+            fs::set_permissions(dir, fs::Permissions::from_mode(DIR))
+                .map_err(|e| io_err(dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file created with `mode` in the same
+/// directory, flushed to disk, then renamed over `path`. An interrupted run leaves either
+/// the old file or the new one, never half of one.
+pub fn write_atomic(root: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let dir = path.parent().unwrap_or(root);
+    ensure_dir(root, dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    drop(f);
+    // The umask may have narrowed the mode at creation; set it exactly.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
+/// Writes only when the content differs; says whether it wrote. Fixes the mode either way.
+pub fn write_if_changed(
+    root: &Path,
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<bool, PkiError> {
+    if let Ok(existing) = fs::read(path)
+        && existing == bytes
+    {
+        let current = fs::metadata(path)
+            .map_err(|e| io_err(path, e))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if current != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(path, e))?;
+        }
+        return Ok(false);
+    }
+    write_atomic(root, path, bytes, mode)?;
+    Ok(true)
+}
+
+/// Reads a text file; `Ok(None)` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_modes_and_dirs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("pki/etcd/ca.key");
+        write_atomic(root.path(), &path, b"secret", PRIVATE).expect("write");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&root.path().join("pki")), 0o700);
+        assert_eq!(mode(&root.path().join("pki/etcd")), 0o700);
+        assert!(!write_if_changed(root.path(), &path, b"secret", PRIVATE).expect("same"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(!write_if_changed(root.path(), &path, b"secret", PRIVATE).expect("same"));
+        assert_eq!(mode(&path), 0o600, "mode is repaired");
+        assert!(write_if_changed(root.path(), &path, b"other", PRIVATE).expect("changed"));
+        assert_eq!(fs::read(&path).expect("read"), b"other");
+        // No temporary files are left behind.
+        let leftovers: Vec<_> = fs::read_dir(root.path().join("pki/etcd"))
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
