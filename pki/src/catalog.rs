@@ -227,13 +227,14 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
     }
     out.push(api);
 
+    // Not system:masters: RBAC grants this identity the kubelet API only (see the
+    // cluster objects rendered by strata-manifests).
     out.push(
         CertSpec::new(
             "apiserver-kubelet-client",
             CaId::Kubernetes,
             "kube-apiserver-kubelet-client",
         )
-        .org("system:masters")
         .client(),
     );
     out.push(CertSpec::new("front-proxy-client", CaId::FrontProxy, "front-proxy-client").client());
@@ -315,6 +316,20 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         .kubeconfig(format!("kubeconfigs/kubelet-{}.conf", n.name), user);
         c.nodes.push(n.name.clone());
         out.push(c);
+        // The kubelet's serving certificate, so the API server can verify it.
+        let mut s = CertSpec::new(
+            format!("kubelet/{}-serving", n.name),
+            CaId::Kubernetes,
+            format!("system:node:{}", n.name),
+        )
+        .org("system:nodes")
+        .server();
+        s.dns_names.insert(n.name.clone());
+        if let Some(a) = &n.address {
+            s.san(a);
+        }
+        s.nodes.push(n.name.clone());
+        out.push(s);
     }
     out
 }
@@ -375,7 +390,7 @@ pub(crate) mod tests {
         let certs = leaf_certificates(&three_hosts());
         let kubelets: Vec<&CertSpec> = certs
             .iter()
-            .filter(|c| c.name.starts_with("kubelet/"))
+            .filter(|c| c.name.starts_with("kubelet/") && !c.name.ends_with("-serving"))
             .collect();
         assert_eq!(kubelets.len(), 3);
         for k in &kubelets {

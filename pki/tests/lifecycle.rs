@@ -19,7 +19,7 @@ fn second_run_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = StateDir::new(dir.path());
     let first = generate(&three_hosts(), &state, now()).expect("generate");
-    assert_eq!(first.created().count(), 26, "{first:?}");
+    assert_eq!(first.created().count(), 29, "{first:?}");
     let before = snapshot(dir.path());
     let second = generate(&three_hosts(), &state, now()).expect("again");
     assert_eq!(second.created().count(), 0);
@@ -43,6 +43,8 @@ fn adding_a_worker_touches_only_its_own_files() {
         changed(&before, &snapshot(dir.path())),
         [
             "kubeconfigs/kubelet-w3.conf",
+            "pki/kubelet/w3-serving.crt",
+            "pki/kubelet/w3-serving.key",
             "pki/kubelet/w3.crt",
             "pki/kubelet/w3.key"
         ]
@@ -68,6 +70,8 @@ fn adding_a_control_plane_host_reissues_the_apiserver_certificate() {
         "pki/etcd/peer-cp2.key",
         "pki/etcd/server-cp2.crt",
         "pki/etcd/server-cp2.key",
+        "pki/kubelet/cp2-serving.crt",
+        "pki/kubelet/cp2-serving.key",
         "pki/kubelet/cp2.crt",
         "pki/kubelet/cp2.key",
     ];
@@ -101,6 +105,7 @@ fn changing_an_address_reissues_what_carries_it() {
             "kubeconfigs/kubelet-w1.conf",
             "kubeconfigs/kubelet-w2.conf",
             "kubeconfigs/scheduler.conf",
+            "kubelet/cp1-serving",
         ]
     );
     let after = snapshot(dir.path());
@@ -155,7 +160,7 @@ fn expired_or_foreign_leaves_are_reissued() {
         .reissued()
         .filter(|(_, why)| why.starts_with("expired on"))
         .count();
-    assert_eq!(expired, 14, "{out:?}");
+    assert_eq!(expired, 17, "{out:?}");
 
     // A leaf signed by another cluster's CA is re-issued by ours.
     let other = tempfile::tempdir().expect("tempdir");
@@ -232,8 +237,8 @@ fn renew_changes_serials_and_dates_but_not_keys_or_cas() {
     let all = renew(&inputs, &state, later, &Selection::All).expect("all");
     assert_eq!(
         all.reissued().count(),
-        14 + 7,
-        "14 leaves and 7 kubeconfigs"
+        17 + 7,
+        "17 leaves and 7 kubeconfigs"
     );
     assert_eq!(
         all.items
@@ -279,7 +284,7 @@ fn changing_the_key_algorithm_reissues_leaves_with_new_keys() {
         out.reissued()
             .filter(|(_, w)| w.contains("key algorithm changed to rsa-2048"))
             .count(),
-        14
+        17
     );
     let after = snapshot(dir.path());
     assert_ne!(

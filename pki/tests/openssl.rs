@@ -105,6 +105,16 @@ fn chains_usages_and_sans_as_openssl_sees_them() {
     ] {
         assert!(etcd.contains(needle), "etcd server lacks {needle}:\n{etcd}");
     }
+    let serving = text(&state.cert("kubelet/w1-serving"));
+    assert!(
+        serving.contains("TLS Web Server Authentication")
+            && serving.contains("IP Address:198.18.0.3")
+    );
+    let kac = text(&state.cert("apiserver-kubelet-client"));
+    assert!(
+        kac.contains("Subject: CN = kube-apiserver-kubelet-client"),
+        "not system:masters: {kac}"
+    );
     let fp = text(&state.cert("front-proxy-client"));
     assert!(
         fp.contains("Issuer: CN = front-proxy-ca")
