@@ -9,8 +9,9 @@ use time::OffsetDateTime;
 
 use crate::cli::{CertsCommand, StateArgs};
 
-/// A Cluster's PKI inputs and its state directory.
+/// A validated Cluster, its PKI inputs and its state directory.
 pub struct ClusterState {
+    pub cluster: strata_manifests::Cluster,
     pub inputs: strata_pki::Inputs,
     pub state: StateDir,
 }
@@ -33,6 +34,7 @@ pub fn load(args: &StateArgs) -> Result<ClusterState> {
         None => ctx.base_dir.join(loaded.cluster.name()),
     };
     Ok(ClusterState {
+        cluster: loaded.cluster,
         inputs,
         state: StateDir::new(root),
     })
@@ -41,12 +43,12 @@ pub fn load(args: &StateArgs) -> Result<ClusterState> {
 fn print_outcome(out: &Outcome) {
     for (name, action) in &out.items {
         match action {
-            Action::Created => println!("  created    {name}"),
-            Action::Reissued(why) => println!("  re-issued  {name}: {why}"),
+            Action::Created => outln!("  created    {name}"),
+            Action::Reissued(why) => outln!("  re-issued  {name}: {why}"),
             Action::Kept => {}
         }
     }
-    println!(
+    outln!(
         "{} created, {} re-issued, {} kept",
         out.created().count(),
         out.reissued().count(),
@@ -62,7 +64,7 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
             let out = strata_pki::generate(&cs.inputs, &cs.state, now).with_context(|| {
                 format!("phase pki, state directory {}", cs.state.root.display())
             })?;
-            println!(
+            outln!(
                 "PKI of cluster {} in {}",
                 cs.inputs.cluster_name,
                 cs.state.root.display()
@@ -75,9 +77,13 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
             let rows = strata_pki::check(&cs.inputs, &cs.state, now)
                 .with_context(|| format!("reading {}", cs.state.root.display()))?;
             let mut failing = 0;
-            println!(
+            outln!(
                 "{:<32} {:<34} {:<16} {:<11} {:>5}  STATUS",
-                "NAME", "SUBJECT", "ISSUER", "NOT AFTER", "DAYS"
+                "NAME",
+                "SUBJECT",
+                "ISSUER",
+                "NOT AFTER",
+                "DAYS"
             );
             for r in &rows {
                 let status = match (&r.problem, r.days_left) {
@@ -89,7 +95,7 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
                 if status != "ok" {
                     failing += 1;
                 }
-                println!(
+                outln!(
                     "{:<32} {:<34} {:<16} {:<11} {:>5}  {status}",
                     r.name,
                     short(&r.subject, 34),
@@ -107,7 +113,7 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             } else {
-                println!(
+                outln!(
                     "all {} certificates valid for at least {within} days",
                     rows.len()
                 );
@@ -124,7 +130,7 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
             let out = strata_pki::renew(&cs.inputs, &cs.state, now, &selection)
                 .with_context(|| format!("renewing in {}", cs.state.root.display()))?;
             print_outcome(&out);
-            println!(
+            outln!(
                 "Hosts still use the old certificates until they are shipped and the \
                  components restarted (strata apply)."
             );

@@ -30,6 +30,18 @@ pub enum Command {
     ///
     /// Exits 0 when the file is valid (warnings are printed but allowed), 1 otherwise.
     Validate(ValidateArgs),
+    /// Write every host's files and the cluster objects to a directory, without contacting
+    /// any host (creates the PKI if it is missing).
+    Render {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output directory: hosts/<host>/<absolute path> and cluster/<object>.yaml.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Show, per host, which files `apply` would create, change or remove compared with what
+    /// was last applied, without contacting any host.
+    Plan(StateArgs),
     /// Manage the cluster's certificates: create, check expiry, renew.
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -1,9 +1,19 @@
 //! The `strata` command.
 #![forbid(unsafe_code)]
 
+/// `println!` for command output that stops quietly when stdout is closed early (for
+/// example when piped into `head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod certs;
 mod cli;
 mod init;
+mod render;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -37,10 +47,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate(&args),
         Command::Certs(cmd) => certs::run(&cmd),
+        Command::Render { state, out } => render::run_render(&state, &out),
+        Command::Plan(state) => render::run_plan(&state),
         Command::Schema => {
             let schema = strata_manifests::cluster_schema();
             let text = serde_json::to_string_pretty(&schema).context("printing the schema")?;
-            println!("{text}");
+            outln!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
@@ -94,14 +106,14 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode> {
                 "valid": ok,
                 "diagnostics": report.diagnostics,
             });
-            println!("{doc}");
+            outln!("{doc}");
         }
         OutputFormat::Text => {
             if !report.diagnostics.is_empty() {
                 eprint!("{report}");
             }
             if ok {
-                println!("{summary}");
+                outln!("{summary}");
             }
         }
     }

@@ -5,8 +5,12 @@
 pub mod diagnostic;
 pub mod formats;
 pub mod model;
+pub mod objects;
 pub mod pki;
+pub mod plan;
+pub mod render;
 pub mod validate;
+pub mod versions;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Location, Report, Severity};

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -23,7 +22,7 @@ use crate::model::{Cluster, Platform, Role};
 use crate::yaml::{self, LocatedValue, json_path, pointer_segment};
 
 /// Kubernetes minor releases Strata knows how to configure (1.MINOR).
-pub const SUPPORTED_KUBERNETES_MINORS: RangeInclusive<u32> = 20..=33;
+pub use crate::versions::SUPPORTED_MINORS as SUPPORTED_KUBERNETES_MINORS;
 
 /// The JSON Schema of the Cluster document (what `strata schema` prints).
 pub fn cluster_schema() -> Value {

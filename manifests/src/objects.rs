@@ -1,0 +1,100 @@
+//! Cluster-wide objects the components need at start, as typed Kubernetes API values.
+//! Addons add theirs to the same list; `apply` sends each with server-side apply.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::Cluster;
+use crate::render::{ClusterObject, RenderError, to_yaml};
+
+/// Label on everything Strata creates in the cluster.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strata");
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn binding(name: &str, role: &str, subject_kind: &str, subject: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(name),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: subject_kind.into(),
+            name: subject.into(),
+            ..Subject::default()
+        }]),
+    }
+}
+
+pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+    // The API server reaches kubelets (logs, exec, port-forward, metrics) as
+    // kube-apiserver-kubelet-client: that identity gets the kubelet API and nothing else.
+    let kubelet_api = ClusterRole {
+        metadata: meta("strata:kube-apiserver-to-kubelet"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(
+                [
+                    "nodes/proxy",
+                    "nodes/stats",
+                    "nodes/log",
+                    "nodes/spec",
+                    "nodes/metrics",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            verbs: vec!["*".into()],
+            ..PolicyRule::default()
+        }]),
+        ..ClusterRole::default()
+    };
+    let kubelet_api_binding = binding(
+        "strata:kube-apiserver-to-kubelet",
+        "strata:kube-apiserver-to-kubelet",
+        "User",
+        "kube-apiserver-kubelet-client",
+    );
+    // kube-proxy watches Services and EndpointSlices with its own client certificate.
+    let proxier = binding(
+        "strata:kube-proxy",
+        "system:node-proxier",
+        "User",
+        "system:kube-proxy",
+    );
+    // Kubelets renew their client certificates (rotateCertificates) through CSRs that the
+    // controller-manager approves for the node's own identity only.
+    let renewal = binding(
+        "strata:node-client-certificate-renewal",
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        "Group",
+        "system:nodes",
+    );
+    Ok(vec![
+        ClusterObject {
+            file: "rbac-kube-apiserver-to-kubelet.clusterrole.yaml".into(),
+            yaml: to_yaml("ClusterRole", &kubelet_api)?,
+        },
+        ClusterObject {
+            file: "rbac-kube-apiserver-to-kubelet.clusterrolebinding.yaml".into(),
+            yaml: to_yaml("ClusterRoleBinding", &kubelet_api_binding)?,
+        },
+        ClusterObject {
+            file: "rbac-kube-proxy.clusterrolebinding.yaml".into(),
+            yaml: to_yaml("ClusterRoleBinding", &proxier)?,
+        },
+        ClusterObject {
+            file: "rbac-node-client-certificate-renewal.clusterrolebinding.yaml".into(),
+            yaml: to_yaml("ClusterRoleBinding", &renewal)?,
+        },
+    ])
+}

@@ -1,0 +1,803 @@
+//! Everything each host needs, as data: a tree of files (absolute host paths, contents,
+//! modes) per host, plus the cluster-wide objects. Written to a directory by
+//! `strata render`, compared with what was applied by `strata plan`, uploaded by `apply`.
+//!
+//! Control-plane components and etcd run as systemd units from binaries in [`BIN_DIR`].
+//! Every file is something an operator can read on the host and understand.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use strata_pki::StateDir;
+
+use crate::model::{Cluster, Host, Platform, Role};
+use crate::objects;
+use crate::pki::first_address;
+use crate::versions::{self, Item};
+
+/// Where Strata installs the binaries it ships.
+pub const BIN_DIR: &str = "/opt/strata/bin";
+/// Where the CNI plugins are.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const KUBE_DIR: &str = "/etc/kubernetes";
+pub const PKI_DIR: &str = "/etc/kubernetes/pki";
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+pub const API_PORT: u16 = 6443;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{}: {source}; run `strata certs generate` first", path.display())]
+    Pki {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host {host}: {reason}")]
+    Host { host: String, reason: String },
+    #[error("serializing {what}: {reason}")]
+    Serialize { what: String, reason: String },
+}
+
+/// One file on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFile {
+    pub mode: u32,
+    pub content: Vec<u8>,
+}
+
+/// All files of one host, by absolute path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTree {
+    pub host: String,
+    pub files: BTreeMap<String, HostFile>,
+}
+
+impl HostTree {
+    fn add(&mut self, path: impl Into<String>, mode: u32, content: impl Into<Vec<u8>>) {
+        self.files.insert(
+            path.into(),
+            HostFile {
+                mode,
+                content: content.into(),
+            },
+        );
+    }
+}
+
+/// A cluster-wide object, applied with server-side apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterObject {
+    /// File name under cluster/, e.g. `rbac-apiserver-kubelet.clusterrole.yaml`.
+    pub file: String,
+    pub yaml: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub hosts: Vec<HostTree>,
+    pub objects: Vec<ClusterObject>,
+}
+
+/// A systemd service unit for a long-running binary.
+struct Unit<'a> {
+    description: &'a str,
+    documentation: &'a str,
+    after: &'a [&'a str],
+    requires: &'a [&'a str],
+    exec: String,
+    args: Vec<String>,
+    extra: &'a [&'a str],
+}
+
+impl Unit<'_> {
+    fn text(&self) -> String {
+        let mut s =
+            String::from("# Written by Strata; changes are overwritten by `strata apply`.\n");
+        s.push_str("[Unit]\n");
+        s.push_str(&format!("Description={}\n", self.description));
+        s.push_str(&format!("Documentation={}\n", self.documentation));
+        let mut after = vec!["network-online.target"];
+        after.extend_from_slice(self.after);
+        s.push_str(&format!(
+            "After={}\nWants=network-online.target\n",
+            after.join(" ")
+        ));
+        if !self.requires.is_empty() {
+            s.push_str(&format!("Requires={}\n", self.requires.join(" ")));
+        }
+        s.push('\n');
+        s.push_str("[Service]\n");
+        s.push_str(&format!("ExecStart={}", self.exec));
+        for a in &self.args {
+            s.push_str(&format!(" \\\n  {a}"));
+        }
+        s.push('\n');
+        for e in self.extra {
+            s.push_str(e);
+            s.push('\n');
+        }
+        s.push_str("Restart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n");
+        s
+    }
+}
+
+fn flag(name: &str, value: impl std::fmt::Display) -> String {
+    format!("--{name}={value}")
+}
+
+struct Ctx<'a> {
+    cluster: &'a Cluster,
+    minor: u32,
+    state: &'a StateDir,
+}
+
+impl Ctx<'_> {
+    fn read(&self, path: PathBuf) -> Result<Vec<u8>, RenderError> {
+        std::fs::read(&path).map_err(|source| RenderError::Pki { path, source })
+    }
+    fn cert(&self, name: &str) -> Result<Vec<u8>, RenderError> {
+        self.read(self.state.cert(name))
+    }
+    fn key(&self, name: &str) -> Result<Vec<u8>, RenderError> {
+        self.read(self.state.key(name))
+    }
+    fn local(&self) -> bool {
+        matches!(self.cluster.spec.platform, Platform::Local(_))
+    }
+}
+
+fn host_ip(h: &Host) -> Option<IpAddr> {
+    h.address.as_ref().and_then(|a| a.ip())
+}
+
+/// `host` as it appears in a URL (`[v6]`).
+fn url_host(h: &Host) -> String {
+    match h.address.as_ref() {
+        Some(a) => match a.ip() {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => a.as_str().to_owned(),
+        },
+        None => h.name.to_string(),
+    }
+}
+
+fn yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(v, options).map_err(|e| RenderError::Serialize {
+        what: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The whole rendering: one tree per host and the cluster objects. Reads the PKI from the
+/// state directory (create it first with `strata_pki::generate`).
+pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderError> {
+    let ctx = Ctx {
+        cluster,
+        minor: cluster.spec.kubernetes.version.minor(),
+        state,
+    };
+    let mut hosts = Vec::new();
+    for h in &cluster.spec.hosts {
+        let mut t = HostTree {
+            host: h.name.to_string(),
+            ..HostTree::default()
+        };
+        node_files(&ctx, h, &mut t)?;
+        if h.has_role(Role::Etcd) {
+            etcd_files(&ctx, h, &mut t)?;
+        }
+        if h.has_role(Role::ControlPlane) {
+            control_plane_files(&ctx, h, &mut t)?;
+        }
+        hosts.push(t);
+    }
+    Ok(Rendered {
+        hosts,
+        objects: objects::cluster_objects(cluster)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd
+
+fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    let c = ctx.cluster;
+    let me = url_host(h);
+    let initial: Vec<String> = c
+        .hosts_with(Role::Etcd)
+        .map(|m| format!("{}=https://{}:{ETCD_PEER_PORT}", m.name, url_host(m)))
+        .collect();
+    // Listen on the host's own address and loopback; a host known by name listens on all.
+    let (listen_client, listen_peer) = match host_ip(h) {
+        Some(_) => (
+            format!("https://{me}:{ETCD_CLIENT_PORT},https://127.0.0.1:{ETCD_CLIENT_PORT}"),
+            format!("https://{me}:{ETCD_PEER_PORT}"),
+        ),
+        None => (
+            format!("https://0.0.0.0:{ETCD_CLIENT_PORT}"),
+            format!("https://0.0.0.0:{ETCD_PEER_PORT}"),
+        ),
+    };
+    let etcd_pki = format!("{PKI_DIR}/etcd");
+    let config = format!(
+        "# etcd member {name} of cluster {cluster}. Written by Strata.\n\
+         name: {name}\n\
+         data-dir: /var/lib/etcd\n\
+         listen-client-urls: {listen_client}\n\
+         advertise-client-urls: https://{me}:{ETCD_CLIENT_PORT}\n\
+         listen-peer-urls: {listen_peer}\n\
+         initial-advertise-peer-urls: https://{me}:{ETCD_PEER_PORT}\n\
+         initial-cluster: {initial}\n\
+         initial-cluster-state: new\n\
+         initial-cluster-token: strata-{cluster}\n\
+         listen-metrics-urls: http://127.0.0.1:2381\n\
+         client-transport-security:\n  \
+           cert-file: {etcd_pki}/server.crt\n  \
+           key-file: {etcd_pki}/server.key\n  \
+           trusted-ca-file: {etcd_pki}/ca.crt\n  \
+           client-cert-auth: true\n\
+         peer-transport-security:\n  \
+           cert-file: {etcd_pki}/peer.crt\n  \
+           key-file: {etcd_pki}/peer.key\n  \
+           trusted-ca-file: {etcd_pki}/ca.crt\n  \
+           client-cert-auth: true\n",
+        name = h.name,
+        cluster = c.name(),
+        initial = initial.join(","),
+    );
+    t.add("/etc/etcd/etcd.conf.yaml", 0o644, config);
+    let unit = Unit {
+        description: "etcd key-value store (Strata)",
+        documentation: "https://etcd.io/docs/v3.4/op-guide/configuration/",
+        after: &[],
+        requires: &[],
+        exec: format!("{BIN_DIR}/etcd"),
+        args: vec![flag("config-file", "/etc/etcd/etcd.conf.yaml")],
+        extra: &["Type=notify", "LimitNOFILE=65536"],
+    };
+    t.add("/etc/systemd/system/etcd.service", 0o644, unit.text());
+    t.add(format!("{etcd_pki}/ca.crt"), 0o644, ctx.cert("etcd/ca")?);
+    for (kind, src) in [
+        ("server", format!("etcd/server-{}", h.name)),
+        ("peer", format!("etcd/peer-{}", h.name)),
+        ("healthcheck-client", "etcd/healthcheck-client".to_string()),
+    ] {
+        t.add(format!("{etcd_pki}/{kind}.crt"), 0o644, ctx.cert(&src)?);
+        t.add(format!("{etcd_pki}/{kind}.key"), 0o600, ctx.key(&src)?);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Control plane
+
+const AUDIT_POLICY: &str = "\
+# What the API server records in /var/log/kubernetes/audit.log. Written by Strata.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages:
+- RequestReceived
+rules:
+# Noisy, harmless reads by the control plane itself.
+- level: None
+  users:
+  - system:kube-proxy
+  verbs:
+  - watch
+- level: None
+  userGroups:
+  - system:nodes
+  verbs:
+  - get
+  - list
+  - watch
+- level: None
+  nonResourceURLs:
+  - /healthz*
+  - /livez*
+  - /readyz*
+  - /version
+# Never record the content of secrets or tokens.
+- level: Metadata
+  resources:
+  - group: \"\"
+    resources:
+    - secrets
+    - configmaps
+    - serviceaccounts/token
+  - group: authentication.k8s.io
+    resources:
+    - tokenreviews
+# Changes with their request bodies; everything else as metadata.
+- level: Request
+  verbs:
+  - create
+  - update
+  - patch
+  - delete
+  - deletecollection
+- level: Metadata
+";
+
+fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    let c = ctx.cluster;
+    let net = &c.spec.network;
+    let etcd_servers: Vec<String> = c
+        .hosts_with(Role::Etcd)
+        .map(|m| format!("https://{}:{ETCD_CLIENT_PORT}", url_host(m)))
+        .collect();
+    let issuer = format!("https://kubernetes.default.svc.{}", net.cluster_domain);
+    let mut api = vec![];
+    if let Some(ip) = host_ip(h) {
+        api.push(flag("advertise-address", ip));
+    }
+    api.extend([
+        flag("allow-privileged", true),
+        flag("anonymous-auth", false),
+        flag("authorization-mode", "Node,RBAC"),
+        flag("enable-admission-plugins", "NodeRestriction"),
+        flag("secure-port", API_PORT),
+        flag("tls-min-version", "VersionTLS12"),
+        flag("client-ca-file", format!("{PKI_DIR}/ca.crt")),
+        flag("tls-cert-file", format!("{PKI_DIR}/apiserver.crt")),
+        flag("tls-private-key-file", format!("{PKI_DIR}/apiserver.key")),
+        flag("kubelet-certificate-authority", format!("{PKI_DIR}/ca.crt")),
+        flag(
+            "kubelet-client-certificate",
+            format!("{PKI_DIR}/apiserver-kubelet-client.crt"),
+        ),
+        flag(
+            "kubelet-client-key",
+            format!("{PKI_DIR}/apiserver-kubelet-client.key"),
+        ),
+        flag("kubelet-preferred-address-types", "InternalIP,Hostname"),
+        flag("etcd-servers", etcd_servers.join(",")),
+        flag("etcd-cafile", format!("{PKI_DIR}/etcd/ca.crt")),
+        flag(
+            "etcd-certfile",
+            format!("{PKI_DIR}/apiserver-etcd-client.crt"),
+        ),
+        flag(
+            "etcd-keyfile",
+            format!("{PKI_DIR}/apiserver-etcd-client.key"),
+        ),
+        flag("service-cluster-ip-range", net.service_cidr.net()),
+        flag("service-account-issuer", &issuer),
+        flag("service-account-key-file", format!("{PKI_DIR}/sa.pub")),
+        flag(
+            "service-account-signing-key-file",
+            format!("{PKI_DIR}/sa.key"),
+        ),
+        flag(
+            "requestheader-client-ca-file",
+            format!("{PKI_DIR}/front-proxy-ca.crt"),
+        ),
+        flag("requestheader-allowed-names", "front-proxy-client"),
+        flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+        flag("requestheader-group-headers", "X-Remote-Group"),
+        flag("requestheader-username-headers", "X-Remote-User"),
+        flag(
+            "proxy-client-cert-file",
+            format!("{PKI_DIR}/front-proxy-client.crt"),
+        ),
+        flag(
+            "proxy-client-key-file",
+            format!("{PKI_DIR}/front-proxy-client.key"),
+        ),
+        flag("profiling", false),
+        flag("audit-policy-file", format!("{KUBE_DIR}/audit-policy.yaml")),
+        flag("audit-log-path", "/var/log/kubernetes/audit.log"),
+        flag("audit-log-maxage", 30),
+        flag("audit-log-maxbackup", 10),
+        flag("audit-log-maxsize", 100),
+    ]);
+    let unit = Unit {
+        description: "Kubernetes API server (Strata)",
+        documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
+        after: &["etcd.service"],
+        requires: &[],
+        exec: format!("{BIN_DIR}/kube-apiserver"),
+        args: api,
+        extra: &["LimitNOFILE=65536"],
+    };
+    t.add(
+        "/etc/systemd/system/kube-apiserver.service",
+        0o644,
+        unit.text(),
+    );
+    t.add(format!("{KUBE_DIR}/audit-policy.yaml"), 0o644, AUDIT_POLICY);
+
+    let cm_conf = format!("{KUBE_DIR}/controller-manager.conf");
+    let mut cm = vec![
+        flag("kubeconfig", &cm_conf),
+        flag("authentication-kubeconfig", &cm_conf),
+        flag("authorization-kubeconfig", &cm_conf),
+        flag("bind-address", "127.0.0.1"),
+        flag("client-ca-file", format!("{PKI_DIR}/ca.crt")),
+        flag(
+            "requestheader-client-ca-file",
+            format!("{PKI_DIR}/front-proxy-ca.crt"),
+        ),
+        flag("cluster-name", c.name()),
+        flag("cluster-signing-cert-file", format!("{PKI_DIR}/ca.crt")),
+        flag("cluster-signing-key-file", format!("{PKI_DIR}/ca.key")),
+        flag("root-ca-file", format!("{PKI_DIR}/ca.crt")),
+        flag(
+            "service-account-private-key-file",
+            format!("{PKI_DIR}/sa.key"),
+        ),
+        flag("use-service-account-credentials", true),
+        flag("controllers", "*,bootstrapsigner,tokencleaner"),
+        flag("leader-elect", true),
+        flag("allocate-node-cidrs", true),
+        flag("cluster-cidr", net.pod_cidr.net()),
+        flag(
+            "node-cidr-mask-size",
+            match net.pod_cidr.net() {
+                ipnet::IpNet::V4(_) => 24,
+                ipnet::IpNet::V6(_) => 64,
+            },
+        ),
+        flag("service-cluster-ip-range", net.service_cidr.net()),
+        flag("profiling", false),
+    ];
+    let mut sched_conf = vec![];
+    let sc = format!("{KUBE_DIR}/scheduler.conf");
+    sched_conf.extend([
+        flag("kubeconfig", &sc),
+        flag("authentication-kubeconfig", &sc),
+        flag("authorization-kubeconfig", &sc),
+        flag("bind-address", "127.0.0.1"),
+        flag("leader-elect", true),
+        flag("profiling", false),
+    ]);
+    if versions::uses(Item::InsecurePortZero, ctx.minor) {
+        cm.push(flag("port", 0));
+        sched_conf.push(flag("port", 0));
+    }
+    let unit = Unit {
+        description: "Kubernetes controller manager (Strata)",
+        documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
+        after: &["kube-apiserver.service"],
+        requires: &[],
+        exec: format!("{BIN_DIR}/kube-controller-manager"),
+        args: cm,
+        extra: &[],
+    };
+    t.add(
+        "/etc/systemd/system/kube-controller-manager.service",
+        0o644,
+        unit.text(),
+    );
+    let unit = Unit {
+        description: "Kubernetes scheduler (Strata)",
+        documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
+        after: &["kube-apiserver.service"],
+        requires: &[],
+        exec: format!("{BIN_DIR}/kube-scheduler"),
+        args: sched_conf,
+        extra: &[],
+    };
+    t.add(
+        "/etc/systemd/system/kube-scheduler.service",
+        0o644,
+        unit.text(),
+    );
+
+    t.add(
+        format!("{KUBE_DIR}/controller-manager.conf"),
+        0o600,
+        ctx.read(ctx.state.file("kubeconfigs/controller-manager.conf"))?,
+    );
+    t.add(
+        format!("{KUBE_DIR}/scheduler.conf"),
+        0o600,
+        ctx.read(ctx.state.file("kubeconfigs/scheduler.conf"))?,
+    );
+    for name in [
+        "apiserver",
+        "apiserver-kubelet-client",
+        "front-proxy-client",
+        "apiserver-etcd-client",
+    ] {
+        t.add(format!("{PKI_DIR}/{name}.crt"), 0o644, ctx.cert(name)?);
+        t.add(format!("{PKI_DIR}/{name}.key"), 0o600, ctx.key(name)?);
+    }
+    t.add(
+        format!("{PKI_DIR}/front-proxy-ca.crt"),
+        0o644,
+        ctx.cert("front-proxy-ca")?,
+    );
+    t.add(
+        format!("{PKI_DIR}/etcd/ca.crt"),
+        0o644,
+        ctx.cert("etcd/ca")?,
+    );
+    // The cluster CA key signs kubelet client-certificate renewals (controller-manager).
+    t.add(format!("{PKI_DIR}/ca.key"), 0o600, ctx.key("ca")?);
+    t.add(
+        format!("{PKI_DIR}/sa.key"),
+        0o600,
+        ctx.read(ctx.state.sa_key())?,
+    );
+    t.add(
+        format!("{PKI_DIR}/sa.pub"),
+        0o644,
+        ctx.read(ctx.state.sa_pub())?,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Every node: containerd, kubelet, kube-proxy, sysctls
+
+/// The cgroup driver of kubelet and containerd: systemd on real hosts; cgroupfs on the
+/// local platform (nspawn machines share the computer's cgroup hierarchy).
+pub fn cgroup_driver(c: &Cluster) -> &'static str {
+    match c.spec.platform {
+        Platform::Local(_) => "cgroupfs",
+        Platform::Ssh(_) => "systemd",
+    }
+}
+
+fn containerd_config(ctx: &Ctx<'_>) -> String {
+    let systemd = cgroup_driver(ctx.cluster) == "systemd";
+    format!(
+        "# containerd for the Kubernetes CRI. Written by Strata.\n\
+         version = 2\n\
+         root = \"/var/lib/containerd\"\n\
+         state = \"/run/containerd\"\n\
+         \n\
+         [grpc]\n  \
+           address = \"{CONTAINERD_SOCKET}\"\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n  \
+           sandbox_image = \"{sandbox}\"\n  \
+           # Hosts that may not lower oom_score_adj (no CAP_SYS_RESOURCE, e.g. containers).\n  \
+           restrict_oom_score_adj = {restrict}\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  \
+           default_runtime_name = \"runc\"\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
+           runtime_type = \"io.containerd.runc.v2\"\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  \
+           # Must match the kubelet's cgroupDriver ({driver}).\n  \
+           SystemdCgroup = {systemd}\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  \
+           bin_dir = \"{CNI_BIN_DIR}\"\n  \
+           conf_dir = \"/etc/cni/net.d\"\n",
+        sandbox = versions::pause_image(ctx.minor),
+        restrict = ctx.local(),
+        driver = cgroup_driver(ctx.cluster),
+    )
+}
+
+fn kubelet_config(ctx: &Ctx<'_>) -> String {
+    let net = &ctx.cluster.spec.network;
+    let dns = {
+        let base = first_address(net.service_cidr.net());
+        match base {
+            IpAddr::V4(v) => IpAddr::V4((u32::from(v) + 9).into()),
+            IpAddr::V6(v) => IpAddr::V6((u128::from(v) + 9).into()),
+        }
+    };
+    let mut s = format!(
+        "# kubelet configuration. Written by Strata.\n\
+         apiVersion: kubelet.config.k8s.io/v1beta1\n\
+         kind: KubeletConfiguration\n\
+         authentication:\n  \
+           anonymous:\n    \
+             enabled: false\n  \
+           webhook:\n    \
+             enabled: true\n  \
+           x509:\n    \
+             clientCAFile: {PKI_DIR}/ca.crt\n\
+         authorization:\n  \
+           mode: Webhook\n\
+         readOnlyPort: 0\n\
+         tlsCertFile: {PKI_DIR}/kubelet-serving.crt\n\
+         tlsPrivateKeyFile: {PKI_DIR}/kubelet-serving.key\n\
+         tlsMinVersion: VersionTLS12\n\
+         rotateCertificates: true\n\
+         clusterDomain: {domain}\n\
+         clusterDNS:\n\
+         - {dns}\n\
+         cgroupDriver: {driver}\n\
+         failSwapOn: {fail_swap}\n\
+         staticPodPath: \"\"\n",
+        domain = net.cluster_domain,
+        driver = cgroup_driver(ctx.cluster),
+        // nspawn machines see the computer's swap; real hosts must have none.
+        fail_swap = !ctx.local(),
+    );
+    if versions::uses(Item::KubeletRuntimeEndpointField, ctx.minor) {
+        s.push_str(&format!(
+            "containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}\n"
+        ));
+    }
+    s
+}
+
+fn kube_proxy_config(ctx: &Ctx<'_>, h: &Host) -> String {
+    let mut s = format!(
+        "# kube-proxy configuration. Written by Strata.\n\
+         apiVersion: kubeproxy.config.k8s.io/v1alpha1\n\
+         kind: KubeProxyConfiguration\n\
+         clientConnection:\n  \
+           kubeconfig: {KUBE_DIR}/kube-proxy.conf\n\
+         mode: iptables\n\
+         clusterCIDR: {pod}\n\
+         hostnameOverride: {name}\n\
+         metricsBindAddress: 127.0.0.1:10249\n",
+        pod = ctx.cluster.spec.network.pod_cidr.net(),
+        name = h.name,
+    );
+    if ctx.local() {
+        // Containers cannot raise the host's conntrack limits: leave them as they are.
+        s.push_str("conntrack:\n  maxPerCore: 0\n");
+    }
+    s
+}
+
+fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    let name = h.name.as_str();
+    t.add("/etc/containerd/config.toml", 0o644, containerd_config(ctx));
+    let unit = Unit {
+        description: "containerd container runtime (Strata)",
+        documentation: "https://containerd.io",
+        after: &["local-fs.target"],
+        requires: &[],
+        exec: format!("{BIN_DIR}/containerd"),
+        args: vec![flag("config", "/etc/containerd/config.toml")],
+        extra: &[
+            "Type=notify",
+            "Delegate=yes",
+            "KillMode=process",
+            "LimitNOFILE=1048576",
+            "ExecStartPre=-/sbin/modprobe overlay",
+        ],
+    };
+    t.add("/etc/systemd/system/containerd.service", 0o644, unit.text());
+
+    t.add(
+        format!("{KUBE_DIR}/kubelet/config.yaml"),
+        0o644,
+        kubelet_config(ctx),
+    );
+    let mut args = vec![
+        flag("config", format!("{KUBE_DIR}/kubelet/config.yaml")),
+        flag("kubeconfig", format!("{KUBE_DIR}/kubelet.conf")),
+        flag("cert-dir", "/var/lib/kubelet/pki"),
+        flag("hostname-override", name),
+    ];
+    if let Some(ip) = host_ip(h) {
+        args.push(flag("node-ip", ip));
+    }
+    if versions::uses(Item::KubeletContainerRuntimeFlag, ctx.minor) {
+        args.push(flag("container-runtime", "remote"));
+    }
+    if versions::uses(Item::KubeletRuntimeEndpointFlag, ctx.minor) {
+        args.push(flag(
+            "container-runtime-endpoint",
+            format!("unix://{CONTAINERD_SOCKET}"),
+        ));
+    }
+    let mut labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if h.has_role(Role::ControlPlane) {
+        labels.push("node-role.kubernetes.io/control-plane=".into());
+    }
+    if !labels.is_empty() {
+        args.push(flag("node-labels", labels.join(",")));
+    }
+    if !h.taints.is_empty() {
+        let taints: Vec<String> = h
+            .taints
+            .iter()
+            .map(|tn| format!("{}={}:{:?}", tn.key, tn.value, tn.effect))
+            .collect();
+        args.push(flag("register-with-taints", taints.join(",")));
+    }
+    let unit = Unit {
+        description: "Kubernetes node agent (Strata)",
+        documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/",
+        after: &["containerd.service"],
+        requires: &["containerd.service"],
+        exec: format!("{BIN_DIR}/kubelet"),
+        args,
+        extra: &[],
+    };
+    t.add("/etc/systemd/system/kubelet.service", 0o644, unit.text());
+
+    t.add(
+        format!("{KUBE_DIR}/kube-proxy/config.yaml"),
+        0o644,
+        kube_proxy_config(ctx, h),
+    );
+    let unit = Unit {
+        description: "Kubernetes service proxy (Strata)",
+        documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
+        after: &[],
+        requires: &[],
+        exec: format!("{BIN_DIR}/kube-proxy"),
+        args: vec![flag("config", format!("{KUBE_DIR}/kube-proxy/config.yaml"))],
+        extra: &[],
+    };
+    t.add("/etc/systemd/system/kube-proxy.service", 0o644, unit.text());
+
+    t.add(
+        format!("{KUBE_DIR}/kubelet.conf"),
+        0o600,
+        ctx.read(ctx.state.file(&format!("kubeconfigs/kubelet-{name}.conf")))?,
+    );
+    t.add(
+        format!("{KUBE_DIR}/kube-proxy.conf"),
+        0o600,
+        ctx.read(ctx.state.file("kubeconfigs/kube-proxy.conf"))?,
+    );
+    t.add(format!("{PKI_DIR}/ca.crt"), 0o644, ctx.cert("ca")?);
+    let serving = format!("kubelet/{name}-serving");
+    t.add(
+        format!("{PKI_DIR}/kubelet-serving.crt"),
+        0o644,
+        ctx.cert(&serving)?,
+    );
+    t.add(
+        format!("{PKI_DIR}/kubelet-serving.key"),
+        0o600,
+        ctx.key(&serving)?,
+    );
+
+    t.add(
+        "/etc/sysctl.d/90-strata.conf",
+        0o644,
+        "# Kernel settings Kubernetes networking needs. Written by Strata.\n\
+         net.ipv4.ip_forward = 1\n\
+         net.ipv6.conf.all.forwarding = 1\n\
+         net.bridge.bridge-nf-call-iptables = 1\n\
+         net.bridge.bridge-nf-call-ip6tables = 1\n",
+    );
+    t.add(
+        "/etc/modules-load.d/strata.conf",
+        0o644,
+        "# Kernel modules for container networking and storage. Written by Strata.\n\
+         overlay\n\
+         br_netfilter\n",
+    );
+    Ok(())
+}
+
+/// Writes the rendering below `out`: `hosts/<host>/<absolute path>` and `cluster/<file>`.
+pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for t in &r.hosts {
+        for (path, f) in &t.files {
+            let p = out
+                .join("hosts")
+                .join(&t.host)
+                .join(path.trim_start_matches('/'));
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&p, &f.content)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+        }
+    }
+    let dir = out.join("cluster");
+    std::fs::create_dir_all(&dir)?;
+    for o in &r.objects {
+        std::fs::write(dir.join(&o.file), &o.yaml)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn to_yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
+    yaml(what, v)
+}

@@ -1,0 +1,103 @@
+//! Which Kubernetes releases Strata configures, and every flag or field whose existence
+//! depends on the release. The renderer asks [`uses`]; nothing else branches on versions.
+
+use std::ops::RangeInclusive;
+
+/// Kubernetes minor releases (1.MINOR) Strata renders valid configuration for.
+pub const SUPPORTED_MINORS: RangeInclusive<u32> = 20..=33;
+
+/// A version-dependent piece of configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Item {
+    /// controller-manager/scheduler `--port=0`: turns off insecure serving before 1.22
+    /// (disabled for good in 1.22, flag removed in 1.23/1.24).
+    InsecurePortZero,
+    /// kubelet `--container-runtime=remote`: required before 1.24 (dockershim was the
+    /// default), deprecated 1.24-1.26, removed in 1.27.
+    KubeletContainerRuntimeFlag,
+    /// kubelet `--container-runtime-endpoint` flag: the only way before 1.27.
+    KubeletRuntimeEndpointFlag,
+    /// KubeletConfiguration `containerRuntimeEndpoint`: from 1.27 (the flag is deprecated).
+    KubeletRuntimeEndpointField,
+    /// Images from registry.k8s.io instead of k8s.gcr.io (frozen in 2023): from 1.25.
+    RegistryK8sIo,
+}
+
+/// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
+pub const TABLE: &[(Item, u32, Option<u32>)] = &[
+    (Item::InsecurePortZero, 20, Some(21)),
+    (Item::KubeletContainerRuntimeFlag, 20, Some(23)),
+    (Item::KubeletRuntimeEndpointFlag, 20, Some(26)),
+    (Item::KubeletRuntimeEndpointField, 27, None),
+    (Item::RegistryK8sIo, 25, None),
+];
+
+/// Whether release 1.`minor` uses `item`.
+pub fn uses(item: Item, minor: u32) -> bool {
+    TABLE
+        .iter()
+        .filter(|(i, _, _)| *i == item)
+        .any(|(_, first, last)| minor >= *first && last.is_none_or(|l| minor <= l))
+}
+
+/// The pod sandbox ("pause") image the release's kubelet expects.
+pub fn pause_image(minor: u32) -> String {
+    let tag = match minor {
+        ..=20 => "3.2",
+        21 => "3.4.1",
+        22 => "3.5",
+        23 => "3.6",
+        24 => "3.7",
+        25 => "3.8",
+        26..=30 => "3.9",
+        _ => "3.10",
+    };
+    let registry = if uses(Item::RegistryK8sIo, minor) {
+        "registry.k8s.io"
+    } else {
+        "k8s.gcr.io"
+    };
+    format!("{registry}/pause:{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_release_has_exactly_one_way_to_name_the_runtime() {
+        for minor in SUPPORTED_MINORS {
+            let flag = uses(Item::KubeletRuntimeEndpointFlag, minor);
+            let field = uses(Item::KubeletRuntimeEndpointField, minor);
+            assert!(flag ^ field, "1.{minor}: flag {flag}, field {field}");
+            // --container-runtime only where the endpoint is still a flag.
+            if uses(Item::KubeletContainerRuntimeFlag, minor) {
+                assert!(flag, "1.{minor}");
+            }
+        }
+    }
+
+    #[test]
+    fn table_boundaries() {
+        assert!(uses(Item::InsecurePortZero, 20));
+        assert!(uses(Item::InsecurePortZero, 21));
+        assert!(!uses(Item::InsecurePortZero, 22));
+        assert!(uses(Item::KubeletContainerRuntimeFlag, 23));
+        assert!(!uses(Item::KubeletContainerRuntimeFlag, 24));
+        assert!(uses(Item::KubeletRuntimeEndpointFlag, 26));
+        assert!(uses(Item::KubeletRuntimeEndpointField, 27));
+        assert!(uses(Item::KubeletRuntimeEndpointField, 33));
+        assert_eq!(pause_image(20), "k8s.gcr.io/pause:3.2");
+        assert_eq!(pause_image(33), "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn rows_lie_within_the_supported_range() {
+        for (item, first, last) in TABLE {
+            assert!(SUPPORTED_MINORS.contains(first), "{item:?}");
+            if let Some(l) = last {
+                assert!(l >= first && SUPPORTED_MINORS.contains(l), "{item:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The rendered files: snapshots, systemd's own unit checker, strict decoding of component
+//! configuration with the upstream types, version differences, and plans.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{ONE_HOST, THREE_HOSTS, fixture};
+use strata_manifests::plan::{AppliedState, Change, plan};
+use strata_manifests::render::{Rendered, render};
+
+fn is_kubeconfig(path: &str) -> bool {
+    path.starts_with("/etc/kubernetes/")
+        && path.ends_with(".conf")
+        && path.matches('/').count() == 3
+}
+
+/// The rendering as text, with keys, certificates and kubeconfigs (random) redacted.
+fn snapshot_text(r: &Rendered) -> String {
+    let mut s = String::new();
+    for t in &r.hosts {
+        s.push_str(&format!("######## host {}\n", t.host));
+        for (path, f) in &t.files {
+            s.push_str(&format!("==== {path} ({:o})\n", f.mode));
+            let secret =
+                [".crt", ".key", ".pub"].iter().any(|e| path.ends_with(e)) || is_kubeconfig(path);
+            if secret {
+                s.push_str("<redacted: generated PKI material>\n");
+            } else {
+                s.push_str(&String::from_utf8_lossy(&f.content));
+            }
+        }
+    }
+    for o in &r.objects {
+        s.push_str(&format!("######## cluster/{}\n{}", o.file, o.yaml));
+    }
+    s
+}
+
+#[test]
+fn one_host_snapshot() {
+    let f = fixture(ONE_HOST);
+    insta::assert_snapshot!("one_host", snapshot_text(&f.rendered));
+}
+
+#[test]
+fn three_hosts_snapshot() {
+    let f = fixture(THREE_HOSTS);
+    insta::assert_snapshot!("three_hosts", snapshot_text(&f.rendered));
+}
+
+#[test]
+fn secrets_have_private_modes_and_workers_get_no_control_plane_keys() {
+    let f = fixture(THREE_HOSTS);
+    for t in &f.rendered.hosts {
+        for (path, file) in &t.files {
+            let private = path.ends_with(".key") || is_kubeconfig(path);
+            let expect = if private { 0o600 } else { 0o644 };
+            assert_eq!(file.mode, expect, "{}:{path}", t.host);
+        }
+    }
+    let w1 = f
+        .rendered
+        .hosts
+        .iter()
+        .find(|t| t.host == "w1")
+        .expect("w1");
+    for p in w1.files.keys() {
+        assert!(
+            !p.contains("ca.key")
+                && !p.contains("sa.key")
+                && !p.contains("apiserver")
+                && !p.contains("etcd"),
+            "worker w1 must not receive {p}"
+        );
+    }
+    let cp = f
+        .rendered
+        .hosts
+        .iter()
+        .find(|t| t.host == "cp1")
+        .expect("cp1");
+    assert!(
+        !cp.files.contains_key("/etc/kubernetes/pki/etcd/ca.key"),
+        "etcd CA key stays home"
+    );
+    assert!(
+        !cp.files
+            .contains_key("/etc/kubernetes/pki/front-proxy-ca.key")
+    );
+    // Each host's kubelet identity is its own.
+    let kubelet = |h: &str| {
+        f.rendered
+            .hosts
+            .iter()
+            .find(|t| t.host == h)
+            .expect("host")
+            .files["/etc/kubernetes/kubelet.conf"]
+            .content
+            .clone()
+    };
+    assert_ne!(kubelet("w1"), kubelet("w2"));
+}
+
+#[test]
+fn every_unit_passes_systemd_analyze_verify() {
+    let f = fixture(THREE_HOSTS);
+    let root = f.dir.path().join("verify");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let mut units = 0;
+    for t in &f.rendered.hosts {
+        let dir = root.join(&t.host);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for (path, file) in t.files.iter().filter(|(p, _)| p.ends_with(".service")) {
+            // systemd checks that ExecStart exists: point it at stand-in executables.
+            let text = String::from_utf8_lossy(&file.content).replace(
+                strata_manifests::render::BIN_DIR,
+                &bin.display().to_string(),
+            );
+            for line in text.lines().filter(|l| l.starts_with("ExecStart=")) {
+                let exe = line
+                    .trim_start_matches("ExecStart=")
+                    .split_whitespace()
+                    .next()
+                    .expect("exe");
+                std::fs::write(exe, "#!/bin/sh\n").expect("stub");
+                std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+            let name = path.rsplit('/').next().expect("name");
+            let unit = dir.join(name);
+            std::fs::write(&unit, text).expect("unit");
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&unit)
+                .output()
+                .expect("systemd-analyze (package systemd)");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // verify exits 0 on unknown keys; any line it prints is a complaint.
+            let complaints: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert!(
+                out.status.success() && complaints.is_empty(),
+                "{}:{path}: {stderr}",
+                t.host
+            );
+            units += 1;
+        }
+    }
+    assert_eq!(
+        units,
+        7 + 3 + 3,
+        "cp1: etcd and 3 control-plane units + 3 node units per host"
+    );
+}
+
+fn config_check(kind: &str, path: &std::path::Path) {
+    let checker = common::kubernetes_bin().join("strata-config-check");
+    let out = Command::new(&checker)
+        .arg(kind)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", checker.display()));
+    assert!(
+        out.status.success(),
+        "{kind} {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn component_configuration_decodes_strictly_with_the_upstream_1_20_types() {
+    for text in [ONE_HOST, THREE_HOSTS] {
+        let f = fixture(text);
+        let out = f.dir.path().join("out");
+        strata_manifests::render::write_out(&f.rendered, &out).expect("write");
+        for t in &f.rendered.hosts {
+            let host = out.join("hosts").join(&t.host).join("etc/kubernetes");
+            config_check("kubelet", &host.join("kubelet/config.yaml"));
+            config_check("kube-proxy", &host.join("kube-proxy/config.yaml"));
+            if t.files.contains_key("/etc/kubernetes/audit-policy.yaml") {
+                config_check("audit-policy", &host.join("audit-policy.yaml"));
+            }
+        }
+    }
+    // The checker is strict: a misspelt field fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nreadOnlyPorts: 0\n",
+    )
+    .expect("write");
+    let checker = common::kubernetes_bin().join("strata-config-check");
+    let out = Command::new(checker)
+        .arg("kubelet")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a misspelt field must be rejected");
+}
+
+fn file(r: &Rendered, host: &str, path: &str) -> String {
+    let t = r.hosts.iter().find(|t| t.host == host).expect("host");
+    String::from_utf8_lossy(&t.files[path].content).into_owned()
+}
+
+#[test]
+fn flags_follow_the_version_table() {
+    for minor in strata_manifests::versions::SUPPORTED_MINORS {
+        let text = ONE_HOST.replace(
+            "  platform: {local: {}}",
+            &format!("  kubernetes: {{version: \"1.{minor}.0\"}}\n  platform: {{local: {{}}}}"),
+        );
+        let f = fixture(&text);
+        let kubelet = file(&f.rendered, "n1", "/etc/systemd/system/kubelet.service");
+        let config = file(&f.rendered, "n1", "/etc/kubernetes/kubelet/config.yaml");
+        let cm = file(
+            &f.rendered,
+            "n1",
+            "/etc/systemd/system/kube-controller-manager.service",
+        );
+        let containerd = file(&f.rendered, "n1", "/etc/containerd/config.toml");
+        assert_eq!(
+            kubelet.contains("--container-runtime=remote"),
+            minor <= 23,
+            "1.{minor}"
+        );
+        assert_eq!(
+            kubelet.contains("--container-runtime-endpoint="),
+            minor <= 26,
+            "1.{minor}"
+        );
+        assert_eq!(
+            config.contains("containerRuntimeEndpoint:"),
+            minor >= 27,
+            "1.{minor}"
+        );
+        assert_eq!(cm.contains("--port=0"), minor <= 21, "1.{minor}");
+        assert!(containerd.contains(&strata_manifests::versions::pause_image(minor)));
+    }
+}
+
+#[test]
+fn plan_compares_with_what_was_applied() {
+    let f = fixture(THREE_HOSTS);
+    let none = plan(&f.rendered, &AppliedState::default());
+    assert!(
+        none.iter()
+            .filter(|p| p.host != "cluster objects")
+            .all(|p| p.changes.iter().all(|(_, c)| *c == Change::Create))
+    );
+    let applied = AppliedState::of(&f.rendered);
+    assert!(
+        plan(&f.rendered, &applied)
+            .iter()
+            .all(|p| p.changes.is_empty())
+    );
+
+    // Drop w2 and give w1 another label: w1's kubelet unit changes, w2's files go away.
+    let text = THREE_HOSTS
+        .replace("  - {name: w2, address: 198.18.0.4, roles: [worker]}\n", "")
+        .replace("labels: {zone: a}", "labels: {zone: b}");
+    let c = common::cluster(&text);
+    let r = render(&c, &f.state).expect("render");
+    let p = plan(&r, &applied);
+    let w1 = p.iter().find(|p| p.host == "w1").expect("w1");
+    assert_eq!(
+        w1.changes,
+        vec![(
+            "/etc/systemd/system/kubelet.service".to_string(),
+            Change::Update
+        )]
+    );
+    let w2 = p.iter().find(|p| p.host.starts_with("w2")).expect("w2");
+    assert!(w2.host.contains("no longer in the Cluster file"));
+    assert!(w2.changes.iter().all(|(_, c)| *c == Change::Remove) && !w2.changes.is_empty());
+    let cp1 = p.iter().find(|p| p.host == "cp1").expect("cp1");
+    assert!(cp1.changes.is_empty(), "{cp1:?}");
+    // A state file round-trips through JSON.
+    let path = f.dir.path().join("state.json");
+    std::fs::write(&path, serde_json::to_vec(&applied).expect("json")).expect("write");
+    assert_eq!(AppliedState::load(&path).expect("load"), applied);
+    std::fs::write(&path, "{not json").expect("write");
+    assert!(
+        AppliedState::load(&path)
+            .expect_err("bad")
+            .to_string()
+            .contains("not a Strata state file")
+    );
+}
