@@ -690,10 +690,9 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
             format!("unix://{CONTAINERD_SOCKET}"),
         ));
     }
-    let mut labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if h.has_role(Role::ControlPlane) {
-        labels.push("node-role.kubernetes.io/control-plane=".into());
-    }
+    // Only labels the kubelet may set on itself (NodeRestriction); node-role labels are set
+    // through the API once the node has registered.
+    let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !labels.is_empty() {
         args.push(flag("node-labels", labels.join(",")));
     }

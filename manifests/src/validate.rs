@@ -560,6 +560,13 @@ fn check_hosts(c: &Cluster, k: &mut Checker<'_>) {
             let p = format!("{base}/labels/{}", pointer_segment(key));
             if let Err(why) = check_label_key(key) {
                 k.error(&p, why, "see Kubernetes label syntax: [prefix/]name");
+            } else if !kubelet_may_set(key) {
+                k.error(
+                    &p,
+                    format!("label `{key}` is in a reserved namespace the kubelet may not set"),
+                    "use your own prefix (e.g. example.com/role), or node.kubernetes.io/ or \
+                     kubelet.kubernetes.io/; Strata sets node-role labels itself",
+                );
             }
             if let Err(why) = check_label_value(value) {
                 k.error(&p, why, "");
@@ -598,6 +605,37 @@ fn check_hosts(c: &Cluster, k: &mut Checker<'_>) {
             "add `control-plane` to the roles of at least one host",
         );
     }
+}
+
+/// Labels in the kubernetes.io and k8s.io namespaces a kubelet may set on its own Node
+/// (kubelet --node-labels; everything else there is refused by the kubelet).
+fn kubelet_may_set(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "kubernetes.io/hostname",
+        "kubernetes.io/instance-type",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.kubernetes.io/zone",
+        "failure-domain.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+    ];
+    let Some((prefix, _)) = key.rsplit_once('/') else {
+        return true;
+    };
+    let reserved = ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|r| prefix == *r || prefix.ends_with(&format!(".{r}")));
+    !reserved
+        || KEYS.contains(&key)
+        || ["kubelet.kubernetes.io", "node.kubernetes.io"]
+            .iter()
+            .any(|p| prefix == *p || prefix.ends_with(&format!(".{p}")))
 }
 
 /// Kubernetes qualified name with an optional DNS prefix (`example.com/zone`).

@@ -242,3 +242,15 @@ fn local_hosts_without_addresses_get_free_ones() {
     assert_eq!(addrs, ["198.18.0.2", "198.18.0.3", "198.18.0.4"]);
     assert_eq!(c.api_endpoint().as_deref(), Some("198.18.0.2:6443"));
 }
+
+#[test]
+fn reserved_labels_the_kubelet_would_refuse_are_errors() {
+    let hosts = "    - name: a\n      roles: [etcd, control-plane]\n      labels: {node-role.kubernetes.io/master: '', topology.kubernetes.io/zone: z1, node.kubernetes.io/pool: p, example.com/tier: db}\n";
+    let r = check(&minimal(hosts, "")).expect_err("reserved label");
+    let s = r.to_string();
+    assert!(
+        s.contains("label `node-role.kubernetes.io/master` is in a reserved namespace"),
+        "{s}"
+    );
+    assert_eq!(r.errors().count(), 1, "{s}");
+}

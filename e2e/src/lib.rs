@@ -1,0 +1,252 @@
+//! End-to-end test harness: real clusters of local machines (systemd-nspawn), as root.
+//!
+//! [`LocalCluster::up`] builds (or reuses) the base image, creates one machine per host,
+//! installs the rendered files and the binaries into each machine's root and boots them.
+//! Everything is torn down on drop: machines, network namespaces, the bridge.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use strata_manifests::render::{BIN_DIR, Rendered, render};
+use strata_manifests::{Cluster, Context, load_str};
+use strata_pki::StateDir;
+use strata_platforms::local::{BaseImage, Bridge, Machine};
+
+/// Where images are cached and machines live.
+pub const CACHE: &str = "/var/cache/strata";
+pub const MACHINES: &str = "/var/lib/strata/machines";
+
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "end-to-end tests create machines and network namespaces: run them as root (bash .ci/test)"
+    );
+}
+
+/// The Kubernetes server binaries (from .ci/build-kubernetes).
+pub fn kubernetes_bin() -> PathBuf {
+    let dir = std::env::var_os("STRATA_KUBERNETES_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("{CACHE}/kubernetes/1.20.2/bin")));
+    assert!(
+        dir.join("kubelet").exists(),
+        "no Kubernetes binaries in {}: run `bash .ci/build-kubernetes`",
+        dir.display()
+    );
+    dir
+}
+
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub cluster: Cluster,
+    pub state: StateDir,
+    pub rendered: Rendered,
+    pub machines: Vec<Machine>,
+    bridge: Bridge,
+    _dir: tempfile::TempDir,
+}
+
+fn link_or_copy(from: &Path, to: &Path) {
+    if let Some(d) = to.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+}
+
+impl LocalCluster {
+    /// Creates and boots the machines of a local-platform Cluster file text.
+    pub fn up(text: &str) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context {
+            file: "e2e.yaml".into(),
+            base_dir: dir.path().to_path_buf(),
+            home: None,
+        };
+        let cluster = load_str(text, &ctx)
+            .unwrap_or_else(|r| panic!("{r}"))
+            .cluster;
+        let state = StateDir::new(dir.path().join("state"));
+        let inputs = strata_manifests::pki::inputs(&cluster, &ctx).expect("pki inputs");
+        strata_pki::generate(&inputs, &state, time::OffsetDateTime::now_utc()).expect("pki");
+        let rendered = render(&cluster, &state).expect("render");
+
+        let base = BaseImage::ensure(Path::new(CACHE)).expect("base image");
+        let bridge = Bridge::for_cluster(cluster.name());
+        bridge.ensure().expect("bridge");
+        let bin = kubernetes_bin();
+        let mut machines = Vec::new();
+        for h in &cluster.spec.hosts {
+            let ip = match h.address.as_ref().and_then(|a| a.ip()) {
+                Some(IpAddr::V4(ip)) => ip,
+                _ => panic!("local hosts have IPv4 addresses"),
+            };
+            let m = Machine::new(Path::new(MACHINES), cluster.name(), h.name.as_str(), ip);
+            // Leftovers of an interrupted run are removed first.
+            m.destroy().expect("clean up an earlier machine");
+            m.network.ensure(&bridge).expect("network");
+            m.prepare(&base).expect("prepare");
+            install(&m, &rendered, &bin);
+            m.boot().expect("boot");
+            machines.push(m);
+        }
+        LocalCluster {
+            cluster,
+            state,
+            rendered,
+            machines,
+            bridge,
+            _dir: dir,
+        }
+    }
+
+    pub fn machine(&self, host: &str) -> &Machine {
+        self.machines
+            .iter()
+            .find(|m| m.host == host)
+            .expect("machine")
+    }
+
+    /// curl from this computer to a machine, with the cluster admin's identity.
+    pub fn curl_admin(&self, url: &str, extra: &[&str]) -> (u32, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(self.state.cert("ca"))
+            .arg("--cert")
+            .arg(self.state.cert("admin"))
+            .arg("--key")
+            .arg(self.state.key("admin"))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}
+
+impl LocalCluster {
+    /// Sends every rendered cluster object with server-side apply (field manager `strata`),
+    /// as `apply` does; returns the HTTP status of each.
+    pub fn apply_objects(&self, api: &str) -> Vec<(String, u32, String)> {
+        let dir = self._dir.path().join("objects");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        self.rendered
+            .objects
+            .iter()
+            .map(|o| {
+                let kind = if o.file.ends_with(".clusterrole.yaml") {
+                    "clusterroles"
+                } else {
+                    "clusterrolebindings"
+                };
+                let name = o
+                    .yaml
+                    .lines()
+                    .find_map(|l| l.strip_prefix("  name: "))
+                    .expect("metadata.name");
+                let path = dir.join(&o.file);
+                std::fs::write(&path, &o.yaml).expect("write");
+                let url = format!(
+                    "{api}/apis/rbac.authorization.k8s.io/v1/{kind}/{name}?fieldManager=strata&force=true"
+                );
+                let data = format!("@{}", path.display());
+                let (code, body) = self.curl_admin(
+                    &url,
+                    &["-X", "PATCH", "-H", "Content-Type: application/apply-patch+yaml", "--data-binary", &data],
+                );
+                (o.file.clone(), code, body)
+            })
+            .collect()
+    }
+}
+
+/// Installs the rendered files, the binaries and enables the units (what `apply` does over
+/// SSH, done here directly on the machine's root).
+fn install(m: &Machine, r: &Rendered, bin: &Path) {
+    let root = m.root();
+    let t = r
+        .hosts
+        .iter()
+        .find(|t| t.host == m.host)
+        .expect("rendered host");
+    for (path, f) in &t.files {
+        let dest = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&dest, &f.content).expect("write");
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode)).expect("chmod");
+        if let Some(unit) = path.strip_prefix("/etc/systemd/system/") {
+            let wants = root.join("etc/systemd/system/multi-user.target.wants");
+            std::fs::create_dir_all(&wants).expect("mkdir");
+            let link = wants.join(unit);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(path, &link).expect("enable");
+        }
+    }
+    let dest = root.join(BIN_DIR.trim_start_matches('/'));
+    for b in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubelet",
+        "kube-proxy",
+    ] {
+        link_or_copy(&bin.join(b), &dest.join(b));
+    }
+    link_or_copy(Path::new("/usr/bin/etcd"), &dest.join("etcd"));
+    let containerd = dest.join("containerd");
+    let _ = std::fs::remove_file(&containerd);
+    std::os::unix::fs::symlink("/usr/bin/containerd", &containerd).expect("containerd");
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for m in &self.machines {
+            if let Err(e) = m.destroy() {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        if let Err(e) = self.bridge.delete() {
+            eprintln!("cleanup: {e}");
+        }
+        let _ = std::fs::remove_dir(Path::new(MACHINES).join(self.cluster.name()));
+    }
+}
+
+/// Polls `ok` every half second until it holds or `limit` passes.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > limit {
+            return Err(format!("{what}: not within {}s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(start.elapsed())
+}
+
+/// An address of the local range for host number `n` (0-based).
+pub fn local_address(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 2)) + n)
+}

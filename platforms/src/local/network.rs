@@ -1,0 +1,152 @@
+//! The local network: one bridge on this computer and, per host, a network namespace joined
+//! to it by a veth pair. Addresses come from the benchmarking range 198.18.0.0/15, which is
+//! no real network's.
+
+use std::net::Ipv4Addr;
+
+use super::cmd::{CommandError, ip};
+
+/// Prefix length of the local range; the bridge holds its first address.
+pub const PREFIX: u8 = 15;
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// Short stable hash for interface names (at most 15 characters on Linux).
+fn short_hash(parts: &[&str]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    format!("{h:08x}")
+}
+
+fn exists_link(name: &str) -> bool {
+    ip(&["link", "show", "dev", name]).is_ok()
+}
+
+/// The bridge all machines of a cluster hang off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+}
+
+impl Bridge {
+    pub fn for_cluster(cluster: &str) -> Self {
+        Self {
+            name: format!("stb-{}", short_hash(&[cluster])),
+        }
+    }
+
+    /// Creates the bridge with the gateway address if it does not exist yet.
+    pub fn ensure(&self) -> Result<(), CommandError> {
+        if !exists_link(&self.name) {
+            ip(&["link", "add", &self.name, "type", "bridge"])?;
+        }
+        let addr = format!("{GATEWAY}/{PREFIX}");
+        let shown = ip(&["-4", "addr", "show", "dev", &self.name])?;
+        if !String::from_utf8_lossy(&shown.stdout).contains(&addr) {
+            ip(&["addr", "add", &addr, "dev", &self.name])?;
+        }
+        ip(&["link", "set", &self.name, "up"])?;
+        Ok(())
+    }
+
+    pub fn delete(&self) -> Result<(), CommandError> {
+        if exists_link(&self.name) {
+            ip(&["link", "del", &self.name])?;
+        }
+        Ok(())
+    }
+}
+
+/// One host's network namespace, with `eth0` on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNetwork {
+    /// Name under /run/netns.
+    pub netns: String,
+    pub address: Ipv4Addr,
+    veth: String,
+    peer: String,
+}
+
+impl HostNetwork {
+    pub fn new(cluster: &str, host: &str, address: Ipv4Addr) -> Self {
+        let h = short_hash(&[cluster, host]);
+        Self {
+            netns: format!("strata-{cluster}-{host}"),
+            address,
+            veth: format!("stv-{h}"),
+            peer: format!("stp-{h}"),
+        }
+    }
+
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.netns)
+    }
+
+    fn in_ns(&self, args: &[&str]) -> Result<(), CommandError> {
+        let mut all = vec!["-n", self.netns.as_str()];
+        all.extend_from_slice(args);
+        ip(&all).map(drop)
+    }
+
+    /// Creates the namespace and its link to `bridge` (idempotent).
+    pub fn ensure(&self, bridge: &Bridge) -> Result<(), CommandError> {
+        if !std::path::Path::new(&self.netns_path()).exists() {
+            ip(&["netns", "add", &self.netns])?;
+        }
+        if !exists_link(&self.veth) {
+            ip(&[
+                "link", "add", &self.veth, "type", "veth", "peer", "name", &self.peer,
+            ])?;
+            ip(&["link", "set", &self.peer, "netns", &self.netns])?;
+            self.in_ns(&["link", "set", &self.peer, "name", "eth0"])?;
+        }
+        ip(&["link", "set", &self.veth, "master", &bridge.name])?;
+        ip(&["link", "set", &self.veth, "up"])?;
+        let addr = format!("{}/{PREFIX}", self.address);
+        let shown = ip(&["-n", &self.netns, "-4", "addr", "show", "dev", "eth0"])?;
+        if !String::from_utf8_lossy(&shown.stdout).contains(&addr) {
+            self.in_ns(&["addr", "add", &addr, "dev", "eth0"])?;
+        }
+        self.in_ns(&["link", "set", "lo", "up"])?;
+        self.in_ns(&["link", "set", "eth0", "up"])?;
+        self.in_ns(&["route", "replace", "default", "via", &GATEWAY.to_string()])?;
+        Ok(())
+    }
+
+    pub fn delete(&self) -> Result<(), CommandError> {
+        if exists_link(&self.veth) {
+            ip(&["link", "del", &self.veth])?;
+        }
+        if std::path::Path::new(&self.netns_path()).exists() {
+            ip(&["netns", "del", &self.netns])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_and_differ() {
+        let a = HostNetwork::new(
+            "a-very-long-cluster-name",
+            "worker-number-one",
+            Ipv4Addr::LOCALHOST,
+        );
+        let b = HostNetwork::new(
+            "a-very-long-cluster-name",
+            "worker-number-two",
+            Ipv4Addr::LOCALHOST,
+        );
+        assert!(a.veth.len() <= 15 && a.peer.len() <= 15);
+        assert_ne!(a.veth, b.veth);
+        assert!(Bridge::for_cluster("x").name.len() <= 15);
+        assert_eq!(Bridge::for_cluster("x"), Bridge::for_cluster("x"));
+    }
+}
