@@ -152,25 +152,20 @@ impl LocalCluster {
             .objects
             .iter()
             .map(|o| {
-                let kind = if o.file.ends_with(".clusterrole.yaml") {
-                    "clusterroles"
-                } else {
-                    "clusterrolebindings"
-                };
-                let name = o
-                    .yaml
-                    .lines()
-                    .find_map(|l| l.strip_prefix("  name: "))
-                    .expect("metadata.name");
                 let path = dir.join(&o.file);
                 std::fs::write(&path, &o.yaml).expect("write");
-                let url = format!(
-                    "{api}/apis/rbac.authorization.k8s.io/v1/{kind}/{name}?fieldManager=strata&force=true"
-                );
+                let url = format!("{api}{}?fieldManager=strata&force=true", o.api_path);
                 let data = format!("@{}", path.display());
                 let (code, body) = self.curl_admin(
                     &url,
-                    &["-X", "PATCH", "-H", "Content-Type: application/apply-patch+yaml", "--data-binary", &data],
+                    &[
+                        "-X",
+                        "PATCH",
+                        "-H",
+                        "Content-Type: application/apply-patch+yaml",
+                        "--data-binary",
+                        &data,
+                    ],
                 );
                 (o.file.clone(), code, body)
             })

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
 
 use crate::model::Cluster;
 use crate::render::{ClusterObject, RenderError, to_yaml};
@@ -33,6 +34,29 @@ fn binding(name: &str, role: &str, subject_kind: &str, subject: &str) -> Cluster
             ..Subject::default()
         }]),
     }
+}
+
+/// A cluster-scoped object with its file name and API path.
+fn object<T>(file: &str, obj: &T) -> Result<ClusterObject, RenderError>
+where
+    T: Resource + Metadata<Ty = ObjectMeta> + serde::Serialize,
+{
+    let name = obj.metadata().name.clone().unwrap_or_default();
+    let api_path = if T::GROUP.is_empty() {
+        format!("/api/{}/{}/{name}", T::VERSION, T::URL_PATH_SEGMENT)
+    } else {
+        format!(
+            "/apis/{}/{}/{}/{name}",
+            T::GROUP,
+            T::VERSION,
+            T::URL_PATH_SEGMENT
+        )
+    };
+    Ok(ClusterObject {
+        file: file.into(),
+        api_path,
+        yaml: to_yaml(T::KIND, obj)?,
+    })
 }
 
 pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
@@ -80,21 +104,18 @@ pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderE
         "system:nodes",
     );
     Ok(vec![
-        ClusterObject {
-            file: "rbac-kube-apiserver-to-kubelet.clusterrole.yaml".into(),
-            yaml: to_yaml("ClusterRole", &kubelet_api)?,
-        },
-        ClusterObject {
-            file: "rbac-kube-apiserver-to-kubelet.clusterrolebinding.yaml".into(),
-            yaml: to_yaml("ClusterRoleBinding", &kubelet_api_binding)?,
-        },
-        ClusterObject {
-            file: "rbac-kube-proxy.clusterrolebinding.yaml".into(),
-            yaml: to_yaml("ClusterRoleBinding", &proxier)?,
-        },
-        ClusterObject {
-            file: "rbac-node-client-certificate-renewal.clusterrolebinding.yaml".into(),
-            yaml: to_yaml("ClusterRoleBinding", &renewal)?,
-        },
+        object(
+            "rbac-kube-apiserver-to-kubelet.clusterrole.yaml",
+            &kubelet_api,
+        )?,
+        object(
+            "rbac-kube-apiserver-to-kubelet.clusterrolebinding.yaml",
+            &kubelet_api_binding,
+        )?,
+        object("rbac-kube-proxy.clusterrolebinding.yaml", &proxier)?,
+        object(
+            "rbac-node-client-certificate-renewal.clusterrolebinding.yaml",
+            &renewal,
+        )?,
     ])
 }

@@ -72,6 +72,9 @@ impl HostTree {
 pub struct ClusterObject {
     /// File name under cluster/, e.g. `rbac-apiserver-kubelet.clusterrole.yaml`.
     pub file: String,
+    /// The object's path on the API server, e.g.
+    /// `/apis/rbac.authorization.k8s.io/v1/clusterroles/NAME` (what server-side apply PATCHes).
+    pub api_path: String,
     pub yaml: String,
 }
 

@@ -33,7 +33,10 @@ fn snapshot_text(r: &Rendered) -> String {
         }
     }
     for o in &r.objects {
-        s.push_str(&format!("######## cluster/{}\n{}", o.file, o.yaml));
+        s.push_str(&format!(
+            "######## cluster/{} -> {}\n{}",
+            o.file, o.api_path, o.yaml
+        ));
     }
     s
 }
