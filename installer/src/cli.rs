@@ -42,6 +42,9 @@ pub enum Command {
     /// Show, per host, which files `apply` would create, change or remove compared with what
     /// was last applied, without contacting any host.
     Plan(StateArgs),
+    /// Machines on this computer for a `platform: local` cluster (systemd-nspawn; root).
+    #[command(subcommand)]
+    Local(LocalCommand),
     /// Manage the cluster's certificates: create, check expiry, renew.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -80,6 +83,23 @@ pub enum CertsCommand {
         #[arg(value_name = "NAME", required_unless_present = "all")]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Create and boot one machine per host of the Cluster file (reuses running ones),
+    /// reachable over SSH with the cluster's key; pins each machine's SSH host key.
+    Up(StateArgs),
+    /// Stop and remove every machine of the cluster, its network namespaces and bridge.
+    Down {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List the cluster's machines and whether they run.
+    List(StateArgs),
 }
 
 /// Days from `30`, `30d` or a duration such as `720h`.

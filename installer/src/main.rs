@@ -13,6 +13,7 @@ macro_rules! outln {
 mod certs;
 mod cli;
 mod init;
+mod local;
 mod render;
 
 use std::io::Write;
@@ -47,6 +48,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate(&args),
         Command::Certs(cmd) => certs::run(&cmd),
+        Command::Local(cmd) => local::run(&cmd),
         Command::Render { state, out } => render::run_render(&state, &out),
         Command::Plan(state) => render::run_plan(&state),
         Command::Schema => {

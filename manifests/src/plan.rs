@@ -34,6 +34,9 @@ pub struct AppliedState {
     /// Cluster objects by file name, sha256 of their YAML.
     #[serde(default)]
     pub objects: BTreeMap<String, String>,
+    /// Pinned SSH host key fingerprints (`SHA256:...`) by host name.
+    #[serde(default, rename = "hostKeys")]
+    pub host_keys: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +78,33 @@ impl AppliedState {
             .iter()
             .map(|o| (o.file.clone(), sha256(o.yaml.as_bytes())))
             .collect();
-        Self { hosts, objects }
+        Self {
+            hosts,
+            objects,
+            host_keys: BTreeMap::new(),
+        }
+    }
+
+    /// Writes the state atomically (temporary file, then rename), mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&text).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
     }
 
     /// Loads `path`; a missing file is an empty state (nothing applied yet).

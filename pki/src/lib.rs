@@ -167,6 +167,13 @@ impl StateDir {
     pub fn file(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
+    /// Creates the state directory (and `sub` below it) with mode 0700.
+    pub fn ensure_dir(&self, sub: &str) -> Result<PathBuf, PkiError> {
+        store::ensure_dir(&self.root, &self.root)?;
+        let dir = self.root.join(sub);
+        store::ensure_dir(&self.root, &dir)?;
+        Ok(dir)
+    }
     pub fn sa_key(&self) -> PathBuf {
         self.root.join("pki/sa.key")
     }

@@ -5,6 +5,7 @@
 //! docs/local-hosts.md) is handled here: /dev/kmsg, writable cgroup hierarchies, CNI plugins
 //! in /usr/lib/cni, and reboots (nspawn exits 133; the supervisor boots the machine again).
 
+pub mod cluster;
 mod cmd;
 pub mod image;
 pub mod machine;

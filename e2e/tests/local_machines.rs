@@ -1,0 +1,150 @@
+//! Local machines as `strata local up` makes them: reachable over real SSH with the
+//! cluster's key, host keys pinned from the machines' own disks (a wrong key is refused),
+//! a reboot from inside comes back with a new boot id, and `down` leaves nothing behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use strata_e2e::{local_address, require_root, wait_for};
+use strata_platforms::local::cluster::{self, LocalHost, Paths};
+
+const CLUSTER: &str = "e2e-machines";
+
+fn keygen(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    key
+}
+
+/// known_hosts for `address` from a scan, accepted only if it matches the pin.
+fn known_hosts(dir: &Path, address: &str, pin: &str) -> std::path::PathBuf {
+    let scan = Command::new("ssh-keyscan")
+        .args(["-t", "ed25519", address])
+        .output()
+        .expect("ssh-keyscan");
+    let line = String::from_utf8_lossy(&scan.stdout).trim().to_owned();
+    let key_part = line.split_once(' ').map(|(_, k)| k).expect("scanned key");
+    assert_eq!(
+        strata_platforms::ssh::fingerprint(key_part).expect("fingerprint"),
+        pin,
+        "the scanned key is the pinned one"
+    );
+    let file = dir.join(format!("known_hosts-{address}"));
+    std::fs::write(&file, format!("{line}\n")).expect("write");
+    file
+}
+
+fn ssh(key: &Path, known: &Path, address: &str, command: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+        ])
+        .arg(format!("root@{address}"))
+        .arg(command)
+        .output()
+        .expect("ssh")
+}
+
+#[test]
+fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let paths = Paths::default();
+    let _ = cluster::down(CLUSTER, &paths);
+    let hosts: Vec<LocalHost> = ["m1", "m2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| LocalHost {
+            name: (*n).into(),
+            address: local_address(i as u32),
+        })
+        .collect();
+
+    let up = cluster::up(CLUSTER, &hosts, &public, &paths).expect("up");
+    assert_eq!(up.len(), 2);
+    assert_ne!(
+        up[0].host_key, up[1].host_key,
+        "each machine has its own host key"
+    );
+    // Idempotent: a second `up` keeps the running machines and their keys.
+    let again = cluster::up(CLUSTER, &hosts, &public, &paths).expect("up again");
+    assert_eq!(again, up);
+
+    let a = up[0].address.to_string();
+    let known = known_hosts(dir.path(), &a, &up[0].host_key);
+    let out = ssh(
+        &key,
+        &known,
+        &a,
+        "hostname; cat /proc/sys/kernel/random/boot_id; systemctl is-system-running --wait",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "m1");
+    assert_eq!(lines[2], "running", "no failed units: {text}");
+    let boot_id = lines[1].to_owned();
+
+    // The other machine's key for this address: refused.
+    let b = up[1].address.to_string();
+    let other = known_hosts(dir.path(), &b, &up[1].host_key);
+    let wrong = dir.path().join("wrong");
+    let line = std::fs::read_to_string(&other)
+        .expect("read")
+        .replacen(&b, &a, 1);
+    std::fs::write(&wrong, line).expect("write");
+    let refused = ssh(&key, &wrong, &a, "true");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A reboot from inside: the machine comes back by itself with a new boot id.
+    let _ = ssh(&key, &known, &a, "systemctl reboot");
+    let t = wait_for("m1 back after reboot", Duration::from_secs(90), || {
+        let o = ssh(&key, &known, &a, "cat /proc/sys/kernel/random/boot_id");
+        o.status.success() && {
+            let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            !id.is_empty() && id != boot_id
+        }
+    })
+    .expect("reboot");
+    eprintln!(
+        "m1 rebooted and answered SSH again after {:.1}s",
+        t.as_secs_f64()
+    );
+
+    let removed = cluster::down(CLUSTER, &paths).expect("down");
+    assert_eq!(removed, ["m1", "m2"]);
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(CLUSTER));
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(!mounts.contains(&format!("/machines/{CLUSTER}/")));
+    assert!(!paths.machines.join(CLUSTER).exists());
+}

@@ -1,0 +1,205 @@
+//! A local cluster's machines as a whole: `strata local up | down | list`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::image::{BaseImage, ImageError};
+use super::machine::{Machine, MachineError};
+use super::network::Bridge;
+use crate::ssh::fingerprint;
+
+/// Where images are cached and machines live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub cache: PathBuf,
+    pub machines: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            cache: PathBuf::from("/var/cache/strata"),
+            machines: PathBuf::from("/var/lib/strata/machines"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalHost {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+/// A machine that is up, with the fingerprint of the SSH host key it generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpHost {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// `SHA256:...` of /etc/ssh/ssh_host_ed25519_key.pub, read from the machine's own disk.
+    pub host_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("the local platform needs root (machines and network namespaces); run with sudo")]
+    NotRoot,
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("network: {0}")]
+    Network(#[from] super::cmd::CommandError),
+    #[error("host {host}: {what} within {secs}s; see {log}")]
+    Timeout {
+        host: String,
+        what: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|uid| uid == "0")
+}
+
+/// Lets `public_key` (an OpenSSH public key line) log in as root.
+fn authorize(m: &Machine, public_key: &str) -> Result<(), LocalError> {
+    let dir = m.root().join("root/.ssh");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    let file = dir.join("authorized_keys");
+    std::fs::write(&file, format!("{}\n", public_key.trim())).map_err(io(&file))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io(&file))?;
+    Ok(())
+}
+
+fn wait(
+    host: &str,
+    what: &str,
+    limit: Duration,
+    log: &Path,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), LocalError> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > limit {
+            return Err(LocalError::Timeout {
+                host: host.into(),
+                what: what.into(),
+                secs: limit.as_secs(),
+                log: log.display().to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
+/// Reads the host key the machine generated and waits until sshd accepts connections.
+pub fn wait_for_ssh(m: &Machine, limit: Duration) -> Result<String, LocalError> {
+    let key = m.root().join("etc/ssh/ssh_host_ed25519_key.pub");
+    let log = m.console_log();
+    wait(&m.host, "no SSH host key", limit, &log, || key.exists())?;
+    let addr = SocketAddr::from((m.network.address, 22));
+    wait(
+        &m.host,
+        "sshd not listening on port 22",
+        limit,
+        &log,
+        || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok(),
+    )?;
+    let line = std::fs::read_to_string(&key).map_err(io(&key))?;
+    fingerprint(&line).map_err(|reason| LocalError::Io {
+        path: key.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+    })
+}
+
+/// Creates (or resumes) every machine of the cluster and boots it; idempotent.
+pub fn up(
+    cluster: &str,
+    hosts: &[LocalHost],
+    public_key: &str,
+    paths: &Paths,
+) -> Result<Vec<UpHost>, LocalError> {
+    if !is_root() {
+        return Err(LocalError::NotRoot);
+    }
+    let base = BaseImage::ensure(&paths.cache)?;
+    let bridge = Bridge::for_cluster(cluster);
+    bridge.ensure()?;
+    let mut machines = Vec::new();
+    for h in hosts {
+        let m = Machine::new(&paths.machines, cluster, &h.name, h.address);
+        m.network.ensure(&bridge)?;
+        m.prepare(&base)?;
+        authorize(&m, public_key)?;
+        m.boot()?;
+        machines.push(m);
+    }
+    machines
+        .iter()
+        .map(|m| {
+            Ok(UpHost {
+                name: m.host.clone(),
+                address: m.network.address,
+                host_key: wait_for_ssh(m, Duration::from_secs(120))?,
+            })
+        })
+        .collect()
+}
+
+/// Names of the machines that exist for `cluster` (whether in the Cluster file or not).
+pub fn existing(cluster: &str, paths: &Paths) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(paths.machines.join(cluster))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Whether the machine `host` of `cluster` is running.
+pub fn running(cluster: &str, host: &str, paths: &Paths) -> bool {
+    Machine::new(&paths.machines, cluster, host, Ipv4Addr::UNSPECIFIED).is_running()
+}
+
+/// Removes every machine of the cluster, their namespaces and the bridge.
+pub fn down(cluster: &str, paths: &Paths) -> Result<Vec<String>, LocalError> {
+    if !is_root() {
+        return Err(LocalError::NotRoot);
+    }
+    let names = existing(cluster, paths);
+    for n in &names {
+        Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()?;
+    }
+    Bridge::for_cluster(cluster).delete()?;
+    let _ = std::fs::remove_dir(paths.machines.join(cluster));
+    Ok(names)
+}
