@@ -1,4 +1,8 @@
-//! SSH facts shared by every platform.
+//! SSH: fingerprints, and the transport every platform provisions hosts through.
+
+mod transport;
+
+pub use transport::{CommandOutput, Connection, HostKeyPolicy, SshError, Target, Upload};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};

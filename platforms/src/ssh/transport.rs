@@ -1,0 +1,357 @@
+//! One SSH connection to a host (russh): verified host key, key authentication, commands
+//! with exit status and output, atomic uploads.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, load_secret_key};
+use russh::{ChannelMsg, Disconnect};
+
+/// Environment variable holding the passphrase of an encrypted private key (CI).
+pub const PASSPHRASE_ENV: &str = "STRATA_SSH_KEY_PASSPHRASE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error(
+        "host {host} ({address}): the SSH host key changed: pinned {pinned}, presented {presented}. \
+         If the machine was reinstalled, update the pin (spec.hosts[].ssh.hostKey or the state \
+         directory); otherwise do not connect: someone may be in the middle"
+    )]
+    HostKeyChanged {
+        host: String,
+        address: String,
+        pinned: String,
+        presented: String,
+    },
+    #[error("host {host} ({address}): cannot connect: {reason}")]
+    Connect {
+        host: String,
+        address: String,
+        reason: String,
+    },
+    #[error(
+        "host {host}: user {user} was refused with key {key}; is its public key in ~{user}/.ssh/authorized_keys?"
+    )]
+    Auth {
+        host: String,
+        user: String,
+        key: String,
+    },
+    #[error("{path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("host {host}: {what}: {reason}")]
+    Channel {
+        host: String,
+        what: String,
+        reason: String,
+    },
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name, for messages.
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub private_key: PathBuf,
+}
+
+/// How the server's host key is verified. There is no "accept anything".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// The key must have this SHA256 fingerprint.
+    Pinned(String),
+    /// First contact, explicitly allowed (`--accept-new-host-keys`): the key is accepted and
+    /// reported by [`Connection::host_key`] so that the caller pins it.
+    AcceptNew,
+}
+
+struct Verifier {
+    policy: HostKeyPolicy,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(fp.clone());
+        }
+        Ok(match &self.policy {
+            HostKeyPolicy::Pinned(pin) => *pin == fp,
+            HostKeyPolicy::AcceptNew => true,
+        })
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub status: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The last lines of stdout and stderr, for error messages.
+    pub fn tail(&self) -> String {
+        let mut all = String::from_utf8_lossy(&self.stdout).into_owned();
+        all.push_str(&String::from_utf8_lossy(&self.stderr));
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    Written,
+    /// Same content and mode were already there.
+    Unchanged,
+}
+
+/// Quotes a string for the remote POSIX shell.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// An open, authenticated connection.
+pub struct Connection {
+    handle: Handle<Verifier>,
+    target: Target,
+    host_key: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("target", &self.target)
+            .field("host_key", &self.host_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub async fn connect(
+        target: &Target,
+        policy: HostKeyPolicy,
+        timeout: Duration,
+    ) -> Result<Self, SshError> {
+        let passphrase = std::env::var(PASSPHRASE_ENV).ok();
+        let key = load_secret_key(&target.private_key, passphrase.as_deref()).map_err(|e| {
+            SshError::Key {
+                path: target.private_key.display().to_string(),
+                reason: match passphrase {
+                    None => {
+                        format!("{e} (an encrypted key needs its passphrase in {PASSPHRASE_ENV})")
+                    }
+                    Some(_) => e.to_string(),
+                },
+            }
+        })?;
+        let seen = Arc::new(Mutex::new(None));
+        let verifier = Verifier {
+            policy: policy.clone(),
+            seen: seen.clone(),
+        };
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(Duration::from_secs(600)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            ..client::Config::default()
+        });
+        let addr = (target.address.as_str(), target.port);
+        let connect_err = |reason: String| SshError::Connect {
+            host: target.host.clone(),
+            address: format!("{}:{}", target.address, target.port),
+            reason,
+        };
+        let connected =
+            tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
+        let presented = || seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
+        let mut handle = match connected {
+            Err(_) => {
+                return Err(connect_err(format!(
+                    "no answer within {}s",
+                    timeout.as_secs()
+                )));
+            }
+            Ok(Err(russh::Error::UnknownKey)) => {
+                return Err(match policy {
+                    HostKeyPolicy::Pinned(pinned) => SshError::HostKeyChanged {
+                        host: target.host.clone(),
+                        address: target.address.clone(),
+                        pinned,
+                        presented: presented(),
+                    },
+                    HostKeyPolicy::AcceptNew => connect_err("host key rejected".into()),
+                });
+            }
+            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Ok(Ok(h)) => h,
+        };
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+            .flatten();
+        let auth = handle
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        if !auth.success() {
+            return Err(SshError::Auth {
+                host: target.host.clone(),
+                user: target.user.clone(),
+                key: target.private_key.display().to_string(),
+            });
+        }
+        Ok(Self {
+            handle,
+            target: target.clone(),
+            host_key: presented(),
+        })
+    }
+
+    /// The SHA256 fingerprint of the host key the server presented.
+    pub fn host_key(&self) -> &str {
+        &self.host_key
+    }
+
+    fn channel_err(&self, what: &str, e: impl std::fmt::Display) -> SshError {
+        SshError::Channel {
+            host: self.target.host.clone(),
+            what: what.into(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs `command` in the remote shell, feeding `input` to its standard input.
+    pub async fn exec_with_input(
+        &self,
+        command: &str,
+        input: &[u8],
+    ) -> Result<CommandOutput, SshError> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.channel_err("opening a channel", e))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| self.channel_err(command, e))?;
+        if !input.is_empty() {
+            channel
+                .data(input)
+                .await
+                .map_err(|e| self.channel_err("sending input", e))?;
+        }
+        channel
+            .eof()
+            .await
+            .map_err(|e| self.channel_err("closing input", e))?;
+        let (mut out, mut status) = (
+            CommandOutput {
+                status: 255,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            },
+            None,
+        );
+        let mut channel = channel;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                _ => {}
+            }
+        }
+        out.status = status.unwrap_or(255);
+        Ok(out)
+    }
+
+    pub async fn exec(&self, command: &str) -> Result<CommandOutput, SshError> {
+        self.exec_with_input(command, &[]).await
+    }
+
+    /// Writes `content` to `path` with `mode` and `owner` (user:group) atomically: a
+    /// temporary file in the same directory, then rename. Skipped when the file already has
+    /// this content (sha256) and mode.
+    pub async fn upload(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        owner: &str,
+    ) -> Result<Upload, SshError> {
+        let want = {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
+            d.as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let p = quote(path);
+        let probe = self
+            .exec(&format!(
+                "sha256sum -- {p} 2>/dev/null | cut -d' ' -f1; stat -c %a -- {p} 2>/dev/null"
+            ))
+            .await?;
+        let have = String::from_utf8_lossy(&probe.stdout);
+        let mut lines = have.lines();
+        if lines.next() == Some(want.as_str()) && lines.next() == Some(format!("{mode:o}").as_str())
+        {
+            return Ok(Upload::Unchanged);
+        }
+        let script = format!(
+            "set -e; f={p}; d=$(dirname -- \"$f\"); mkdir -p -- \"$d\"; \
+             t=$(mktemp -- \"$d/.strata-upload.XXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; \
+             cat > \"$t\"; chmod {mode:o} -- \"$t\"; chown {owner} -- \"$t\"; \
+             test \"$(sha256sum -- \"$t\" | cut -d' ' -f1)\" = {want}; mv -f -- \"$t\" \"$f\"; trap - EXIT",
+            owner = quote(owner),
+        );
+        let out = self.exec_with_input(&script, content).await?;
+        if !out.success() {
+            return Err(self.channel_err(&format!("uploading {path}"), out.tail()));
+        }
+        Ok(Upload::Written)
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("/etc/x"), "'/etc/x'");
+        assert_eq!(quote("a'b"), "'a'\\''b'");
+    }
+}
