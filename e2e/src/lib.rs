@@ -35,14 +35,12 @@ pub fn require_root() {
     );
 }
 
-/// The Kubernetes server binaries (from .ci/build-kubernetes).
-pub fn kubernetes_bin() -> PathBuf {
-    let dir = std::env::var_os("STRATA_KUBERNETES_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("{CACHE}/kubernetes/1.20.2/bin")));
+/// The asset directory `apply` installs from (built by .ci/build-assets).
+pub fn assets_bin() -> PathBuf {
+    let dir = PathBuf::from(format!("{CACHE}/assets/1.20.2/bin"));
     assert!(
         dir.join("kubelet").exists(),
-        "no Kubernetes binaries in {}: run `bash .ci/build-kubernetes`",
+        "no assets in {}: run `bash .ci/build-assets`",
         dir.display()
     );
     dir
@@ -89,7 +87,7 @@ impl LocalCluster {
         let base = BaseImage::ensure(Path::new(CACHE)).expect("base image");
         let bridge = Bridge::for_cluster(cluster.name());
         bridge.ensure().expect("bridge");
-        let bin = kubernetes_bin();
+        let bin = assets_bin();
         let mut machines = Vec::new();
         for h in &cluster.spec.hosts {
             let ip = match h.address.as_ref().and_then(|a| a.ip()) {

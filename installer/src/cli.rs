@@ -39,6 +39,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Install or update the cluster: provision every host over SSH (verified host keys), in
+    /// phases, then check it. Safe to run again: it converges and skips what is in place.
+    Apply(ApplyArgs),
     /// Show, per host, which files `apply` would create, change or remove compared with what
     /// was last applied, without contacting any host.
     Plan(StateArgs),
@@ -83,6 +86,19 @@ pub enum CertsCommand {
         #[arg(value_name = "NAME", required_unless_present = "all")]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Trust and pin the host keys of hosts contacted for the first time (check their
+    /// fingerprints out of band first). Never accepts a key that differs from a pin.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Progress as readable text or as one JSON event per line.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,8 @@ macro_rules! outln {
     }};
 }
 
+mod apply;
+mod assets;
 mod certs;
 mod cli;
 mod init;
@@ -47,6 +49,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate(&args),
+        Command::Apply(args) => apply::run(&args),
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
         Command::Render { state, out } => render::run_render(&state, &out),

@@ -571,6 +571,7 @@ fn containerd_config(ctx: &Ctx<'_>) -> String {
            runtime_type = \"io.containerd.runc.v2\"\n\
          \n\
          [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  \
+           BinaryName = \"{BIN_DIR}/runc\"\n  \
            # Must match the kubelet's cgroupDriver ({driver}).\n  \
            SystemdCgroup = {systemd}\n\
          \n\
@@ -665,6 +666,8 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
             "Delegate=yes",
             "KillMode=process",
             "LimitNOFILE=1048576",
+            // containerd finds its shim (containerd-shim-runc-v2) through PATH.
+            "Environment=PATH=/opt/strata/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "ExecStartPre=-/sbin/modprobe overlay",
         ],
     };

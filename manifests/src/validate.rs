@@ -70,6 +70,7 @@ impl Context {
             file: path.display().to_string(),
             base_dir: path
                 .parent()
+                .filter(|p| !p.as_os_str().is_empty())
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(".")),
             home: std::env::var_os("HOME").map(PathBuf::from),

@@ -25,7 +25,7 @@ fn io_err(path: &Path, source: io::Error) -> PkiError {
 pub fn ensure_dir(root: &Path, dir: &Path) -> Result<(), PkiError> {
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut d = dir.to_path_buf();
-    while !d.exists() {
+    while !d.as_os_str().is_empty() && !d.exists() {
         missing.push(d.clone());
         if !d.pop() {
             break;
@@ -123,6 +123,21 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_directories_are_created() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cwd = std::env::current_dir().expect("cwd");
+        // A relative root whose parent is the empty path.
+        let rel = root.path().strip_prefix("/").expect("absolute");
+        let here = Path::new("/");
+        std::env::set_current_dir(here).expect("cd /");
+        let made = ensure_dir(&rel.join("state"), &rel.join("state/ssh"));
+        std::env::set_current_dir(cwd).expect("cd back");
+        made.expect("relative path");
+        assert!(root.path().join("state/ssh").is_dir());
+        ensure_dir(Path::new("x"), Path::new("")).expect("empty path is a no-op");
+    }
 
     #[test]
     fn atomic_write_sets_modes_and_dirs() {

@@ -1,0 +1,606 @@
+//! `strata apply`: provision every host over SSH in named phases, hosts in parallel within a
+//! phase, each step idempotent, so that an interrupted or failed run can simply be run again.
+//!
+//! connect -> preflight -> upload -> etcd -> control-plane -> nodes -> addons -> wait-ready
+//! -> kubeconfig
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use strata_manifests::model::{Platform, Role};
+use strata_manifests::plan::{AppliedFile, AppliedState};
+use strata_manifests::render::{Rendered, render};
+use strata_manifests::{Context, Host};
+use strata_platforms::ssh::{Connection, HostKeyPolicy, Target, Upload};
+
+use crate::assets::{Assets, source_dir};
+use crate::certs::{ClusterState, load};
+use crate::cli::{ApplyArgs, OutputFormat};
+
+/// Progress: `==> Running phase: X` lines in text, one JSON object per line otherwise.
+#[derive(Debug, Clone, Copy)]
+struct Events {
+    json: bool,
+}
+
+impl Events {
+    fn emit(&self, v: serde_json::Value, text: String) {
+        if self.json {
+            outln!("{v}");
+        } else {
+            outln!("{text}");
+        }
+    }
+    fn phase(&self, name: &str) {
+        self.emit(
+            serde_json::json!({"event": "phase-started", "phase": name}),
+            format!("==> Running phase: {name}"),
+        );
+    }
+    fn phase_done(&self, name: &str, d: Duration) {
+        self.emit(
+            serde_json::json!({"event": "phase-finished", "phase": name, "seconds": d.as_secs_f64()}),
+            format!("    {name} done in {:.1}s", d.as_secs_f64()),
+        );
+    }
+    fn step(&self, phase: &str, host: &str, step: &str) {
+        self.emit(
+            serde_json::json!({"event": "step", "phase": phase, "host": host, "step": step}),
+            format!("    [{host}] {step}"),
+        );
+    }
+}
+
+/// A host with its open connection.
+struct Node_<'a> {
+    host: &'a Host,
+    conn: Connection,
+}
+
+fn fail(phase: &str, host: &str, what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("phase {phase}, host {host}: {what}")
+}
+
+async fn sh(n: &Node_<'_>, phase: &str, command: &str) -> Result<String> {
+    let out = n
+        .conn
+        .exec(command)
+        .await
+        .map_err(|e| fail(phase, n.host.name.as_str(), e))?;
+    if !out.success() {
+        return Err(fail(
+            phase,
+            n.host.name.as_str(),
+            format!("`{command}` exited {}:\n{}", out.status, out.tail()),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn all<'a, F, Fut>(nodes: &'a [Node_<'a>], f: F) -> Result<()>
+where
+    F: Fn(&'a Node_<'a>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let results = join_all(nodes.iter().map(f)).await;
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
+}
+
+/// Which files make a unit restart when they change.
+fn restart_triggers(unit: &str) -> &'static [&'static str] {
+    match unit {
+        "etcd" => &["etcd"],
+        "kube-apiserver" => &["kube-apiserver", "/pki/", "audit-policy"],
+        "kube-controller-manager" => &["controller-manager", "/pki/ca.", "/pki/sa."],
+        "kube-scheduler" => &["scheduler"],
+        "containerd" => &["containerd", "runc"],
+        "kubelet" => &["kubelet", "/pki/ca.crt"],
+        "kube-proxy" => &["kube-proxy"],
+        _ => &[],
+    }
+}
+
+/// Enables and starts `units` (without waiting), restarting those whose files changed.
+async fn start_units(
+    n: &Node_<'_>,
+    phase: &str,
+    units: &[&str],
+    changed: &BTreeSet<String>,
+    ev: Events,
+) -> Result<()> {
+    let restart: Vec<&str> = units
+        .iter()
+        .copied()
+        .filter(|u| {
+            changed
+                .iter()
+                .any(|p| restart_triggers(u).iter().any(|t| p.contains(t)))
+        })
+        .collect();
+    let mut cmd = format!(
+        "systemctl daemon-reload && systemctl enable --quiet {}",
+        units.join(" ")
+    );
+    if !restart.is_empty() {
+        cmd.push_str(&format!(
+            " && systemctl restart --no-block {}",
+            restart.join(" ")
+        ));
+    }
+    cmd.push_str(&format!(
+        " && systemctl start --no-block {}",
+        units.join(" ")
+    ));
+    sh(n, phase, &cmd).await?;
+    let what = if restart.is_empty() {
+        format!("started {}", units.join(", "))
+    } else {
+        format!(
+            "started {} (restarted {})",
+            units.join(", "),
+            restart.join(", ")
+        )
+    };
+    ev.step(phase, n.host.name.as_str(), &what);
+    Ok(())
+}
+
+async fn retry<F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() > limit => {
+                return Err(e.context(format!("{what}: not within {}s", limit.as_secs())));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+const PREFLIGHT: &str = r#"set -u
+fail() { echo "FAIL: $*"; }
+[ "$(uname -m)" = x86_64 ] || fail "architecture $(uname -m): Strata installs x86-64 binaries"
+[ -d /run/systemd/system ] || fail "systemd is not running (PID 1): units cannot be installed"
+grep -qw overlay /proc/filesystems || fail "the kernel has no overlay filesystem (containerd needs it)"
+[ -d /sys/fs/cgroup ] || fail "no cgroup filesystem at /sys/fs/cgroup"
+avail=$(df -Pk / | awk 'NR==2{print $4}')
+[ "$avail" -gt 2097152 ] || fail "only $((avail/1024)) MiB free on /; binaries and images need 2 GiB"
+echo "TIME $(date +%s)"
+"#;
+
+pub fn run(args: &ApplyArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(apply(args))
+}
+
+async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
+    let ev = Events {
+        // Machine-readable when asked, and whenever nobody watches a terminal (CI).
+        json: args.output == OutputFormat::Json
+            || !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let t0 = Instant::now();
+
+    // Local work first: validation, PKI, rendering, assets. Nothing touches a host yet.
+    let cs: ClusterState = load(&args.state)?;
+    let out = strata_pki::generate(&cs.inputs, &cs.state, time::OffsetDateTime::now_utc())
+        .with_context(|| format!("phase pki, state directory {}", cs.state.root.display()))?;
+    if !out.changed().is_empty() {
+        ev.step(
+            "pki",
+            "local",
+            &format!("{} item(s) created or re-issued", out.changed().len()),
+        );
+    }
+    let rendered: Rendered = render(&cs.cluster, &cs.state).context("phase render")?;
+    let ctx = Context::for_file(&args.state.file.file);
+    let version = cs.cluster.spec.kubernetes.version.to_string();
+    let assets = Assets::load(
+        &source_dir(&cs.cluster.spec.assets.source, &ctx.base_dir, &version),
+        &version,
+    )
+    .context("phase assets")?;
+    let state_file = cs.state.root.join("state.json");
+    let mut state = AppliedState::load(&state_file)?;
+    let local = matches!(cs.cluster.spec.platform, Platform::Local(_));
+
+    // connect
+    ev.phase("connect");
+    let t = Instant::now();
+    let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
+    let connects = join_all(hosts.iter().map(|h| {
+        let ssh = cs.cluster.ssh_for(h);
+        let key: PathBuf = if local {
+            cs.state.root.join("ssh/id_ed25519")
+        } else {
+            ctx.resolve(&ssh.private_key)
+        };
+        let pin = ssh
+            .host_key
+            .as_ref()
+            .map(|k| k.to_string())
+            .or_else(|| state.host_keys.get(h.name.as_str()).cloned());
+        let target = Target {
+            host: h.name.to_string(),
+            address: h
+                .address
+                .as_ref()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default(),
+            port: ssh.port,
+            user: ssh.user.clone(),
+            private_key: key,
+        };
+        let accept = args.accept_new_host_keys;
+        async move {
+            let policy = match pin {
+                Some(p) => HostKeyPolicy::Pinned(p),
+                None if accept => HostKeyPolicy::AcceptNew,
+                None => {
+                    return Err(anyhow!(
+                        "phase connect, host {}: no pinned SSH host key. Check the host's \
+                         fingerprint (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and \
+                         set spec.hosts[].ssh.hostKey, or run with --accept-new-host-keys to pin \
+                         what it presents",
+                        target.host
+                    ));
+                }
+            };
+            Connection::connect(&target, policy, Duration::from_secs(20))
+                .await
+                .map_err(|e| anyhow!("phase connect: {e}"))
+        }
+    }))
+    .await;
+    let mut nodes = Vec::new();
+    let mut errors = Vec::new();
+    for (h, c) in hosts.iter().zip(connects) {
+        match c {
+            Ok(conn) => {
+                ev.step(
+                    "connect",
+                    h.name.as_str(),
+                    &format!("connected, host key {}", conn.host_key()),
+                );
+                state
+                    .host_keys
+                    .insert(h.name.to_string(), conn.host_key().to_owned());
+                nodes.push(Node_ { host: h, conn });
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    state.save(&state_file)?;
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    timings.push(("connect", t.elapsed()));
+    ev.phase_done("connect", t.elapsed());
+
+    // preflight
+    ev.phase("preflight");
+    let t = Instant::now();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let swap_ok = local;
+    all(&nodes, |n| async move {
+        let out = sh(n, "preflight", PREFLIGHT).await?;
+        let mut problems: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("FAIL: ").map(str::to_owned)).collect();
+        if !swap_ok {
+            let swaps = sh(n, "preflight", "tail -n +2 /proc/swaps").await?;
+            if !swaps.trim().is_empty() {
+                problems.push("swap is on; the kubelet refuses to run with swap: `swapoff -a` and remove it from /etc/fstab".into());
+            }
+        }
+        if let Some(t) = out.lines().find_map(|l| l.strip_prefix("TIME ")).and_then(|t| t.parse::<i64>().ok())
+            && (t - now).abs() > 30
+        {
+            problems.push(format!("clock is {}s off this computer's; certificates and etcd need synchronised clocks (enable NTP)", t - now));
+        }
+        if problems.is_empty() {
+            ev.step("preflight", n.host.name.as_str(), "ok");
+            Ok(())
+        } else {
+            Err(fail("preflight", n.host.name.as_str(), problems.join("; ")))
+        }
+    })
+    .await?;
+    timings.push(("preflight", t.elapsed()));
+    ev.phase_done("preflight", t.elapsed());
+
+    // upload
+    ev.phase("upload");
+    let t = Instant::now();
+    let applied = AppliedState::of(&rendered);
+    let changed_per_host: BTreeMap<String, BTreeSet<String>> = {
+        let results = join_all(nodes.iter().map(|n| {
+            let tree = rendered
+                .hosts
+                .iter()
+                .find(|t| t.host == n.host.name.as_str());
+            let files = assets.for_host(n.host);
+            async move {
+                let name = n.host.name.as_str();
+                let mut changed = BTreeSet::new();
+                for a in files {
+                    let bytes = tokio::fs::read(&a.local)
+                        .await
+                        .with_context(|| format!("reading {}", a.local.display()))?;
+                    if n.conn
+                        .upload(&a.remote, &bytes, 0o755, "root:root")
+                        .await
+                        .map_err(|e| fail("upload", name, e))?
+                        == Upload::Written
+                    {
+                        changed.insert(a.remote.clone());
+                    }
+                }
+                if let Some(tree) = tree {
+                    for (path, f) in &tree.files {
+                        if n.conn
+                            .upload(path, &f.content, f.mode, "root:root")
+                            .await
+                            .map_err(|e| fail("upload", name, e))?
+                            == Upload::Written
+                        {
+                            changed.insert(path.clone());
+                        }
+                    }
+                }
+                ev.step(
+                    "upload",
+                    name,
+                    &format!("{} file(s) written", changed.len()),
+                );
+                Ok::<_, anyhow::Error>((name.to_owned(), changed))
+            }
+        }))
+        .await;
+        let mut m = BTreeMap::new();
+        for r in results {
+            let (h, c) = r?;
+            m.insert(h, c);
+        }
+        m
+    };
+    for n in &nodes {
+        let name = n.host.name.to_string();
+        let files: BTreeMap<String, AppliedFile> =
+            applied.hosts.get(&name).cloned().unwrap_or_default();
+        state.hosts.insert(name, files);
+    }
+    state.save(&state_file)?;
+    timings.push(("upload", t.elapsed()));
+    ev.phase_done("upload", t.elapsed());
+    let changed = |n: &Node_<'_>| {
+        changed_per_host
+            .get(n.host.name.as_str())
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    // etcd: every member starts at once (a new cluster needs a quorum), then each is healthy.
+    ev.phase("etcd");
+    let t = Instant::now();
+    let etcd: Vec<&Node_<'_>> = nodes
+        .iter()
+        .filter(|n| n.host.has_role(Role::Etcd))
+        .collect();
+    for n in &etcd {
+        start_units(n, "etcd", &["etcd"], &changed(n), ev).await?;
+    }
+    let health = "ETCDCTL_API=3 /opt/strata/bin/etcdctl --endpoints=https://127.0.0.1:2379 \
+        --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+        --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s endpoint health";
+    let waits = join_all(etcd.iter().map(|n| async move {
+        retry(
+            &format!("phase etcd, host {}: etcd healthy", n.host.name),
+            Duration::from_secs(120),
+            || async { sh(n, "etcd", health).await.map(drop) },
+        )
+        .await?;
+        ev.step("etcd", n.host.name.as_str(), "healthy");
+        Ok::<_, anyhow::Error>(())
+    }))
+    .await;
+    waits.into_iter().collect::<Result<Vec<_>>>()?;
+    timings.push(("etcd", t.elapsed()));
+    ev.phase_done("etcd", t.elapsed());
+
+    // control plane
+    ev.phase("control-plane");
+    let t = Instant::now();
+    for n in nodes.iter().filter(|n| n.host.has_role(Role::ControlPlane)) {
+        start_units(
+            n,
+            "control-plane",
+            &[
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ],
+            &changed(n),
+            ev,
+        )
+        .await?;
+    }
+    let kubeconfig = cs.state.file("auth/kubeconfig");
+    let client = {
+        let kc = Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .context("admin kubeconfig")?;
+        kube::Client::try_from(config).context("API client")?
+    };
+    retry(
+        "phase control-plane: API server ready (/readyz)",
+        Duration::from_secs(180),
+        || {
+            let c = client.clone();
+            async move {
+                let text = c
+                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                    .await?;
+                if text.trim() == "ok" {
+                    Ok(())
+                } else {
+                    bail!("{text}")
+                }
+            }
+        },
+    )
+    .await?;
+    ev.step(
+        "control-plane",
+        "api",
+        &format!("ready at https://{}", cs.inputs.api_endpoint),
+    );
+    timings.push(("control-plane", t.elapsed()));
+    ev.phase_done("control-plane", t.elapsed());
+
+    // nodes
+    ev.phase("nodes");
+    let t = Instant::now();
+    all(&nodes, |n| {
+        let c = changed(n);
+        async move {
+            sh(
+                n,
+                "nodes",
+                "sysctl --quiet --system >/dev/null 2>&1 || true",
+            )
+            .await?;
+            start_units(n, "nodes", &["containerd", "kubelet", "kube-proxy"], &c, ev).await
+        }
+    })
+    .await?;
+    timings.push(("nodes", t.elapsed()));
+    ev.phase_done("nodes", t.elapsed());
+
+    // addons: the cluster objects, with server-side apply.
+    ev.phase("addons");
+    let t = Instant::now();
+    for o in &rendered.objects {
+        let req = http::Request::patch(format!("{}?fieldManager=strata&force=true", o.api_path))
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body(o.yaml.clone().into_bytes())?;
+        client
+            .request_text(req)
+            .await
+            .with_context(|| format!("phase addons: applying {}", o.file))?;
+        ev.step("addons", "api", &format!("applied {}", o.file));
+    }
+    state.objects = applied.objects.clone();
+    state.save(&state_file)?;
+    timings.push(("addons", t.elapsed()));
+    ev.phase_done("addons", t.elapsed());
+
+    // wait for every node to register; label control-plane nodes.
+    ev.phase("wait-ready");
+    let t = Instant::now();
+    let api: Api<Node> = Api::all(client.clone());
+    let want: BTreeSet<String> = nodes.iter().map(|n| n.host.name.to_string()).collect();
+    retry(
+        "phase wait-ready: every node registered",
+        Duration::from_secs(180),
+        || {
+            let api = api.clone();
+            let want = want.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await?;
+                let have: BTreeSet<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                let missing: Vec<&String> = want.difference(&have).collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("not registered yet: {missing:?}")
+                }
+            }
+        },
+    )
+    .await?;
+    for n in nodes.iter().filter(|n| n.host.has_role(Role::ControlPlane)) {
+        let name = n.host.name.as_str();
+        let body = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    node-role.kubernetes.io/control-plane: \"\"\n"
+        );
+        let req = http::Request::patch(format!(
+            "/api/v1/nodes/{name}?fieldManager=strata-node-roles&force=true"
+        ))
+        .header("Content-Type", "application/apply-patch+yaml")
+        .body(body.into_bytes())?;
+        client
+            .request_text(req)
+            .await
+            .with_context(|| format!("phase wait-ready: labelling {name}"))?;
+    }
+    let list = api.list(&ListParams::default()).await?;
+    for node in &list.items {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| {
+                format!(
+                    "Ready={} ({})",
+                    c.status,
+                    c.reason.clone().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "Ready=Unknown".into());
+        ev.step("wait-ready", &name, &format!("registered, {ready}"));
+    }
+    timings.push(("wait-ready", t.elapsed()));
+    ev.phase_done("wait-ready", t.elapsed());
+
+    ev.phase("kubeconfig");
+    ev.step(
+        "kubeconfig",
+        "local",
+        &format!("kubectl --kubeconfig {} get nodes", kubeconfig.display()),
+    );
+    for n in nodes {
+        n.conn.close().await;
+    }
+    if !ev.json {
+        outln!("Phase timings:");
+        for (p, d) in &timings {
+            outln!("  {p:<14} {:>6.1}s", d.as_secs_f64());
+        }
+        outln!("  {:<14} {:>6.1}s", "total", t0.elapsed().as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
+}
