@@ -14,10 +14,10 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use strata_manifests::Host;
 use strata_manifests::model::{Platform, Role};
 use strata_manifests::plan::{AppliedFile, AppliedState};
 use strata_manifests::render::{Rendered, render};
-use strata_manifests::{Context, Host};
 use strata_platforms::ssh::{Connection, HostKeyPolicy, Target, Upload};
 
 use crate::assets::{Assets, source_dir};
@@ -188,6 +188,70 @@ avail=$(df -Pk / | awk 'NR==2{print $4}')
 echo "TIME $(date +%s)"
 "#;
 
+/// Opens an SSH connection to each host: key from the platform (the cluster's own key on
+/// the local platform), host key pinned in the Cluster file or the state directory.
+pub(crate) async fn connect_all(
+    cs: &ClusterState,
+    state: &AppliedState,
+    hosts: &[&Host],
+    accept_new: bool,
+) -> Vec<Result<Connection>> {
+    let local = matches!(cs.cluster.spec.platform, Platform::Local(_));
+    join_all(hosts.iter().map(|h| {
+        let ssh = cs.cluster.ssh_for(h);
+        let key: PathBuf = if local {
+            cs.state.root.join("ssh/id_ed25519")
+        } else {
+            cs.ctx.resolve(&ssh.private_key)
+        };
+        let pin = ssh
+            .host_key
+            .as_ref()
+            .map(|k| k.to_string())
+            .or_else(|| state.host_keys.get(h.name.as_str()).cloned());
+        let target = Target {
+            host: h.name.to_string(),
+            address: h
+                .address
+                .as_ref()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default(),
+            port: ssh.port,
+            user: ssh.user.clone(),
+            private_key: key,
+        };
+        async move {
+            let policy = match pin {
+                Some(p) => HostKeyPolicy::Pinned(p),
+                None if accept_new => HostKeyPolicy::AcceptNew,
+                None => {
+                    return Err(anyhow!(
+                        "phase connect, host {}: no pinned SSH host key. Check the host's \
+                         fingerprint (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and \
+                         set spec.hosts[].ssh.hostKey, or run with --accept-new-host-keys to pin \
+                         what it presents",
+                        target.host
+                    ));
+                }
+            };
+            Connection::connect(&target, policy, Duration::from_secs(20))
+                .await
+                .map_err(|e| anyhow!("phase connect: {e}"))
+        }
+    }))
+    .await
+}
+
+/// The admin API client from the state directory's kubeconfig.
+pub(crate) async fn admin_client(cs: &ClusterState) -> Result<kube::Client> {
+    let path = cs.state.file("auth/kubeconfig");
+    let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("admin kubeconfig")?;
+    kube::Client::try_from(config).context("API client")
+}
+
 pub fn run(args: &ApplyArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,7 +281,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         );
     }
     let rendered: Rendered = render(&cs.cluster, &cs.state).context("phase render")?;
-    let ctx = Context::for_file(&args.state.file.file);
+    let ctx = &cs.ctx;
     let version = cs.cluster.spec.kubernetes.version.to_string();
     let assets = Assets::load(
         &source_dir(&cs.cluster.spec.assets.source, &ctx.base_dir, &version),
@@ -232,50 +296,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     ev.phase("connect");
     let t = Instant::now();
     let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
-    let connects = join_all(hosts.iter().map(|h| {
-        let ssh = cs.cluster.ssh_for(h);
-        let key: PathBuf = if local {
-            cs.state.root.join("ssh/id_ed25519")
-        } else {
-            ctx.resolve(&ssh.private_key)
-        };
-        let pin = ssh
-            .host_key
-            .as_ref()
-            .map(|k| k.to_string())
-            .or_else(|| state.host_keys.get(h.name.as_str()).cloned());
-        let target = Target {
-            host: h.name.to_string(),
-            address: h
-                .address
-                .as_ref()
-                .map(|a| a.as_str().to_owned())
-                .unwrap_or_default(),
-            port: ssh.port,
-            user: ssh.user.clone(),
-            private_key: key,
-        };
-        let accept = args.accept_new_host_keys;
-        async move {
-            let policy = match pin {
-                Some(p) => HostKeyPolicy::Pinned(p),
-                None if accept => HostKeyPolicy::AcceptNew,
-                None => {
-                    return Err(anyhow!(
-                        "phase connect, host {}: no pinned SSH host key. Check the host's \
-                         fingerprint (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and \
-                         set spec.hosts[].ssh.hostKey, or run with --accept-new-host-keys to pin \
-                         what it presents",
-                        target.host
-                    ));
-                }
-            };
-            Connection::connect(&target, policy, Duration::from_secs(20))
-                .await
-                .map_err(|e| anyhow!("phase connect: {e}"))
-        }
-    }))
-    .await;
+    let connects = connect_all(&cs, &state, &hosts, args.accept_new_host_keys).await;
     let mut nodes = Vec::new();
     let mut errors = Vec::new();
     for (h, c) in hosts.iter().zip(connects) {
@@ -451,14 +472,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         .await?;
     }
     let kubeconfig = cs.state.file("auth/kubeconfig");
-    let client = {
-        let kc = Kubeconfig::read_from(&kubeconfig)
-            .with_context(|| format!("reading {}", kubeconfig.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .context("admin kubeconfig")?;
-        kube::Client::try_from(config).context("API client")?
-    };
+    let client = admin_client(&cs).await?;
     retry(
         "phase control-plane: API server ready (/readyz)",
         Duration::from_secs(180),

@@ -12,6 +12,8 @@ use crate::cli::{CertsCommand, StateArgs};
 /// A validated Cluster, its PKI inputs and its state directory.
 pub struct ClusterState {
     pub cluster: strata_manifests::Cluster,
+    /// Where the Cluster file's relative paths resolve.
+    pub ctx: Context,
     pub inputs: strata_pki::Inputs,
     pub state: StateDir,
 }
@@ -34,6 +36,7 @@ pub fn load(args: &StateArgs) -> Result<ClusterState> {
         None => ctx.base_dir.join(loaded.cluster.name()),
     };
     Ok(ClusterState {
+        ctx: ctx.clone(),
         cluster: loaded.cluster,
         inputs,
         state: StateDir::new(root),

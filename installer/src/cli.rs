@@ -42,6 +42,26 @@ pub enum Command {
     /// Install or update the cluster: provision every host over SSH (verified host keys), in
     /// phases, then check it. Safe to run again: it converges and skips what is in place.
     Apply(ApplyArgs),
+    /// Per host: reachable over SSH, Strata's services active, kubelet version; the cluster:
+    /// API ready, nodes and their readiness. Exit 1 when anything is down.
+    Status(StateArgs),
+    /// Print the admin kubeconfig (or write it with --out, mode 0600).
+    Kubeconfig {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Write to this file instead of printing.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Stop and remove everything Strata installed on the hosts (services, files, etcd data,
+    /// kubelet and containerd state). The cluster is gone afterwards; the PKI stays.
+    Reset {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show, per host, which files `apply` would create, change or remove compared with what
     /// was last applied, without contacting any host.
     Plan(StateArgs),

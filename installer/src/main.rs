@@ -16,6 +16,7 @@ mod certs;
 mod cli;
 mod init;
 mod local;
+mod ops;
 mod render;
 
 use std::io::Write;
@@ -50,6 +51,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate(&args),
         Command::Apply(args) => apply::run(&args),
+        Command::Status(args) => ops::status(&args),
+        Command::Kubeconfig { state, out } => ops::kubeconfig(&state, out.as_deref()),
+        Command::Reset { state, yes } => ops::reset(&state, yes),
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
         Command::Render { state, out } => render::run_render(&state, &out),
