@@ -78,20 +78,17 @@ fn local_up_apply_converges_and_kubectl_works() {
             "control-plane",
             "nodes",
             "addons",
+            "pod-network",
             "wait-ready",
             "kubeconfig"
         ]
     );
-    let registered = first
+    // apply succeeds only with every node Ready.
+    let ready = first
         .iter()
-        .filter(|e| {
-            e["phase"] == "wait-ready"
-                && e["step"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("registered"))
-        })
+        .filter(|e| e["phase"] == "wait-ready" && e["step"] == "Ready")
         .count();
-    assert_eq!(registered, 3, "{first:?}");
+    assert_eq!(ready, 3, "{first:?}");
 
     // Again: everything is in place, so nothing is written or restarted.
     let second = events(&ok(&strata(dir.path(), &["apply"]), "second apply"));
@@ -109,7 +106,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     let nodes = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .args(["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,VERSION:.status.nodeInfo.kubeletVersion,CP:.metadata.labels.node-role\\.kubernetes\\.io/control-plane,POOL:.metadata.labels.example\\.com/pool", "--no-headers"])
+        .args(["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,VERSION:.status.nodeInfo.kubeletVersion,CP:.metadata.labels.node-role\\.kubernetes\\.io/control-plane,POOL:.metadata.labels.example\\.com/pool,READY:.status.conditions[?(@.type==\"Ready\")].status", "--no-headers"])
         .output()
         .expect("kubectl (package kubernetes-client)");
     let text = ok(&nodes, "kubectl get nodes");
@@ -120,12 +117,10 @@ fn local_up_apply_converges_and_kubectl_works() {
     assert_eq!(
         rows,
         [
-            vec!["cp1", "v1.20.2", "", "<none>"]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>(),
-            vec!["w1", "v1.20.2", "<none>", "<none>"],
-            vec!["w2", "v1.20.2", "<none>", "batch"],
+            // cp1's control-plane label is empty, so its column is blank.
+            vec!["cp1", "v1.20.2", "<none>", "True"],
+            vec!["w1", "v1.20.2", "<none>", "<none>", "True"],
+            vec!["w2", "v1.20.2", "<none>", "batch", "True"],
         ],
         "{text}"
     );

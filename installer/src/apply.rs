@@ -536,29 +536,31 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     timings.push(("addons", t.elapsed()));
     ev.phase_done("addons", t.elapsed());
 
-    // wait for every node to register; label control-plane nodes.
-    ev.phase("wait-ready");
-    let t = Instant::now();
+    // Every node registers; control-plane nodes get their role label through the API
+    // (NodeRestriction forbids the kubelet to set it).
     let api: Api<Node> = Api::all(client.clone());
     let want: BTreeSet<String> = nodes.iter().map(|n| n.host.name.to_string()).collect();
+    ev.phase("pod-network");
+    let t = Instant::now();
     retry(
-        "phase wait-ready: every node registered",
+        "phase pod-network: every node registered with a podCIDR",
         Duration::from_secs(180),
         || {
             let api = api.clone();
             let want = want.clone();
             async move {
                 let list = api.list(&ListParams::default()).await?;
-                let have: BTreeSet<String> = list
+                let ready: BTreeSet<String> = list
                     .items
                     .iter()
+                    .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
                     .filter_map(|n| n.metadata.name.clone())
                     .collect();
-                let missing: Vec<&String> = want.difference(&have).collect();
+                let missing: Vec<&String> = want.difference(&ready).collect();
                 if missing.is_empty() {
                     Ok(())
                 } else {
-                    bail!("not registered yet: {missing:?}")
+                    bail!("not registered (or no podCIDR) yet: {missing:?}")
                 }
             }
         },
@@ -577,25 +579,68 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         client
             .request_text(req)
             .await
-            .with_context(|| format!("phase wait-ready: labelling {name}"))?;
+            .with_context(|| format!("phase pod-network: labelling {name}"))?;
     }
-    let list = api.list(&ListParams::default()).await?;
-    for node in &list.items {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let ready = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| {
-                format!(
-                    "Ready={} ({})",
-                    c.status,
-                    c.reason.clone().unwrap_or_default()
-                )
-            })
-            .unwrap_or_else(|| "Ready=Unknown".into());
-        ev.step("wait-ready", &name, &format!("registered, {ready}"));
+    // Each node's pod network on its own podCIDR (containerd picks the file up by itself).
+    all(&nodes, |n| {
+        let api = api.clone();
+        async move {
+            let name = n.host.name.as_str();
+            let node = api.get(name).await.with_context(|| format!("phase pod-network: reading node {name}"))?;
+            let cidr = node.spec.and_then(|s| s.pod_cidr).ok_or_else(|| fail("pod-network", name, "no podCIDR"))?;
+            let mtu = sh(n, "pod-network", "cat /sys/class/net/$(ip -o route show default | awk '{print $5; exit}')/mtu 2>/dev/null || echo 1500")
+                .await?
+                .trim()
+                .parse::<u32>()
+                .unwrap_or(1500);
+            let conf = strata_manifests::render::pod_network_config(&cidr, mtu.saturating_sub(50));
+            let path = strata_manifests::render::POD_NETWORK_CONFIG;
+            n.conn.upload(path, conf.as_bytes(), 0o644, "root:root").await.map_err(|e| fail("pod-network", name, e))?;
+            ev.step("pod-network", name, &format!("pods on {cidr}, MTU {}", mtu.saturating_sub(50)));
+            Ok(())
+        }
+    })
+    .await?;
+    timings.push(("pod-network", t.elapsed()));
+    ev.phase_done("pod-network", t.elapsed());
+
+    // Success means every node Ready.
+    ev.phase("wait-ready");
+    let t = Instant::now();
+    retry(
+        "phase wait-ready: every node Ready",
+        Duration::from_secs(180),
+        || {
+            let api = api.clone();
+            let want = want.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await?;
+                let not_ready: Vec<String> = want
+                    .iter()
+                    .filter(|w| {
+                        !list.items.iter().any(|n| {
+                            n.metadata.name.as_deref() == Some(w.as_str())
+                                && n.status
+                                    .as_ref()
+                                    .and_then(|s| s.conditions.as_ref())
+                                    .is_some_and(|c| {
+                                        c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                    })
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if not_ready.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("not Ready yet: {not_ready:?}")
+                }
+            }
+        },
+    )
+    .await?;
+    for name in &want {
+        ev.step("wait-ready", name, "Ready");
     }
     timings.push(("wait-ready", t.elapsed()));
     ev.phase_done("wait-ready", t.elapsed());

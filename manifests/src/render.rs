@@ -779,6 +779,37 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
     Ok(())
 }
 
+/// Where a node's pod network configuration goes.
+pub const POD_NETWORK_CONFIG: &str = "/etc/cni/net.d/10-strata.conflist";
+
+/// A node's pod network (CNI): a bridge with host-local addresses from the node's own
+/// podCIDR (allocated by the controller-manager), outbound traffic masqueraded. The overlay
+/// addon adds the routes between nodes. `mtu`: the pod interfaces' MTU (link MTU minus the
+/// 50 bytes VXLAN needs, so that the overlay can carry them unchanged).
+pub fn pod_network_config(pod_cidr: &str, mtu: u32) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "strata",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "mtu": mtu,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": pod_cidr }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } }
+        ]
+    })
+    .to_string()
+}
+
 /// Writes the rendering below `out`: `hosts/<host>/<absolute path>` and `cluster/<file>`.
 pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -805,4 +836,22 @@ pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
 
 pub(crate) fn to_yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
     yaml(what, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_network_config_is_a_bridge_on_the_node_cidr() {
+        let v: serde_json::Value =
+            serde_json::from_str(&pod_network_config("10.244.3.0/24", 1450)).expect("json");
+        assert_eq!(v["plugins"][0]["type"], "bridge");
+        assert_eq!(v["plugins"][0]["mtu"], 1450);
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+    }
 }
