@@ -30,27 +30,102 @@ struct Events {
     json: bool,
 }
 
+/// The phases of an apply, in order (the overall progress bar counts them).
+const PHASES: [&str; 10] = [
+    "connect",
+    "preflight",
+    "upload",
+    "etcd",
+    "control-plane",
+    "nodes",
+    "addons",
+    "pod-network",
+    "wait-ready",
+    "kubeconfig",
+];
+
+/// The terminal view: one line per host (its phase and step) under an overall bar.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    overall: indicatif::ProgressBar,
+    hosts: BTreeMap<String, indicatif::ProgressBar>,
+}
+
+static BARS: std::sync::OnceLock<Bars> = std::sync::OnceLock::new();
+
+impl Bars {
+    fn start(hosts: &[&str]) {
+        let multi = indicatif::MultiProgress::new();
+        let overall = multi.add(indicatif::ProgressBar::new(PHASES.len() as u64));
+        overall.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:30}] {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let style = indicatif::ProgressStyle::with_template("  {spinner} {prefix:<12} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let hosts = hosts
+            .iter()
+            .map(|h| {
+                let pb = multi.add(indicatif::ProgressBar::new_spinner());
+                pb.set_style(style.clone());
+                pb.set_prefix(h.to_string());
+                pb.enable_steady_tick(Duration::from_millis(120));
+                (h.to_string(), pb)
+            })
+            .collect();
+        let _ = BARS.set(Bars {
+            multi,
+            overall,
+            hosts,
+        });
+    }
+
+    fn finish() {
+        if let Some(b) = BARS.get() {
+            for pb in b.hosts.values() {
+                pb.finish();
+            }
+            b.overall.finish();
+        }
+    }
+}
+
 impl Events {
     fn emit(&self, v: serde_json::Value, text: String) {
         if self.json {
             outln!("{v}");
+        } else if let Some(b) = BARS.get() {
+            let _ = b.multi.println(text);
         } else {
             outln!("{text}");
         }
     }
     fn phase(&self, name: &str) {
+        if let Some(b) = BARS.get() {
+            b.overall.set_message(format!("phase {name}"));
+        }
         self.emit(
             serde_json::json!({"event": "phase-started", "phase": name}),
             format!("==> Running phase: {name}"),
         );
     }
     fn phase_done(&self, name: &str, d: Duration) {
+        if let Some(b) = BARS.get() {
+            b.overall.inc(1);
+        }
         self.emit(
             serde_json::json!({"event": "phase-finished", "phase": name, "seconds": d.as_secs_f64()}),
             format!("    {name} done in {:.1}s", d.as_secs_f64()),
         );
     }
     fn step(&self, phase: &str, host: &str, step: &str) {
+        if let Some(pb) = BARS.get().and_then(|b| b.hosts.get(host)) {
+            pb.set_message(format!("{phase}: {step}"));
+            return;
+        }
         self.emit(
             serde_json::json!({"event": "step", "phase": phase, "host": host, "step": step}),
             format!("    [{host}] {step}"),
@@ -177,6 +252,44 @@ where
     }
 }
 
+fn has_pod_cidr(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some()
+}
+
+fn is_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until every node in `want` exists and satisfies `ok`.
+async fn wait_nodes(
+    api: &Api<Node>,
+    want: &BTreeSet<String>,
+    what: &str,
+    ok: fn(&Node) -> bool,
+) -> Result<()> {
+    retry(what, Duration::from_secs(180), || async move {
+        let list = api.list(&ListParams::default()).await?;
+        let waiting: Vec<&String> = want
+            .iter()
+            .filter(|w| {
+                !list
+                    .items
+                    .iter()
+                    .any(|n| n.metadata.name.as_deref() == Some(w.as_str()) && ok(n))
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            bail!("still waiting for {waiting:?}")
+        }
+    })
+    .await
+}
+
 const PREFLIGHT: &str = r#"set -u
 fail() { echo "FAIL: $*"; }
 [ "$(uname -m)" = x86_64 ] || fail "architecture $(uname -m): Strata installs x86-64 binaries"
@@ -293,9 +406,13 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let local = matches!(cs.cluster.spec.platform, Platform::Local(_));
 
     // connect
+    let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
+    if !ev.json {
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        Bars::start(&names);
+    }
     ev.phase("connect");
     let t = Instant::now();
-    let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
     let connects = connect_all(&cs, &state, &hosts, args.accept_new_host_keys).await;
     let mut nodes = Vec::new();
     let mut errors = Vec::new();
@@ -542,28 +659,11 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let want: BTreeSet<String> = nodes.iter().map(|n| n.host.name.to_string()).collect();
     ev.phase("pod-network");
     let t = Instant::now();
-    retry(
+    wait_nodes(
+        &api,
+        &want,
         "phase pod-network: every node registered with a podCIDR",
-        Duration::from_secs(180),
-        || {
-            let api = api.clone();
-            let want = want.clone();
-            async move {
-                let list = api.list(&ListParams::default()).await?;
-                let ready: BTreeSet<String> = list
-                    .items
-                    .iter()
-                    .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
-                    .filter_map(|n| n.metadata.name.clone())
-                    .collect();
-                let missing: Vec<&String> = want.difference(&ready).collect();
-                if missing.is_empty() {
-                    Ok(())
-                } else {
-                    bail!("not registered (or no podCIDR) yet: {missing:?}")
-                }
-            }
-        },
+        has_pod_cidr,
     )
     .await?;
     for n in nodes.iter().filter(|n| n.host.has_role(Role::ControlPlane)) {
@@ -607,38 +707,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     // Success means every node Ready.
     ev.phase("wait-ready");
     let t = Instant::now();
-    retry(
-        "phase wait-ready: every node Ready",
-        Duration::from_secs(180),
-        || {
-            let api = api.clone();
-            let want = want.clone();
-            async move {
-                let list = api.list(&ListParams::default()).await?;
-                let not_ready: Vec<String> = want
-                    .iter()
-                    .filter(|w| {
-                        !list.items.iter().any(|n| {
-                            n.metadata.name.as_deref() == Some(w.as_str())
-                                && n.status
-                                    .as_ref()
-                                    .and_then(|s| s.conditions.as_ref())
-                                    .is_some_and(|c| {
-                                        c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                                    })
-                        })
-                    })
-                    .cloned()
-                    .collect();
-                if not_ready.is_empty() {
-                    Ok(())
-                } else {
-                    bail!("not Ready yet: {not_ready:?}")
-                }
-            }
-        },
-    )
-    .await?;
+    wait_nodes(&api, &want, "phase wait-ready: every node Ready", is_ready).await?;
     for name in &want {
         ev.step("wait-ready", name, "Ready");
     }
@@ -654,6 +723,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     for n in nodes {
         n.conn.close().await;
     }
+    Bars::finish();
     if !ev.json {
         outln!("Phase timings:");
         for (p, d) in &timings {
