@@ -21,18 +21,26 @@ pub const CACHE: &str = "/var/cache/strata";
 pub const MACHINES: &str = "/var/lib/strata/machines";
 
 pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        })
-        .unwrap_or_default();
-    assert_eq!(
-        uid, "0",
+    assert!(
+        strata_platforms::local::cluster::is_root(),
         "end-to-end tests create machines and network namespaces: run them as root (bash .ci/test)"
     );
+}
+
+/// A fresh ed25519 key pair without passphrase in `dir` (OpenSSH's ssh-keygen).
+pub fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (package openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
 }
 
 /// The asset directory `apply` installs from (built by .ci/build-assets).

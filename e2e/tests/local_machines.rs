@@ -6,21 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use strata_e2e::{local_address, require_root, wait_for};
+use strata_e2e::{keygen, local_address, require_root, wait_for};
 use strata_platforms::local::cluster::{self, LocalHost, Paths};
 
 const CLUSTER: &str = "e2e-machines";
-
-fn keygen(dir: &Path) -> std::path::PathBuf {
-    let key = dir.join("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success());
-    key
-}
 
 /// known_hosts for `address` from a scan, accepted only if it matches the pin.
 fn known_hosts(dir: &Path, address: &str, pin: &str) -> std::path::PathBuf {

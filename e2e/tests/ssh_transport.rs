@@ -2,25 +2,13 @@
 //! names both fingerprints), commands with status and output, atomic uploads with mode and
 //! owner that are skipped when nothing changed.
 
-use std::path::Path;
 use std::time::Duration;
 
-use strata_e2e::{local_address, require_root};
+use strata_e2e::{keygen, local_address, require_root};
 use strata_platforms::local::cluster::{self, LocalHost, Paths};
 use strata_platforms::ssh::{Connection, HostKeyPolicy, SshError, Target, Upload};
 
 const CLUSTER: &str = "e2e-ssh";
-
-fn keygen(dir: &Path) -> std::path::PathBuf {
-    let key = dir.join("id_ed25519");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success());
-    key
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_verifies_runs_and_uploads() {
