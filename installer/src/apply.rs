@@ -298,8 +298,95 @@ grep -qw overlay /proc/filesystems || fail "the kernel has no overlay filesystem
 [ -d /sys/fs/cgroup ] || fail "no cgroup filesystem at /sys/fs/cgroup"
 avail=$(df -Pk / | awk 'NR==2{print $4}')
 [ "$avail" -gt 2097152 ] || fail "only $((avail/1024)) MiB free on /; binaries and images need 2 GiB"
+# listener PORT: the executable listening on TCP PORT, if any (from /proc: no ss needed).
+listener() {
+  hex=$(printf ':%04X' "$1")
+  for inode in $(awk -v p="$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+    fd=$(find /proc/[0-9]*/fd -lname "socket:\[$inode\]" 2>/dev/null | head -n 1)
+    [ -n "$fd" ] || { echo unknown; return; }
+    pid=${fd#/proc/}; pid=${pid%%/*}
+    readlink "/proc/$pid/exe" || echo "pid $pid"
+    return
+  done
+}
+for port in $PORTS; do
+  exe=$(listener "$port")
+  case "$exe" in
+    ""|/opt/strata/bin/*) ;;
+    *) fail "TCP port $port is in use by $exe; Strata's components need it: stop that service" ;;
+  esac
+done
+if [ "$REFUSES_CGROUP_V1" = yes ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+  fail "the host runs cgroup v1; the kubelet of Kubernetes 1.35 and later needs cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1)"
+fi
 echo "TIME $(date +%s)"
 "#;
+
+/// The TCP ports a host's components listen on, by role.
+fn ports(h: &Host) -> Vec<u16> {
+    let mut p = vec![10250, 10256, 10249];
+    if h.has_role(Role::Etcd) {
+        p.extend([2379, 2380]);
+    }
+    if h.has_role(Role::ControlPlane) {
+        p.extend([6443, 10257, 10259]);
+    }
+    p
+}
+
+/// The preflight script for a host: its ports, and whether its kubelet refuses cgroup v1.
+fn preflight_script(h: &Host, minor: u32, local: bool) -> String {
+    let ports: Vec<String> = ports(h).iter().map(u16::to_string).collect();
+    let refuses = !local
+        && strata_manifests::versions::uses(
+            strata_manifests::versions::Item::KubeletRefusesCgroupV1,
+            minor,
+        );
+    format!(
+        "PORTS='{}'\nREFUSES_CGROUP_V1={}\n{PREFLIGHT}",
+        ports.join(" "),
+        if refuses { "yes" } else { "no" }
+    )
+}
+
+/// The shell command that removes a file Strata no longer renders; a unit is stopped and
+/// disabled first.
+fn remove_command(path: &str) -> String {
+    let quoted = format!("'{}'", path.replace('\'', r"'\''"));
+    match path
+        .strip_prefix("/etc/systemd/system/")
+        .filter(|u| u.ends_with(".service") && !u.contains('/'))
+    {
+        Some(unit) => format!(
+            "systemctl disable --now '{unit}' >/dev/null 2>&1; rm -f {quoted} && systemctl daemon-reload"
+        ),
+        None => format!("rm -f {quoted}"),
+    }
+}
+
+/// From Kubernetes 1.36 the kubelet needs containerd 2; the asset's containerd says which
+/// it is once uploaded.
+async fn check_containerd_2(n: &Node_<'_>) -> Result<()> {
+    let out = sh(n, "upload", "/opt/strata/bin/containerd --version").await?;
+    let version = out.split_whitespace().nth(2).unwrap_or_default();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 2 {
+        return Err(fail(
+            "upload",
+            n.host.name.as_str(),
+            format!(
+                "the assets' containerd is {version:?}; Kubernetes 1.36 and later need containerd 2 \
+                 (put containerd 2.x in spec.assets.source)"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Opens an SSH connection to each host: key from the platform (the cluster's own key on
 /// the local platform), host key pinned in the Cluster file or the state directory.
@@ -447,8 +534,9 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let swap_ok = local;
+    let minor = cs.cluster.spec.kubernetes.version.minor();
     all(&nodes, |n| async move {
-        let out = sh(n, "preflight", PREFLIGHT).await?;
+        let out = sh(n, "preflight", &preflight_script(n.host, minor, local)).await?;
         let mut problems: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("FAIL: ").map(str::to_owned)).collect();
         if !swap_ok {
             let swaps = sh(n, "preflight", "tail -n +2 /proc/swaps").await?;
@@ -476,6 +564,11 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     ev.phase("upload");
     let t = Instant::now();
     let applied = AppliedState::of(&rendered);
+    let previous = &state;
+    let needs_containerd_2 = strata_manifests::versions::uses(
+        strata_manifests::versions::Item::ContainerdV2Required,
+        cs.cluster.spec.kubernetes.version.minor(),
+    );
     let changed_per_host: BTreeMap<String, BTreeSet<String>> = {
         let results = join_all(nodes.iter().map(|n| {
             let tree = rendered
@@ -510,6 +603,25 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
                             changed.insert(path.clone());
                         }
                     }
+                }
+                // Files Strata wrote last time that are no longer rendered (a role removed,
+                // a file renamed by a newer release): stop their units and delete them.
+                let stale: Vec<&String> = previous
+                    .hosts
+                    .get(name)
+                    .map(|old| {
+                        old.keys()
+                            .filter(|p| tree.is_none_or(|t| !t.files.contains_key(*p)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for path in stale {
+                    sh(n, "upload", &remove_command(path)).await?;
+                    ev.step("upload", name, &format!("removed {path}"));
+                    changed.insert(path.clone());
+                }
+                if needs_containerd_2 {
+                    check_containerd_2(n).await?;
                 }
                 ev.step(
                     "upload",

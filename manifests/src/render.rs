@@ -627,6 +627,11 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
             "containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}\n"
         ));
     }
+    if ctx.local() && versions::uses(Item::KubeletRefusesCgroupV1, ctx.minor) {
+        // Local machines share this computer's cgroup hierarchy, which may be v1; real hosts
+        // must run cgroup v2 from 1.35 on (apply's preflight says so).
+        s.push_str("failCgroupV1: false\n");
+    }
     s
 }
 

@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 
 /// Kubernetes minor releases (1.MINOR) Strata renders valid configuration for.
-pub const SUPPORTED_MINORS: RangeInclusive<u32> = 20..=33;
+pub const SUPPORTED_MINORS: RangeInclusive<u32> = 20..=37;
 
 /// A version-dependent piece of configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +21,13 @@ pub enum Item {
     KubeletRuntimeEndpointField,
     /// Images from registry.k8s.io instead of k8s.gcr.io (frozen in 2023): from 1.25.
     RegistryK8sIo,
+    /// KubeletConfiguration `failCgroupV1`: from 1.31 (KEP-4569).
+    KubeletFailCgroupV1Field,
+    /// The kubelet refuses to start on a cgroup v1 host unless `failCgroupV1: false`: from
+    /// 1.35 (KEP-5573 flipped the default).
+    KubeletRefusesCgroupV1,
+    /// containerd 1.x is no longer supported; the runtime must be containerd 2: from 1.36.
+    ContainerdV2Required,
 }
 
 /// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
@@ -30,6 +37,9 @@ pub const TABLE: &[(Item, u32, Option<u32>)] = &[
     (Item::KubeletRuntimeEndpointFlag, 20, Some(26)),
     (Item::KubeletRuntimeEndpointField, 27, None),
     (Item::RegistryK8sIo, 25, None),
+    (Item::KubeletFailCgroupV1Field, 31, None),
+    (Item::KubeletRefusesCgroupV1, 35, None),
+    (Item::ContainerdV2Required, 36, None),
 ];
 
 /// Whether release 1.`minor` uses `item`.
@@ -50,7 +60,8 @@ pub fn pause_image(minor: u32) -> String {
         24 => "3.7",
         25 => "3.8",
         26..=30 => "3.9",
-        _ => "3.10",
+        31..=33 => "3.10",
+        _ => "3.10.1",
     };
     let registry = if uses(Item::RegistryK8sIo, minor) {
         "registry.k8s.io"
@@ -74,6 +85,10 @@ mod tests {
             if uses(Item::KubeletContainerRuntimeFlag, minor) {
                 assert!(flag, "1.{minor}");
             }
+            // A release that refuses cgroup v1 by default must have the field to allow it.
+            if uses(Item::KubeletRefusesCgroupV1, minor) {
+                assert!(uses(Item::KubeletFailCgroupV1Field, minor), "1.{minor}");
+            }
         }
     }
 
@@ -89,6 +104,13 @@ mod tests {
         assert!(uses(Item::KubeletRuntimeEndpointField, 33));
         assert_eq!(pause_image(20), "k8s.gcr.io/pause:3.2");
         assert_eq!(pause_image(33), "registry.k8s.io/pause:3.10");
+        assert_eq!(pause_image(37), "registry.k8s.io/pause:3.10.1");
+        assert!(!uses(Item::KubeletFailCgroupV1Field, 30));
+        assert!(uses(Item::KubeletFailCgroupV1Field, 31));
+        assert!(!uses(Item::KubeletRefusesCgroupV1, 34));
+        assert!(uses(Item::KubeletRefusesCgroupV1, 35));
+        assert!(!uses(Item::ContainerdV2Required, 35));
+        assert!(uses(Item::ContainerdV2Required, 37));
     }
 
     #[test]

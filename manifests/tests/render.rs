@@ -243,6 +243,13 @@ fn flags_follow_the_version_table() {
             "1.{minor}"
         );
         assert_eq!(cm.contains("--port=0"), minor <= 21, "1.{minor}");
+        // Local machines share this computer's cgroups (v1 here): allowed explicitly where
+        // the kubelet would refuse them.
+        assert_eq!(
+            config.contains("failCgroupV1: false"),
+            minor >= 35,
+            "1.{minor}"
+        );
         assert!(containerd.contains(&strata_manifests::versions::pause_image(minor)));
     }
 }
