@@ -103,7 +103,10 @@ impl Events {
             outln!("{text}");
         }
     }
-    fn phase(&self, name: &str) {
+    fn phase(&self, name: &'static str) {
+        if let Ok(mut p) = CURRENT_PHASE.lock() {
+            *p = name;
+        }
         if let Some(b) = BARS.get() {
             b.overall.set_message(format!("phase {name}"));
         }
@@ -364,6 +367,42 @@ fn remove_command(path: &str) -> String {
     }
 }
 
+/// The shell script that imports the asset images into containerd's k8s.io namespace, each
+/// only when containerd does not already hold that reference at that digest, and names the
+/// sandbox image as the release's kubelet and containerd expect it (`sandbox`).
+fn import_script(assets: &Assets, sandbox: &str) -> String {
+    let mut s = String::from(
+        r#"set -eu
+ctr="/opt/strata/bin/ctr -n k8s.io"
+i=0
+until $ctr version >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 120 ] || { echo "containerd does not answer on its socket" >&2; exit 1; }
+  sleep 0.5
+done
+digest_of() { $ctr images ls "name==$1" | awk -v r="$1" '$1 == r { print $3 }'; }
+import() { # FILE REF DIGEST [ALIAS]
+  if [ "$(digest_of "$2")" != "$3" ]; then
+    $ctr images import "$1" >/dev/null
+    [ "$(digest_of "$2")" = "$3" ] || { echo "$1 did not import as $2@$3" >&2; exit 1; }
+    echo "imported $2"
+  fi
+  if [ -n "${4:-}" ] && [ "$(digest_of "$4")" != "$3" ]; then
+    $ctr images tag --force "$2" "$4" >/dev/null
+    echo "tagged $2 as $4"
+  fi
+}
+"#,
+    );
+    for (a, i) in assets.images() {
+        let alias = if i.sandbox { sandbox } else { "" };
+        s.push_str(&format!(
+            "import '{}' '{}' '{}' '{alias}'\n",
+            a.remote, i.reference, i.digest
+        ));
+    }
+    s
+}
+
 /// From Kubernetes 1.36 the kubelet needs containerd 2; the asset's containerd says which
 /// it is once uploaded.
 async fn check_containerd_2(n: &Node_<'_>) -> Result<()> {
@@ -457,8 +496,32 @@ pub fn run(args: &ApplyArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(apply(args))
+    rt.block_on(async {
+        tokio::select! {
+            r = apply(args) => r,
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the apply future closes every SSH session. Each upload is atomic on
+                // the host (temp + rename) and state.json is written atomically after each
+                // phase, so the next run carries on from where this one stopped.
+                Bars::finish();
+                let phase = CURRENT_PHASE.lock().map(|p| *p).unwrap_or("");
+                let json = args.output == OutputFormat::Json
+                    || !std::io::IsTerminal::is_terminal(&std::io::stdout());
+                if json {
+                    println!("{}", serde_json::json!({"event": "interrupted", "phase": phase}));
+                }
+                eprintln!(
+                    "strata apply: interrupted during phase {phase}; nothing is left half-written. \
+                     Run `strata apply` again to continue."
+                );
+                Ok(ExitCode::from(130))
+            }
+        }
+    })
 }
+
+/// The phase running now (for the message when apply is interrupted).
+static CURRENT_PHASE: std::sync::Mutex<&'static str> = std::sync::Mutex::new("");
 
 async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let ev = Events {
@@ -730,6 +793,11 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
 
     // nodes
     ev.phase("nodes");
+    let imports = import_script(
+        &assets,
+        &strata_manifests::versions::pause_image(cs.cluster.spec.kubernetes.version.minor()),
+    );
+    let imports = imports.as_str();
     let t = Instant::now();
     all(&nodes, |n| {
         let c = changed(n);
@@ -740,7 +808,12 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
                 "sysctl --quiet --system >/dev/null 2>&1 || true",
             )
             .await?;
-            start_units(n, "nodes", &["containerd", "kubelet", "kube-proxy"], &c, ev).await
+            start_units(n, "nodes", &["containerd", "kubelet", "kube-proxy"], &c, ev).await?;
+            let out = sh(n, "nodes", imports).await?;
+            for line in out.lines() {
+                ev.step("nodes", n.host.name.as_str(), line);
+            }
+            Ok(())
         }
     })
     .await?;

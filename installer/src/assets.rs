@@ -1,5 +1,6 @@
-//! The binaries `apply` installs: an asset directory with `manifest.json` listing every file
-//! and its sha256. Digests are verified before anything is uploaded.
+//! What `apply` installs: an asset directory with `manifest.json` listing every file and its
+//! sha256 (binaries in bin/, CNI plugins in cni/, OCI image archives in images/ with the
+//! image's reference and manifest digest). Digests are verified before anything is uploaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,22 @@ struct Manifest {
 #[derive(Deserialize)]
 struct Entry {
     sha256: String,
+    /// For images/*.tar: the reference the archive's image is named.
+    image: Option<String>,
+    /// For images/*.tar: the image's manifest digest (what containerd lists).
+    digest: Option<String>,
+}
+
+/// Where hosts keep the image archives they import into containerd.
+pub const IMAGE_DIR: &str = "/var/lib/strata/images";
+
+/// An OCI image archive to import into each node's containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub reference: String,
+    pub digest: String,
+    /// The pod sandbox image (images/pause.tar): also tagged as the release's sandbox image.
+    pub sandbox: bool,
 }
 
 /// One verified file: where it is here, where it goes, its digest.
@@ -26,6 +43,7 @@ struct Entry {
 pub struct Asset {
     pub local: PathBuf,
     pub remote: String,
+    pub image: Option<Image>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,14 +88,39 @@ impl Assets {
                 );
             }
             let name = rel.rsplit('/').next().unwrap_or(rel);
+            let mut image = None;
             let remote = if rel.starts_with("cni/") {
                 format!("{CNI_BIN_DIR}/{name}")
+            } else if rel.starts_with("images/") {
+                let (Some(reference), Some(digest)) = (&e.image, &e.digest) else {
+                    bail!(
+                        "{}: {rel} is an image archive; its entry needs \"image\" (reference) and \"digest\" (manifest digest)",
+                        mf.display()
+                    );
+                };
+                image = Some(Image {
+                    reference: reference.clone(),
+                    digest: digest.clone(),
+                    sandbox: name == "pause.tar",
+                });
+                format!("{IMAGE_DIR}/{name}")
             } else {
                 format!("{BIN_DIR}/{name}")
             };
-            files.push(Asset { local, remote });
+            files.push(Asset {
+                local,
+                remote,
+                image,
+            });
         }
         Ok(Self { files })
+    }
+
+    /// The image archives (every node imports all of them).
+    pub fn images(&self) -> impl Iterator<Item = (&Asset, &Image)> {
+        self.files
+            .iter()
+            .filter_map(|a| a.image.as_ref().map(|i| (a, i)))
     }
 
     /// The files a host needs for its roles.
@@ -121,7 +164,12 @@ mod tests {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(&p, content).expect("write");
             let digest = strata_manifests::plan::sha256(manifest_digest_of.unwrap_or(content));
-            entries.push(format!("\"{rel}\": {{\"sha256\": \"{digest}\"}}"));
+            let image = if rel.starts_with("images/") {
+                ", \"image\": \"strata.dev/pause:1\", \"digest\": \"sha256:ab\""
+            } else {
+                ""
+            };
+            entries.push(format!("\"{rel}\": {{\"sha256\": \"{digest}\"{image}}}"));
         }
         let m = format!(
             "{{\"kubernetes\": \"1.20.2\", \"files\": {{{}}}}}",
@@ -138,6 +186,7 @@ mod tests {
                 ("bin/kubelet", b"k"),
                 ("bin/etcd", b"e"),
                 ("cni/bridge", b"b"),
+                ("images/pause.tar", b"p"),
             ],
             None,
         );
@@ -148,8 +197,18 @@ mod tests {
             [
                 "/opt/strata/bin/etcd",
                 "/opt/strata/bin/kubelet",
-                "/opt/cni/bin/bridge"
+                "/opt/cni/bin/bridge",
+                "/var/lib/strata/images/pause.tar"
             ]
+        );
+        let images: Vec<&Image> = a.images().map(|(_, i)| i).collect();
+        assert_eq!(
+            images,
+            [&Image {
+                reference: "strata.dev/pause:1".into(),
+                digest: "sha256:ab".into(),
+                sandbox: true
+            }]
         );
         let e = Assets::load(d.path(), "1.21.0").expect_err("version");
         assert!(e.to_string().contains("asks for 1.21.0"), "{e}");

@@ -181,10 +181,26 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
 const RESET: &str = r#"set -u
 units="kubelet kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd"
 [ -x /opt/strata/bin/kube-proxy ] && /opt/strata/bin/kube-proxy --cleanup >/dev/null 2>&1
-for u in $units; do systemctl disable --now --quiet "$u" 2>/dev/null; done
-pkill -f containerd-shim-runc-v2 2>/dev/null
-for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd)" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
-rm -rf /etc/kubernetes /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/containerd /run/containerd /var/log/kubernetes /opt/strata /etc/containerd /etc/sysctl.d/90-strata.conf /etc/modules-load.d/strata.conf /etc/cni/net.d/10-strata.conflist /var/lib/cni
+systemctl disable --now --quiet kubelet 2>/dev/null
+# Every pod's processes: through containerd while it runs, then whatever is left in the
+# pods' cgroups, then the shims.
+if [ -x /opt/strata/bin/ctr ]; then
+  for t in $(/opt/strata/bin/ctr -n k8s.io tasks ls -q 2>/dev/null); do
+    /opt/strata/bin/ctr -n k8s.io tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1
+  done
+fi
+# (A process of another PID namespace reads as 0 there: never `kill 0`, our own group.)
+for f in $(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null); do
+  for p in $(cat "$f" 2>/dev/null); do [ "$p" -gt 1 ] && kill -9 "$p" 2>/dev/null; done
+done
+# Everything is about to be deleted: no graceful shutdown (the API server waits a minute).
+for u in $units; do
+  systemctl kill --quiet --signal=SIGKILL "$u" 2>/dev/null
+  systemctl disable --now --quiet "$u" 2>/dev/null
+done
+pkill -KILL -x containerd-shim 2>/dev/null
+for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd)/" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
+rm -rf /var/lib/strata /etc/kubernetes /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/containerd /run/containerd /var/log/kubernetes /opt/strata /etc/containerd /etc/sysctl.d/90-strata.conf /etc/modules-load.d/strata.conf /etc/cni/net.d/10-strata.conflist /var/lib/cni
 ip link del cni0 2>/dev/null
 for u in $units; do rm -f "/etc/systemd/system/$u.service"; done
 systemctl daemon-reload
@@ -224,7 +240,12 @@ pub fn reset(args: &StateArgs, yes: bool) -> Result<ExitCode> {
                         outln!("[{}] reset", h.name);
                         state.hosts.remove(h.name.as_str());
                     } else {
-                        errors.push(format!("host {}: reset failed:\n{}", h.name, out.tail()));
+                        errors.push(format!(
+                            "host {}: reset failed (exit {}):\n{}",
+                            h.name,
+                            out.status,
+                            out.tail()
+                        ));
                     }
                     conn.close().await;
                 }

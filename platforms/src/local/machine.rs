@@ -1,6 +1,10 @@
 //! One local machine: an overlay of the base image (per-machine upper directory), booted by
 //! systemd-nspawn in the host's network namespace under a small supervisor that boots it
 //! again when it reboots itself (nspawn exits with 133 on `systemctl reboot`).
+//!
+//! /var/lib/containerd is a directory of this computer bound into the machine: containerd's
+//! overlayfs snapshotter cannot put its upper directories on the machine's own overlay root
+//! (the kernel refuses: "failed to mount rootfs component ... invalid argument").
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -90,7 +94,7 @@ impl Machine {
 
     /// Creates the overlay root (idempotent) and gives the machine its identity.
     pub fn prepare(&self, base: &BaseImage) -> Result<(), MachineError> {
-        for d in ["upper", "work", "root"] {
+        for d in ["upper", "work", "root", "containerd"] {
             let p = self.dir.join(d);
             std::fs::create_dir_all(&p).map_err(|e| self.io(&p, e))?;
         }
@@ -157,7 +161,8 @@ impl Machine {
              while :; do\n  \
                SYSTEMD_SECCOMP=0 SYSTEMD_NSPAWN_API_VFS_WRITABLE=1 systemd-nspawn -D '{root}' --boot \
              --register=no --keep-unit --network-namespace-path='{netns}' --capability=all \
-             --bind=/dev/kmsg --property=DeviceAllow='char-* rwm' --hostname='{host}' \
+             --bind=/dev/kmsg --bind='{containerd}:/var/lib/containerd' \
+             --property=DeviceAllow='char-* rwm' --hostname='{host}' \
              --machine='{host}' --console=read-only >>'{log}' 2>&1 &\n  \
                echo $! > '{nspawn}'\n  \
                wait $!; rc=$?\n  \
@@ -168,6 +173,7 @@ impl Machine {
             sup = self.pid_file("supervisor.pid").display(),
             nspawn = self.pid_file("nspawn.pid").display(),
             root = root.display(),
+            containerd = self.dir.join("containerd").display(),
             netns = self.network.netns_path(),
             host = self.host,
             log = self.console_log().display(),
