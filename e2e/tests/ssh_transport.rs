@@ -1,12 +1,41 @@
 //! The SSH transport against real sshd in local machines: pinned host keys (a changed key
 //! names both fingerprints), commands with status and output, atomic uploads with mode and
-//! owner that are skipped when nothing changed.
+//! owner that are skipped when nothing changed; ed25519, ECDSA, RSA and encrypted keys; the
+//! ssh-agent; a user other than root through sudo (and the clear refusal when sudo wants a
+//! password); a host reached through a jump host.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use strata_e2e::{keygen, local_address, require_root};
 use strata_platforms::local::cluster::{self, LocalHost, Paths};
-use strata_platforms::ssh::{Connection, HostKeyPolicy, SshError, Target, Upload};
+use strata_platforms::ssh::{
+    Connection, HostKeyPolicy, Identity, Jump, Secret, SshError, Target, Upload, key_is_encrypted,
+};
+
+/// A key pair of `kind` (ed25519, ecdsa, rsa) with `passphrase` ("" for none).
+fn keygen_kind(dir: &Path, kind: &str, passphrase: &str) -> PathBuf {
+    let key = dir.join(format!("id_{kind}_{}", passphrase.len()));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
+
+fn key(path: &Path) -> Identity {
+    Identity::Key {
+        path: path.to_path_buf(),
+        passphrase: None,
+    }
+}
 
 const CLUSTER: &str = "e2e-ssh";
 
@@ -40,7 +69,8 @@ async fn transport_verifies_runs_and_uploads() {
         address: up[i].address.to_string(),
         port: 22,
         user: "root".into(),
-        private_key: key.clone(),
+        identity: self::key(&key),
+        jump: None,
     };
     let t = Duration::from_secs(10);
 
@@ -120,7 +150,166 @@ async fn transport_verifies_runs_and_uploads() {
         .await
         .expect("ls");
     assert!(!String::from_utf8_lossy(&leftovers.stdout).contains(".strata-upload"));
+
+    // More kinds of keys, an encrypted one among them, authorised for root on s1.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ecdsa = keygen_kind(keys.path(), "ecdsa", "");
+    let rsa = keygen_kind(keys.path(), "rsa", "");
+    let locked = keygen_kind(keys.path(), "ed25519", "open sesame");
+    for k in [&ecdsa, &rsa, &locked] {
+        let public = std::fs::read(k.with_extension("pub")).expect("pub");
+        let out = c
+            .exec_with_input("cat >> /root/.ssh/authorized_keys", &public)
+            .await
+            .expect("authorize");
+        assert!(out.success());
+    }
+    let pinned = |i: usize| HostKeyPolicy::Pinned(up[i].host_key.clone());
+    for k in [&ecdsa, &rsa] {
+        let mut tg = target(0);
+        tg.identity = self::key(k);
+        let c = Connection::connect(&tg, pinned(0), t)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", k.display()));
+        c.close().await;
+    }
+    assert!(key_is_encrypted(&locked) && !key_is_encrypted(&ecdsa));
+    let mut tg = target(0);
+    tg.identity = self::key(&locked);
+    let e = Connection::connect(&tg, pinned(0), t)
+        .await
+        .expect_err("no passphrase");
+    assert!(
+        matches!(e, SshError::Key { .. }) && e.to_string().contains("passphrase"),
+        "{e}"
+    );
+    tg.identity = Identity::Key {
+        path: locked.clone(),
+        passphrase: Some(Secret("open sesame".into())),
+    };
+    Connection::connect(&tg, pinned(0), t)
+        .await
+        .expect("with its passphrase")
+        .close()
+        .await;
+
+    // The ssh-agent holds the key; no key file is read.
+    let socket = keys.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    strata_e2e::wait_for("the agent's socket", Duration::from_secs(10), || {
+        socket.exists()
+    })
+    .expect("agent");
+    let added = Command::new("ssh-add")
+        .arg(&ecdsa)
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    tg.identity = Identity::Agent {
+        socket: Some(socket.clone()),
+    };
+    let via_agent = Connection::connect(&tg, pinned(0), t).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let via_agent = via_agent.expect("agent");
+    assert_eq!(
+        String::from_utf8_lossy(&via_agent.exec("whoami").await.expect("exec").stdout).trim(),
+        "root"
+    );
+    via_agent.close().await;
+
+    // A user other than root: commands and uploads go through sudo. A user whose sudo
+    // wants a password is refused with the fix.
+    let setup = c
+        .exec(
+            "set -e
+             for u in deploy asker; do
+               id $u >/dev/null 2>&1 || useradd -m -s /bin/sh $u
+               echo \"$u:pw-$u-not-used\" | chpasswd
+               mkdir -p /home/$u/.ssh && cp /root/.ssh/authorized_keys /home/$u/.ssh/
+               chown -R $u:$u /home/$u/.ssh
+             done
+             echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy
+             echo 'asker ALL=(ALL) ALL' > /etc/sudoers.d/asker
+             chmod 0440 /etc/sudoers.d/deploy /etc/sudoers.d/asker",
+        )
+        .await
+        .expect("users");
+    assert!(setup.success(), "{}", setup.tail());
+    let mut deploy = target(0);
+    deploy.user = "deploy".into();
+    let d = Connection::connect(&deploy, pinned(0), t)
+        .await
+        .expect("deploy with sudo");
+    let who = d.exec("id -u; echo $SUDO_USER").await.expect("exec");
+    assert_eq!(String::from_utf8_lossy(&who.stdout), "0\ndeploy\n");
+    assert_eq!(
+        d.upload("/etc/strata-test/by-sudo", b"x\n", 0o640, "root:root")
+            .await
+            .expect("upload through sudo"),
+        Upload::Written
+    );
+    let st = d
+        .exec("stat -c '%a %U' /etc/strata-test/by-sudo")
+        .await
+        .expect("stat");
+    assert_eq!(String::from_utf8_lossy(&st.stdout), "640 root\n");
+    d.close().await;
+    let mut asker = target(0);
+    asker.user = "asker".into();
+    let e = Connection::connect(&asker, pinned(0), t)
+        .await
+        .expect_err("sudo wants a password");
+    assert!(matches!(e, SshError::Sudo { .. }), "{e}");
+    assert!(e.to_string().contains("NOPASSWD"), "{e}");
     c.close().await;
+
+    // s2 through s1 (the jump host): s2 sees the connection coming from s1's address.
+    let mut via = target(1);
+    via.jump = Some(Box::new(Jump {
+        target: target(0),
+        policy: pinned(0),
+    }));
+    let j = Connection::connect(&via, pinned(1), t)
+        .await
+        .expect("through the jump host");
+    let conn = j
+        .exec("hostname; echo $SSH_CONNECTION")
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&conn.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("s2"));
+    assert_eq!(
+        lines.next().and_then(|l| l.split_whitespace().next()),
+        Some(up[0].address.to_string().as_str()),
+        "{text}"
+    );
+    assert_eq!(j.jump_host_key(), Some(up[0].host_key.as_str()));
+    j.close().await;
+    // The jump host's key is verified too.
+    via.jump = Some(Box::new(Jump {
+        target: target(0),
+        policy: pinned(1),
+    }));
+    let e = Connection::connect(&via, pinned(1), t)
+        .await
+        .expect_err("wrong jump host key");
+    assert!(
+        matches!(e, SshError::Jump { .. }) && e.to_string().contains("host key changed"),
+        "{e}"
+    );
 
     tokio::task::spawn_blocking(move || cluster::down(CLUSTER, &paths))
         .await

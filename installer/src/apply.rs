@@ -15,10 +15,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use strata_manifests::Host;
+use strata_manifests::model::Bastion;
 use strata_manifests::model::{Platform, Role};
 use strata_manifests::plan::{AppliedFile, AppliedState};
 use strata_manifests::render::{Rendered, render};
-use strata_platforms::ssh::{Connection, HostKeyPolicy, Target, Upload};
+use strata_platforms::ssh::{
+    Connection, HostKeyPolicy, Identity, Jump, Secret, Target, Upload, key_is_encrypted,
+};
 
 use crate::assets::{Assets, source_dir};
 use crate::certs::{ClusterState, load};
@@ -427,27 +430,120 @@ async fn check_containerd_2(n: &Node_<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The passphrases of encrypted private keys, asked once per key file in a terminal (the
+/// live view is paused meanwhile). Without a terminal the transport reads
+/// STRATA_SSH_KEY_PASSPHRASE, and says so when it is missing.
+fn key_passphrases(keys: &BTreeSet<PathBuf>) -> Result<BTreeMap<PathBuf, Secret>> {
+    let mut out = BTreeMap::new();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::env::var_os(strata_platforms::ssh::PASSPHRASE_ENV).is_none();
+    if !interactive {
+        return Ok(out);
+    }
+    for key in keys.iter().filter(|k| key_is_encrypted(k)) {
+        let ask = || {
+            dialoguer::Password::new()
+                .with_prompt(format!("Passphrase for SSH key {}", key.display()))
+                .interact()
+        };
+        let pass = match BARS.get() {
+            Some(b) => b.multi.suspend(ask),
+            None => ask(),
+        }
+        .with_context(|| format!("reading the passphrase of {}", key.display()))?;
+        out.insert(key.clone(), Secret(pass));
+    }
+    Ok(out)
+}
+
+/// The key the state directory pins a bastion's host key under.
+fn bastion_pin_name(b: &Bastion) -> String {
+    format!("bastion/{}:{}", b.address.as_str(), b.port)
+}
+
+/// How a host's host key is checked: pinned in the Cluster file, else in the state
+/// directory, else accepted only with --accept-new-host-keys.
+fn host_key_policy(
+    name: &str,
+    pinned: Option<String>,
+    accept_new: bool,
+    where_to_pin: &str,
+) -> Result<HostKeyPolicy> {
+    match pinned {
+        Some(p) => Ok(HostKeyPolicy::Pinned(p)),
+        None if accept_new => Ok(HostKeyPolicy::AcceptNew),
+        None => Err(anyhow!(
+            "phase connect, host {name}: no pinned SSH host key. Check the host's fingerprint \
+             (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and set {where_to_pin}, or \
+             run with --accept-new-host-keys to pin what it presents"
+        )),
+    }
+}
+
 /// Opens an SSH connection to each host: key from the platform (the cluster's own key on
-/// the local platform), host key pinned in the Cluster file or the state directory.
+/// the local platform) or the ssh-agent, through the bastion if there is one, host keys
+/// pinned in the Cluster file or the state directory.
 pub(crate) async fn connect_all(
     cs: &ClusterState,
     state: &AppliedState,
     hosts: &[&Host],
     accept_new: bool,
-) -> Vec<Result<Connection>> {
+) -> Result<Vec<Result<Connection>>> {
     let local = matches!(cs.cluster.spec.platform, Platform::Local(_));
-    join_all(hosts.iter().map(|h| {
+    let identity_of = |h: &Host, secrets: &BTreeMap<PathBuf, Secret>| {
         let ssh = cs.cluster.ssh_for(h);
-        let key: PathBuf = if local {
-            cs.state.root.join("ssh/id_ed25519")
+        if local {
+            Identity::Key {
+                path: cs.state.root.join("ssh/id_ed25519"),
+                passphrase: None,
+            }
+        } else if ssh.agent {
+            Identity::Agent { socket: None }
         } else {
-            cs.ctx.resolve(&ssh.private_key)
-        };
+            let path = cs.ctx.resolve(&ssh.private_key);
+            let passphrase = secrets.get(&path).cloned();
+            Identity::Key { path, passphrase }
+        }
+    };
+    let keys: BTreeSet<PathBuf> = hosts
+        .iter()
+        .filter_map(|h| match identity_of(h, &BTreeMap::new()) {
+            Identity::Key { path, .. } if !local => Some(path),
+            _ => None,
+        })
+        .collect();
+    let secrets = key_passphrases(&keys)?;
+    Ok(join_all(hosts.iter().map(|h| {
+        let ssh = cs.cluster.ssh_for(h);
+        let identity = identity_of(h, &secrets);
         let pin = ssh
             .host_key
             .as_ref()
             .map(|k| k.to_string())
             .or_else(|| state.host_keys.get(h.name.as_str()).cloned());
+        let jump = ssh.bastion.as_ref().map(|b| {
+            let pin = b
+                .host_key
+                .as_ref()
+                .map(|k| k.to_string())
+                .or_else(|| state.host_keys.get(&bastion_pin_name(b)).cloned());
+            (
+                host_key_policy(
+                    &format!("bastion {}", b.address.as_str()),
+                    pin,
+                    accept_new,
+                    "spec.ssh.bastion.hostKey",
+                ),
+                Target {
+                    host: format!("bastion {}", b.address.as_str()),
+                    address: b.address.as_str().to_owned(),
+                    port: b.port,
+                    user: b.user.clone().unwrap_or_else(|| ssh.user.clone()),
+                    identity: identity.clone(),
+                    jump: None,
+                },
+            )
+        });
         let target = Target {
             host: h.name.to_string(),
             address: h
@@ -457,28 +553,25 @@ pub(crate) async fn connect_all(
                 .unwrap_or_default(),
             port: ssh.port,
             user: ssh.user.clone(),
-            private_key: key,
+            identity,
+            jump: None,
         };
         async move {
-            let policy = match pin {
-                Some(p) => HostKeyPolicy::Pinned(p),
-                None if accept_new => HostKeyPolicy::AcceptNew,
-                None => {
-                    return Err(anyhow!(
-                        "phase connect, host {}: no pinned SSH host key. Check the host's \
-                         fingerprint (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and \
-                         set spec.hosts[].ssh.hostKey, or run with --accept-new-host-keys to pin \
-                         what it presents",
-                        target.host
-                    ));
-                }
-            };
+            let policy =
+                host_key_policy(&target.host, pin, accept_new, "spec.hosts[].ssh.hostKey")?;
+            let mut target = target;
+            if let Some((jump_policy, jump_target)) = jump {
+                target.jump = Some(Box::new(Jump {
+                    target: jump_target,
+                    policy: jump_policy?,
+                }));
+            }
             Connection::connect(&target, policy, Duration::from_secs(20))
                 .await
                 .map_err(|e| anyhow!("phase connect: {e}"))
         }
     }))
-    .await
+    .await)
 }
 
 /// The admin API client from the state directory's kubeconfig.
@@ -563,7 +656,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     }
     ev.phase("connect");
     let t = Instant::now();
-    let connects = connect_all(&cs, &state, &hosts, args.accept_new_host_keys).await;
+    let connects = connect_all(&cs, &state, &hosts, args.accept_new_host_keys).await?;
     let mut nodes = Vec::new();
     let mut errors = Vec::new();
     for (h, c) in hosts.iter().zip(connects) {
@@ -577,6 +670,9 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
                 state
                     .host_keys
                     .insert(h.name.to_string(), conn.host_key().to_owned());
+                if let (Some(b), Some(fp)) = (cs.cluster.ssh_for(h).bastion, conn.jump_host_key()) {
+                    state.host_keys.insert(bastion_pin_name(&b), fp.to_owned());
+                }
                 nodes.push(Node_ { host: h, conn });
             }
             Err(e) => errors.push(format!("{e:#}")),

@@ -72,7 +72,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
         let cs = load(args)?;
         let state = AppliedState::load(&cs.state.root.join("state.json"))?;
         let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
-        let conns = connect_all(&cs, &state, &hosts, false).await;
+        let conns = connect_all(&cs, &state, &hosts, false).await?;
         let mut healthy = true;
         outln!(
             "{:<12} {:<16} {:<5} {:<10} SERVICES",
@@ -230,7 +230,7 @@ pub fn reset(args: &StateArgs, yes: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        let conns = connect_all(&cs, &state, &hosts, false).await;
+        let conns = connect_all(&cs, &state, &hosts, false).await?;
         let mut errors = Vec::new();
         for (h, c) in hosts.iter().zip(conns) {
             match c {

@@ -298,6 +298,29 @@ pub struct SshDefaults {
     /// Cluster file.
     #[serde(default = "default_private_key")]
     pub private_key: String,
+    /// Authenticate with the keys of the running ssh-agent (SSH_AUTH_SOCK) instead of
+    /// privateKey.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
+    /// Reach the hosts through this SSH jump host (bastion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bastion: Option<Bastion>,
+}
+
+/// An SSH jump host. Authentication is the same as for the hosts (key or agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bastion {
+    pub address: HostAddress,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Login user on the bastion; default: the hosts' user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Pinned host key fingerprint of the bastion (SHA256:...); without it the first contact
+    /// needs --accept-new-host-keys, which pins it in the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<SshFingerprint>,
 }
 
 fn default_ssh_user() -> String {
@@ -316,6 +339,8 @@ impl Default for SshDefaults {
             user: default_ssh_user(),
             port: default_ssh_port(),
             private_key: default_private_key(),
+            agent: false,
+            bastion: None,
         }
     }
 }
@@ -732,7 +757,9 @@ pub struct EffectiveSsh {
     pub user: String,
     pub port: u16,
     pub private_key: String,
+    pub agent: bool,
     pub host_key: Option<SshFingerprint>,
+    pub bastion: Option<Bastion>,
 }
 
 impl Cluster {
@@ -754,7 +781,9 @@ impl Cluster {
                 .private_key
                 .clone()
                 .unwrap_or_else(|| d.private_key.clone()),
+            agent: d.agent,
             host_key: host.ssh.host_key.clone(),
+            bastion: d.bastion.clone(),
         }
     }
 

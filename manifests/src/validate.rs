@@ -774,6 +774,10 @@ fn check_keys(c: &Cluster, ctx: &Context, k: &mut Checker<'_>) {
     if matches!(c.spec.platform, Platform::Local(_)) {
         return;
     }
+    // With the ssh-agent, no key file is read.
+    if c.spec.ssh.agent {
+        return;
+    }
     let mut checked: BTreeMap<PathBuf, ()> = BTreeMap::new();
     for (i, h) in c.spec.hosts.iter().enumerate() {
         let (file, pointer) = match &h.ssh.private_key {

@@ -8,7 +8,7 @@ use std::process::Command;
 use super::cmd::{CommandError, run};
 
 /// Bump when the package list or the preparation changes: a new directory is built.
-pub const IMAGE_VERSION: &str = "bookworm-1";
+pub const IMAGE_VERSION: &str = "bookworm-2";
 
 const PACKAGES: &[&str] = &[
     "systemd",
@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "procps",
     "curl",
+    // Hosts reached as a user other than root (tests of sudo).
+    "sudo",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,10 @@
 
 mod transport;
 
-pub use transport::{CommandOutput, Connection, HostKeyPolicy, SshError, Target, Upload};
+pub use transport::{
+    CommandOutput, Connection, HostKeyPolicy, Identity, Jump, PASSPHRASE_ENV, Secret, SshError,
+    Target, Upload, key_is_encrypted,
+};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};

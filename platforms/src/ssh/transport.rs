@@ -1,5 +1,6 @@
-//! One SSH connection to a host (russh): verified host key, key authentication, commands
-//! with exit status and output, atomic uploads.
+//! One SSH connection to a host (russh): verified host key, authentication with a key file
+//! or the ssh-agent, optionally through a jump host (bastion), `sudo` for users other than
+//! root, commands with exit status and output, atomic uploads.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,28 @@ pub enum SshError {
         user: String,
         key: String,
     },
+    #[error("host {host}: the ssh-agent has no key user {user} is accepted with ({reason})")]
+    Agent {
+        host: String,
+        user: String,
+        reason: String,
+    },
+    #[error(
+        "host {host}: user {user} cannot run commands as root without a password (sudo said: \
+         {said}). Allow it, e.g. `{user} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/strata, or \
+         connect as root"
+    )]
+    Sudo {
+        host: String,
+        user: String,
+        said: String,
+    },
+    #[error("host {host}: through jump host {jump}: {reason}")]
+    Jump {
+        host: String,
+        jump: String,
+        reason: String,
+    },
     #[error("{path}: {reason}")]
     Key { path: String, reason: String },
     #[error("host {host}: {what}: {reason}")]
@@ -49,6 +72,38 @@ pub enum SshError {
     },
 }
 
+/// A secret string (a key passphrase): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// How the client proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A private key file (ed25519, ECDSA or RSA, OpenSSH or PEM format). An encrypted key
+    /// needs its passphrase: given here, or in the environment variable [`PASSPHRASE_ENV`].
+    Key {
+        path: PathBuf,
+        passphrase: Option<Secret>,
+    },
+    /// The keys of an ssh-agent, tried in its order: at this socket, or at `SSH_AUTH_SOCK`.
+    Agent { socket: Option<PathBuf> },
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Key { path, .. } => write!(f, "key {}", path.display()),
+            Identity::Agent { .. } => f.write_str("the ssh-agent's keys"),
+        }
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -56,8 +111,18 @@ pub struct Target {
     pub host: String,
     pub address: String,
     pub port: u16,
+    /// Login user; commands run through `sudo -n` when it is not root.
     pub user: String,
-    pub private_key: PathBuf,
+    pub identity: Identity,
+    /// Reach the host through this SSH server (a bastion), whose own key is verified too.
+    pub jump: Option<Box<Jump>>,
+}
+
+/// A jump host and how its host key is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    pub target: Target,
+    pub policy: HostKeyPolicy,
 }
 
 /// How the server's host key is verified. There is no "accept anything".
@@ -136,6 +201,10 @@ pub struct Connection {
     handle: Handle<Verifier>,
     target: Target,
     host_key: String,
+    /// Commands go through `sudo -n` (the user is not root).
+    sudo: bool,
+    /// The connection to the jump host, kept open while this one is used.
+    jump: Option<Box<Connection>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -143,8 +212,36 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("target", &self.target)
             .field("host_key", &self.host_key)
+            .field("sudo", &self.sudo)
             .finish_non_exhaustive()
     }
+}
+
+fn load_key(
+    path: &std::path::Path,
+    given: Option<&Secret>,
+) -> Result<russh::keys::PrivateKey, SshError> {
+    let env = std::env::var(PASSPHRASE_ENV).ok();
+    let passphrase = given.map(|s| s.0.clone()).or(env);
+    load_secret_key(path, passphrase.as_deref()).map_err(|e| SshError::Key {
+        path: path.display().to_string(),
+        reason: match passphrase {
+            None => format!(
+                "{e} (an encrypted key needs its passphrase: typed at the prompt in a terminal, \
+                 or in {PASSPHRASE_ENV})"
+            ),
+            Some(_) => e.to_string(),
+        },
+    })
+}
+
+/// Whether the key file is encrypted (so that a caller in a terminal asks for its
+/// passphrase before connecting).
+pub fn key_is_encrypted(path: &std::path::Path) -> bool {
+    matches!(
+        load_secret_key(path, None),
+        Err(russh::keys::Error::KeyIsEncrypted)
+    )
 }
 
 impl Connection {
@@ -153,18 +250,19 @@ impl Connection {
         policy: HostKeyPolicy,
         timeout: Duration,
     ) -> Result<Self, SshError> {
-        let passphrase = std::env::var(PASSPHRASE_ENV).ok();
-        let key = load_secret_key(&target.private_key, passphrase.as_deref()).map_err(|e| {
-            SshError::Key {
-                path: target.private_key.display().to_string(),
-                reason: match passphrase {
-                    None => {
-                        format!("{e} (an encrypted key needs its passphrase in {PASSPHRASE_ENV})")
-                    }
-                    Some(_) => e.to_string(),
-                },
-            }
-        })?;
+        Box::pin(Self::connect_inner(target, policy, timeout)).await
+    }
+
+    async fn connect_inner(
+        target: &Target,
+        policy: HostKeyPolicy,
+        timeout: Duration,
+    ) -> Result<Self, SshError> {
+        // The key first: a wrong passphrase is reported before any network traffic.
+        let key = match &target.identity {
+            Identity::Key { path, passphrase } => Some(load_key(path, passphrase.as_ref())?),
+            Identity::Agent { .. } => None,
+        };
         let seen = Arc::new(Mutex::new(None));
         let verifier = Verifier {
             policy: policy.clone(),
@@ -175,14 +273,51 @@ impl Connection {
             keepalive_interval: Some(Duration::from_secs(15)),
             ..client::Config::default()
         });
-        let addr = (target.address.as_str(), target.port);
         let connect_err = |reason: String| SshError::Connect {
             host: target.host.clone(),
             address: format!("{}:{}", target.address, target.port),
             reason,
         };
-        let connected =
-            tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
+        let (connected, jump) = match &target.jump {
+            None => {
+                let addr = (target.address.as_str(), target.port);
+                let c =
+                    tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
+                (c, None)
+            }
+            Some(j) => {
+                let via = Self::connect(&j.target, j.policy.clone(), timeout)
+                    .await
+                    .map_err(|e| SshError::Jump {
+                        host: target.host.clone(),
+                        jump: j.target.host.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let channel = via
+                    .handle
+                    .channel_open_direct_tcpip(
+                        target.address.clone(),
+                        u32::from(target.port),
+                        "127.0.0.1",
+                        0,
+                    )
+                    .await
+                    .map_err(|e| SshError::Jump {
+                        host: target.host.clone(),
+                        jump: j.target.host.clone(),
+                        reason: format!(
+                            "forwarding to {}:{} refused: {e} (does its sshd allow TCP forwarding?)",
+                            target.address, target.port
+                        ),
+                    })?;
+                let c = tokio::time::timeout(
+                    timeout,
+                    client::connect_stream(config, channel.into_stream(), verifier),
+                )
+                .await;
+                (c, Some(Box::new(via)))
+            }
+        };
         let presented = || seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
         let mut handle = match connected {
             Err(_) => {
@@ -210,25 +345,48 @@ impl Connection {
             .await
             .map_err(|e| connect_err(e.to_string()))?
             .flatten();
-        let auth = handle
-            .authenticate_publickey(
-                &target.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-            )
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        if !auth.success() {
+        let accepted = match key {
+            Some(key) => handle
+                .authenticate_publickey(
+                    &target.user,
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+                .map_err(|e| connect_err(e.to_string()))?
+                .success(),
+            None => authenticate_with_agent(&mut handle, target, hash).await?,
+        };
+        if !accepted {
             return Err(SshError::Auth {
                 host: target.host.clone(),
                 user: target.user.clone(),
-                key: target.private_key.display().to_string(),
+                key: target.identity.to_string(),
             });
         }
-        Ok(Self {
+        let mut c = Self {
             handle,
             target: target.clone(),
             host_key: presented(),
-        })
+            sudo: false,
+            jump,
+        };
+        if target.user != "root" {
+            let out = c.exec("sudo -n true").await?;
+            if !out.success() {
+                return Err(SshError::Sudo {
+                    host: target.host.clone(),
+                    user: target.user.clone(),
+                    said: out.tail().trim().to_owned(),
+                });
+            }
+            c.sudo = true;
+        }
+        Ok(c)
+    }
+
+    /// The SHA256 fingerprint of the jump host's key, when there is one.
+    pub fn jump_host_key(&self) -> Option<&str> {
+        self.jump.as_deref().map(Connection::host_key)
     }
 
     /// The SHA256 fingerprint of the host key the server presented.
@@ -255,6 +413,13 @@ impl Connection {
             .channel_open_session()
             .await
             .map_err(|e| self.channel_err("opening a channel", e))?;
+        let wrapped;
+        let command = if self.sudo {
+            wrapped = format!("sudo -n -- sh -c {}", quote(command));
+            wrapped.as_str()
+        } else {
+            command
+        };
         channel
             .exec(true, command)
             .await
@@ -342,7 +507,57 @@ impl Connection {
             .handle
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
+        if let Some(j) = self.jump {
+            Box::pin(j.close()).await;
+        }
     }
+}
+
+/// Tries each key of the ssh-agent until the server accepts one.
+async fn authenticate_with_agent(
+    handle: &mut Handle<Verifier>,
+    target: &Target,
+    hash: Option<HashAlg>,
+) -> Result<bool, SshError> {
+    let agent_err = |reason: String| SshError::Agent {
+        host: target.host.clone(),
+        user: target.user.clone(),
+        reason,
+    };
+    use russh::keys::agent::client::AgentClient;
+    let socket = match &target.identity {
+        Identity::Agent { socket: Some(s) } => Some(s.clone()),
+        _ => None,
+    };
+    let mut agent = match socket {
+        Some(s) => AgentClient::connect_uds(&s).await,
+        None => AgentClient::connect_env().await,
+    }
+    .map_err(|e| {
+        agent_err(format!(
+            "cannot reach the agent: {e}; is SSH_AUTH_SOCK set?"
+        ))
+    })?;
+    let identities = agent
+        .request_identities()
+        .await
+        .map_err(|e| agent_err(e.to_string()))?;
+    if identities.is_empty() {
+        return Err(agent_err(
+            "the agent holds no keys; add one with ssh-add".into(),
+        ));
+    }
+    for id in identities {
+        let key = id.public_key().into_owned();
+        let r = handle
+            .authenticate_publickey_with(&target.user, key, hash, &mut agent)
+            .await
+            .map_err(|e| agent_err(e.to_string()))?;
+        if r.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -353,5 +568,15 @@ mod tests {
     fn quoting() {
         assert_eq!(quote("/etc/x"), "'/etc/x'");
         assert_eq!(quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let i = Identity::Key {
+            path: "/k".into(),
+            passphrase: Some(Secret("hunter2".into())),
+        };
+        assert!(!format!("{i:?}").contains("hunter2"));
+        assert_eq!(i.to_string(), "key /k");
     }
 }
