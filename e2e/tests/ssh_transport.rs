@@ -297,6 +297,12 @@ async fn transport_verifies_runs_and_uploads() {
         "{text}"
     );
     assert_eq!(j.jump_host_key(), Some(up[0].host_key.as_str()));
+    let public = std::fs::read(locked.with_extension("pub")).expect("pub");
+    let out = j
+        .exec_with_input("cat >> /root/.ssh/authorized_keys", &public)
+        .await
+        .expect("authorize on s2");
+    assert!(out.success());
     j.close().await;
     // The jump host's key is verified too.
     via.jump = Some(Box::new(Jump {
@@ -309,6 +315,48 @@ async fn transport_verifies_runs_and_uploads() {
     assert!(
         matches!(e, SshError::Jump { .. }) && e.to_string().contains("host key changed"),
         "{e}"
+    );
+
+    // The same through the Cluster file, as a user at a terminal runs it: `strata status`
+    // reaches s2 through the bastion s1 with an encrypted key and asks for its passphrase.
+    let file = keys.path().join("cluster.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: strata.dev/v1alpha1
+kind: Cluster
+metadata: {{name: e2e-ssh-file}}
+spec:
+  platform: {{ssh: {{}}}}
+  ssh:
+    privateKey: {key}
+    bastion: {{address: {b}, hostKey: \"{bk}\"}}
+  hosts:
+  - name: s2
+    address: {a}
+    roles: [etcd, control-plane]
+    ssh: {{hostKey: \"{hk}\"}}
+",
+            key = locked.display(),
+            b = up[0].address,
+            bk = up[0].host_key,
+            a = up[1].address,
+            hk = up[1].host_key,
+        ),
+    )
+    .expect("cluster file");
+    let screen = tokio::task::spawn_blocking(move || passphrase_prompt_in_a_terminal(&file))
+        .await
+        .expect("join");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with("s2") && l.split_whitespace().nth(2) == Some("ok")),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("open sesame"),
+        "the passphrase is not echoed: {screen}"
     );
 
     tokio::task::spawn_blocking(move || cluster::down(CLUSTER, &paths))
@@ -333,4 +381,59 @@ fn sha256_hex(b: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Runs `strata status -f file` in a tmux terminal, types the key's passphrase at its prompt
+/// and returns the screen once it has finished.
+fn passphrase_prompt_in_a_terminal(file: &Path) -> String {
+    let strata =
+        std::env::var("STRATA_BIN").expect("STRATA_BIN: the strata binary (set by .ci/e2e)");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", "strata-e2e-passphrase"])
+            .args(args)
+            .env_remove("STRATA_SSH_KEY_PASSPHRASE")
+            .output()
+            .expect("tmux (package tmux)")
+    };
+    let screen =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "pp"]).stdout).into_owned();
+    let _ = tmux(&["kill-server"]);
+    let cmd = format!(
+        "{strata} status -f {}; echo EXIT=$?; sleep 60",
+        file.display()
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "pp",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let prompt = strata_e2e::wait_for("the passphrase prompt", Duration::from_secs(30), || {
+        screen().contains("Passphrase for SSH key")
+    });
+    let shown = screen();
+    if prompt.is_err() {
+        let _ = tmux(&["kill-server"]);
+        panic!("no passphrase prompt:\n{shown}");
+    }
+    let _ = tmux(&["send-keys", "-t", "pp", "-l", "open sesame"]);
+    let _ = tmux(&["send-keys", "-t", "pp", "Enter"]);
+    let done = strata_e2e::wait_for("strata status", Duration::from_secs(60), || {
+        screen().contains("EXIT=")
+    });
+    let shown = screen();
+    let _ = tmux(&["kill-server"]);
+    done.unwrap_or_else(|e| panic!("{e}:\n{shown}"));
+    shown
 }

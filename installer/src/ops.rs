@@ -91,7 +91,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => {
                     healthy = false;
-                    outln!("{:<12} {addr:<16} {:<5} {:<10} {e:#}", h.name, "FAIL", "-");
+                    outln!("{:<12} {addr:<16} {:<5} {:<10} {e:#}", h.name.as_str(), "FAIL", "-");
                     continue;
                 }
             };
@@ -126,7 +126,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 .to_owned();
             outln!(
                 "{:<12} {addr:<16} {:<5} {:<10} {}",
-                h.name,
+                h.name.as_str(),
                 "ok",
                 if version.is_empty() { "-" } else { &version },
                 shown.join(" ")

@@ -33,7 +33,7 @@ pub enum SshError {
         reason: String,
     },
     #[error(
-        "host {host}: user {user} was refused with key {key}; is its public key in ~{user}/.ssh/authorized_keys?"
+        "host {host}: user {user} was refused with {key}; is its public key in ~{user}/.ssh/authorized_keys?"
     )]
     Auth {
         host: String,
