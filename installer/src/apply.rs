@@ -23,7 +23,7 @@ use strata_platforms::ssh::{
     Connection, HostKeyPolicy, Identity, Jump, Secret, Target, Upload, key_is_encrypted,
 };
 
-use crate::assets::{Assets, source_dir};
+use crate::assets::{self, Assets};
 use crate::certs::{ClusterState, load};
 use crate::cli::{ApplyArgs, OutputFormat};
 
@@ -639,11 +639,15 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let rendered: Rendered = render(&cs.cluster, &cs.state).context("phase render")?;
     let ctx = &cs.ctx;
     let version = cs.cluster.spec.kubernetes.version.to_string();
-    let assets = Assets::load(
-        &source_dir(&cs.cluster.spec.assets.source, &ctx.base_dir, &version),
-        &version,
+    let spec_assets = &cs.cluster.spec.assets;
+    let asset_dir = assets::resolve(
+        &assets::source(&spec_assets.source, &ctx.base_dir, &version),
+        &spec_assets.sha256,
+        &cs.state.root.join("assets"),
     )
+    .await
     .context("phase assets")?;
+    let assets = Assets::load(&asset_dir, &version).context("phase assets")?;
     let state_file = cs.state.root.join("state.json");
     let mut state = AppliedState::load(&state_file)?;
     let local = matches!(cs.cluster.spec.platform, Platform::Local(_));

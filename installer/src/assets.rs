@@ -141,14 +141,200 @@ impl Assets {
     }
 }
 
-/// The asset directory of a Cluster: spec.assets.source, or the local cache for its version.
-pub fn source_dir(source: &str, base_dir: &Path, version: &str) -> PathBuf {
-    if source.is_empty() {
+/// Where spec.assets.source points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Dir(PathBuf),
+    Archive(PathBuf),
+    /// A URL of an archive or of a directory with manifest.json.
+    Url(String),
+}
+
+fn is_archive(name: &str) -> bool {
+    [".tar", ".tar.gz", ".tgz"]
+        .iter()
+        .any(|e| name.ends_with(e))
+}
+
+/// spec.assets.source: empty is the local cache for the version; relative paths are
+/// relative to the Cluster file.
+pub fn source(source: &str, base_dir: &Path, version: &str) -> Source {
+    if source.starts_with("https://") || source.starts_with("http://") {
+        return Source::Url(source.to_owned());
+    }
+    let path = if source.is_empty() {
         PathBuf::from(format!("/var/cache/strata/assets/{version}"))
     } else if Path::new(source).is_absolute() {
         PathBuf::from(source)
     } else {
         base_dir.join(source)
+    };
+    if is_archive(source) {
+        Source::Archive(path)
+    } else {
+        Source::Dir(path)
+    }
+}
+
+/// Turns a source into a verified local directory: archives are unpacked and downloads are
+/// stored under `cache` (the cluster's state directory), each checked against `sha256` (the
+/// archive's, or the directory URL's manifest.json's) and then every file against the
+/// manifest. Files already downloaded with the right digest are not fetched again.
+pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf> {
+    match src {
+        Source::Dir(d) => Ok(d.clone()),
+        Source::Archive(a) => {
+            let bytes = std::fs::read(a).with_context(|| format!("reading {}", a.display()))?;
+            unpack(&bytes, &a.display().to_string(), sha256, cache)
+        }
+        Source::Url(url) => {
+            if url.starts_with("http://") && !strata_manifests::validate::loopback_url(url) {
+                bail!("{url}: plain http is only allowed to this computer (loopback); use https");
+            }
+            if sha256.is_empty() {
+                bail!("{url}: spec.assets.sha256 is required to verify the download");
+            }
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(20))
+                .build()
+                .context("HTTP client")?;
+            let name = url.split('?').next().unwrap_or(url);
+            if is_archive(name) {
+                let done = cache.join(format!("{}.tar", &sha256[..16.min(sha256.len())]));
+                let bytes = match std::fs::read(&done) {
+                    Ok(b) if strata_manifests::plan::sha256(&b) == sha256 => b,
+                    _ => {
+                        let b = get(&client, url).await?;
+                        let got = strata_manifests::plan::sha256(&b);
+                        if got != sha256 {
+                            bail!("{url}: sha256 {got} differs from spec.assets.sha256 {sha256}");
+                        }
+                        std::fs::create_dir_all(cache)
+                            .with_context(|| format!("creating {}", cache.display()))?;
+                        write_atomic(&done, &b)?;
+                        b
+                    }
+                };
+                return unpack(&bytes, url, sha256, cache);
+            }
+            let base = url.trim_end_matches('/');
+            let manifest = get(&client, &format!("{base}/manifest.json")).await?;
+            let got = strata_manifests::plan::sha256(&manifest);
+            if got != sha256 {
+                bail!(
+                    "{base}/manifest.json: sha256 {got} differs from spec.assets.sha256 {sha256}"
+                );
+            }
+            let m: Manifest = serde_json::from_slice(&manifest)
+                .with_context(|| format!("{base}/manifest.json"))?;
+            let dir = cache.join(&sha256[..16]);
+            for (rel, e) in &m.files {
+                let local = safe_join(&dir, rel)?;
+                if sha256_file(&local).is_ok_and(|h| h == e.sha256) {
+                    continue;
+                }
+                let b = get(&client, &format!("{base}/{rel}")).await?;
+                let h = strata_manifests::plan::sha256(&b);
+                if h != e.sha256 {
+                    bail!(
+                        "{base}/{rel}: sha256 {h} differs from the manifest's {}; the server \
+                         holds a corrupt or replaced file",
+                        e.sha256
+                    );
+                }
+                if let Some(parent) = local.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                write_atomic(&local, &b)?;
+            }
+            write_atomic(&dir.join("manifest.json"), &manifest)?;
+            Ok(dir)
+        }
+    }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("downloading {url}"))?;
+    if !resp.status().is_success() {
+        bail!("downloading {url}: the server answered {}", resp.status());
+    }
+    Ok(resp
+        .bytes()
+        .await
+        .with_context(|| format!("downloading {url}"))?
+        .to_vec())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("strata-tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `dir/rel`, refusing absolute paths and `..` (a manifest must not write elsewhere).
+fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        bail!("manifest entry `{rel}` must be a relative path inside the asset directory");
+    }
+    Ok(dir.join(p))
+}
+
+/// Unpacks an archive (tar, or gzip-compressed tar) into `cache/<digest>/`, once. The
+/// manifest may be at the top or in the archive's single top directory.
+fn unpack(bytes: &[u8], what: &str, sha256: &str, cache: &Path) -> Result<PathBuf> {
+    let digest = strata_manifests::plan::sha256(bytes);
+    if !sha256.is_empty() && digest != sha256 {
+        bail!("{what}: sha256 {digest} differs from spec.assets.sha256 {sha256}");
+    }
+    let dir = cache.join(&digest[..16]);
+    let done = dir.join(".unpacked");
+    if !done.exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let gz = bytes.starts_with(&[0x1f, 0x8b]);
+        let reader: Box<dyn std::io::Read> = if gz {
+            Box::new(flate2::read::GzDecoder::new(bytes))
+        } else {
+            Box::new(bytes)
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive
+            .entries()
+            .with_context(|| format!("reading {what}"))?
+        {
+            let mut entry = entry.with_context(|| format!("reading {what}"))?;
+            // unpack_in refuses paths that would land outside `dir`.
+            if !entry
+                .unpack_in(&dir)
+                .with_context(|| format!("unpacking {what}"))?
+            {
+                bail!("{what}: an entry points outside the archive; refused");
+            }
+        }
+        std::fs::write(&done, b"").with_context(|| format!("writing {}", done.display()))?;
+    }
+    if dir.join("manifest.json").exists() {
+        return Ok(dir);
+    }
+    let subdirs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    match subdirs.as_slice() {
+        [one] if one.join("manifest.json").exists() => Ok(one.clone()),
+        _ => bail!("{what}: no manifest.json at its top (or in its single top directory)"),
     }
 }
 
@@ -225,5 +411,205 @@ mod tests {
         let missing = tempfile::tempdir().expect("tempdir");
         let e = Assets::load(missing.path(), "1.20.2").expect_err("no manifest");
         assert!(format!("{e:#}").contains("spec.assets.source"), "{e:#}");
+    }
+
+    /// A loopback HTTP/1.1 server for `files` (path -> body); counts the requests per path.
+    struct Server {
+        base: String,
+        hits: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve(files: BTreeMap<String, Vec<u8>>) -> Server {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let counted = hits.clone();
+        let files = std::sync::Arc::new(files);
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (files, counted) = (files.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    *counted
+                        .lock()
+                        .expect("lock")
+                        .entry(path.clone())
+                        .or_insert(0) += 1;
+                    let (status, body) = match files.get(&path) {
+                        Some(b) => ("200 OK", b.clone()),
+                        None => ("404 Not Found", b"not found".to_vec()),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(&body).await;
+                });
+            }
+        });
+        Server { base, hits, task }
+    }
+
+    fn tree() -> (BTreeMap<String, Vec<u8>>, String) {
+        let kubelet = b"kubelet binary".to_vec();
+        let bridge = b"bridge plugin".to_vec();
+        let manifest = format!(
+            "{{\"kubernetes\": \"1.20.2\", \"files\": {{\"bin/kubelet\": {{\"sha256\": \"{}\"}}, \"cni/bridge\": {{\"sha256\": \"{}\"}}}}}}",
+            strata_manifests::plan::sha256(&kubelet),
+            strata_manifests::plan::sha256(&bridge)
+        );
+        let digest = strata_manifests::plan::sha256(manifest.as_bytes());
+        let files = BTreeMap::from([
+            ("/a/manifest.json".to_owned(), manifest.into_bytes()),
+            ("/a/bin/kubelet".to_owned(), kubelet),
+            ("/a/cni/bridge".to_owned(), bridge),
+        ]);
+        (files, digest)
+    }
+
+    #[tokio::test]
+    async fn a_directory_url_is_downloaded_verified_and_cached() {
+        let (files, digest) = tree();
+        let server = serve(files).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let src = source(&format!("{}/a/", server.base), Path::new("/"), "1.20.2");
+        let dir = resolve(&src, &digest, cache.path())
+            .await
+            .expect("download");
+        let a = Assets::load(&dir, "1.20.2").expect("verified");
+        assert_eq!(a.files.len(), 2);
+        // Again: only the manifest is fetched; the files are already here.
+        resolve(&src, &digest, cache.path()).await.expect("again");
+        let hits = server.hits.lock().expect("lock").clone();
+        assert_eq!(hits["/a/manifest.json"], 2);
+        assert_eq!(hits["/a/bin/kubelet"], 1);
+
+        // A manifest that is not the pinned one is refused before any file is fetched.
+        let other = "0".repeat(64);
+        let e = resolve(&src, &other, cache.path()).await.expect_err("pin");
+        assert!(
+            format!("{e:#}").contains("differs from spec.assets.sha256"),
+            "{e:#}"
+        );
+        // A URL without a pin is refused.
+        let e = resolve(&src, "", cache.path()).await.expect_err("no pin");
+        assert!(
+            format!("{e:#}").contains("spec.assets.sha256 is required"),
+            "{e:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_on_the_server_is_refused() {
+        let (mut files, digest) = tree();
+        files.insert("/a/bin/kubelet".into(), b"something else".to_vec());
+        let server = serve(files).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let src = source(&format!("{}/a", server.base), Path::new("/"), "1.20.2");
+        let e = resolve(&src, &digest, cache.path())
+            .await
+            .expect_err("tampered");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("/a/bin/kubelet") && text.contains("differs from the manifest"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn archives_from_a_url_or_a_file() {
+        let (files, _) = tree();
+        // A gzip-compressed tar with the tree under one top directory.
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in &files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(
+                &mut h,
+                format!("assets-1.20.2{}", &path[2..]),
+                body.as_slice(),
+            )
+            .expect("append");
+        }
+        let tarball = b.into_inner().expect("tar");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tarball).expect("gzip");
+        let tgz = gz.finish().expect("gzip");
+        let digest = strata_manifests::plan::sha256(&tgz);
+        let server = serve(BTreeMap::from([("/assets.tar.gz".to_owned(), tgz.clone())])).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let src = source(
+            &format!("{}/assets.tar.gz", server.base),
+            Path::new("/"),
+            "1.20.2",
+        );
+        assert!(matches!(src, Source::Url(_)));
+        let dir = resolve(&src, &digest, cache.path())
+            .await
+            .expect("archive url");
+        assert_eq!(
+            Assets::load(&dir, "1.20.2").expect("verified").files.len(),
+            2
+        );
+        resolve(&src, &digest, cache.path()).await.expect("again");
+        assert_eq!(
+            server.hits.lock().expect("lock")["/assets.tar.gz"],
+            1,
+            "cached"
+        );
+        let e = resolve(&src, &"1".repeat(64), cache.path())
+            .await
+            .expect_err("pin");
+        assert!(
+            format!("{e:#}").contains("differs from spec.assets.sha256"),
+            "{e:#}"
+        );
+
+        // The same archive as a local file, relative to the Cluster file.
+        let here = tempfile::tempdir().expect("tempdir");
+        std::fs::write(here.path().join("assets.tgz"), &tgz).expect("write");
+        let src = source("assets.tgz", here.path(), "1.20.2");
+        assert_eq!(src, Source::Archive(here.path().join("assets.tgz")));
+        let dir = resolve(&src, "", cache.path())
+            .await
+            .expect("local archive");
+        assert!(dir.join("bin/kubelet").exists());
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_for_loopback_only() {
+        let src = source("http://198.51.100.7/assets/", Path::new("/"), "1.20.2");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let e = resolve(&src, &"0".repeat(64), cache.path())
+            .await
+            .expect_err("http");
+        assert!(
+            format!("{e:#}").contains("only allowed to this computer"),
+            "{e:#}"
+        );
+        assert!(safe_join(Path::new("/x"), "../etc/passwd").is_err());
+        assert!(safe_join(Path::new("/x"), "/etc/passwd").is_err());
     }
 }

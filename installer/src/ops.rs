@@ -91,7 +91,12 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => {
                     healthy = false;
-                    outln!("{:<12} {addr:<16} {:<5} {:<10} {e:#}", h.name.as_str(), "FAIL", "-");
+                    outln!(
+                        "{:<12} {addr:<16} {:<5} {:<10} {e:#}",
+                        h.name.as_str(),
+                        "FAIL",
+                        "-"
+                    );
                     continue;
                 }
             };

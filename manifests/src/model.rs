@@ -303,7 +303,10 @@ pub struct SshDefaults {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent: bool,
     /// Reach the hosts through this SSH jump host (bastion).
+    // In the schema a mapping, not "mapping or null": mistakes inside it are then reported
+    // field by field ("did you mean").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Bastion")]
     pub bastion: Option<Bastion>,
 }
 
@@ -596,10 +599,16 @@ pub struct CaFiles {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Assets {
-    /// A directory or archive with a manifest of versions and sha256 digests, or an https
-    /// URL; empty means the built-in default for the platform.
+    /// A directory or archive (.tar, .tar.gz, .tgz) with a manifest of versions and sha256
+    /// digests, or an https URL of such an archive or directory; empty means the built-in
+    /// default for the platform.
     #[serde(default)]
     pub source: String,
+    /// The sha256 (hex) of the archive, or of the manifest.json of a directory URL. Required
+    /// for URLs (what is downloaded is verified before use); checked for local archives when
+    /// given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

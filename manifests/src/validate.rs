@@ -458,8 +458,57 @@ fn semantic_problems(c: &Cluster, doc: &LocatedValue, ctx: &Context) -> Vec<Diag
     check_network(c, &mut k);
     check_pki(c, ctx, &mut k);
     check_keys(c, ctx, &mut k);
+    check_assets(c, &mut k);
     check_policy(c, &mut k);
     k.out
+}
+
+fn check_assets(c: &Cluster, k: &mut Checker<'_>) {
+    let a = &c.spec.assets;
+    let url = a.source.starts_with("https://") || a.source.starts_with("http://");
+    if !a.sha256.is_empty()
+        && (a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        k.error(
+            "/spec/assets/sha256",
+            format!("`{}` is not a sha256 digest", a.sha256),
+            "64 hexadecimal digits, as `sha256sum FILE` prints",
+        );
+    } else if url && a.sha256.is_empty() {
+        k.error(
+            "/spec/assets/source",
+            "a download needs spec.assets.sha256 to be verified".into(),
+            "set spec.assets.sha256 to the sha256 of the archive (or of manifest.json for a \
+             directory URL) published with the assets",
+        );
+    }
+    if a.source.starts_with("http://") && !loopback_url(&a.source) {
+        k.error(
+            "/spec/assets/source",
+            format!(
+                "{}: plain http is only allowed to this computer (loopback)",
+                a.source
+            ),
+            "use https",
+        );
+    }
+}
+
+/// Whether an http(s) URL names this computer (127.0.0.0/8, ::1, localhost).
+pub fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_version(c: &Cluster, k: &mut Checker<'_>) {

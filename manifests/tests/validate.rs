@@ -254,3 +254,51 @@ fn reserved_labels_the_kubelet_would_refuse_are_errors() {
     );
     assert_eq!(r.errors().count(), 1, "{s}");
 }
+
+#[test]
+fn asset_downloads_must_be_pinned_and_encrypted() {
+    let host = "    - {name: a, roles: [etcd, control-plane]}\n";
+    let r = check(&minimal(
+        host,
+        "  assets: {source: \"https://assets.example/strata/1.20.2.tar.gz\"}\n",
+    ))
+    .expect_err("no sha256");
+    assert!(r.to_string().contains("needs spec.assets.sha256"), "{r}");
+    let r = check(&minimal(
+        host,
+        "  assets: {source: \"http://assets.example/x/\", sha256: \"abc\"}\n",
+    ))
+    .expect_err("bad digest, plain http");
+    let s = r.to_string();
+    assert!(s.contains("is not a sha256 digest"), "{s}");
+    assert!(s.contains("plain http is only allowed"), "{s}");
+    let pinned = format!(
+        "  assets: {{source: \"http://127.0.0.1:8080/x/\", sha256: \"{}\"}}\n",
+        "a".repeat(64)
+    );
+    check(&minimal(host, &pinned)).expect("loopback http with a pin");
+}
+
+#[test]
+fn agent_and_bastion_are_part_of_the_ssh_settings() {
+    let home = home_with_key(0o600);
+    let text = "apiVersion: strata.dev/v1alpha1\nkind: Cluster\nmetadata: {name: t}\nspec:\n  \
+                platform: {ssh: {}}\n  ssh:\n    agent: true\n    privateKey: /nonexistent\n    \
+                bastion: {address: 198.51.100.1, user: jump, hostKey: \"SHA256:UR4FriShGBHfY2hgZX6whiTzOhf9v2ql7RT3QLjUNVA\"}\n  \
+                hosts:\n  - {name: a, address: 10.0.0.5, roles: [etcd, control-plane]}\n";
+    let loaded = load_str(text, &ctx("t.yaml", home.path())).expect("agent: no key file needed");
+    let c = &loaded.cluster;
+    let ssh = c.ssh_for(&c.spec.hosts[0]);
+    assert!(ssh.agent);
+    let b = ssh.bastion.expect("bastion");
+    assert_eq!(
+        (b.address.as_str(), b.port, b.user.as_deref()),
+        ("198.51.100.1", 22, Some("jump"))
+    );
+    let r = load_str(
+        &text.replace("user: jump", "usr: jump"),
+        &ctx("t.yaml", home.path()),
+    )
+    .expect_err("typo");
+    assert!(r.to_string().contains("did you mean `user`"), "{r}");
+}
