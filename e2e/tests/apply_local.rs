@@ -276,6 +276,49 @@ fn kubelets_are_their_own_nodes(dir: &Path) {
     );
 }
 
+/// A file and a unit Strata wrote earlier but renders no more (as after a role was removed)
+/// are taken away by the next apply: the unit stopped, both files deleted.
+fn files_no_longer_rendered_are_removed(dir: &Path) {
+    on(
+        "w1",
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/strata-old.service && \
+         echo old > /etc/kubernetes/strata-old.conf && systemctl daemon-reload && \
+         systemctl start strata-old",
+    );
+    let state_file = dir.join("e2e-apply/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).expect("state")).expect("json");
+    let w1 = state["hosts"]["w1"].as_object_mut().expect("w1 files");
+    let any = w1.values().next().expect("an entry").clone();
+    for old in [
+        "/etc/systemd/system/strata-old.service",
+        "/etc/kubernetes/strata-old.conf",
+    ] {
+        w1.insert(old.into(), any.clone());
+    }
+    std::fs::write(&state_file, state.to_string()).expect("write state");
+    let out = events(&ok(&strata(dir, &["apply"]), "apply removing old files"));
+    let removed: Vec<&str> = out
+        .iter()
+        .filter(|e| e["host"] == "w1")
+        .filter_map(|e| e["step"].as_str())
+        .filter(|s| s.starts_with("removed "))
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            "removed /etc/kubernetes/strata-old.conf",
+            "removed /etc/systemd/system/strata-old.service"
+        ]
+    );
+    let left = on(
+        "w1",
+        "for f in /etc/kubernetes/strata-old.conf /etc/systemd/system/strata-old.service; do \
+           [ -e $f ] && echo present $f; done; systemctl is-active strata-old; true",
+    );
+    assert_eq!(left.trim(), "inactive");
+}
+
 /// A host whose SSH host key changed is refused, naming both fingerprints.
 fn changed_host_key_is_refused(dir: &Path) {
     on(
@@ -400,6 +443,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     }
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
+    files_no_longer_rendered_are_removed(dir.path());
 
     let kubeconfig = dir.path().join("e2e-apply/auth/kubeconfig");
     let nodes = Command::new("kubectl")

@@ -43,6 +43,8 @@ pub struct Image {
 pub struct Asset {
     pub local: PathBuf,
     pub remote: String,
+    /// The verified sha256 (hex) of the file.
+    pub sha256: String,
     pub image: Option<Image>,
 }
 
@@ -110,6 +112,7 @@ impl Assets {
             files.push(Asset {
                 local,
                 remote,
+                sha256: e.sha256.clone(),
                 image,
             });
         }

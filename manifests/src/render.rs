@@ -627,6 +627,17 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
             "containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}\n"
         ));
     }
+    if ctx.local() {
+        // Local machines share this computer's disk: the default percentages of a large,
+        // shared disk would taint every node with disk-pressure. Absolute floors instead.
+        s.push_str(
+            "evictionHard:\n  \
+               memory.available: 100Mi\n  \
+               nodefs.available: 1Gi\n  \
+               nodefs.inodesFree: 5%\n  \
+               imagefs.available: 1Gi\n",
+        );
+    }
     if ctx.local() && versions::uses(Item::KubeletRefusesCgroupV1, ctx.minor) {
         // Local machines share this computer's cgroup hierarchy, which may be v1; real hosts
         // must run cgroup v2 from 1.35 on (apply's preflight says so).

@@ -191,6 +191,14 @@ pub enum Upload {
     Unchanged,
 }
 
+fn sha256_hex(b: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
 /// Quotes a string for the remote POSIX shell.
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -459,6 +467,33 @@ impl Connection {
         self.exec_with_input(command, &[]).await
     }
 
+    /// The sha256 (hex) and octal mode of each existing file among `paths`, in one command.
+    pub async fn probe(
+        &self,
+        paths: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, (String, String)>, SshError> {
+        let mut found = std::collections::BTreeMap::new();
+        if paths.is_empty() {
+            return Ok(found);
+        }
+        let list: Vec<String> = paths.iter().map(|p| quote(p)).collect();
+        let out = self
+            .exec(&format!(
+                "for f in {}; do [ -f \"$f\" ] && printf '%s %s %s\\n' \
+                 \"$(sha256sum -- \"$f\" | cut -d' ' -f1)\" \"$(stat -c %a -- \"$f\")\" \"$f\"; done; true",
+                list.join(" ")
+            ))
+            .await?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut parts = line.splitn(3, ' ');
+            if let (Some(sum), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
+            {
+                found.insert(path.to_owned(), (sum.to_owned(), mode.to_owned()));
+            }
+        }
+        Ok(found)
+    }
+
     /// Writes `content` to `path` with `mode` and `owner` (user:group) atomically: a
     /// temporary file in the same directory, then rename. Skipped when the file already has
     /// this content (sha256) and mode.
@@ -469,25 +504,26 @@ impl Connection {
         mode: u32,
         owner: &str,
     ) -> Result<Upload, SshError> {
-        let want = {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
-            d.as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        let p = quote(path);
-        let probe = self
-            .exec(&format!(
-                "sha256sum -- {p} 2>/dev/null | cut -d' ' -f1; stat -c %a -- {p} 2>/dev/null"
-            ))
-            .await?;
-        let have = String::from_utf8_lossy(&probe.stdout);
-        let mut lines = have.lines();
-        if lines.next() == Some(want.as_str()) && lines.next() == Some(format!("{mode:o}").as_str())
-        {
+        let have = self.probe(&[path]).await?;
+        self.upload_known(path, content, mode, owner, have.get(path))
+            .await
+    }
+
+    /// [`Connection::upload`] with what [`Connection::probe`] found at `path` already known
+    /// (`None`: no file there).
+    pub async fn upload_known(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        owner: &str,
+        have: Option<&(String, String)>,
+    ) -> Result<Upload, SshError> {
+        let want = sha256_hex(content);
+        if have.is_some_and(|(sum, m)| *sum == want && *m == format!("{mode:o}")) {
             return Ok(Upload::Unchanged);
         }
+        let p = quote(path);
         let script = format!(
             "set -e; f={p}; d=$(dirname -- \"$f\"); mkdir -p -- \"$d\"; \
              t=$(mktemp -- \"$d/.strata-upload.XXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; \
