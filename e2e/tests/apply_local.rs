@@ -375,8 +375,14 @@ fn local_up_apply_converges_and_kubectl_works() {
 
     ok(&strata(dir.path(), &["local", "up"]), "local up");
 
-    // Preflight: a port the kubelet needs is taken by something else on w1.
+    // Preflight: a port the kubelet needs is taken by something else on w1, and another
+    // container runtime runs on w2.
     on("w1", "/usr/sbin/sshd -p 10250 -o PidFile=/run/foreign.pid");
+    on(
+        "w2",
+        "systemd-run --quiet --unit foreign-containerd /usr/bin/containerd \
+           --address /run/foreign/containerd.sock --root /var/lib/foreign --state /run/foreign",
+    );
     let refused = strata(dir.path(), &["apply"]);
     assert!(!refused.status.success());
     let all = format!(
@@ -390,10 +396,18 @@ fn local_up_apply_converges_and_kubectl_works() {
         "{all}"
     );
     assert!(
-        !all.contains("host w2:") && !all.contains("host cp1:"),
+        all.contains("phase preflight, host w2")
+            && all.contains(
+                "a container runtime Strata did not install is running: /usr/bin/containerd"
+            ),
         "{all}"
     );
+    assert!(!all.contains("host cp1:"), "{all}");
     on("w1", "kill $(cat /run/foreign.pid)");
+    on(
+        "w2",
+        "systemctl stop foreign-containerd; rm -rf /var/lib/foreign /run/foreign",
+    );
 
     let started = Instant::now();
     let first = events(&ok(&strata(dir.path(), &["apply"]), "apply"));

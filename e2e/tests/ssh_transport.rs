@@ -318,7 +318,8 @@ async fn transport_verifies_runs_and_uploads() {
     );
 
     // The same through the Cluster file, as a user at a terminal runs it: `strata status`
-    // reaches s2 through the bastion s1 with an encrypted key and asks for its passphrase.
+    // asks for the encrypted key's passphrase, then, on first contact, whether to trust the
+    // bastion's and the host's keys (shown); it reaches s2 through s1 and pins both keys.
     let file = keys.path().join("cluster.yaml");
     std::fs::write(
         &file,
@@ -330,22 +331,38 @@ spec:
   platform: {{ssh: {{}}}}
   ssh:
     privateKey: {key}
-    bastion: {{address: {b}, hostKey: \"{bk}\"}}
+    bastion: {{address: {b}}}
   hosts:
   - name: s2
     address: {a}
     roles: [etcd, control-plane]
-    ssh: {{hostKey: \"{hk}\"}}
 ",
             key = locked.display(),
             b = up[0].address,
-            bk = up[0].host_key,
             a = up[1].address,
-            hk = up[1].host_key,
         ),
     )
     .expect("cluster file");
-    let screen = tokio::task::spawn_blocking(move || passphrase_prompt_in_a_terminal(&file))
+    let dialogue = vec![
+        ("Passphrase for SSH key".to_owned(), "open sesame"),
+        (
+            format!(
+                "bastion {b} ({b}) presents the SSH host key {}",
+                up[0].host_key,
+                b = up[0].address
+            ),
+            "y",
+        ),
+        (
+            format!(
+                "s2 ({}) presents the SSH host key {}",
+                up[1].address, up[1].host_key
+            ),
+            "y",
+        ),
+    ];
+    let state_file = keys.path().join("e2e-ssh-file/state.json");
+    let screen = tokio::task::spawn_blocking(move || status_in_a_terminal(&file, &dialogue))
         .await
         .expect("join");
     assert!(
@@ -357,6 +374,14 @@ spec:
     assert!(
         !screen.contains("open sesame"),
         "the passphrase is not echoed: {screen}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).expect("state")).expect("json");
+    assert_eq!(state["hostKeys"]["s2"], up[1].host_key.as_str(), "{state}");
+    assert_eq!(
+        state["hostKeys"][format!("bastion/{}:22", up[0].address)],
+        up[0].host_key.as_str(),
+        "{state}"
     );
 
     tokio::task::spawn_blocking(move || cluster::down(CLUSTER, &paths))
@@ -383,9 +408,10 @@ fn sha256_hex(b: &[u8]) -> String {
         .to_owned()
 }
 
-/// Runs `strata status -f file` in a tmux terminal, types the key's passphrase at its prompt
-/// and returns the screen once it has finished.
-fn passphrase_prompt_in_a_terminal(file: &Path) -> String {
+/// Runs `strata status -f file` in a tmux terminal and answers its prompts in order: for each
+/// `(expected text, answer)`, waits until the screen shows the text, then types the answer and
+/// Enter. Returns the screen once the command has finished.
+fn status_in_a_terminal(file: &Path, dialogue: &[(String, &str)]) -> String {
     let strata =
         std::env::var("STRATA_BIN").expect("STRATA_BIN: the strata binary (set by .ci/e2e)");
     let tmux = |args: &[&str]| {
@@ -409,9 +435,9 @@ fn passphrase_prompt_in_a_terminal(file: &Path) -> String {
         "-s",
         "pp",
         "-x",
-        "160",
+        "400",
         "-y",
-        "40",
+        "50",
         &cmd,
     ]);
     assert!(
@@ -419,16 +445,18 @@ fn passphrase_prompt_in_a_terminal(file: &Path) -> String {
         "{}",
         String::from_utf8_lossy(&started.stderr)
     );
-    let prompt = strata_e2e::wait_for("the passphrase prompt", Duration::from_secs(30), || {
-        screen().contains("Passphrase for SSH key")
-    });
-    let shown = screen();
-    if prompt.is_err() {
-        let _ = tmux(&["kill-server"]);
-        panic!("no passphrase prompt:\n{shown}");
+    for (expected, answer) in dialogue {
+        let seen = strata_e2e::wait_for(expected, Duration::from_secs(30), || {
+            screen().contains(expected.as_str())
+        });
+        if seen.is_err() {
+            let shown = screen();
+            let _ = tmux(&["kill-server"]);
+            panic!("waiting for {expected:?}:\n{shown}");
+        }
+        let _ = tmux(&["send-keys", "-t", "pp", "-l", answer]);
+        let _ = tmux(&["send-keys", "-t", "pp", "Enter"]);
     }
-    let _ = tmux(&["send-keys", "-t", "pp", "-l", "open sesame"]);
-    let _ = tmux(&["send-keys", "-t", "pp", "Enter"]);
     let done = strata_e2e::wait_for("strata status", Duration::from_secs(60), || {
         screen().contains("EXIT=")
     });

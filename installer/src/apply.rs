@@ -322,6 +322,14 @@ for port in $PORTS; do
     *) fail "TCP port $port is in use by $exe; Strata's components need it: stop that service" ;;
   esac
 done
+# Another container runtime would fight over the CRI socket, cgroups and iptables.
+for p in /proc/[0-9]*; do
+  exe=$(readlink "$p/exe" 2>/dev/null) || continue
+  case "$exe" in
+    /opt/strata/bin/*) ;;
+    */containerd|*/dockerd|*/crio|*/podman) fail "a container runtime Strata did not install is running: $exe (pid ${p#/proc/}); stop and disable it (Strata installs its own containerd)" ;;
+  esac
+done
 if [ "$REFUSES_CGROUP_V1" = yes ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
   fail "the host runs cgroup v1; the kubelet of Kubernetes 1.35 and later needs cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1)"
 fi
@@ -456,6 +464,21 @@ fn key_passphrases(keys: &BTreeSet<PathBuf>) -> Result<BTreeMap<PathBuf, Secret>
     Ok(out)
 }
 
+/// Pins the host keys a connection was made with (the host's and its bastion's) in the state.
+pub(crate) fn remember_host_keys(
+    cs: &ClusterState,
+    state: &mut AppliedState,
+    h: &Host,
+    conn: &Connection,
+) {
+    state
+        .host_keys
+        .insert(h.name.to_string(), conn.host_key().to_owned());
+    if let (Some(b), Some(fp)) = (cs.cluster.ssh_for(h).bastion, conn.jump_host_key()) {
+        state.host_keys.insert(bastion_pin_name(&b), fp.to_owned());
+    }
+}
+
 /// The key the state directory pins a bastion's host key under.
 fn bastion_pin_name(b: &Bastion) -> String {
     format!("bastion/{}:{}", b.address.as_str(), b.port)
@@ -513,6 +536,8 @@ pub(crate) async fn connect_all(
         })
         .collect();
     let secrets = key_passphrases(&keys)?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     Ok(join_all(hosts.iter().map(|h| {
         let ssh = cs.cluster.ssh_for(h);
         let identity = identity_of(h, &secrets);
@@ -557,21 +582,59 @@ pub(crate) async fn connect_all(
             jump: None,
         };
         async move {
-            let policy =
-                host_key_policy(&target.host, pin, accept_new, "spec.hosts[].ssh.hostKey")?;
             let mut target = target;
             if let Some((jump_policy, jump_target)) = jump {
+                let policy = match jump_policy {
+                    Ok(p) => p,
+                    Err(e) => ask_trust(&jump_target, interactive).await.map_err(|_| e)?,
+                };
                 target.jump = Some(Box::new(Jump {
                     target: jump_target,
-                    policy: jump_policy?,
+                    policy,
                 }));
             }
+            let policy =
+                match host_key_policy(&target.host, pin, accept_new, "spec.hosts[].ssh.hostKey") {
+                    Ok(p) => p,
+                    Err(e) => ask_trust(&target, interactive).await.map_err(|_| e)?,
+                };
             Connection::connect(&target, policy, Duration::from_secs(20))
                 .await
                 .map_err(|e| anyhow!("phase connect: {e}"))
         }
     }))
     .await)
+}
+
+/// First contact in a terminal: shows the host key the host presents and asks whether to
+/// trust it (then it is pinned like a key accepted with --accept-new-host-keys). One
+/// question at a time; the live view is paused meanwhile.
+async fn ask_trust(target: &Target, interactive: bool) -> Result<HostKeyPolicy> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if !interactive {
+        bail!("not a terminal");
+    }
+    let fp = strata_platforms::ssh::presented_host_key(target, Duration::from_secs(20)).await?;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let question = format!(
+        "{} ({}) presents the SSH host key {fp}. Compare it with `ssh-keygen -lf \
+         /etc/ssh/ssh_host_ed25519_key.pub` on that machine. Trust it",
+        target.host, target.address
+    );
+    let ask = || {
+        dialoguer::Confirm::new()
+            .with_prompt(question.clone())
+            .default(false)
+            .interact()
+    };
+    let yes = match BARS.get() {
+        Some(b) => b.multi.suspend(ask),
+        None => ask(),
+    }?;
+    if !yes {
+        bail!("host key of {} not trusted", target.host);
+    }
+    Ok(HostKeyPolicy::Pinned(fp))
 }
 
 /// The admin API client from the state directory's kubeconfig.
@@ -640,8 +703,12 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     let ctx = &cs.ctx;
     let version = cs.cluster.spec.kubernetes.version.to_string();
     let spec_assets = &cs.cluster.spec.assets;
+    let mut asset_source = assets::source(&spec_assets.source, &ctx.base_dir, &version);
+    if let assets::Source::Upstream { mirror, .. } = &mut asset_source {
+        mirror.clone_from(&spec_assets.mirror);
+    }
     let asset_dir = assets::resolve(
-        &assets::source(&spec_assets.source, &ctx.base_dir, &version),
+        &asset_source,
         &spec_assets.sha256,
         &cs.state.root.join("assets"),
     )
@@ -671,12 +738,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
                     h.name.as_str(),
                     &format!("connected, host key {}", conn.host_key()),
                 );
-                state
-                    .host_keys
-                    .insert(h.name.to_string(), conn.host_key().to_owned());
-                if let (Some(b), Some(fp)) = (cs.cluster.ssh_for(h).bastion, conn.jump_host_key()) {
-                    state.host_keys.insert(bastion_pin_name(&b), fp.to_owned());
-                }
+                remember_host_keys(&cs, &mut state, h, &conn);
                 nodes.push(Node_ { host: h, conn });
             }
             Err(e) => errors.push(format!("{e:#}")),

@@ -151,6 +151,11 @@ pub enum Source {
     Archive(PathBuf),
     /// A URL of an archive or of a directory with manifest.json.
     Url(String),
+    /// The official release downloads for a Kubernetes version, optionally from a mirror.
+    Upstream {
+        version: String,
+        mirror: String,
+    },
 }
 
 fn is_archive(name: &str) -> bool {
@@ -162,6 +167,12 @@ fn is_archive(name: &str) -> bool {
 /// spec.assets.source: empty is the local cache for the version; relative paths are
 /// relative to the Cluster file.
 pub fn source(source: &str, base_dir: &Path, version: &str) -> Source {
+    if source == "upstream" {
+        return Source::Upstream {
+            version: version.to_owned(),
+            mirror: String::new(),
+        };
+    }
     if source.starts_with("https://") || source.starts_with("http://") {
         return Source::Url(source.to_owned());
     }
@@ -186,6 +197,23 @@ pub fn source(source: &str, base_dir: &Path, version: &str) -> Source {
 pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf> {
     match src {
         Source::Dir(d) => Ok(d.clone()),
+        Source::Upstream { version, mirror } => {
+            if mirror.starts_with("http://") && !strata_manifests::validate::loopback_url(mirror) {
+                bail!(
+                    "{mirror}: plain http is only allowed to this computer (loopback); use https"
+                );
+            }
+            let minor: u32 = version
+                .split('.')
+                .nth(1)
+                .and_then(|m| m.parse().ok())
+                .with_context(|| format!("Kubernetes version {version}"))?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(20))
+                .build()
+                .context("HTTP client")?;
+            crate::upstream::fetch(&client, version, minor, mirror, cache).await
+        }
         Source::Archive(a) => {
             let bytes = std::fs::read(a).with_context(|| format!("reading {}", a.display()))?;
             unpack(&bytes, &a.display().to_string(), sha256, cache)
@@ -257,7 +285,7 @@ pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf
     }
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>> {
+pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>> {
     let resp = client
         .get(url)
         .send()
@@ -614,5 +642,148 @@ mod tests {
         );
         assert!(safe_join(Path::new("/x"), "../etc/passwd").is_err());
         assert!(safe_join(Path::new("/x"), "/etc/passwd").is_err());
+    }
+
+    fn tgz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            b.append_data(&mut h, path, *body).expect("append");
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &b.into_inner().expect("tar")).expect("gzip");
+        gz.finish().expect("gzip")
+    }
+
+    /// The official release layout of Kubernetes 1.20.2 and its components, under /m/.
+    fn upstream_mirror() -> BTreeMap<String, Vec<u8>> {
+        let sha = |b: &[u8]| strata_manifests::plan::sha256(b);
+        let mut f = BTreeMap::new();
+        let k8s = "/m/dl.k8s.io/release/v1.20.2/bin/linux/amd64";
+        for name in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+        ] {
+            let body = format!("{name} 1.20.2").into_bytes();
+            f.insert(format!("{k8s}/{name}.sha256"), sha(&body).into_bytes());
+            f.insert(format!("{k8s}/{name}"), body);
+        }
+        let gh = "/m/github.com";
+        let etcd = tgz(&[
+            ("etcd-v3.4.13-linux-amd64/etcd", b"etcd"),
+            ("etcd-v3.4.13-linux-amd64/etcdctl", b"etcdctl"),
+            ("etcd-v3.4.13-linux-amd64/README.md", b"docs"),
+        ]);
+        let e = format!("{gh}/etcd-io/etcd/releases/download/v3.4.13");
+        f.insert(
+            format!("{e}/SHA256SUMS"),
+            format!(
+                "{}  etcd-v3.4.13-darwin-amd64.zip\n{}  etcd-v3.4.13-linux-amd64.tar.gz\n",
+                "0".repeat(64),
+                sha(&etcd)
+            )
+            .into_bytes(),
+        );
+        f.insert(format!("{e}/etcd-v3.4.13-linux-amd64.tar.gz"), etcd);
+        let ctrd = tgz(&[
+            ("bin/containerd", b"containerd"),
+            ("bin/containerd-shim-runc-v2", b"shim"),
+            ("bin/ctr", b"ctr"),
+            ("bin/containerd-stress", b"not needed"),
+        ]);
+        let c = format!("{gh}/containerd/containerd/releases/download/v1.6.20");
+        f.insert(
+            format!("{c}/containerd-1.6.20-linux-amd64.tar.gz.sha256sum"),
+            format!("{}  containerd-1.6.20-linux-amd64.tar.gz\n", sha(&ctrd)).into_bytes(),
+        );
+        f.insert(format!("{c}/containerd-1.6.20-linux-amd64.tar.gz"), ctrd);
+        let r = format!("{gh}/opencontainers/runc/releases/download/v1.1.5");
+        f.insert(
+            format!("{r}/runc.sha256sum"),
+            format!(
+                "{}  runc.amd64\n{}  runc.arm64\n",
+                sha(b"runc"),
+                "1".repeat(64)
+            )
+            .into_bytes(),
+        );
+        f.insert(format!("{r}/runc.amd64"), b"runc".to_vec());
+        let cni = tgz(&[
+            ("./bridge", b"bridge"),
+            ("./host-local", b"host-local"),
+            ("./LICENSE", b"l"),
+        ]);
+        let p = format!("{gh}/containernetworking/plugins/releases/download/v1.1.1");
+        f.insert(
+            format!("{p}/cni-plugins-linux-amd64-v1.1.1.tgz.sha256"),
+            format!("{}  cni-plugins-linux-amd64-v1.1.1.tgz\n", sha(&cni)).into_bytes(),
+        );
+        f.insert(format!("{p}/cni-plugins-linux-amd64-v1.1.1.tgz"), cni);
+        f
+    }
+
+    #[tokio::test]
+    async fn official_releases_through_a_mirror_are_verified_against_their_published_digests() {
+        let server = serve(upstream_mirror()).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let src = Source::Upstream {
+            version: "1.20.2".into(),
+            mirror: format!("{}/m", server.base),
+        };
+        let dir = resolve(&src, "", cache.path()).await.expect("upstream");
+        let a = Assets::load(&dir, "1.20.2").expect("manifest of what was verified");
+        let mut remotes: Vec<&str> = a.files.iter().map(|f| f.remote.as_str()).collect();
+        remotes.sort();
+        assert_eq!(
+            remotes,
+            [
+                "/opt/cni/bin/bridge",
+                "/opt/cni/bin/host-local",
+                "/opt/strata/bin/containerd",
+                "/opt/strata/bin/containerd-shim-runc-v2",
+                "/opt/strata/bin/ctr",
+                "/opt/strata/bin/etcd",
+                "/opt/strata/bin/etcdctl",
+                "/opt/strata/bin/kube-apiserver",
+                "/opt/strata/bin/kube-controller-manager",
+                "/opt/strata/bin/kube-proxy",
+                "/opt/strata/bin/kube-scheduler",
+                "/opt/strata/bin/kubelet",
+                "/opt/strata/bin/runc",
+            ]
+        );
+        assert_eq!(std::fs::read(dir.join("bin/runc")).expect("runc"), b"runc");
+        // Cached: nothing is downloaded again.
+        let before: u32 = server.hits.lock().expect("lock").values().sum();
+        resolve(&src, "", cache.path()).await.expect("again");
+        assert_eq!(
+            server.hits.lock().expect("lock").values().sum::<u32>(),
+            before
+        );
+
+        // A file that does not match its published digest is refused.
+        let mut files = upstream_mirror();
+        files.insert(
+            "/m/dl.k8s.io/release/v1.20.2/bin/linux/amd64/kubelet".into(),
+            b"tampered".to_vec(),
+        );
+        let server = serve(files).await;
+        let cache = tempfile::tempdir().expect("tempdir");
+        let src = Source::Upstream {
+            version: "1.20.2".into(),
+            mirror: format!("{}/m", server.base),
+        };
+        let e = resolve(&src, "", cache.path()).await.expect_err("tampered");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("kubelet") && text.contains("differs from the published"),
+            "{text}"
+        );
     }
 }

@@ -18,6 +18,7 @@ mod init;
 mod local;
 mod ops;
 mod render;
+mod upstream;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -11,7 +11,7 @@ use strata_manifests::Host;
 use strata_manifests::model::Role;
 use strata_manifests::plan::AppliedState;
 
-use crate::apply::{admin_client, connect_all};
+use crate::apply::{admin_client, connect_all, remember_host_keys};
 use crate::certs::load;
 use crate::cli::StateArgs;
 
@@ -70,9 +70,17 @@ pub fn kubeconfig(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
 pub fn status(args: &StateArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let cs = load(args)?;
-        let state = AppliedState::load(&cs.state.root.join("state.json"))?;
+        let state_file = cs.state.root.join("state.json");
+        let mut state = AppliedState::load(&state_file)?;
         let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
         let conns = connect_all(&cs, &state, &hosts, false).await?;
+        // Keys trusted at the prompt are pinned.
+        for (h, c) in hosts.iter().zip(&conns) {
+            if let Ok(c) = c {
+                remember_host_keys(&cs, &mut state, h, c);
+            }
+        }
+        state.save(&state_file)?;
         let mut healthy = true;
         outln!(
             "{:<12} {:<16} {:<5} {:<10} SERVICES",

@@ -600,8 +600,9 @@ pub struct CaFiles {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Assets {
     /// A directory or archive (.tar, .tar.gz, .tgz) with a manifest of versions and sha256
-    /// digests, or an https URL of such an archive or directory; empty means the built-in
-    /// default for the platform.
+    /// digests, or an https URL of such an archive or directory, or `upstream`: the official
+    /// release downloads (Kubernetes, etcd, containerd, runc, CNI plugins), each checked
+    /// against its published sha256; empty means the built-in default for the platform.
     #[serde(default)]
     pub source: String,
     /// The sha256 (hex) of the archive, or of the manifest.json of a directory URL. Required
@@ -609,6 +610,10 @@ pub struct Assets {
     /// given.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// With `source: upstream`: a mirror of the official release URLs; a URL
+    /// `https://HOST/PATH` is fetched as `<mirror>/HOST/PATH`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mirror: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -482,6 +482,23 @@ fn check_assets(c: &Cluster, k: &mut Checker<'_>) {
              directory URL) published with the assets",
         );
     }
+    if !a.mirror.is_empty() && a.source != "upstream" {
+        k.error(
+            "/spec/assets/mirror",
+            "a mirror is only used with `source: upstream`".into(),
+            "",
+        );
+    }
+    if a.mirror.starts_with("http://") && !loopback_url(&a.mirror) {
+        k.error(
+            "/spec/assets/mirror",
+            format!(
+                "{}: plain http is only allowed to this computer (loopback)",
+                a.mirror
+            ),
+            "use https",
+        );
+    }
     if a.source.starts_with("http://") && !loopback_url(&a.source) {
         k.error(
             "/spec/assets/source",

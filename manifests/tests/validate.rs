@@ -277,6 +277,17 @@ fn asset_downloads_must_be_pinned_and_encrypted() {
         "a".repeat(64)
     );
     check(&minimal(host, &pinned)).expect("loopback http with a pin");
+    check(&minimal(
+        host,
+        "  assets: {source: upstream, mirror: \"https://mirror.example/releases\"}\n",
+    ))
+    .expect("official releases through a mirror");
+    let r = check(&minimal(
+        host,
+        "  assets: {source: ./assets, mirror: \"https://mirror.example/releases\"}\n",
+    ))
+    .expect_err("mirror without upstream");
+    assert!(r.to_string().contains("only used with `source: upstream`"), "{r}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod transport;
 
 pub use transport::{
     CommandOutput, Connection, HostKeyPolicy, Identity, Jump, PASSPHRASE_ENV, Secret, SshError,
-    Target, Upload, key_is_encrypted,
+    Target, Upload, key_is_encrypted, presented_host_key,
 };
 
 use base64::Engine;

@@ -286,46 +286,7 @@ impl Connection {
             address: format!("{}:{}", target.address, target.port),
             reason,
         };
-        let (connected, jump) = match &target.jump {
-            None => {
-                let addr = (target.address.as_str(), target.port);
-                let c =
-                    tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
-                (c, None)
-            }
-            Some(j) => {
-                let via = Self::connect(&j.target, j.policy.clone(), timeout)
-                    .await
-                    .map_err(|e| SshError::Jump {
-                        host: target.host.clone(),
-                        jump: j.target.host.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let channel = via
-                    .handle
-                    .channel_open_direct_tcpip(
-                        target.address.clone(),
-                        u32::from(target.port),
-                        "127.0.0.1",
-                        0,
-                    )
-                    .await
-                    .map_err(|e| SshError::Jump {
-                        host: target.host.clone(),
-                        jump: j.target.host.clone(),
-                        reason: format!(
-                            "forwarding to {}:{} refused: {e} (does its sshd allow TCP forwarding?)",
-                            target.address, target.port
-                        ),
-                    })?;
-                let c = tokio::time::timeout(
-                    timeout,
-                    client::connect_stream(config, channel.into_stream(), verifier),
-                )
-                .await;
-                (c, Some(Box::new(via)))
-            }
-        };
+        let (connected, jump) = open(target, config, verifier, timeout).await?;
         let presented = || seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
         let mut handle = match connected {
             Err(_) => {
@@ -546,6 +507,97 @@ impl Connection {
         if let Some(j) = self.jump {
             Box::pin(j.close()).await;
         }
+    }
+}
+
+type Opened = (
+    Result<Result<Handle<Verifier>, russh::Error>, tokio::time::error::Elapsed>,
+    Option<Box<Connection>>,
+);
+
+/// The SSH handshake with `target`, directly or through its jump host (connected first, with
+/// its own host-key policy, and kept open).
+async fn open(
+    target: &Target,
+    config: Arc<client::Config>,
+    verifier: Verifier,
+    timeout: Duration,
+) -> Result<Opened, SshError> {
+    match &target.jump {
+        None => {
+            let addr = (target.address.as_str(), target.port);
+            let c = tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
+            Ok((c, None))
+        }
+        Some(j) => {
+            let jump_err = |reason: String| SshError::Jump {
+                host: target.host.clone(),
+                jump: j.target.host.clone(),
+                reason,
+            };
+            let via = Connection::connect(&j.target, j.policy.clone(), timeout)
+                .await
+                .map_err(|e| jump_err(e.to_string()))?;
+            let channel = via
+                .handle
+                .channel_open_direct_tcpip(
+                    target.address.clone(),
+                    u32::from(target.port),
+                    "127.0.0.1",
+                    0,
+                )
+                .await
+                .map_err(|e| {
+                    jump_err(format!(
+                        "forwarding to {}:{} refused: {e} (does its sshd allow TCP forwarding?)",
+                        target.address, target.port
+                    ))
+                })?;
+            let c = tokio::time::timeout(
+                timeout,
+                client::connect_stream(config, channel.into_stream(), verifier),
+            )
+            .await;
+            Ok((c, Some(Box::new(via))))
+        }
+    }
+}
+
+/// The SHA256 fingerprint of the host key `target` presents, learnt from the handshake alone
+/// (the key is refused, nothing is authenticated or run): what a person is asked to trust on
+/// first contact.
+pub async fn presented_host_key(target: &Target, timeout: Duration) -> Result<String, SshError> {
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        policy: HostKeyPolicy::Pinned(String::new()),
+        seen: seen.clone(),
+    };
+    let (connected, jump) = open(
+        target,
+        Arc::new(client::Config::default()),
+        verifier,
+        timeout,
+    )
+    .await?;
+    if let Some(j) = jump {
+        j.close().await;
+    }
+    let fp = seen.lock().ok().and_then(|s| s.clone());
+    match (connected, fp) {
+        (_, Some(fp)) => Ok(fp),
+        (Err(_), None) => Err(SshError::Connect {
+            host: target.host.clone(),
+            address: format!("{}:{}", target.address, target.port),
+            reason: format!("no answer within {}s", timeout.as_secs()),
+        }),
+        (Ok(r), None) => Err(SshError::Connect {
+            host: target.host.clone(),
+            address: format!("{}:{}", target.address, target.port),
+            reason: r
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no host key".into()),
+        }),
     }
 }
 
