@@ -344,7 +344,7 @@ spec:
     )
     .expect("cluster file");
     let dialogue = vec![
-        ("Passphrase for SSH key".to_owned(), "open sesame"),
+        ("Passphrase for SSH key".to_owned(), "open sesame\n"),
         (
             format!(
                 "bastion {b} ({b}) presents the SSH host key {}",
@@ -409,8 +409,8 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 /// Runs `strata status -f file` in a tmux terminal and answers its prompts in order: for each
-/// `(expected text, answer)`, waits until the screen shows the text, then types the answer and
-/// Enter. Returns the screen once the command has finished.
+/// `(expected text, answer)`, waits until the screen shows the text, then types the answer
+/// (a trailing newline is the Enter key). Returns the screen once the command has finished.
 fn status_in_a_terminal(file: &Path, dialogue: &[(String, &str)]) -> String {
     let strata =
         std::env::var("STRATA_BIN").expect("STRATA_BIN: the strata binary (set by .ci/e2e)");
@@ -454,8 +454,11 @@ fn status_in_a_terminal(file: &Path, dialogue: &[(String, &str)]) -> String {
             let _ = tmux(&["kill-server"]);
             panic!("waiting for {expected:?}:\n{shown}");
         }
-        let _ = tmux(&["send-keys", "-t", "pp", "-l", answer]);
-        let _ = tmux(&["send-keys", "-t", "pp", "Enter"]);
+        // A line ends with Enter; a yes/no question takes its key alone.
+        let _ = tmux(&["send-keys", "-t", "pp", "-l", answer.trim_end_matches('\n')]);
+        if answer.ends_with('\n') {
+            let _ = tmux(&["send-keys", "-t", "pp", "Enter"]);
+        }
     }
     let done = strata_e2e::wait_for("strata status", Duration::from_secs(60), || {
         screen().contains("EXIT=")
