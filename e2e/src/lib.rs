@@ -29,9 +29,15 @@ pub fn require_root() {
 
 /// A fresh ed25519 key pair without passphrase in `dir` (OpenSSH's ssh-keygen).
 pub fn keygen(dir: &Path) -> PathBuf {
-    let key = dir.join("id_ed25519");
+    keygen_as(dir, "id_ed25519", "ed25519", "")
+}
+
+/// A fresh key pair of `kind` (ed25519, ecdsa, rsa) named `name` in `dir`, encrypted with
+/// `passphrase` unless it is empty.
+pub fn keygen_as(dir: &Path, name: &str, kind: &str, passphrase: &str) -> PathBuf {
+    let key = dir.join(name);
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", kind, "-N", passphrase, "-f"])
         .arg(&key)
         .output()
         .expect("ssh-keygen (package openssh-client)");

@@ -16,18 +16,12 @@ use strata_platforms::ssh::{
 
 /// A key pair of `kind` (ed25519, ecdsa, rsa) with `passphrase` ("" for none).
 fn keygen_kind(dir: &Path, kind: &str, passphrase: &str) -> PathBuf {
-    let key = dir.join(format!("id_{kind}_{}", passphrase.len()));
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", passphrase, "-f"])
-        .arg(&key)
-        .output()
-        .expect("ssh-keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    key
+    strata_e2e::keygen_as(
+        dir,
+        &format!("id_{kind}_{}", passphrase.len()),
+        kind,
+        passphrase,
+    )
 }
 
 fn key(path: &Path) -> Identity {

@@ -663,13 +663,7 @@ mod tests {
         let sha = |b: &[u8]| strata_manifests::plan::sha256(b);
         let mut f = BTreeMap::new();
         let k8s = "/m/dl.k8s.io/release/v1.20.2/bin/linux/amd64";
-        for name in [
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kubelet",
-            "kube-proxy",
-        ] {
+        for name in crate::upstream::SERVER_BINARIES {
             let body = format!("{name} 1.20.2").into_bytes();
             f.insert(format!("{k8s}/{name}.sha256"), sha(&body).into_bytes());
             f.insert(format!("{k8s}/{name}"), body);

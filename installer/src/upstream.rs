@@ -44,6 +44,15 @@ pub fn components(minor: u32) -> Components {
     }
 }
 
+/// The Kubernetes binaries Strata installs, as dl.k8s.io names them.
+pub const SERVER_BINARIES: [&str; 5] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+
 /// One download: the file, where its published digest is, and the name in that listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Download {
@@ -61,13 +70,7 @@ fn downloads(version: &str, c: Components) -> BTreeMap<&'static str, Download> {
     };
     let gh = "https://github.com";
     let mut d = BTreeMap::new();
-    for name in [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kubelet",
-        "kube-proxy",
-    ] {
+    for name in SERVER_BINARIES {
         d.insert(name, k8s(name));
     }
     let etcd = format!("etcd-v{}-linux-amd64.tar.gz", c.etcd);

@@ -287,7 +287,10 @@ fn asset_downloads_must_be_pinned_and_encrypted() {
         "  assets: {source: ./assets, mirror: \"https://mirror.example/releases\"}\n",
     ))
     .expect_err("mirror without upstream");
-    assert!(r.to_string().contains("only used with `source: upstream`"), "{r}");
+    assert!(
+        r.to_string().contains("only used with `source: upstream`"),
+        "{r}"
+    );
 }
 
 #[test]
