@@ -1,0 +1,227 @@
+//! The overlay's kernel programming between two network namespaces joined by a veth pair
+//! (the underlay, 198.19.255.0/24): each gets a VXLAN device through netlink and, for the
+//! other, a route, a neighbour and a forwarding entry; then one pod subnet reaches the other
+//! through the tunnel (the underlay knows nothing of 10.244.0.0/16). Programming again
+//! changes nothing; a node that leaves is removed with all its entries.
+
+use std::process::{Command, Output};
+
+use strata_e2e::require_root;
+
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn overlay_bin() -> String {
+    std::env::var("STRATA_OVERLAY_BIN")
+        .expect("STRATA_OVERLAY_BIN: the strata-overlay binary (set by .ci/e2e)")
+}
+
+/// `strata-overlay ARGS` inside namespace `ns`, with stdin `input`; its stdout.
+fn overlay(ns: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, &overlay_bin()])
+        .args(args)
+        .args(["--device", "strata.1", "--vni", "1", "--port", "8472"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strata-overlay");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn ping(ns: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", to])
+        .output()
+        .expect("ping (package iputils-ping)")
+        .status
+        .success()
+}
+
+#[test]
+fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
+    require_root();
+    let id = std::process::id();
+    let (a, b) = (format!("ovl-a-{id}"), format!("ovl-b-{id}"));
+    let _cleanup = Namespaces(vec![a.clone(), b.clone()]);
+    for ns in [&a, &b] {
+        run(&["ip", "netns", "add", ns]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let (va, vb) = (format!("ova{id}"), format!("ovb{id}"));
+    run(&[
+        "ip", "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+    ]);
+    for (ns, dev, addr) in [(&a, &va, "198.19.255.1/24"), (&b, &vb, "198.19.255.2/24")] {
+        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+
+    let mac_a = overlay(
+        &a,
+        &[
+            "mac",
+            "--underlay",
+            "198.19.255.1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+        ],
+        "",
+    );
+    let mac_b = overlay(
+        &b,
+        &[
+            "mac",
+            "--underlay",
+            "198.19.255.2",
+            "--pod-cidr",
+            "10.244.2.0/24",
+        ],
+        "",
+    );
+    let nodes = format!(
+        r#"[{{"name": "a", "pod_cidr": "10.244.1.0/24", "underlay": "198.19.255.1", "vtep_mac": {}}},
+            {{"name": "b", "pod_cidr": "10.244.2.0/24", "underlay": "198.19.255.2", "vtep_mac": {}}}]"#,
+        serde_json::to_string(&mac_json(&mac_a)).expect("json"),
+        serde_json::to_string(&mac_json(&mac_b)).expect("json"),
+    );
+    assert!(!ping(&a, "10.244.2.0"), "no route before programming");
+    let out_a = overlay(
+        &a,
+        &[
+            "program",
+            "--me",
+            "a",
+            "--underlay",
+            "198.19.255.1",
+            "--nodes",
+            "-",
+        ],
+        &nodes,
+    );
+    let out_b = overlay(
+        &b,
+        &[
+            "program",
+            "--me",
+            "b",
+            "--underlay",
+            "198.19.255.2",
+            "--nodes",
+            "-",
+        ],
+        &nodes,
+    );
+    assert_eq!(out_a, format!("{mac_a} added=3 removed=0"));
+    assert_eq!(out_b, format!("{mac_b} added=3 removed=0"));
+    // The device: VXLAN id 1, port 8472, no learning, MTU of the veth (1500) minus 50.
+    let link =
+        String::from_utf8_lossy(&run(&["ip", "-d", "-n", &a, "link", "show", "strata.1"]).stdout)
+            .into_owned();
+    assert!(
+        link.contains("mtu 1450")
+            && link.contains("vxlan id 1")
+            && link.contains("dstport 8472")
+            && link.contains("nolearning"),
+        "{link}"
+    );
+    assert!(
+        ping(&a, "10.244.2.0"),
+        "a reaches b's pod subnet through the tunnel"
+    );
+    assert!(
+        ping(&b, "10.244.1.0"),
+        "b reaches a's pod subnet through the tunnel"
+    );
+
+    // Again: nothing to change.
+    let again = overlay(
+        &a,
+        &[
+            "program",
+            "--me",
+            "a",
+            "--underlay",
+            "198.19.255.1",
+            "--nodes",
+            "-",
+        ],
+        &nodes,
+    );
+    assert_eq!(again, format!("{mac_a} added=0 removed=0"));
+
+    // b leaves the cluster: a drops its route, neighbour and forwarding entry.
+    let only_a = format!(
+        r#"[{{"name": "a", "pod_cidr": "10.244.1.0/24", "underlay": "198.19.255.1", "vtep_mac": {}}}]"#,
+        serde_json::to_string(&mac_json(&mac_a)).expect("json")
+    );
+    let gone = overlay(
+        &a,
+        &[
+            "program",
+            "--me",
+            "a",
+            "--underlay",
+            "198.19.255.1",
+            "--nodes",
+            "-",
+        ],
+        &only_a,
+    );
+    assert_eq!(gone, format!("{mac_a} added=0 removed=3"));
+    let routes =
+        String::from_utf8_lossy(&run(&["ip", "-n", &a, "route", "show", "dev", "strata.1"]).stdout)
+            .into_owned();
+    assert!(!routes.contains("10.244.2.0/24"), "{routes}");
+    let fdb = String::from_utf8_lossy(
+        &run(&[
+            "ip", "netns", "exec", &a, "bridge", "fdb", "show", "dev", "strata.1",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    assert!(!fdb.contains(&mac_b), "{fdb}");
+    assert!(!ping(&a, "10.244.2.0"));
+}
+
+/// A MAC as the JSON of `strata_overlay::plan::Mac` (an array of six numbers).
+fn mac_json(mac: &str) -> Vec<u8> {
+    mac.split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect()
+}
