@@ -133,7 +133,7 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
         0o755,
     )
     .expect("busybox");
-    for tool in ["sh", "sleep", "hostname", "cat", "echo"] {
+    for tool in ["sh", "sleep", "hostname", "cat", "echo", "ping"] {
         spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
             .expect("link");
     }
@@ -200,7 +200,7 @@ spec:
                 "app=hello",
                 "--no-headers",
                 "-o",
-                "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase",
+                "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase,IP:.status.podIP",
             ],
         ),
         "get pods",
@@ -229,6 +229,7 @@ spec:
         );
         assert_eq!(e.trim(), pod);
     }
+    overlay_joins_the_workers_pods(kubeconfig, &rows);
     ok(
         &kubectl(
             kubeconfig,
@@ -236,6 +237,87 @@ spec:
         ),
         "delete",
     );
+}
+
+/// The overlay agent (strata-overlay, run on each node with that node's own kubelet
+/// credentials until its DaemonSet exists) creates the VXLAN device, publishes its VTEP on
+/// its Node and programs the peers: the pod on w1 then reaches the pod on w2 by its address.
+fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
+    let bin = std::env::var("STRATA_OVERLAY_BIN")
+        .expect("STRATA_OVERLAY_BIN: the strata-overlay binary (set by .ci/e2e)");
+    let (w1_pod, w2_ip) = (pods[0][0].as_str(), pods[1][3].as_str());
+    let unreachable = kubectl(
+        kubeconfig,
+        &["exec", w1_pod, "--", "ping", "-c", "1", "-W", "2", w2_ip],
+    );
+    assert!(
+        !unreachable.status.success(),
+        "no route between the nodes' pods before the overlay"
+    );
+    for host in ["cp1", "w1", "w2"] {
+        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
+        std::fs::copy(&bin, m.root().join("var/tmp/strata-overlay")).expect("copy the agent");
+        on(
+            host,
+            &format!(
+                "systemd-run --quiet --unit strata-overlay-e2e -E NODE_NAME={host} \
+                 -E KUBECONFIG=/etc/kubernetes/kubelet.conf /var/tmp/strata-overlay run \
+                 --device strata.1 --vni 1 --port 8472"
+            ),
+        );
+    }
+    wait_for(
+        "every Node's VTEP annotation",
+        Duration::from_secs(60),
+        || {
+            let o = kubectl(
+                kubeconfig,
+                &[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={.items[*].metadata.annotations.overlay\\.strata\\.dev/vtep-mac}",
+                ],
+            );
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .count()
+                == 3
+        },
+    )
+    .expect("annotations");
+    let reached = wait_for(
+        "the pod on w2 from the pod on w1",
+        Duration::from_secs(30),
+        || {
+            kubectl(
+                kubeconfig,
+                &["exec", w1_pod, "--", "ping", "-c", "1", "-W", "2", w2_ip],
+            )
+            .status
+            .success()
+        },
+    );
+    let link = on(
+        "w1",
+        "ip -d link show strata.1; ip route show dev strata.1; journalctl -u strata-overlay-e2e --no-pager | tail -n 20",
+    );
+    reached.unwrap_or_else(|e| panic!("{e}:\n{link}"));
+    assert!(
+        link.contains("vxlan id 1") && link.contains("10.244."),
+        "{link}"
+    );
+    let rss = on(
+        "w1",
+        "grep VmRSS /proc/$(systemctl show -p MainPID --value strata-overlay-e2e)/status",
+    );
+    println!("overlay agent on w1, idle: {}", rss.trim());
+    for host in ["cp1", "w1", "w2"] {
+        on(
+            host,
+            "systemctl stop strata-overlay-e2e; ip link del strata.1; rm -f /var/tmp/strata-overlay",
+        );
+    }
 }
 
 /// Each kubelet is authenticated as its own node: w1's credentials may label w1, not w2.

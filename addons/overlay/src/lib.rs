@@ -1,6 +1,7 @@
 //! The VXLAN overlay agent's core: what each node's kernel must hold ([`plan`]) and the
-//! netlink calls that make it so ([`netlink`]).
+//! netlink calls that make it so ([`netlink`]), driven by the Node objects ([`agent`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod netlink;
 pub mod plan;

@@ -1,3 +1,5 @@
+//! `NODE_NAME=N strata-overlay run --device D --vni N --port P`: the agent (see agent.rs),
+//! with in-cluster credentials or KUBECONFIG.
 //! `strata-overlay program --device D --vni N --port P --underlay IP --me NAME --nodes FILE`:
 //! programs this network namespace's VXLAN device for the nodes listed in FILE (JSON array of
 //! {name, pod_cidr, underlay, vtep_mac}; `-` is standard input) and prints this node's VTEP
@@ -19,6 +21,16 @@ fn arg<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
 }
 
 async fn run(args: Vec<String>) -> Result<()> {
+    if args.first().map(String::as_str) == Some("run") {
+        let node = std::env::var("NODE_NAME").context("NODE_NAME: this node's name")?;
+        return strata_overlay::agent::run(
+            &node,
+            arg(&args, "--device")?,
+            arg(&args, "--vni")?.parse().context("--vni")?,
+            arg(&args, "--port")?.parse().context("--port")?,
+        )
+        .await;
+    }
     let dev = Device {
         name: arg(&args, "--device")?.to_owned(),
         vni: arg(&args, "--vni")?.parse().context("--vni")?,
@@ -69,6 +81,7 @@ async fn run(args: Vec<String>) -> Result<()> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match run(std::env::args().skip(1).collect()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
