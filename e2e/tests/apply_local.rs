@@ -239,33 +239,21 @@ spec:
     );
 }
 
-/// The overlay agent (strata-overlay, run on each node with that node's own kubelet
-/// credentials until its DaemonSet exists) creates the VXLAN device, publishes its VTEP on
-/// its Node and programs the peers: the pod on w1 then reaches the pod on w2 by its address.
+/// The overlay (the strata-overlay DaemonSet that apply installed, its image imported into
+/// each node's containerd): each agent publishes its VTEP on its Node and programs its peers,
+/// so the pod on w1 reaches the pod on w2 by its address. An agent pod deleted is replaced
+/// and traffic still flows.
 fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
-    let bin = std::env::var("STRATA_OVERLAY_BIN")
-        .expect("STRATA_OVERLAY_BIN: the strata-overlay binary (set by .ci/e2e)");
     let (w1_pod, w2_ip) = (pods[0][0].as_str(), pods[1][3].as_str());
-    let unreachable = kubectl(
-        kubeconfig,
-        &["exec", w1_pod, "--", "ping", "-c", "1", "-W", "2", w2_ip],
-    );
-    assert!(
-        !unreachable.status.success(),
-        "no route between the nodes' pods before the overlay"
-    );
-    for host in ["cp1", "w1", "w2"] {
-        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
-        std::fs::copy(&bin, m.root().join("var/tmp/strata-overlay")).expect("copy the agent");
-        on(
-            host,
-            &format!(
-                "systemd-run --quiet --unit strata-overlay-e2e -E NODE_NAME={host} \
-                 -E KUBECONFIG=/etc/kubernetes/kubelet.conf /var/tmp/strata-overlay run \
-                 --device strata.1 --vni 1 --port 8472"
-            ),
-        );
-    }
+    let ds = [
+        "-n",
+        "strata-system",
+        "rollout",
+        "status",
+        "daemonset/strata-overlay",
+        "--timeout=120s",
+    ];
+    ok(&kubectl(kubeconfig, &ds), "the overlay DaemonSet");
     wait_for(
         "every Node's VTEP annotation",
         Duration::from_secs(60),
@@ -286,38 +274,55 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
         },
     )
     .expect("annotations");
+    let ping = || {
+        kubectl(
+            kubeconfig,
+            &["exec", w1_pod, "--", "ping", "-c", "1", "-W", "2", w2_ip],
+        )
+        .status
+        .success()
+    };
     let reached = wait_for(
         "the pod on w2 from the pod on w1",
         Duration::from_secs(30),
-        || {
-            kubectl(
-                kubeconfig,
-                &["exec", w1_pod, "--", "ping", "-c", "1", "-W", "2", w2_ip],
-            )
-            .status
-            .success()
-        },
+        ping,
     );
-    let link = on(
-        "w1",
-        "ip -d link show strata.1; ip route show dev strata.1; journalctl -u strata-overlay-e2e --no-pager | tail -n 20",
-    );
+    let link = on("w1", "ip -d link show strata.1; ip route show dev strata.1");
     reached.unwrap_or_else(|e| panic!("{e}:\n{link}"));
     assert!(
-        link.contains("vxlan id 1") && link.contains("10.244."),
+        link.contains("vxlan id 1") && link.contains("mtu 1450"),
         "{link}"
     );
     let rss = on(
         "w1",
-        "grep VmRSS /proc/$(systemctl show -p MainPID --value strata-overlay-e2e)/status",
+        "grep VmRSS /proc/$(pgrep -f 'strata-overlay run' | head -n 1)/status",
     );
     println!("overlay agent on w1, idle: {}", rss.trim());
-    for host in ["cp1", "w1", "w2"] {
-        on(
-            host,
-            "systemctl stop strata-overlay-e2e; ip link del strata.1; rm -f /var/tmp/strata-overlay",
-        );
-    }
+
+    // The agent on w2 is deleted: its replacement converges, the tunnel keeps working.
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "-n",
+                "strata-system",
+                "delete",
+                "pod",
+                "-l",
+                "app.kubernetes.io/name=strata-overlay",
+                "--field-selector",
+                "spec.nodeName=w2",
+            ],
+        ),
+        "delete the agent on w2",
+    );
+    ok(&kubectl(kubeconfig, &ds), "the overlay DaemonSet again");
+    wait_for(
+        "the pod on w2 after its agent was replaced",
+        Duration::from_secs(30),
+        ping,
+    )
+    .expect("traffic recovers");
 }
 
 /// Each kubelet is authenticated as its own node: w1's credentials may label w1, not w2.
@@ -443,7 +448,8 @@ fn nothing_left(host: &str) {
          for u in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd; do \
            [ -e /etc/systemd/system/$u.service ] && echo unit $u; \
            systemctl is-active --quiet $u && echo active $u; done; \
-         ps -eo comm= | grep -E '^(etcd|kube|containerd|pause)' | sed 's/^/process /'; true",
+         ps -eo comm= | grep -E '^(etcd|kube|containerd|pause|strata-overlay)' | sed 's/^/process /'; \
+         ip link show strata.1 >/dev/null 2>&1 && echo device strata.1; true",
     );
     assert_eq!(left.trim(), "", "{host} after reset:\n{left}");
 }

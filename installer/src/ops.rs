@@ -215,6 +215,7 @@ pkill -KILL -x containerd-shim 2>/dev/null
 for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd)/" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
 rm -rf /var/lib/strata /etc/kubernetes /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/containerd /run/containerd /var/log/kubernetes /opt/strata /etc/containerd /etc/sysctl.d/90-strata.conf /etc/modules-load.d/strata.conf /etc/cni/net.d/10-strata.conflist /var/lib/cni
 ip link del cni0 2>/dev/null
+ip link del strata.1 2>/dev/null
 for u in $units; do rm -f "/etc/systemd/system/$u.service"; done
 systemctl daemon-reload
 echo reset

@@ -2,6 +2,7 @@
 //! rendering of every host's files.
 #![forbid(unsafe_code)]
 
+pub mod addons;
 pub mod diagnostic;
 pub mod formats;
 pub mod model;

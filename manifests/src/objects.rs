@@ -11,7 +11,7 @@ use crate::render::{ClusterObject, RenderError, to_yaml};
 /// Label on everything Strata creates in the cluster.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strata");
 
-fn meta(name: &str) -> ObjectMeta {
+pub(crate) fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
@@ -19,7 +19,12 @@ fn meta(name: &str) -> ObjectMeta {
     }
 }
 
-fn binding(name: &str, role: &str, subject_kind: &str, subject: &str) -> ClusterRoleBinding {
+pub(crate) fn binding(
+    name: &str,
+    role: &str,
+    subject_kind: &str,
+    subject: &str,
+) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(name),
         role_ref: RoleRef {
@@ -36,21 +41,23 @@ fn binding(name: &str, role: &str, subject_kind: &str, subject: &str) -> Cluster
     }
 }
 
-/// A cluster-scoped object with its file name and API path.
-fn object<T>(file: &str, obj: &T) -> Result<ClusterObject, RenderError>
+/// An object with its file name and API path (namespaced when its metadata has a namespace).
+pub(crate) fn object<T>(file: &str, obj: &T) -> Result<ClusterObject, RenderError>
 where
     T: Resource + Metadata<Ty = ObjectMeta> + serde::Serialize,
 {
     let name = obj.metadata().name.clone().unwrap_or_default();
-    let api_path = if T::GROUP.is_empty() {
-        format!("/api/{}/{}/{name}", T::VERSION, T::URL_PATH_SEGMENT)
+    let group_version = if T::GROUP.is_empty() {
+        format!("/api/{}", T::VERSION)
     } else {
-        format!(
-            "/apis/{}/{}/{}/{name}",
-            T::GROUP,
-            T::VERSION,
+        format!("/apis/{}/{}", T::GROUP, T::VERSION)
+    };
+    let api_path = match &obj.metadata().namespace {
+        Some(ns) => format!(
+            "{group_version}/namespaces/{ns}/{}/{name}",
             T::URL_PATH_SEGMENT
-        )
+        ),
+        None => format!("{group_version}/{}/{name}", T::URL_PATH_SEGMENT),
     };
     Ok(ClusterObject {
         file: file.into(),
@@ -59,7 +66,7 @@ where
     })
 }
 
-pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     // The API server reaches kubelets (logs, exec, port-forward, metrics) as
     // kube-apiserver-kubelet-client: that identity gets the kubelet API and nothing else.
     let kubelet_api = ClusterRole {
@@ -103,7 +110,7 @@ pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderE
         "Group",
         "system:nodes",
     );
-    Ok(vec![
+    Ok([
         object(
             "rbac-kube-apiserver-to-kubelet.clusterrole.yaml",
             &kubelet_api,
@@ -117,5 +124,8 @@ pub fn cluster_objects(_cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderE
             "rbac-node-client-certificate-renewal.clusterrolebinding.yaml",
             &renewal,
         )?,
-    ])
+    ]
+    .into_iter()
+    .chain(crate::addons::overlay(cluster)?)
+    .collect())
 }

@@ -199,20 +199,11 @@ fn control_plane_components_run_from_the_rendered_units() {
 
     // The cluster objects, sent with server-side apply as `apply` will.
     for o in &f.rendered.objects {
-        let kind = if o.file.ends_with(".clusterrole.yaml") {
-            "clusterroles"
-        } else {
-            "clusterrolebindings"
-        };
-        let name = o
-            .yaml
-            .lines()
-            .find_map(|l| l.strip_prefix("  name: "))
-            .expect("metadata.name");
         let path = root.join(&o.file);
         std::fs::write(&path, &o.yaml).expect("write");
         let url = format!(
-            "https://127.0.0.1:6443/apis/rbac.authorization.k8s.io/v1/{kind}/{name}?fieldManager=strata&force=true"
+            "https://127.0.0.1:6443{}?fieldManager=strata&force=true",
+            o.api_path
         );
         let (code, body) = curl(
             &f.state,
