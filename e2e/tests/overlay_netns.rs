@@ -64,6 +64,23 @@ fn overlay(ns: &str, args: &[&str], input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `strata-overlay program` in `ns` for node `me` with the node list `nodes` (JSON).
+fn program(ns: &str, me: &str, underlay: &str, nodes: &str) -> String {
+    overlay(
+        ns,
+        &[
+            "program",
+            "--me",
+            me,
+            "--underlay",
+            underlay,
+            "--nodes",
+            "-",
+        ],
+        nodes,
+    )
+}
+
 fn ping(ns: &str, to: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", to])
@@ -121,32 +138,8 @@ fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
         serde_json::to_string(&mac_json(&mac_b)).expect("json"),
     );
     assert!(!ping(&a, "10.244.2.0"), "no route before programming");
-    let out_a = overlay(
-        &a,
-        &[
-            "program",
-            "--me",
-            "a",
-            "--underlay",
-            "198.19.255.1",
-            "--nodes",
-            "-",
-        ],
-        &nodes,
-    );
-    let out_b = overlay(
-        &b,
-        &[
-            "program",
-            "--me",
-            "b",
-            "--underlay",
-            "198.19.255.2",
-            "--nodes",
-            "-",
-        ],
-        &nodes,
-    );
+    let out_a = program(&a, "a", "198.19.255.1", &nodes);
+    let out_b = program(&b, "b", "198.19.255.2", &nodes);
     assert_eq!(out_a, format!("{mac_a} added=3 removed=0"));
     assert_eq!(out_b, format!("{mac_b} added=3 removed=0"));
     // The device: VXLAN id 1, port 8472, no learning, MTU of the veth (1500) minus 50.
@@ -170,19 +163,7 @@ fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
     );
 
     // Again: nothing to change.
-    let again = overlay(
-        &a,
-        &[
-            "program",
-            "--me",
-            "a",
-            "--underlay",
-            "198.19.255.1",
-            "--nodes",
-            "-",
-        ],
-        &nodes,
-    );
+    let again = program(&a, "a", "198.19.255.1", &nodes);
     assert_eq!(again, format!("{mac_a} added=0 removed=0"));
 
     // b leaves the cluster: a drops its route, neighbour and forwarding entry.
@@ -190,19 +171,7 @@ fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
         r#"[{{"name": "a", "pod_cidr": "10.244.1.0/24", "underlay": "198.19.255.1", "vtep_mac": {}}}]"#,
         serde_json::to_string(&mac_json(&mac_a)).expect("json")
     );
-    let gone = overlay(
-        &a,
-        &[
-            "program",
-            "--me",
-            "a",
-            "--underlay",
-            "198.19.255.1",
-            "--nodes",
-            "-",
-        ],
-        &only_a,
-    );
+    let gone = program(&a, "a", "198.19.255.1", &only_a);
     assert_eq!(gone, format!("{mac_a} added=0 removed=3"));
     let routes =
         String::from_utf8_lossy(&run(&["ip", "-n", &a, "route", "show", "dev", "strata.1"]).stdout)
