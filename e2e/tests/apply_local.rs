@@ -133,7 +133,9 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
         0o755,
     )
     .expect("busybox");
-    for tool in ["sh", "sleep", "hostname", "cat", "echo", "ping"] {
+    for tool in [
+        "sh", "sleep", "hostname", "cat", "echo", "ping", "httpd", "nc", "mkdir",
+    ] {
         spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
             .expect("link");
     }
@@ -170,7 +172,7 @@ spec:
       - name: hello
         image: strata.dev/e2e/busybox:1
         imagePullPolicy: Never
-        command: [sh, -c, "echo hello from $(hostname); exec sleep 3600"]
+        command: [sh, -c, "echo hello from $(hostname); mkdir -p /www; hostname > /www/index.html; httpd -p 8080 -h /www; exec sleep 3600"]
 "#;
     let path = kubeconfig.with_file_name("hello.yaml");
     std::fs::write(&path, manifest).expect("write");
@@ -293,6 +295,77 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
         link.contains("vxlan id 1") && link.contains("mtu 1450"),
         "{link}"
     );
+    let (w2_pod, w1_ip) = (pods[1][0].as_str(), pods[0][3].as_str());
+    let from = |pod: &str, args: &[&str]| {
+        let mut a = vec!["exec", pod, "--"];
+        a.extend_from_slice(args);
+        kubectl(kubeconfig, &a)
+    };
+    // The other way, to the control-plane node's overlay address, and to a host's address.
+    let cp1_gateway = {
+        let o = ok(
+            &kubectl(
+                kubeconfig,
+                &["get", "node", "cp1", "-o", "jsonpath={.spec.podCIDR}"],
+            ),
+            "cp1's podCIDR",
+        );
+        o.split('/').next().unwrap_or_default().to_owned()
+    };
+    for (pod, to) in [
+        (w2_pod, w1_ip),
+        (w1_pod, cp1_gateway.as_str()),
+        (w2_pod, "198.18.0.2"),
+    ] {
+        let p = from(pod, &["ping", "-c", "1", "-W", "2", to]);
+        assert!(
+            p.status.success(),
+            "{pod} -> {to}: {}",
+            String::from_utf8_lossy(&p.stdout)
+        );
+    }
+    // A ClusterIP Service whose only endpoint is the pod on w2, from the pod on w1.
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hello-w2, namespace: default}}\n\
+         spec: {{ports: [{{port: 80, targetPort: 8080}}]}}\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {{name: hello-w2, namespace: default}}\n\
+         subsets: [{{addresses: [{{ip: {w2_ip}}}], ports: [{{port: 8080}}]}}]\n"
+    );
+    let path = kubeconfig.with_file_name("hello-w2.yaml");
+    std::fs::write(&path, service).expect("write");
+    ok(
+        &kubectl(kubeconfig, &["apply", "-f", path.to_str().expect("utf-8")]),
+        "the Service",
+    );
+    let cluster_ip = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "service",
+                "hello-w2",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        ),
+        "the Service's address",
+    );
+    // (busybox's static wget crashes resolving "http"; nc speaks the request itself.)
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 80");
+    wait_for(
+        "the Service from the pod on w1",
+        Duration::from_secs(30),
+        || {
+            let o = from(w1_pod, &["sh", "-c", &request]);
+            String::from_utf8_lossy(&o.stdout).lines().last() == Some(w2_pod)
+        },
+    )
+    .expect("pod -> ClusterIP -> pod on the other host");
+    ok(
+        &kubectl(kubeconfig, &["delete", "service", "hello-w2"]),
+        "delete the Service",
+    );
+
     let rss = on(
         "w1",
         "grep VmRSS /proc/$(pgrep -f 'strata-overlay run' | head -n 1)/status",
