@@ -2,7 +2,8 @@
 # The main job on the embedded default: a three-host Kubernetes 1.20.2 cluster of
 # systemd-nspawn machines on this computer (examples/local.yaml). Needs root.
 # Builds what it needs once (Kubernetes from the distribution's source, ~7 minutes; the
-# base image, ~1 minute), then `strata local up` and `strata apply`.
+# base image, ~2 minutes; the project's images, ~4 minutes), then `strata local up` and
+# `strata apply`.
 # Afterwards: kubectl --kubeconfig examples/local/auth/kubeconfig get nodes
 # Remove it all with: target/release/strata local down -f examples/local.yaml --yes
 set -euo pipefail
