@@ -1,5 +1,9 @@
-//! The update operator's library. So far: maintenance-window arithmetic ([`window`]), the
-//! part of the rollout's state machine that decides *when* a node may be rebooted.
+//! Reboot coordination for OS updates, the successor of locksmith and CLUO/FLUO: the CRDs
+//! ([`crd`]), the decisions of the operator ([`decide`]) with their maintenance windows
+//! ([`window`]), the lock ([`lock`]), the operator's loop ([`operator`]), its FleetLock
+//! endpoint ([`fleetlock`]) and the node agent ([`agent`]).
 #![forbid(unsafe_code)]
 
+pub mod crd;
+pub mod decide;
 pub mod window;

@@ -139,6 +139,12 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// A duration as the CRDs write it (`90s`, `10m`, `1h30m`, or ISO 8601), not negative.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let d: SignedDuration = s.trim().parse().ok()?;
+    Duration::try_from(d).ok()
+}
+
 /// Whether reboots are allowed at `t`: no windows means any time; otherwise any open window.
 pub fn allowed(windows: &[Window], t: Timestamp) -> bool {
     windows.is_empty() || windows.iter().any(|w| w.is_open(t))
@@ -147,6 +153,15 @@ pub fn allowed(windows: &[Window], t: Timestamp) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("-5m"), None);
+        assert_eq!(parse_duration("soon"), None);
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

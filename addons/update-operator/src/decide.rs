@@ -1,0 +1,936 @@
+//! The operator's decisions as one pure function: from what the cluster looks like now (a
+//! [`Snapshot`]) to what the lock, the approvals, the gate labels and the policy's status should
+//! be (a [`Decision`]). The operator's loop only reads, calls [`decide`] and writes; so a
+//! restarted operator derives the same answer from the same objects and never grants twice.
+//!
+//! A holder's life: `Granted` (before-reboot gates) -> `Approved` (the agent drains and
+//! reboots) -> `Verifying` (after-reboot gates) -> released. A node not back in time turns
+//! `Failed` and keeps its slot; enough failures make the policy Degraded, which stops granting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::crd::{
+    Condition, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase,
+    UpdatePolicySpec, UpdatePolicyStatus,
+};
+use crate::window::{Window, WindowError, allowed, parse_duration};
+
+/// Label the operator puts on a node whose before-reboot gates are awaited.
+pub const BEFORE_REBOOT_LABEL: &str = "update.strata.dev/before-reboot";
+/// Label the operator puts on a node whose after-reboot gates are awaited.
+pub const AFTER_REBOOT_LABEL: &str = "update.strata.dev/after-reboot";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("spec.windows[{index}]: {source}")]
+    Window {
+        index: usize,
+        #[source]
+        source: WindowError,
+    },
+    #[error("spec.{field}: `{value}` is not a duration (e.g. 90s, 10m, 1h30m)")]
+    Duration { field: &'static str, value: String },
+}
+
+/// A Node as far as decisions care.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub boot_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NodeView {
+    fn available(&self) -> bool {
+        self.ready && !self.unschedulable
+    }
+
+    fn gates_pass(&self, gates: &[String]) -> bool {
+        gates
+            .iter()
+            .all(|a| self.annotations.get(a).is_some_and(|v| v == "true"))
+    }
+}
+
+/// Everything one decision for one policy reads.
+#[derive(Debug, Clone)]
+pub struct Snapshot<'a> {
+    pub policy: &'a UpdatePolicySpec,
+    /// The nodes this policy selects.
+    pub nodes: &'a [NodeView],
+    /// Names of every Node in the cluster (a holder whose node is gone is released).
+    pub all_nodes: &'a BTreeSet<String>,
+    /// NodeUpdate of each node (by node name), where one exists.
+    pub updates: &'a BTreeMap<String, (NodeUpdateSpec, NodeUpdateStatus)>,
+    pub holders: &'a [Holder],
+    pub last_release: Option<Timestamp>,
+    pub conditions: &'a [Condition],
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The node it is about; the policy when None.
+    pub node: Option<String>,
+    pub reason: &'static str,
+    pub message: String,
+    pub warning: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub max_holders: u32,
+    pub holders: Vec<Holder>,
+    /// Nodes released in this decision, with the reason (for the lock's history).
+    pub released: Vec<(String, String)>,
+    /// The spec each of the policy's nodes' NodeUpdate should have.
+    pub approvals: BTreeMap<String, NodeUpdateSpec>,
+    /// Gate labels each node should carry (`Some("true")`) or not (`None`).
+    pub labels: BTreeMap<String, BTreeMap<&'static str, Option<&'static str>>>,
+    pub status: UpdatePolicyStatus,
+    pub events: Vec<Event>,
+}
+
+impl Decision {
+    /// Whether the lock object must be written.
+    pub fn lock_changed(&self, holders: &[Holder], max_holders: u32) -> bool {
+        self.holders != holders || self.max_holders != max_holders
+    }
+}
+
+struct Durations {
+    drain: Duration,
+    soak: Duration,
+    reboot: Duration,
+}
+
+fn durations(p: &UpdatePolicySpec) -> Result<Durations, PolicyError> {
+    let d = |field: &'static str, value: &str| {
+        parse_duration(value).ok_or_else(|| PolicyError::Duration {
+            field,
+            value: value.into(),
+        })
+    };
+    Ok(Durations {
+        drain: d("drain.timeout", &p.drain.timeout)?,
+        soak: d("soak", &p.soak)?,
+        reboot: d(
+            "failurePolicy.rebootTimeout",
+            &p.failure_policy.reboot_timeout,
+        )?,
+    })
+}
+
+/// The policy's windows, parsed.
+pub fn windows(p: &UpdatePolicySpec) -> Result<Vec<Window>, PolicyError> {
+    p.windows
+        .iter()
+        .enumerate()
+        .map(|(index, w)| {
+            let days: Vec<&str> = w.days.iter().map(String::as_str).collect();
+            Window::parse(&days, &w.start, &w.duration, &w.time_zone)
+                .map_err(|source| PolicyError::Window { index, source })
+        })
+        .collect()
+}
+
+fn ts(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// The node came back: Ready, uncordoned by its agent, Done, with a boot id other than the
+/// one it had when approved.
+fn back(node: &NodeView, spec: &NodeUpdateSpec, st: &NodeUpdateStatus) -> bool {
+    node.available()
+        && st.phase == Phase::Done
+        && !st.boot_id.is_empty()
+        && spec.approved_boot_id.as_deref() != Some(st.boot_id.as_str())
+}
+
+fn waiting(st: &NodeUpdateStatus) -> bool {
+    matches!(st.phase, Phase::RebootRequired | Phase::WaitingForLock)
+}
+
+/// Decides for one policy. An invalid policy is an error (the operator reports it on the
+/// policy and grants nothing).
+pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
+    let d = durations(s.policy)?;
+    let windows = windows(s.policy)?;
+    let now = s.now;
+    let nodes: BTreeMap<&str, &NodeView> = s.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let empty = (NodeUpdateSpec::default(), NodeUpdateStatus::default());
+    let update = |name: &str| s.updates.get(name).unwrap_or(&empty);
+    let mut events = Vec::new();
+    let mut released = Vec::new();
+    let mut holders: Vec<Holder> = Vec::new();
+    let mut ev = |node: &str, reason: &'static str, message: String, warning: bool| {
+        events.push(Event {
+            node: Some(node.to_owned()),
+            reason,
+            message,
+            warning,
+        })
+    };
+
+    // 1. Existing holders move on, fail, or give their slot back.
+    for h in s.holders {
+        let mut h = h.clone();
+        if h.phase == HolderPhase::FleetLock {
+            holders.push(h);
+            continue;
+        }
+        if !s.all_nodes.contains(&h.node) {
+            ev(
+                &h.node,
+                "LockReleased",
+                "node deleted: its slot is free".into(),
+                false,
+            );
+            released.push((h.node.clone(), "node deleted".into()));
+            continue;
+        }
+        let Some(node) = nodes.get(h.node.as_str()) else {
+            // Still a node, no longer selected by this policy: give the slot back.
+            released.push((h.node.clone(), "no longer selected by the policy".into()));
+            continue;
+        };
+        let (spec, st) = update(&h.node);
+        let acquired = ts(&h.acquired_at).unwrap_or(now);
+        let release = match h.phase {
+            HolderPhase::Granted | HolderPhase::FleetLock => None,
+            HolderPhase::Approved => {
+                let aborted = st
+                    .last_abort
+                    .as_deref()
+                    .and_then(ts)
+                    .is_some_and(|t| t >= acquired);
+                if st.phase == Phase::Failed {
+                    h.phase = HolderPhase::Failed;
+                    ev(
+                        &h.node,
+                        "RebootFailed",
+                        format!("agent reports: {}", st.message),
+                        true,
+                    );
+                    None
+                } else if waiting(st) && aborted {
+                    Some("drain aborted".to_owned())
+                } else if st.phase == Phase::Idle {
+                    Some("reboot no longer required".to_owned())
+                } else if back(node, spec, st) {
+                    if s.policy.gates.after_reboot.is_empty() {
+                        Some("rebooted".to_owned())
+                    } else {
+                        h.phase = HolderPhase::Verifying;
+                        ev(
+                            &h.node,
+                            "AfterRebootGates",
+                            "waiting for the after-reboot gates".into(),
+                            false,
+                        );
+                        None
+                    }
+                } else {
+                    let in_reboot = matches!(st.phase, Phase::Rebooting | Phase::Verifying)
+                        && ts(&st.last_transition_time).is_some_and(|t| now >= plus(t, d.reboot));
+                    let overall = now >= plus(plus(acquired, d.drain), d.reboot);
+                    if in_reboot || overall {
+                        h.phase = HolderPhase::Failed;
+                        ev(
+                            &h.node,
+                            "RebootTimedOut",
+                            format!(
+                                "not back within {} (phase {}): the node keeps its slot",
+                                s.policy.failure_policy.reboot_timeout,
+                                st.phase.as_str()
+                            ),
+                            true,
+                        );
+                    }
+                    None
+                }
+            }
+            HolderPhase::Verifying => node
+                .gates_pass(&s.policy.gates.after_reboot)
+                .then(|| "rebooted".to_owned()),
+            HolderPhase::Failed => back(node, spec, st).then(|| "recovered".to_owned()),
+        };
+        match release {
+            Some(reason) => {
+                ev(&h.node, "LockReleased", reason.clone(), false);
+                released.push((h.node.clone(), reason));
+            }
+            None => holders.push(h),
+        }
+    }
+
+    // 2. New grants, within capacity, window, soak, pause and health.
+    let max = s.policy.max_unavailable.resolve(s.nodes.len()) as u32;
+    let failed = holders
+        .iter()
+        .filter(|h| h.phase == HolderPhase::Failed)
+        .count() as u32;
+    let degraded = failed >= s.policy.failure_policy.max_failures.max(1);
+    let window_open = allowed(&windows, now);
+    let last_release = if released.is_empty() {
+        s.last_release
+    } else {
+        Some(now)
+    };
+    let soaked = last_release.is_none_or(|t| now >= plus(t, d.soak));
+    let mut busy: BTreeSet<String> = s
+        .nodes
+        .iter()
+        .filter(|n| !n.available())
+        .map(|n| n.name.clone())
+        .collect();
+    busy.extend(holders.iter().map(|h| h.node.clone()));
+    let held: BTreeSet<String> = holders.iter().map(|h| h.node.clone()).collect();
+    let candidates: Vec<&NodeView> = s
+        .nodes
+        .iter()
+        .filter(|n| !held.contains(&n.name))
+        .filter(|n| {
+            let st = &update(&n.name).1;
+            let recently_aborted = st
+                .last_abort
+                .as_deref()
+                .and_then(ts)
+                .is_some_and(|t| now < plus(t, d.drain));
+            waiting(st) && !recently_aborted
+        })
+        .collect();
+    let mut granted = Vec::new();
+    if !s.policy.paused && !degraded && window_open && soaked {
+        for n in &candidates {
+            let mut with = busy.clone();
+            with.insert(n.name.clone());
+            if with.len() as u32 > max {
+                continue;
+            }
+            busy = with;
+            granted.push(n.name.clone());
+            holders.push(Holder {
+                node: n.name.clone(),
+                acquired_at: now.to_string(),
+                phase: HolderPhase::Granted,
+            });
+            ev(
+                &n.name,
+                "LockGranted",
+                format!("slot {} of {max}", busy.len()),
+                false,
+            );
+        }
+    }
+
+    // 3. Granted holders whose before-reboot gates pass are approved.
+    for h in &mut holders {
+        if h.phase == HolderPhase::Granted
+            && nodes
+                .get(h.node.as_str())
+                .is_some_and(|n| n.gates_pass(&s.policy.gates.before_reboot))
+        {
+            h.phase = HolderPhase::Approved;
+            ev(
+                &h.node,
+                "Approved",
+                "the agent may drain and reboot".into(),
+                false,
+            );
+        }
+    }
+
+    // 4. Approvals and gate labels follow the holders.
+    let phase_of: BTreeMap<&str, HolderPhase> =
+        holders.iter().map(|h| (h.node.as_str(), h.phase)).collect();
+    let mut approvals = BTreeMap::new();
+    let mut labels = BTreeMap::new();
+    for n in s.nodes {
+        let (spec, st) = update(&n.name);
+        let phase = phase_of.get(n.name.as_str()).copied();
+        let approved = matches!(
+            phase,
+            Some(HolderPhase::Approved | HolderPhase::Verifying | HolderPhase::Failed)
+        );
+        let approved_boot_id = if approved {
+            spec.approved_boot_id
+                .clone()
+                .filter(|_| spec.approved)
+                .or_else(|| Some(n.boot_id.clone()))
+        } else {
+            None
+        };
+        let drain_started = st
+            .drain
+            .as_ref()
+            .and_then(|d| d.started_at.as_deref())
+            .and_then(ts);
+        let force_drain = approved
+            && s.policy.drain.on_timeout == OnDrainTimeout::Force
+            && st.phase == Phase::Draining
+            && drain_started.is_some_and(|t| now >= plus(t, d.drain));
+        approvals.insert(
+            n.name.clone(),
+            NodeUpdateSpec {
+                policy: spec.policy.clone(),
+                approved,
+                approved_boot_id,
+                force_drain,
+            },
+        );
+        let before = phase == Some(HolderPhase::Granted);
+        let after = phase == Some(HolderPhase::Verifying);
+        labels.insert(
+            n.name.clone(),
+            BTreeMap::from([
+                (BEFORE_REBOOT_LABEL, before.then_some("true")),
+                (AFTER_REBOOT_LABEL, after.then_some("true")),
+            ]),
+        );
+    }
+
+    // 5. The policy's status.
+    let failed = holders
+        .iter()
+        .filter(|h| h.phase == HolderPhase::Failed)
+        .count() as u32;
+    let degraded = failed >= s.policy.failure_policy.max_failures.max(1);
+    let next_window = if window_open {
+        None
+    } else {
+        windows
+            .iter()
+            .filter_map(|w| w.next_open(now))
+            .min()
+            .map(|t| t.to_string())
+    };
+    let progressing = holders.iter().any(|h| h.phase != HolderPhase::Failed);
+    let cond = |type_: &str, on: bool, reason: &str, message: String| Condition {
+        type_: type_.into(),
+        status: if on { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: String::new(),
+    };
+    let fresh = vec![
+        cond(
+            "Ready",
+            !degraded,
+            if degraded { "Degraded" } else { "AsExpected" },
+            String::new(),
+        ),
+        cond(
+            "Progressing",
+            progressing,
+            if progressing { "Rebooting" } else { "Idle" },
+            holders
+                .iter()
+                .map(|h| h.node.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        cond(
+            "Paused",
+            s.policy.paused,
+            if s.policy.paused { "Paused" } else { "Running" },
+            String::new(),
+        ),
+        cond(
+            "Degraded",
+            degraded,
+            if degraded {
+                "RebootFailed"
+            } else {
+                "AsExpected"
+            },
+            if degraded {
+                format!(
+                    "{failed} node(s) did not come back; granting stopped until they do or \
+                     their slots are released"
+                )
+            } else {
+                String::new()
+            },
+        ),
+        cond(
+            "WindowOpen",
+            window_open,
+            if windows.is_empty() {
+                "NoWindows"
+            } else if window_open {
+                "InWindow"
+            } else {
+                "OutsideWindows"
+            },
+            String::new(),
+        ),
+    ];
+    let conditions = merge_conditions(s.conditions, fresh, now);
+    for (old, new) in s.conditions.iter().zip(&conditions) {
+        if old.type_ == "Degraded" && old.status != new.status && new.status == "True" {
+            events.push(Event {
+                node: None,
+                reason: "Degraded",
+                message: new.message.clone(),
+                warning: true,
+            });
+        }
+    }
+    let status = UpdatePolicyStatus {
+        conditions,
+        nodes: s.nodes.len() as u32,
+        reboot_required: candidates.len().saturating_sub(granted.len()) as u32,
+        in_progress: holders
+            .iter()
+            .filter(|h| h.phase != HolderPhase::Failed)
+            .count() as u32,
+        failed,
+        next_window,
+    };
+    Ok(Decision {
+        max_holders: max,
+        holders,
+        released,
+        approvals,
+        labels,
+        status,
+        events,
+    })
+}
+
+/// New conditions keep the transition time of the old ones whose status did not change.
+pub fn merge_conditions(old: &[Condition], new: Vec<Condition>, now: Timestamp) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut c| {
+            c.last_transition_time = old
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+                .map(|o| o.last_transition_time.clone())
+                .unwrap_or_else(|| now.to_string());
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DrainProgress, IntOrPercent, WindowSpec};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            ready: true,
+            boot_id: format!("{name}-boot-1"),
+            ..Default::default()
+        }
+    }
+
+    fn status(phase: Phase) -> NodeUpdateStatus {
+        NodeUpdateStatus {
+            phase,
+            last_transition_time: "2026-11-26T10:00:00Z".into(),
+            ..Default::default()
+        }
+    }
+
+    struct World {
+        policy: UpdatePolicySpec,
+        nodes: Vec<NodeView>,
+        all: BTreeSet<String>,
+        updates: BTreeMap<String, (NodeUpdateSpec, NodeUpdateStatus)>,
+        holders: Vec<Holder>,
+        last_release: Option<Timestamp>,
+        conditions: Vec<Condition>,
+    }
+
+    impl World {
+        fn new(names: &[&str]) -> Self {
+            Self {
+                policy: serde_json::from_str("{}").expect("defaults"),
+                nodes: names.iter().map(|n| node(n)).collect(),
+                all: names.iter().map(|n| n.to_string()).collect(),
+                updates: BTreeMap::new(),
+                holders: Vec::new(),
+                last_release: None,
+                conditions: Vec::new(),
+            }
+        }
+
+        fn wants(&mut self, name: &str) {
+            self.updates.insert(
+                name.into(),
+                (NodeUpdateSpec::default(), status(Phase::RebootRequired)),
+            );
+        }
+
+        fn at(&self, now: &str) -> Decision {
+            decide(&Snapshot {
+                policy: &self.policy,
+                nodes: &self.nodes,
+                all_nodes: &self.all,
+                updates: &self.updates,
+                holders: &self.holders,
+                last_release: self.last_release,
+                conditions: &self.conditions,
+                now: t(now),
+            })
+            .expect("valid policy")
+        }
+
+        /// Applies a decision as the operator would.
+        fn apply(&mut self, d: &Decision) {
+            self.holders = d.holders.clone();
+            for (n, spec) in &d.approvals {
+                self.updates.entry(n.clone()).or_default().0 = spec.clone();
+            }
+            if !d.released.is_empty() {
+                self.last_release = Some(t(NOW));
+            }
+            self.conditions = d.status.conditions.clone();
+        }
+
+        fn node_mut(&mut self, name: &str) -> &mut NodeView {
+            self.nodes
+                .iter_mut()
+                .find(|n| n.name == name)
+                .expect("node")
+        }
+    }
+
+    const NOW: &str = "2026-11-26T10:05:00Z";
+
+    fn names(h: &[Holder]) -> Vec<&str> {
+        h.iter().map(|h| h.node.as_str()).collect()
+    }
+
+    #[test]
+    fn grants_one_at_a_time_and_approves_without_gates() {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.wants("a");
+        w.wants("b");
+        let d = w.at(NOW);
+        assert_eq!(names(&d.holders), ["a"]);
+        assert_eq!(d.holders[0].phase, HolderPhase::Approved);
+        assert!(d.approvals["a"].approved);
+        assert_eq!(
+            d.approvals["a"].approved_boot_id.as_deref(),
+            Some("a-boot-1")
+        );
+        assert!(!d.approvals["b"].approved);
+        assert_eq!(d.status.reboot_required, 1);
+        assert_eq!(d.status.in_progress, 1);
+        w.apply(&d);
+        // Deciding again from the written objects grants nothing new (restart safety).
+        let again = w.at(NOW);
+        assert_eq!(again.holders, d.holders);
+        assert!(again.events.is_empty(), "{:?}", again.events);
+    }
+
+    #[test]
+    fn unavailable_nodes_count_against_max_unavailable() {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.wants("a");
+        w.node_mut("c").unschedulable = true; // someone cordoned c
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty(), "c already uses the only slot");
+        // A node that needs a reboot and is already NotReady costs no extra slot.
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.node_mut("a").ready = false;
+        assert_eq!(names(&w.at(NOW).holders), ["a"]);
+    }
+
+    #[test]
+    fn percent_and_count() {
+        let mut w = World::new(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+        for n in ["a", "b", "c", "d"] {
+            w.wants(n);
+        }
+        w.policy.max_unavailable = IntOrPercent::Percent(25);
+        assert_eq!(names(&w.at(NOW).holders), ["a", "b"]);
+        w.policy.max_unavailable = IntOrPercent::Count(3);
+        assert_eq!(w.at(NOW).max_holders, 3);
+    }
+
+    #[test]
+    fn full_cycle_releases_after_the_node_is_back_with_a_new_boot_id() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.wants("b");
+        let d = w.at(NOW);
+        w.apply(&d);
+        // Rebooted, but still reporting the old boot id: not back.
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            boot_id: "a-boot-1".into(),
+            ..status(Phase::Done)
+        };
+        assert_eq!(names(&w.at(NOW).holders), ["a"]);
+        // New boot id, Ready, schedulable: released, and b is granted in the same pass.
+        w.updates.get_mut("a").expect("a").1.boot_id = "a-boot-2".into();
+        let d = w.at(NOW);
+        assert_eq!(d.released, [("a".to_owned(), "rebooted".to_owned())]);
+        assert_eq!(names(&d.holders), ["b"]);
+        assert!(!d.approvals["a"].approved);
+        // Still cordoned: not back yet.
+        w.node_mut("a").unschedulable = true;
+        assert_eq!(names(&w.at(NOW).holders), ["a"]);
+    }
+
+    #[test]
+    fn soak_waits_after_a_release() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("b");
+        w.policy.soak = "5m".into();
+        w.last_release = Some(t("2026-11-26T10:03:00Z"));
+        assert!(w.at(NOW).holders.is_empty());
+        assert_eq!(names(&w.at("2026-11-26T10:08:00Z").holders), ["b"]);
+    }
+
+    #[test]
+    fn paused_and_closed_windows_grant_nothing() {
+        let mut w = World::new(&["a"]);
+        w.wants("a");
+        w.policy.paused = true;
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert!(
+            d.status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Paused" && c.status == "True")
+        );
+        w.policy.paused = false;
+        // Thursday 2026-11-26; the window is on Saturdays 02:00 Berlin.
+        w.policy.windows = vec![WindowSpec {
+            days: vec!["Sat".into()],
+            start: "02:00".into(),
+            duration: "4h".into(),
+            time_zone: "Europe/Berlin".into(),
+        }];
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert_eq!(
+            d.status.next_window.as_deref(),
+            Some("2026-11-28T01:00:00Z")
+        );
+        assert_eq!(names(&w.at("2026-11-28T01:30:00Z").holders), ["a"]);
+    }
+
+    #[test]
+    fn before_gates_hold_the_approval_and_label_the_node() {
+        let mut w = World::new(&["a"]);
+        w.wants("a");
+        w.policy.gates.before_reboot = vec!["example.com/backup-done".into()];
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Granted);
+        assert!(!d.approvals["a"].approved);
+        assert_eq!(d.labels["a"][BEFORE_REBOOT_LABEL], Some("true"));
+        w.apply(&d);
+        w.node_mut("a")
+            .annotations
+            .insert("example.com/backup-done".into(), "true".into());
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Approved);
+        assert_eq!(d.labels["a"][BEFORE_REBOOT_LABEL], None);
+    }
+
+    #[test]
+    fn after_gates_hold_the_release() {
+        let mut w = World::new(&["a"]);
+        w.wants("a");
+        w.policy.gates.after_reboot = vec!["example.com/smoke-test".into()];
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            boot_id: "a-boot-2".into(),
+            ..status(Phase::Done)
+        };
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Verifying);
+        assert_eq!(d.labels["a"][AFTER_REBOOT_LABEL], Some("true"));
+        w.apply(&d);
+        w.node_mut("a")
+            .annotations
+            .insert("example.com/smoke-test".into(), "true".into());
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert_eq!(d.released[0].1, "rebooted");
+    }
+
+    #[test]
+    fn a_node_not_back_in_time_fails_keeps_its_slot_and_degrades_the_policy() {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.wants("a");
+        w.wants("b");
+        w.policy.max_unavailable = IntOrPercent::Count(2);
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.updates.get_mut("a").expect("a").1 = status(Phase::Rebooting);
+        w.updates.get_mut("b").expect("b").1 = status(Phase::Rebooting);
+        // 15m after entering Rebooting at 10:00.
+        let d = w.at("2026-11-26T10:16:00Z");
+        assert!(d.holders.iter().all(|h| h.phase == HolderPhase::Failed));
+        assert_eq!(d.holders.len(), 2, "failed nodes keep their slots");
+        assert!(
+            d.status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True")
+        );
+        w.apply(&d);
+        // c asks, but the policy is degraded.
+        w.wants("c");
+        let d = w.at("2026-11-26T10:17:00Z");
+        assert!(!d.holders.iter().any(|h| h.node == "c"));
+        // a comes back later: released as recovered.
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            boot_id: "a-boot-2".into(),
+            ..status(Phase::Done)
+        };
+        let d = w.at("2026-11-26T10:20:00Z");
+        assert_eq!(d.released, [("a".to_owned(), "recovered".to_owned())]);
+    }
+
+    #[test]
+    fn deleted_nodes_release_their_slot() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.wants("b");
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.nodes.retain(|n| n.name != "a");
+        w.all.remove("a");
+        let d = w.at(NOW);
+        assert_eq!(d.released[0], ("a".to_owned(), "node deleted".to_owned()));
+        assert_eq!(names(&d.holders), ["b"]);
+    }
+
+    #[test]
+    fn an_aborted_drain_gives_the_slot_back_and_waits_before_asking_again() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.wants("b");
+        w.policy.drain.timeout = "10m".into();
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            last_abort: Some("2026-11-26T10:06:00Z".into()),
+            ..status(Phase::RebootRequired)
+        };
+        let d = w.at("2026-11-26T10:06:01Z");
+        assert_eq!(d.released[0].1, "drain aborted");
+        assert_eq!(names(&d.holders), ["b"], "b goes next, a waits");
+        w.apply(&d);
+        w.holders.clear();
+        assert_eq!(names(&w.at("2026-11-26T10:17:00Z").holders), ["a"]);
+    }
+
+    #[test]
+    fn force_drain_after_the_drain_timeout_when_the_policy_says_so() {
+        let mut w = World::new(&["a"]);
+        w.wants("a");
+        w.policy.drain.on_timeout = OnDrainTimeout::Force;
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            drain: Some(DrainProgress {
+                started_at: Some("2026-11-26T10:05:00Z".into()),
+                ..Default::default()
+            }),
+            ..status(Phase::Draining)
+        };
+        assert!(!w.at("2026-11-26T10:10:00Z").approvals["a"].force_drain);
+        assert!(w.at("2026-11-26T10:16:00Z").approvals["a"].force_drain);
+    }
+
+    #[test]
+    fn fleetlock_holders_count_and_stay() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.holders = vec![Holder {
+            node: "zincati-1".into(),
+            acquired_at: NOW.into(),
+            phase: HolderPhase::FleetLock,
+        }];
+        let d = w.at(NOW);
+        assert_eq!(names(&d.holders), ["zincati-1"], "the one slot is taken");
+    }
+
+    #[test]
+    fn invalid_policies_name_the_field() {
+        let mut w = World::new(&["a"]);
+        w.policy.soak = "later".into();
+        let err = decide(&Snapshot {
+            policy: &w.policy,
+            nodes: &w.nodes,
+            all_nodes: &w.all,
+            updates: &w.updates,
+            holders: &w.holders,
+            last_release: None,
+            conditions: &[],
+            now: t(NOW),
+        })
+        .expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "spec.soak: `later` is not a duration (e.g. 90s, 10m, 1h30m)"
+        );
+        w.policy.soak = "0s".into();
+        w.policy.windows = vec![WindowSpec {
+            days: vec!["Someday".into()],
+            start: "02:00".into(),
+            duration: "1h".into(),
+            time_zone: "UTC".into(),
+        }];
+        let err = decide(&Snapshot {
+            policy: &w.policy,
+            nodes: &w.nodes,
+            all_nodes: &w.all,
+            updates: &w.updates,
+            holders: &w.holders,
+            last_release: None,
+            conditions: &[],
+            now: t(NOW),
+        })
+        .expect_err("invalid");
+        assert!(
+            err.to_string().starts_with("spec.windows[0]: `Someday`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time() {
+        let mut w = World::new(&["a"]);
+        let d = w.at(NOW);
+        w.apply(&d);
+        let later = w.at("2026-11-26T11:00:00Z");
+        let ready = |d: &Decision| {
+            d.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.last_transition_time.clone())
+        };
+        assert_eq!(ready(&later), ready(&d));
+    }
+}
