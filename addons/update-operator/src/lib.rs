@@ -1,9 +1,17 @@
 //! Reboot coordination for OS updates, the successor of locksmith and CLUO/FLUO: the CRDs
-//! ([`crd`]), the decisions of the operator ([`decide`]) with their maintenance windows
-//! ([`window`]), the lock ([`lock`]), the operator's loop ([`operator`]), its FleetLock
-//! endpoint ([`fleetlock`]) and the node agent ([`agent`]).
+//! ([`crd`]), the operator's decisions ([`decide`]) with their maintenance windows
+//! ([`window`]), the lock ([`lock`]) and leader lease ([`lease`]) on the API server, the
+//! operator's loop ([`operator`]) with its metrics ([`metrics`]) and FleetLock endpoint
+//! ([`fleetlock`]), and the node agent ([`agent`]) with its drain ([`drain`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod crd;
 pub mod decide;
+pub mod drain;
+pub mod fleetlock;
+pub mod lease;
+pub mod lock;
+pub mod metrics;
+pub mod operator;
 pub mod window;

@@ -2,8 +2,14 @@
 //! (prints the CRDs generated from the types).
 #![forbid(unsafe_code)]
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use strata_update_operator::{agent, crd, drain, fleetlock, metrics, operator};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -16,11 +22,95 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Run the operator (leader-elected): locks, approvals, Events, metrics and FleetLock.
+    Operator {
+        /// Namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "strata-system")]
+        namespace: String,
+        /// This replica's name in the Lease and on Events.
+        #[arg(long, env = "POD_NAME")]
+        identity: String,
+        /// Address of the metrics and FleetLock endpoint.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the node agent.
+    Agent {
+        /// The node this agent runs on.
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// The host's /run/strata/update-agent, mounted.
+        #[arg(long, default_value = "/run/strata/update-agent")]
+        dir: PathBuf,
+        /// Seconds between passes.
+        #[arg(long, default_value_t = 3)]
+        interval: u64,
+    },
 }
 
-fn main() -> Result<()> {
+async fn client() -> Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the API server (in-cluster, or KUBECONFIG)")
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Cli::parse().command {
-        Command::Crds => print!("{}", strata_update_operator::crd::crds_yaml()?),
+        Command::Crds => print!("{}", crd::crds_yaml()?),
+        Command::Operator {
+            namespace,
+            identity,
+            listen,
+        } => {
+            let client = client().await?;
+            let metrics = Arc::new(metrics::Metrics::default());
+            let app = fleetlock::router(client.clone(), metrics.clone());
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("{}: HTTP endpoint: {e}", operator::NAME);
+                }
+            });
+            operator::run(client, &namespace, &identity, metrics, terminated()).await?;
+        }
+        Command::Agent {
+            node,
+            dir,
+            interval,
+        } => {
+            let client = client().await?;
+            let eviction_version = drain::eviction_version(&client).await?;
+            eprintln!("strata-update-agent: {node}: evictions as {eviction_version}");
+            let a = agent::Agent {
+                client,
+                node,
+                dir,
+                eviction_version,
+            };
+            tokio::select! {
+                () = a.run(Duration::from_secs(interval)) => {}
+                () = terminated() => {}
+            }
+        }
     }
     Ok(())
 }
