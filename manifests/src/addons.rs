@@ -2,17 +2,25 @@
 //!
 //! The overlay: the `strata-overlay` agent as a DaemonSet on every node (host network,
 //! NET_ADMIN only), with a ServiceAccount that may read Nodes and annotate them.
+//!
+//! The update operator: its CRDs, the operator, the per-node agents and the default policy
+//! (see [`update_operator`]).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecurityContext, ServiceAccount, Toleration,
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Subject};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, Namespace, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::Cluster;
 use crate::objects::{binding, meta, object};
@@ -152,4 +160,473 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         object("overlay-4-clusterrolebinding.yaml", &role_binding)?,
         object("overlay-5-daemonset.yaml", &ds)?,
     ])
+}
+
+/// The image of the update operator and its agent (`.ci/build-assets`).
+pub fn update_operator_image() -> String {
+    format!("strata.dev/update-operator:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The CRDs, generated from the operator's types (addons/update-operator/crds.yaml).
+const UPDATE_CRDS: &str = include_str!("../../addons/update-operator/crds.yaml");
+
+/// Where each node's update agent finds its own identity (a kubeconfig with the node's
+/// `strata:update-agent:<node>` certificate).
+pub const UPDATE_AGENT_DIR: &str = "/etc/strata/update-agent";
+/// The host directory the agent reads the reboot sentinel from and writes reboot requests to.
+pub const UPDATE_AGENT_RUN_DIR: &str = "/run/strata/update-agent";
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> PolicyRule {
+    let v = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(v(groups)),
+        resources: Some(v(resources)),
+        verbs: v(verbs),
+        resource_names: (!names.is_empty()).then(|| v(names)),
+        ..PolicyRule::default()
+    }
+}
+
+fn custom(
+    file: &str,
+    api_path: String,
+    value: &serde_json::Value,
+) -> Result<ClusterObject, RenderError> {
+    Ok(ClusterObject {
+        file: file.into(),
+        api_path,
+        yaml: crate::render::to_yaml(file, value)?,
+    })
+}
+
+fn pod_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn locked_down(user: i64) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_user: Some(user),
+        run_as_group: Some(user),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn small(memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("16Mi".into())),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_string(), Quantity(memory_limit.into()))].into()),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The update operator's objects (none when `spec.addons.updateOperator.enabled` is false):
+/// CRDs, the operator (Deployment, leader Lease, Service for metrics and FleetLock), the
+/// agent (DaemonSet; each node's agent speaks as `strata:update-agent:<node>`, allowed to
+/// change only its own Node and NodeUpdate), and the `default` UpdatePolicy from the Cluster
+/// file.
+pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+    let addon = &c.spec.addons.update_operator;
+    if !addon.enabled {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (i, doc) in UPDATE_CRDS.split("\n---\n").skip(1).enumerate() {
+        let name = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: "))
+            .unwrap_or_default();
+        out.push(ClusterObject {
+            file: format!("update-operator-0{}-crd-{name}.yaml", i + 1),
+            api_path: format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
+            yaml: doc.to_owned(),
+        });
+    }
+    let ns = Namespace {
+        metadata: meta(NAMESPACE),
+        ..Namespace::default()
+    };
+    out.push(object("update-operator-1-namespace.yaml", &ns)?);
+
+    // The operator: the only writer of locks, approvals and gate labels.
+    let name = "strata-update-operator";
+    let g = "update.strata.dev";
+    let sa = ServiceAccount {
+        metadata: namespaced(name),
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+    let role = ClusterRole {
+        metadata: meta("strata:update-operator"),
+        rules: Some(vec![
+            rule(&[""], &["nodes"], &["get", "list", "watch", "patch"], &[]),
+            // Forced drains (drain.onTimeout: Force) only.
+            rule(&[""], &["pods"], &["get", "list", "delete"], &[]),
+            rule(
+                &[g],
+                &["updatepolicies", "nodeupdates", "rebootlocks"],
+                &["get", "list", "watch"],
+                &[],
+            ),
+            rule(
+                &[g],
+                &["nodeupdates", "rebootlocks"],
+                &["create", "patch", "update"],
+                &[],
+            ),
+            rule(
+                &[g],
+                &["updatepolicies/status", "rebootlocks/status"],
+                &["patch", "update"],
+                &[],
+            ),
+            rule(&[""], &["events"], &["create", "patch"], &[]),
+        ]),
+        ..ClusterRole::default()
+    };
+    let mut role_binding = binding(
+        "strata:update-operator",
+        "strata:update-operator",
+        "ServiceAccount",
+        name,
+    );
+    role_binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(NAMESPACE.into()),
+        ..Subject::default()
+    }]);
+    let lease_role = Role {
+        metadata: namespaced("strata:update-operator-lease"),
+        rules: Some(vec![
+            rule(&["coordination.k8s.io"], &["leases"], &["create"], &[]),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "update"],
+                &[name],
+            ),
+        ]),
+    };
+    let lease_binding = RoleBinding {
+        metadata: namespaced("strata:update-operator-lease"),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "strata:update-operator-lease".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: name.into(),
+            namespace: Some(NAMESPACE.into()),
+            ..Subject::default()
+        }]),
+    };
+    let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
+    let operator = Container {
+        name: "operator".into(),
+        image: Some(update_operator_image()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/strata-update-operator".into(), "operator".into()]),
+        env: Some(vec![
+            pod_env("POD_NAME", "metadata.name"),
+            pod_env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: 8080,
+            // Server-side apply on 1.20 keys ports by (port, protocol): always spelled out.
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(8080),
+                ..HTTPGetAction::default()
+            }),
+            ..Probe::default()
+        }),
+        security_context: Some(locked_down(65534)),
+        resources: Some(small("64Mi")),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: namespaced(name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            // Never two at once by choice; the Lease guards against it anyway.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.into()),
+                    containers: vec![operator],
+                    termination_grace_period_seconds: Some(10),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: namespaced(name),
+        spec: Some(ServiceSpec {
+            selector: Some(labels),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    out.push(object("update-operator-2-serviceaccount.yaml", &sa)?);
+    out.push(object("update-operator-3-clusterrole.yaml", &role)?);
+    out.push(object(
+        "update-operator-4-clusterrolebinding.yaml",
+        &role_binding,
+    )?);
+    out.push(object("update-operator-5-lease-role.yaml", &lease_role)?);
+    out.push(object(
+        "update-operator-6-lease-rolebinding.yaml",
+        &lease_binding,
+    )?);
+    out.push(object("update-operator-7-deployment.yaml", &deployment)?);
+    out.push(object("update-operator-8-service.yaml", &service)?);
+
+    // The agents: what every agent may do (read, evict), then per node what only that
+    // node's agent may change.
+    let agents = "strata:update-agents";
+    let agent_role = ClusterRole {
+        metadata: meta("strata:update-agent"),
+        rules: Some(vec![
+            rule(&[""], &["pods"], &["get", "list"], &[]),
+            rule(&[""], &["pods/eviction"], &["create"], &[]),
+            rule(&[g], &["updatepolicies"], &["get"], &[]),
+        ]),
+        ..ClusterRole::default()
+    };
+    let mut agent_binding = binding(
+        "strata:update-agent",
+        "strata:update-agent",
+        "Group",
+        agents,
+    );
+    agent_binding.subjects = Some(vec![Subject {
+        kind: "Group".into(),
+        name: agents.into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Subject::default()
+    }]);
+    out.push(object(
+        "update-operator-9-agent-clusterrole.yaml",
+        &agent_role,
+    )?);
+    out.push(object(
+        "update-operator-9-agent-clusterrolebinding.yaml",
+        &agent_binding,
+    )?);
+    for h in &c.spec.hosts {
+        let node = h.name.as_str();
+        let role_name = format!("strata:update-agent:{node}");
+        let r = ClusterRole {
+            metadata: meta(&role_name),
+            rules: Some(vec![
+                rule(&[""], &["nodes"], &["get", "patch"], &[node]),
+                rule(&[g], &["nodeupdates"], &["get"], &[node]),
+                rule(
+                    &[g],
+                    &["nodeupdates/status"],
+                    &["get", "update", "patch"],
+                    &[node],
+                ),
+            ]),
+            ..ClusterRole::default()
+        };
+        let mut b = binding(&role_name, &role_name, "User", &role_name);
+        b.subjects = Some(vec![Subject {
+            kind: "User".into(),
+            name: role_name.clone(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Subject::default()
+        }]);
+        out.push(object(
+            &format!("update-operator-9-agent-{node}.clusterrole.yaml"),
+            &r,
+        )?);
+        out.push(object(
+            &format!("update-operator-9-agent-{node}.clusterrolebinding.yaml"),
+            &b,
+        )?);
+    }
+    let agent_name = "strata-update-agent";
+    let agent_labels: BTreeMap<String, String> =
+        [("app.kubernetes.io/name".into(), agent_name.into())].into();
+    let agent = Container {
+        name: "agent".into(),
+        image: Some(update_operator_image()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/strata-update-operator".into(), "agent".into()]),
+        env: Some(vec![
+            pod_env("NODE_NAME", "spec.nodeName"),
+            EnvVar {
+                name: "KUBECONFIG".into(),
+                value: Some(format!("{UPDATE_AGENT_DIR}/kubeconfig")),
+                ..EnvVar::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "identity".into(),
+                mount_path: UPDATE_AGENT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "run".into(),
+                mount_path: UPDATE_AGENT_RUN_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        // Root only to read its 0600 kubeconfig; no capability at all.
+        security_context: Some(locked_down(0)),
+        resources: Some(small("64Mi")),
+        ..Container::default()
+    };
+    let ds = DaemonSet {
+        metadata: namespaced(agent_name),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(agent_labels.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(agent_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    // The API server's address as the host knows it; no pod network needed.
+                    host_network: Some(true),
+                    automount_service_account_token: Some(false),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".into()),
+                        ..Toleration::default()
+                    }]),
+                    containers: vec![agent],
+                    volumes: Some(vec![
+                        host_path("identity", UPDATE_AGENT_DIR, "Directory"),
+                        host_path("run", UPDATE_AGENT_RUN_DIR, "DirectoryOrCreate"),
+                    ]),
+                    termination_grace_period_seconds: Some(5),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        ..DaemonSet::default()
+    };
+    out.push(object("update-operator-10-agent-daemonset.yaml", &ds)?);
+
+    // The default policy. `paused` is left out: `strata updates pause|resume` owns it.
+    let policy = serde_json::json!({
+        "apiVersion": "update.strata.dev/v1alpha1",
+        "kind": "UpdatePolicy",
+        "metadata": {"name": "default", "labels": {"app.kubernetes.io/managed-by": "strata"}},
+        "spec": {
+            "maxUnavailable": addon.policy.max_unavailable,
+            "windows": addon.policy.windows,
+        },
+    });
+    out.push(custom(
+        "update-operator-11-policy-default.yaml",
+        "/apis/update.strata.dev/v1alpha1/updatepolicies/default".into(),
+        &policy,
+    )?);
+    Ok(out)
+}
+
+/// Files on every node for its update agent: its identity and the two systemd path units
+/// through which the unprivileged agent sees the reboot sentinel and asks for a reboot.
+pub fn update_agent_units() -> [(&'static str, String); 4] {
+    let head = "# Written by Strata; changes are overwritten by `strata apply`.\n";
+    [
+        (
+            "strata-reboot-required.path",
+            format!(
+                "{head}[Unit]\nDescription=Strata: mirror /run/reboot-required for the update agent\n\n\
+                 [Path]\nPathExists=/run/reboot-required\n\n[Install]\nWantedBy=multi-user.target\n"
+            ),
+        ),
+        (
+            "strata-reboot-required.service",
+            format!(
+                "{head}[Unit]\nDescription=Strata: a reboot is required\n\n\
+                 [Service]\nType=oneshot\n\
+                 ExecStart=/bin/sh -c 'mkdir -p {UPDATE_AGENT_RUN_DIR} && touch {UPDATE_AGENT_RUN_DIR}/reboot-required'\n"
+            ),
+        ),
+        (
+            "strata-reboot.path",
+            format!(
+                "{head}[Unit]\nDescription=Strata: reboot when the update agent asks\n\n\
+                 [Path]\nPathExists={UPDATE_AGENT_RUN_DIR}/reboot\nMakeDirectory=yes\nDirectoryMode=0700\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+        ),
+        (
+            "strata-reboot.service",
+            format!(
+                "{head}[Unit]\nDescription=Strata: reboot for an OS update (approved by the update operator)\n\n\
+                 [Service]\nType=oneshot\nExecStart=/bin/systemctl reboot\n"
+            ),
+        ),
+    ]
 }

@@ -127,5 +127,6 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
     ]
     .into_iter()
     .chain(crate::addons::overlay(cluster)?)
+    .chain(crate::addons::update_operator(cluster)?)
     .collect())
 }

@@ -197,6 +197,9 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
         if h.has_role(Role::ControlPlane) {
             control_plane_files(&ctx, h, &mut t)?;
         }
+        if cluster.spec.addons.update_operator.enabled {
+            update_agent_files(&ctx, h, &mut t)?;
+        }
         hosts.push(t);
     }
     Ok(Rendered {
@@ -792,6 +795,23 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
          overlay\n\
          br_netfilter\n",
     );
+    Ok(())
+}
+
+/// The update agent's identity on its node, and the path units it works through.
+fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    use crate::addons::UPDATE_AGENT_DIR;
+    t.add(
+        format!("{UPDATE_AGENT_DIR}/kubeconfig"),
+        0o600,
+        ctx.read(
+            ctx.state
+                .file(&format!("kubeconfigs/update-agent-{}.conf", h.name)),
+        )?,
+    );
+    for (unit, text) in crate::addons::update_agent_units() {
+        t.add(format!("/etc/systemd/system/{unit}"), 0o644, text);
+    }
     Ok(())
 }
 

@@ -330,6 +330,19 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         }
         s.nodes.push(n.name.clone());
         out.push(s);
+        // The update agent on this node: RBAC lets this identity change this node's Node
+        // and NodeUpdate and nothing else of the kind (see manifests' addons).
+        let user = format!("strata:update-agent:{}", n.name);
+        let mut a = CertSpec::new(
+            format!("update-agent/{}", n.name),
+            CaId::Kubernetes,
+            user.clone(),
+        )
+        .org("strata:update-agents")
+        .client()
+        .kubeconfig(format!("kubeconfigs/update-agent-{}.conf", n.name), user);
+        a.nodes.push(n.name.clone());
+        out.push(a);
     }
     out
 }

@@ -249,11 +249,11 @@ pub struct Condition {
     pub type_: String,
     /// "True" or "False".
     pub status: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_transition_time: String,
 }
 
@@ -324,7 +324,7 @@ impl Phase {
 #[serde(rename_all = "camelCase")]
 pub struct NodeUpdateSpec {
     /// The policy this node belongs to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy: String,
     /// Set by the operator once the node holds a slot of the policy's RebootLock and its
     /// before-reboot gates passed: the agent may drain and reboot.
@@ -356,16 +356,16 @@ pub struct DrainProgress {
 pub struct NodeUpdateStatus {
     #[serde(default)]
     pub phase: Phase,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os_version: String,
     /// The node's current boot id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub boot_id: String,
     /// How many reboots this agent has completed on the node.
     #[serde(default)]
@@ -379,7 +379,7 @@ pub struct NodeUpdateStatus {
     /// it asks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_abort: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_transition_time: String,
 }
 
@@ -448,10 +448,28 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
         "# Generated from addons/update-operator/src/crd.rs by `strata-update-operator crds`.\n",
     );
     for crd in [UpdatePolicy::crd(), NodeUpdate::crd(), RebootLock::crd()] {
+        // A CRD always serializes to JSON.
+        let mut v = serde_json::to_value(&crd).unwrap_or_default();
+        drop_empty_string_defaults(&mut v);
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&crd)?);
+        out.push_str(&serde_saphyr::to_string(&v)?);
     }
     Ok(out)
+}
+
+/// Kubernetes 1.20 reads `default: ""` in a CRD schema as null and rejects the CRD; an absent
+/// field means the same to the types here (`#[serde(default)]`).
+fn drop_empty_string_defaults(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("default").is_some_and(|d| d == "") {
+                m.remove("default");
+            }
+            m.values_mut().for_each(drop_empty_string_defaults);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_empty_string_defaults),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

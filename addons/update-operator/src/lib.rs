@@ -9,6 +9,7 @@ pub mod agent;
 pub mod crd;
 pub mod decide;
 pub mod drain;
+pub mod events;
 pub mod fleetlock;
 pub mod lease;
 pub mod lock;

@@ -48,10 +48,14 @@ enum Command {
     },
 }
 
+/// A client from the pod's environment (in-cluster, or KUBECONFIG). No automatic retries of
+/// 429: a refused eviction is the answer the agent needs to see, not something to wait out.
 async fn client() -> Result<kube::Client> {
-    kube::Client::try_default()
+    let mut config = kube::Config::infer()
         .await
-        .context("connecting to the API server (in-cluster, or KUBECONFIG)")
+        .context("finding the API server (in-cluster, or KUBECONFIG)")?;
+    config.default_retry = false;
+    kube::Client::try_from(config).context("connecting to the API server")
 }
 
 async fn terminated() {

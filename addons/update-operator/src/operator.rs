@@ -14,7 +14,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
@@ -25,6 +24,7 @@ use crate::crd::{
 };
 use crate::decide::{self, Decision, NodeView, Snapshot};
 use crate::drain;
+use crate::events::Events;
 use crate::lease::{LeaderLease, LeaseError};
 use crate::lock::{self, LockError};
 use crate::metrics::{Metrics, labels};
@@ -89,7 +89,7 @@ fn selects(p: &UpdatePolicy, n: &Node) -> bool {
 pub struct Operator {
     client: Client,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: Events,
 }
 
 impl std::fmt::Debug for Operator {
@@ -100,35 +100,15 @@ impl std::fmt::Debug for Operator {
 
 impl Operator {
     pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: NAME.into(),
-                instance: Some(identity.into()),
-            },
-        );
         Self {
+            events: Events::new(client.clone(), NAME, identity),
             client,
             metrics,
-            recorder,
         }
     }
 
     async fn event(&self, reference: ObjectReference, reason: &str, note: String, warning: bool) {
-        let ev = KubeEvent {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            eprintln!("{NAME}: event {reason}: {e}");
-        }
+        self.events.publish(reference, reason, &note, warning).await;
     }
 
     /// One pass over every policy. Conflicts on the lock end the policy's pass early; the next
