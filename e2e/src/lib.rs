@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use strata_manifests::render::{BIN_DIR, Rendered, render};
@@ -256,4 +256,56 @@ pub fn wait_for(
 /// An address of the local range for host number `n` (0-based).
 pub fn local_address(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 2)) + n)
+}
+
+/// The `strata` binary under test (set by .ci/e2e).
+pub fn strata_bin() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var_os("STRATA_BIN").expect("STRATA_BIN: the strata binary (set by .ci/e2e)"),
+    );
+    assert!(p.exists(), "{}", p.display());
+    p
+}
+
+/// Runs `strata` in `dir` without a terminal.
+pub fn strata(dir: &Path, args: &[&str]) -> Output {
+    Command::new(strata_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run strata")
+}
+
+/// The stdout of a command that must have succeeded.
+pub fn ok(o: &Output, what: &str) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{what}: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl (package kubernetes-client)")
+}
+
+/// A shell script run inside a machine of a local cluster; its stdout.
+pub fn on_machine(cluster: &str, host: &str, script: &str) -> String {
+    let m = Machine::new(Path::new(MACHINES), cluster, host, local_address(0));
+    let out = m.exec(&["sh", "-c", script]).expect("exec in machine");
+    assert!(
+        out.status.success(),
+        "{host}: {script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -9,11 +9,13 @@
 //! down` cleans up.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_e2e::{MACHINES, local_address, require_root, wait_for};
+use strata_e2e::{
+    MACHINES, kubectl, local_address, ok, require_root, strata, strata_bin, wait_for,
+};
 use strata_platforms::local::Machine;
 
 const CLUSTER: &str = "\
@@ -28,33 +30,6 @@ spec:
   - {name: w2, roles: [worker], labels: {example.com/pool: batch}}
 ";
 
-fn strata_bin() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var_os("STRATA_BIN").expect("STRATA_BIN: the strata binary (set by .ci/e2e)"),
-    );
-    assert!(p.exists(), "{}", p.display());
-    p
-}
-
-fn strata(dir: &Path, args: &[&str]) -> Output {
-    Command::new(strata_bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run strata")
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{what}: {out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
 /// The JSON events of an apply.
 fn events(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -64,24 +39,7 @@ fn events(out: &str) -> Vec<serde_json::Value> {
 
 /// A shell script run inside one of the cluster's machines; its stdout.
 fn on(host: &str, script: &str) -> String {
-    let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
-    let out = m.exec(&["sh", "-c", script]).expect("exec in machine");
-    assert!(
-        out.status.success(),
-        "{host}: {script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl (package kubernetes-client)")
+    strata_e2e::on_machine("e2e-apply", host, script)
 }
 
 /// Starts `strata apply`, stops it with `signal` once `phase` has started; its output.

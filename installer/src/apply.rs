@@ -182,6 +182,30 @@ where
     }
 }
 
+/// Server-side applies one object. A custom resource sent right after its CRD may meet a 404
+/// until the API server serves the new kind: retried for up to 30 s.
+async fn apply_object(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+    file: &str,
+) -> Result<()> {
+    let (parts, body) = req.into_parts();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut req = http::Request::new(body.clone());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        match client.request_text(req).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("phase addons: applying {file}")),
+        }
+    }
+}
+
 /// Which files make a unit restart when they change.
 fn restart_triggers(unit: &str) -> &'static [&'static str] {
     match unit {
@@ -369,7 +393,7 @@ fn remove_command(path: &str) -> String {
     let quoted = format!("'{}'", path.replace('\'', r"'\''"));
     match path
         .strip_prefix("/etc/systemd/system/")
-        .filter(|u| u.ends_with(".service") && !u.contains('/'))
+        .filter(|u| (u.ends_with(".service") || u.ends_with(".path")) && !u.contains('/'))
     {
         Some(unit) => format!(
             "systemctl disable --now '{unit}' >/dev/null 2>&1; rm -f {quoted} && systemctl daemon-reload"
@@ -977,6 +1001,18 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         &strata_manifests::versions::pause_image(cs.cluster.spec.kubernetes.version.minor()),
     );
     let imports = imports.as_str();
+    // With the update operator, the two path units its unprivileged agent works through.
+    let node_units: &[&str] = if cs.cluster.spec.addons.update_operator.enabled {
+        &[
+            "containerd",
+            "kubelet",
+            "kube-proxy",
+            "strata-reboot-required.path",
+            "strata-reboot.path",
+        ]
+    } else {
+        &["containerd", "kubelet", "kube-proxy"]
+    };
     let t = Instant::now();
     all(&nodes, |n| {
         let c = changed(n);
@@ -987,7 +1023,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
                 "sysctl --quiet --system >/dev/null 2>&1 || true",
             )
             .await?;
-            start_units(n, "nodes", &["containerd", "kubelet", "kube-proxy"], &c, ev).await?;
+            start_units(n, "nodes", node_units, &c, ev).await?;
             let out = sh(n, "nodes", imports).await?;
             for line in out.lines() {
                 ev.step("nodes", n.host.name.as_str(), line);
@@ -1006,10 +1042,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         let req = http::Request::patch(format!("{}?fieldManager=strata&force=true", o.api_path))
             .header("Content-Type", "application/apply-patch+yaml")
             .body(o.yaml.clone().into_bytes())?;
-        client
-            .request_text(req)
-            .await
-            .with_context(|| format!("phase addons: applying {}", o.file))?;
+        apply_object(&client, req, &o.file).await?;
         ev.step("addons", "api", &format!("applied {}", o.file));
     }
     state.objects = applied.objects.clone();

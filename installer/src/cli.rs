@@ -71,6 +71,9 @@ pub enum Command {
     /// Manage the cluster's certificates: create, check expiry, renew.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// OS updates: the policies, reboot locks and each node's phase; pause or resume reboots.
+    #[command(subcommand)]
+    Updates(UpdatesCommand),
     /// Print the JSON Schema of the Cluster file, for editors and other tools.
     Schema,
     /// Print a shell completion script (e.g. `strata completions bash > /etc/bash_completion.d/strata`).
@@ -106,6 +109,26 @@ pub enum CertsCommand {
         #[arg(value_name = "NAME", required_unless_present = "all")]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdatesCommand {
+    /// Policies (paused, window, counts, conditions), reboot locks and their holders, and
+    /// every node's update phase. Exit 1 when a policy is Degraded.
+    Status(StateArgs),
+    /// Stop granting reboots (nodes already rebooting finish).
+    Pause(UpdatesPolicyArgs),
+    /// Grant reboots again.
+    Resume(UpdatesPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdatesPolicyArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The UpdatePolicy to change.
+    #[arg(long, default_value = "default")]
+    pub policy: String,
 }
 
 #[derive(Debug, Args)]

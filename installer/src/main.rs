@@ -18,6 +18,7 @@ mod init;
 mod local;
 mod ops;
 mod render;
+mod updates;
 mod upstream;
 
 use std::io::Write;
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reset { state, yes } => ops::reset(&state, yes),
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
+        Command::Updates(cmd) => updates::run(&cmd),
         Command::Render { state, out } => render::run_render(&state, &out),
         Command::Plan(state) => render::run_plan(&state),
         Command::Schema => {

@@ -317,7 +317,8 @@ impl Phase {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Approved","type":"boolean","jsonPath":".spec.approved"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
-    printcolumn = r#"{"name":"OS","type":"string","jsonPath":".status.osVersion"}"#,
+    printcolumn = r#"{"name":"OS","type":"string","jsonPath":".status.osId"}"#,
+    printcolumn = r#"{"name":"Kernel","type":"string","priority":1,"jsonPath":".status.osVersion"}"#,
     printcolumn = r#"{"name":"Boot-ID","type":"string","priority":1,"jsonPath":".status.bootId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -360,8 +361,10 @@ pub struct NodeUpdateStatus {
     pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The operating system, as the kubelet reports it (e.g. "Debian GNU/Linux 12 (bookworm)").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os_id: String,
+    /// The running kernel's version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub os_version: String,
     /// The node's current boot id.

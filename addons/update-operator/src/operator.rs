@@ -305,7 +305,12 @@ impl Operator {
         self.write_decision(p, &decision, nodes, updates).await?;
         self.record(&name, &decision, &snapshot_updates, views);
         if old_status != decision.status {
-            let patch = json!({"status": decision.status});
+            let mut status = json!(decision.status);
+            // A merge patch keeps fields it does not mention: say explicitly that none is next.
+            if decision.status.next_window.is_none() {
+                status["nextWindow"] = serde_json::Value::Null;
+            }
+            let patch = json!({ "status": status });
             policies
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -1,0 +1,161 @@
+//! `strata updates`: the update operator's state at a glance, and pause/resume.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use strata_update_operator::crd::{NodeUpdate, RebootLock, UpdatePolicy};
+
+use crate::apply::admin_client;
+use crate::certs::load;
+use crate::cli::{StateArgs, UpdatesCommand, UpdatesPolicyArgs};
+use crate::ops::runtime;
+
+pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
+    match cmd {
+        UpdatesCommand::Status(args) => status(args),
+        UpdatesCommand::Pause(args) => set_paused(args, true),
+        UpdatesCommand::Resume(args) => set_paused(args, false),
+    }
+}
+
+fn condition(p: &UpdatePolicy, type_: &str) -> Option<(String, String)> {
+    p.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    })
+}
+
+fn status(args: &StateArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let cs = load(args)?;
+        let client = admin_client(&cs).await?;
+        let lp = ListParams::default();
+        let missing = "is the update operator installed (spec.addons.updateOperator.enabled)?";
+        let policies = Api::<UpdatePolicy>::all(client.clone())
+            .list(&lp)
+            .await
+            .with_context(|| format!("listing UpdatePolicies: {missing}"))?;
+        let locks = Api::<RebootLock>::all(client.clone())
+            .list(&lp)
+            .await
+            .context("listing RebootLocks")?;
+        let mut nodes = Api::<NodeUpdate>::all(client.clone())
+            .list(&lp)
+            .await
+            .context("listing NodeUpdates")?
+            .items;
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut degraded = false;
+        outln!(
+            "{:<12} {:<7} {:<5} {:<6} {:<8} {:<10} {:<7} {:<10} NEXT-WINDOW",
+            "POLICY",
+            "PAUSED",
+            "MAX",
+            "NODES",
+            "WAITING",
+            "REBOOTING",
+            "FAILED",
+            "DEGRADED"
+        );
+        for p in &policies.items {
+            let st = p.status.clone().unwrap_or_default();
+            let (deg, why) = condition(p, "Degraded").unwrap_or(("Unknown".into(), String::new()));
+            degraded |= deg == "True";
+            outln!(
+                "{:<12} {:<7} {:<5} {:<6} {:<8} {:<10} {:<7} {:<10} {}",
+                p.metadata.name.as_deref().unwrap_or(""),
+                p.spec.paused,
+                serde_json::to_value(p.spec.max_unavailable)
+                    .map(|v| v.to_string().trim_matches('"').to_owned())
+                    .unwrap_or_default(),
+                st.nodes,
+                st.reboot_required,
+                st.in_progress,
+                st.failed,
+                deg,
+                st.next_window.as_deref().unwrap_or("-"),
+            );
+            if deg == "True" && !why.is_empty() {
+                outln!("  degraded: {why}");
+            }
+        }
+        outln!();
+        outln!("{:<12} {:<5} HOLDERS", "LOCK", "MAX");
+        for l in &locks.items {
+            let st = l.status.clone().unwrap_or_default();
+            let holders: Vec<String> = st
+                .holders
+                .iter()
+                .map(|h| format!("{} ({:?} since {})", h.node, h.phase, h.acquired_at))
+                .collect();
+            outln!(
+                "{:<12} {:<5} {}",
+                l.metadata.name.as_deref().unwrap_or(""),
+                l.spec.max_holders,
+                if holders.is_empty() {
+                    "-".into()
+                } else {
+                    holders.join(", ")
+                }
+            );
+        }
+        outln!();
+        outln!(
+            "{:<12} {:<15} {:<9} {:<8} {:<10} MESSAGE",
+            "NODE",
+            "PHASE",
+            "APPROVED",
+            "REBOOTS",
+            "POLICY"
+        );
+        for n in &nodes {
+            let st = n.status.clone().unwrap_or_default();
+            let message = match (st.reason.is_empty(), st.message.is_empty()) {
+                (true, _) => st.message.clone(),
+                (false, true) => st.reason.clone(),
+                (false, false) => format!("{}: {}", st.reason, st.message),
+            };
+            outln!(
+                "{:<12} {:<15} {:<9} {:<8} {:<10} {}",
+                n.metadata.name.as_deref().unwrap_or(""),
+                st.phase.as_str(),
+                n.spec.approved,
+                st.reboots,
+                n.spec.policy,
+                message
+            );
+        }
+        Ok(if degraded {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+fn set_paused(args: &UpdatesPolicyArgs, paused: bool) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let cs = load(&args.state)?;
+        let client = admin_client(&cs).await?;
+        let api: Api<UpdatePolicy> = Api::all(client);
+        let patch = json!({"spec": {"paused": paused}});
+        api.patch(&args.policy, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("UpdatePolicy {}: setting paused to {paused}", args.policy))?;
+        outln!(
+            "UpdatePolicy {}: {}",
+            args.policy,
+            if paused {
+                "paused (no new reboots; nodes already rebooting finish)"
+            } else {
+                "resumed"
+            }
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
