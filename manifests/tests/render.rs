@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 use common::{ONE_HOST, THREE_HOSTS, fixture};
@@ -11,9 +12,10 @@ use strata_manifests::plan::{AppliedState, Change, plan};
 use strata_manifests::render::{Rendered, render};
 
 fn is_kubeconfig(path: &str) -> bool {
-    path.starts_with("/etc/kubernetes/")
+    (path.starts_with("/etc/kubernetes/")
         && path.ends_with(".conf")
-        && path.matches('/').count() == 3
+        && path.matches('/').count() == 3)
+        || path == "/etc/strata/update-agent/kubeconfig"
 }
 
 /// The rendering as text, with keys, certificates and kubeconfigs (random) redacted.
@@ -116,7 +118,14 @@ fn every_unit_passes_systemd_analyze_verify() {
     for t in &f.rendered.hosts {
         let dir = root.join(&t.host);
         std::fs::create_dir_all(&dir).expect("mkdir");
-        for (path, file) in t.files.iter().filter(|(p, _)| p.ends_with(".service")) {
+        // Services first: verifying a path unit needs the service it starts.
+        let mut unit_files: Vec<_> = t
+            .files
+            .iter()
+            .filter(|(p, _)| p.ends_with(".service") || p.ends_with(".path"))
+            .collect();
+        unit_files.sort_by_key(|(p, _)| (p.ends_with(".path"), p.as_str()));
+        for (path, file) in unit_files {
             // systemd checks that ExecStart exists: point it at stand-in executables.
             let text = String::from_utf8_lossy(&file.content).replace(
                 strata_manifests::render::BIN_DIR,
@@ -128,9 +137,15 @@ fn every_unit_passes_systemd_analyze_verify() {
                     .split_whitespace()
                     .next()
                     .expect("exe");
-                std::fs::write(exe, "#!/bin/sh\n").expect("stub");
-                std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755))
-                    .expect("chmod");
+                // Only Strata's own binaries get stand-ins, inside the test's directory; a
+                // system program (/bin/sh, /bin/systemctl) must exist as it is.
+                if Path::new(exe).starts_with(&bin) {
+                    std::fs::write(exe, "#!/bin/sh\n").expect("stub");
+                    std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755))
+                        .expect("chmod");
+                } else {
+                    assert!(Path::new(exe).exists(), "{}:{path}: {exe} missing", t.host);
+                }
             }
             let name = path.rsplit('/').next().expect("name");
             let unit = dir.join(name);
@@ -153,8 +168,9 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     assert_eq!(
         units,
-        7 + 3 + 3,
-        "cp1: etcd and 3 control-plane units + 3 node units per host"
+        7 + 3 + 3 + 3 * 4,
+        "cp1: etcd and 3 control-plane units + 3 node units per host + the update agent's \
+         2 path units and their 2 services per host"
     );
 }
 
