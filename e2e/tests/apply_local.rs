@@ -37,6 +37,43 @@ fn events(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// w2 leaves the cluster (its kubelet stopped, its Node deleted): w1's overlay agent removes
+/// w2's route, neighbour and forwarding entry by itself.
+fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
+    let get = |path: &str| {
+        ok(
+            &kubectl(
+                kubeconfig,
+                &["get", "node", "w2", "-o", &format!("jsonpath={path}")],
+            ),
+            "w2",
+        )
+    };
+    let cidr = get("{.spec.podCIDR}");
+    let underlay = get("{.metadata.annotations.overlay\\.strata\\.dev/underlay-ip}");
+    let entries = || {
+        on(
+            "w1",
+            "ip route show dev strata.1; bridge fdb show dev strata.1",
+        )
+    };
+    let before = entries();
+    assert!(
+        before.contains(&cidr) && before.contains(&underlay),
+        "{cidr} {underlay}: {before}"
+    );
+    on("w2", "systemctl stop kubelet");
+    ok(
+        &kubectl(kubeconfig, &["delete", "node", "w2"]),
+        "delete node w2",
+    );
+    wait_for("w2's entries gone on w1", Duration::from_secs(30), || {
+        let now = entries();
+        !now.contains(&cidr) && !now.contains(&underlay)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", entries()));
+}
+
 /// A shell script run inside one of the cluster's machines; its stdout.
 fn on(host: &str, script: &str) -> String {
     strata_e2e::on_machine("e2e-apply", host, script)
@@ -130,7 +167,7 @@ spec:
       - name: hello
         image: strata.dev/e2e/busybox:1
         imagePullPolicy: Never
-        command: [sh, -c, "echo hello from $(hostname); mkdir -p /www; hostname > /www/index.html; httpd -p 8080 -h /www; exec sleep 3600"]
+        command: [sh, -c, "echo hello from $(hostname); mkdir -p /www; hostname > /www/index.html; httpd -f -vv -p 8080 -h /www & exec sleep 3600"]
 "#;
     let path = kubeconfig.with_file_name("hello.yaml");
     std::fs::write(&path, manifest).expect("write");
@@ -319,6 +356,16 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
         },
     )
     .expect("pod -> ClusterIP -> pod on the other host");
+    // Not masqueraded on the way (pod to pod stays inside the pod network): the server's log
+    // (busybox httpd -vv names each client) shows the pod on w1's own address.
+    let log = ok(
+        &kubectl(kubeconfig, &["logs", w2_pod]),
+        "logs of the pod on w2",
+    );
+    assert!(
+        log.contains(&format!("{w1_ip}:")),
+        "the pod on w2 saw another source than the pod on w1 ({w1_ip}):\n{log}"
+    );
     ok(
         &kubectl(kubeconfig, &["delete", "service", "hello-w2"]),
         "delete the Service",
@@ -604,6 +651,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     workload_runs_on_every_worker(&kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
     changed_host_key_is_refused(dir.path());
+    a_removed_node_leaves_the_overlay(&kubeconfig);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
     for host in ["cp1", "w1", "w2"] {

@@ -216,6 +216,7 @@ fn restart_triggers(unit: &str) -> &'static [&'static str] {
         "containerd" => &["containerd", "runc"],
         "kubelet" => &["kubelet", "/pki/ca.crt"],
         "kube-proxy" => &["kube-proxy"],
+        "strata-pod-masquerade" => &["strata-pod-masquerade"],
         _ => &[],
     }
 }
@@ -1007,11 +1008,17 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
             "containerd",
             "kubelet",
             "kube-proxy",
+            "strata-pod-masquerade",
             "strata-reboot-required.path",
             "strata-reboot.path",
         ]
     } else {
-        &["containerd", "kubelet", "kube-proxy"]
+        &[
+            "containerd",
+            "kubelet",
+            "kube-proxy",
+            "strata-pod-masquerade",
+        ]
     };
     let t = Instant::now();
     all(&nodes, |n| {
@@ -1078,20 +1085,27 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("phase pod-network: labelling {name}"))?;
     }
-    // Each node's pod network on its own podCIDR (containerd picks the file up by itself).
+    // Each node's pod network on its own podCIDR (containerd picks the file up by itself):
+    // written by the overlay agent when the overlay runs, by apply otherwise.
+    let overlay = cs.cluster.spec.addons.overlay.enabled;
     all(&nodes, |n| {
         let api = api.clone();
         async move {
             let name = n.host.name.as_str();
             let node = api.get(name).await.with_context(|| format!("phase pod-network: reading node {name}"))?;
             let cidr = node.spec.and_then(|s| s.pod_cidr).ok_or_else(|| fail("pod-network", name, "no podCIDR"))?;
+            if overlay {
+                ev.step("pod-network", name, &format!("pods on {cidr} (the overlay agent writes the CNI configuration)"));
+                return Ok(());
+            }
             let mtu = sh(n, "pod-network", "cat /sys/class/net/$(ip -o route show default | awk '{print $5; exit}')/mtu 2>/dev/null || echo 1500")
                 .await?
                 .trim()
                 .parse::<u32>()
                 .unwrap_or(1500);
-            let conf = strata_manifests::render::pod_network_config(&cidr, mtu.saturating_sub(50));
-            let path = strata_manifests::render::POD_NETWORK_CONFIG;
+            let conf = strata_overlay::cni::conflist(&cidr, mtu.saturating_sub(50));
+            let path = format!("{}/{}", strata_manifests::render::CNI_DIR, strata_overlay::cni::FILE);
+            let path = path.as_str();
             n.conn.upload(path, conf.as_bytes(), 0o644, "root:root").await.map_err(|e| fail("pod-network", name, e))?;
             ev.step("pod-network", name, &format!("pods on {cidr}, MTU {}", mtu.saturating_sub(50)));
             Ok(())

@@ -89,9 +89,16 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
                 net.vni.to_string(),
                 "--port".into(),
                 net.port.to_string(),
+                "--cni-dir".into(),
+                crate::render::CNI_DIR.into(),
             ]
             .to_vec(),
         ),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "cni".into(),
+            mount_path: crate::render::CNI_DIR.into(),
+            ..VolumeMount::default()
+        }]),
         env: Some(vec![EnvVar {
             name: "NODE_NAME".into(),
             value_from: Some(EnvVarSource {
@@ -146,6 +153,12 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
                         ..Toleration::default()
                     }]),
                     containers: vec![container],
+                    // Where it writes the node's CNI configuration.
+                    volumes: Some(vec![host_path(
+                        "cni",
+                        crate::render::CNI_DIR,
+                        "DirectoryOrCreate",
+                    )]),
                     ..PodSpec::default()
                 }),
             },

@@ -755,6 +755,11 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         extra: &[],
     };
     t.add("/etc/systemd/system/kube-proxy.service", 0o644, unit.text());
+    t.add(
+        "/etc/systemd/system/strata-pod-masquerade.service",
+        0o644,
+        pod_masquerade_unit(&ctx.cluster.spec.network.pod_cidr.net().to_string()),
+    );
 
     t.add(
         format!("{KUBE_DIR}/kubelet.conf"),
@@ -815,35 +820,36 @@ fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), R
     Ok(())
 }
 
-/// Where a node's pod network configuration goes.
-pub const POD_NETWORK_CONFIG: &str = "/etc/cni/net.d/10-strata.conflist";
+/// The directory of the node's CNI configuration (written by the overlay agent, or by apply
+/// without the overlay).
+pub const CNI_DIR: &str = "/etc/cni/net.d";
 
-/// A node's pod network (CNI): a bridge with host-local addresses from the node's own
-/// podCIDR (allocated by the controller-manager), outbound traffic masqueraded. The overlay
-/// addon adds the routes between nodes. `mtu`: the pod interfaces' MTU (link MTU minus the
-/// 50 bytes VXLAN needs, so that the overlay can carry them unchanged).
-pub fn pod_network_config(pod_cidr: &str, mtu: u32) -> String {
-    serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": "strata",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": "cni0",
-                "isGateway": true,
-                "ipMasq": true,
-                "hairpinMode": true,
-                "mtu": mtu,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": pod_cidr }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }]
-                }
-            },
-            { "type": "portmap", "capabilities": { "portMappings": true } }
-        ]
-    })
-    .to_string()
+/// The unit that masquerades pod traffic leaving the pod network (and nothing else: pods
+/// reach pods on other nodes with their own addresses).
+fn pod_masquerade_unit(pod_cidr: &str) -> String {
+    let ipt = "iptables -w -t nat";
+    let chain = "STRATA-POD-MASQ";
+    format!(
+        "# Written by Strata; changes are overwritten by `strata apply`.\n\
+         [Unit]\n\
+         Description=Strata: masquerade pod traffic that leaves the pod network {pod_cidr}\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart=/bin/sh -c '{ipt} -N {chain} 2>/dev/null; {ipt} -F {chain} && \
+         {ipt} -A {chain} -d {pod_cidr} -j RETURN && {ipt} -A {chain} -d 224.0.0.0/4 -j RETURN && \
+         {ipt} -A {chain} -j MASQUERADE && \
+         ({ipt} -C POSTROUTING -s {pod_cidr} -j {chain} 2>/dev/null || \
+         {ipt} -A POSTROUTING -s {pod_cidr} -j {chain})'\n\
+         ExecStop=/bin/sh -c '{ipt} -D POSTROUTING -s {pod_cidr} -j {chain} 2>/dev/null; \
+         {ipt} -F {chain} 2>/dev/null; {ipt} -X {chain} 2>/dev/null; true'\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
 }
 
 /// Writes the rendering below `out`: `hosts/<host>/<absolute path>` and `cluster/<file>`.
@@ -872,22 +878,4 @@ pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
 
 pub(crate) fn to_yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
     yaml(what, v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_network_config_is_a_bridge_on_the_node_cidr() {
-        let v: serde_json::Value =
-            serde_json::from_str(&pod_network_config("10.244.3.0/24", 1450)).expect("json");
-        assert_eq!(v["plugins"][0]["type"], "bridge");
-        assert_eq!(v["plugins"][0]["mtu"], 1450);
-        assert_eq!(
-            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-            "10.244.3.0/24"
-        );
-        assert_eq!(v["plugins"][1]["type"], "portmap");
-    }
 }

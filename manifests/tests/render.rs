@@ -168,9 +168,9 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     assert_eq!(
         units,
-        7 + 3 + 3 + 3 * 4,
-        "cp1: etcd and 3 control-plane units + 3 node units per host + the update agent's \
-         2 path units and their 2 services per host"
+        7 + 3 + 3 + 3 * 5,
+        "cp1: etcd and 3 control-plane units + 3 node units per host + per host the pod \
+         masquerade and the update agent's 2 path units and their 2 services"
     );
 }
 

@@ -1,10 +1,12 @@
 //! The agent's loop on one node: find its own Node (pod subnet, underlay address), create
-//! the VXLAN device, publish its VTEP MAC and underlay address as annotations on its Node,
+//! the VXLAN device, write the node's CNI configuration (its pod subnet, the overlay's MTU),
+//! publish its VTEP MAC and underlay address as annotations on its Node,
 //! then keep the kernel's peer entries equal to what the Node objects say (a watch, plus a
 //! full resync every minute). Restarting it changes nothing that is already right.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -51,7 +53,7 @@ fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
 }
 
 /// Runs until the process is stopped.
-pub async fn run(node: &str, device: &str, vni: u32, port: u16) -> Result<()> {
+pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
@@ -79,6 +81,16 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16) -> Result<()> {
         underlay,
     };
     let st = ensure_device(&h, &dev, gateway(pod_cidr)).await?;
+    let conf = crate::cni::conflist(&pod_cidr.to_string(), st.mtu);
+    if crate::cni::write(cni_dir, &conf)
+        .with_context(|| format!("writing the CNI configuration in {}", cni_dir.display()))?
+    {
+        eprintln!(
+            "strata-overlay: {node}: wrote {}/{}",
+            cni_dir.display(),
+            crate::cni::FILE
+        );
+    }
     let patch = serde_json::json!({"metadata": {"annotations": {
         VTEP_MAC: st.mac.to_string(),
         UNDERLAY: underlay.to_string(),

@@ -1,4 +1,5 @@
-//! `NODE_NAME=N strata-overlay run --device D --vni N --port P`: the agent (see agent.rs),
+//! `NODE_NAME=N strata-overlay run --device D --vni N --port P --cni-dir DIR`: the agent (see
+//! agent.rs),
 //! with in-cluster credentials or KUBECONFIG.
 //! `strata-overlay program --device D --vni N --port P --underlay IP --me NAME --nodes FILE`:
 //! programs this network namespace's VXLAN device for the nodes listed in FILE (JSON array of
@@ -28,6 +29,7 @@ async fn run(args: Vec<String>) -> Result<()> {
             arg(&args, "--device")?,
             arg(&args, "--vni")?.parse().context("--vni")?,
             arg(&args, "--port")?.parse().context("--port")?,
+            std::path::Path::new(arg(&args, "--cni-dir")?),
         )
         .await;
     }
