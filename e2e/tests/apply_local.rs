@@ -37,6 +37,147 @@ fn events(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Received bits per second in an `iperf3 -J` report.
+fn iperf_bps(report: &str) -> f64 {
+    let v: serde_json::Value =
+        serde_json::from_str(report).unwrap_or_else(|e| panic!("iperf3 report: {e}: {report}"));
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no bits_per_second: {report}"))
+}
+
+/// iperf3 between a pod on w1 and a pod on w2 (an image of this computer's iperf3 with the
+/// libraries it loads), and between the two hosts' own addresses (the same program in each
+/// machine's network namespace), in one run; prints both and their ratio.
+fn throughput(kubeconfig: &Path) {
+    let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/iperf3:1");
+    spec.program_with_libraries("/usr/bin/iperf3")
+        .expect("iperf3 (package iperf3) and its libraries");
+    spec.dir("/tmp", 0o1777).expect("tmp");
+    spec.entrypoint = vec!["/usr/bin/iperf3".into()];
+    let image = strata_images::build(&spec).expect("image");
+    import_on_workers("iperf3", &image.archive);
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: iperf3, image: \"strata.dev/e2e/iperf3:1\", \
+             imagePullPolicy: Never, args: [\"-s\"]}}]}}\n"
+        )
+    };
+    let path = kubeconfig.with_file_name("iperf3.yaml");
+    std::fs::write(
+        &path,
+        format!("{}---\n{}", pod("iperf-w1", "w1"), pod("iperf-w2", "w2")),
+    )
+    .expect("write");
+    ok(
+        &kubectl(kubeconfig, &["apply", "-f", path.to_str().expect("utf-8")]),
+        "iperf3 pods",
+    );
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "pod/iperf-w1",
+                "pod/iperf-w2",
+                "--timeout=60s",
+            ],
+        ),
+        "iperf3 pods ready",
+    );
+    let server_ip = ok(
+        &kubectl(
+            kubeconfig,
+            &["get", "pod", "iperf-w2", "-o", "jsonpath={.status.podIP}"],
+        ),
+        "server pod address",
+    );
+    let pods = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "exec",
+                "iperf-w1",
+                "--",
+                "/usr/bin/iperf3",
+                "-c",
+                &server_ip,
+                "-t",
+                "5",
+                "-J",
+            ],
+        ),
+        "iperf3 pod to pod",
+    );
+    let w2_host = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "node",
+                "w2",
+                "-o",
+                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+            ],
+        ),
+        "w2's address",
+    );
+    let netns = |host: &str| format!("strata-e2e-apply-{host}");
+    ok(
+        &Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns("w2"),
+                "iperf3",
+                "-s",
+                "-1",
+                "-D",
+                "-p",
+                "5301",
+            ])
+            .output()
+            .expect("ip netns exec"),
+        "iperf3 server on w2's host address",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let hosts = ok(
+        &Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns("w1"),
+                "iperf3",
+                "-c",
+                &w2_host,
+                "-p",
+                "5301",
+                "-t",
+                "5",
+                "-J",
+            ])
+            .output()
+            .expect("ip netns exec"),
+        "iperf3 host to host",
+    );
+    let (p, h) = (iperf_bps(&pods), iperf_bps(&hosts));
+    println!(
+        "throughput: pod to pod {:.2} Gbit/s, host to host {:.2} Gbit/s, ratio {:.0}% (target 80%)",
+        p / 1e9,
+        h / 1e9,
+        100.0 * p / h
+    );
+    ok(
+        &kubectl(
+            kubeconfig,
+            &["delete", "pod", "iperf-w1", "iperf-w2", "--grace-period=1"],
+        ),
+        "delete iperf3 pods",
+    );
+}
+
 /// w2 leaves the cluster (its kubelet stopped, its Node deleted): w1's overlay agent removes
 /// w2's route, neighbour and forwarding entry by itself.
 fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
@@ -72,6 +213,18 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         !now.contains(&cidr) && !now.contains(&underlay)
     })
     .unwrap_or_else(|e| panic!("{e}: {}", entries()));
+}
+
+/// Imports an image archive into w1's and w2's containerd (namespace k8s.io).
+fn import_on_workers(name: &str, archive: &[u8]) {
+    for host in ["w1", "w2"] {
+        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
+        std::fs::write(m.root().join(format!("var/tmp/{name}.tar")), archive).expect("copy image");
+        on(
+            host,
+            &format!("/opt/strata/bin/ctr -n k8s.io images import /var/tmp/{name}.tar >/dev/null"),
+        );
+    }
 }
 
 /// A shell script run inside one of the cluster's machines; its stdout.
@@ -135,14 +288,7 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
             .expect("link");
     }
     let image = strata_images::build(&spec).expect("image");
-    for host in ["w1", "w2"] {
-        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
-        std::fs::write(m.root().join("var/tmp/busybox.tar"), &image.archive).expect("copy image");
-        on(
-            host,
-            "/opt/strata/bin/ctr -n k8s.io images import /var/tmp/busybox.tar >/dev/null",
-        );
-    }
+    import_on_workers("busybox", &image.archive);
     let manifest = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -357,13 +503,13 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
     )
     .expect("pod -> ClusterIP -> pod on the other host");
     // Not masqueraded on the way (pod to pod stays inside the pod network): the server's log
-    // (busybox httpd -vv names each client) shows the pod on w1's own address.
+    // (busybox httpd -vv names each client, as [::ffff:IP]:PORT) shows the pod on w1's own address.
     let log = ok(
         &kubectl(kubeconfig, &["logs", w2_pod]),
         "logs of the pod on w2",
     );
     assert!(
-        log.contains(&format!("{w1_ip}:")),
+        log.contains(&format!("[::ffff:{w1_ip}]:")),
         "the pod on w2 saw another source than the pod on w1 ({w1_ip}):\n{log}"
     );
     ok(
@@ -651,6 +797,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     workload_runs_on_every_worker(&kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
     changed_host_key_is_refused(dir.path());
+    throughput(&kubeconfig);
     a_removed_node_leaves_the_overlay(&kubeconfig);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");

@@ -30,6 +30,8 @@ pub enum ImageError {
     BadReference(String),
     #[error("writing the archive: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}: {1}")]
+    Host(String, #[source] std::io::Error),
 }
 
 /// What is at a path of the image's file system.
@@ -83,6 +85,20 @@ impl ImageSpec {
         self.insert(path, Content::Dir { mode })
     }
 
+    /// Adds a dynamically linked program of this computer at the same path, with every
+    /// shared library it loads (as `ldd` resolves them) and the dynamic loader, each at its
+    /// own path: the image then runs it without a distribution inside.
+    pub fn program_with_libraries(&mut self, host_path: &str) -> Result<(), ImageError> {
+        let read = |p: &str| std::fs::read(p).map_err(|e| ImageError::Host(p.into(), e));
+        self.file(host_path, read(host_path)?, 0o755)?;
+        for lib in libraries(host_path)? {
+            if !self.entries.contains_key(&normalise(&lib)?) {
+                self.file(&lib, read(&lib)?, 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, path: &str, content: Content) -> Result<(), ImageError> {
         let p = normalise(path)?;
         if self.entries.insert(p.clone(), content).is_some() {
@@ -90,6 +106,30 @@ impl ImageSpec {
         }
         Ok(())
     }
+}
+
+/// The shared libraries and loader a dynamically linked program loads, from `ldd`'s answer
+/// (`name => /path (addr)` and `/path/ld-linux.so (addr)` lines); none for a static one.
+pub fn libraries(program: &str) -> Result<Vec<String>, ImageError> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| ImageError::Host(format!("ldd {program}"), e))?;
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_ldd(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim(),
+                None => l,
+            };
+            let path = path.split(" (").next().unwrap_or("").trim();
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
 }
 
 /// `/a/b/` -> `a/b`; refuses relative paths, `..` and empty parts.
@@ -272,6 +312,23 @@ fn file(data: Vec<u8>) -> Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldd_lines() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibiperf.so.0 => /lib/x86_64-linux-gnu/libiperf.so.0 (0x00007f1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f3)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                "/lib/x86_64-linux-gnu/libiperf.so.0",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
 
     #[test]
     fn paths_are_checked() {

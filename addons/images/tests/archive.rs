@@ -99,3 +99,48 @@ fn skopeo_and_umoci_read_the_archive() {
         Path::new("/bin/hello")
     );
 }
+
+/// A dynamically linked program carried with its libraries runs from the unpacked image
+/// through the image's own loader and libraries (none of this computer's).
+#[test]
+fn a_dynamic_program_runs_from_the_libraries_it_carries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = ImageSpec::new("strata.dev/test/ls:1");
+    s.program_with_libraries("/bin/ls").expect("ls");
+    let libs: Vec<&String> = s.entries.keys().filter(|p| p.contains(".so")).collect();
+    assert!(libs.iter().any(|p| p.contains("libc.so")), "{libs:?}");
+    assert!(libs.iter().any(|p| p.contains("ld-linux")), "{libs:?}");
+    let built = build(&s).expect("build");
+    std::fs::write(dir.path().join("ls.tar"), &built.archive).expect("write");
+    std::fs::create_dir(dir.path().join("layout")).expect("mkdir");
+    tool("tar", &["-xf", "ls.tar", "-C", "layout"], dir.path());
+    tool(
+        "umoci",
+        &["unpack", "--rootless", "--image", "layout:1", "bundle"],
+        dir.path(),
+    );
+    let root = dir.path().join("bundle/rootfs");
+    let loader = libs
+        .iter()
+        .find(|p| p.contains("ld-linux"))
+        .map(|p| root.join(p))
+        .expect("loader");
+    let lib_dirs: Vec<String> = libs
+        .iter()
+        .filter_map(|p| Path::new(p.as_str()).parent())
+        .map(|d| root.join(d).display().to_string())
+        .collect();
+    let out = std::process::Command::new(loader)
+        .arg("--library-path")
+        .arg(lib_dirs.join(":"))
+        .arg(root.join("bin/ls"))
+        .arg(root.join("bin"))
+        .output()
+        .expect("run the image's ls");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ls");
+}

@@ -583,6 +583,10 @@ mod tests {
         }
 
         fn at(&self, now: &str) -> Decision {
+            self.try_at(now).expect("valid policy")
+        }
+
+        fn try_at(&self, now: &str) -> Result<Decision, PolicyError> {
             decide(&Snapshot {
                 policy: &self.policy,
                 nodes: &self.nodes,
@@ -593,7 +597,6 @@ mod tests {
                 conditions: &self.conditions,
                 now: t(now),
             })
-            .expect("valid policy")
         }
 
         /// Applies a decision as the operator would.
@@ -879,17 +882,7 @@ mod tests {
     fn invalid_policies_name_the_field() {
         let mut w = World::new(&["a"]);
         w.policy.soak = "later".into();
-        let err = decide(&Snapshot {
-            policy: &w.policy,
-            nodes: &w.nodes,
-            all_nodes: &w.all,
-            updates: &w.updates,
-            holders: &w.holders,
-            last_release: None,
-            conditions: &[],
-            now: t(NOW),
-        })
-        .expect_err("invalid");
+        let err = w.try_at(NOW).expect_err("invalid");
         assert_eq!(
             err.to_string(),
             "spec.soak: `later` is not a duration (e.g. 90s, 10m, 1h30m)"
@@ -901,17 +894,7 @@ mod tests {
             duration: "1h".into(),
             time_zone: "UTC".into(),
         }];
-        let err = decide(&Snapshot {
-            policy: &w.policy,
-            nodes: &w.nodes,
-            all_nodes: &w.all,
-            updates: &w.updates,
-            holders: &w.holders,
-            last_release: None,
-            conditions: &[],
-            now: t(NOW),
-        })
-        .expect_err("invalid");
+        let err = w.try_at(NOW).expect_err("invalid");
         assert!(
             err.to_string().starts_with("spec.windows[0]: `Someday`"),
             "{err}"
