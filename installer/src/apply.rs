@@ -392,10 +392,12 @@ fn preflight_script(h: &Host, minor: u32, local: bool) -> String {
 /// disabled first.
 fn remove_command(path: &str) -> String {
     let quoted = format!("'{}'", path.replace('\'', r"'\''"));
-    match path
-        .strip_prefix("/etc/systemd/system/")
-        .filter(|u| (u.ends_with(".service") || u.ends_with(".path")) && !u.contains('/'))
-    {
+    match path.strip_prefix("/etc/systemd/system/").filter(|u| {
+        [".service", ".path", ".timer"]
+            .iter()
+            .any(|k| u.ends_with(k))
+            && !u.contains('/')
+    }) {
         Some(unit) => format!(
             "systemctl disable --now '{unit}' >/dev/null 2>&1; rm -f {quoted} && systemctl daemon-reload"
         ),
@@ -1011,6 +1013,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
             "strata-pod-masquerade",
             "strata-reboot-required.path",
             "strata-reboot.path",
+            "strata-update-engine-check.timer",
         ]
     } else {
         &[

@@ -606,9 +606,27 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     Ok(out)
 }
 
-/// Files on every node for its update agent: its identity and the two systemd path units
-/// through which the unprivileged agent sees the reboot sentinel and asks for a reboot.
-pub fn update_agent_units() -> [(&'static str, String); 4] {
+/// Where the host's update_engine check lives (see [`UPDATE_ENGINE_CHECK`]).
+pub const UPDATE_ENGINE_CHECK_PATH: &str = "/etc/strata/update-engine-check";
+
+/// The host-side check of update_engine (Flatcar/Container Linux style hosts): asks it over
+/// D-Bus (`busctl`, part of systemd) for its status and, when an update waits for a reboot,
+/// leaves the same sentinel the agent reads. Does nothing on hosts without update_engine. The
+/// agent itself never talks to the system bus (that would be root on the host).
+pub const UPDATE_ENGINE_CHECK: &str = r#"#!/bin/sh
+# Written by Strata; changes are overwritten by `strata apply`.
+# update_engine's status over D-Bus; UPDATE_STATUS_UPDATED_NEED_REBOOT -> $DIR/reboot-required.
+out=$(busctl --system call com.coreos.update1 /com/coreos/update1   com.coreos.update1.Manager GetStatus 2>/dev/null) || exit 0
+case "$out" in
+  *'"UPDATE_STATUS_UPDATED_NEED_REBOOT"'*)
+    mkdir -p "$DIR" && touch "$DIR/reboot-required" ;;
+esac
+exit 0
+"#;
+
+/// Units on every node for its update agent: two path units through which the unprivileged
+/// agent sees the reboot sentinel and asks for a reboot, and a timer that asks update_engine.
+pub fn update_agent_units() -> [(&'static str, String); 6] {
     let head = "# Written by Strata; changes are overwritten by `strata apply`.\n";
     [
         (
@@ -639,6 +657,22 @@ pub fn update_agent_units() -> [(&'static str, String); 4] {
             format!(
                 "{head}[Unit]\nDescription=Strata: reboot for an OS update (approved by the update operator)\n\n\
                  [Service]\nType=oneshot\nExecStart=/bin/systemctl reboot\n"
+            ),
+        ),
+        (
+            "strata-update-engine-check.timer",
+            format!(
+                "{head}[Unit]\nDescription=Strata: ask update_engine whether a reboot is due\n\n\
+                 [Timer]\nOnBootSec=1min\nOnUnitActiveSec=1min\n\n\
+                 [Install]\nWantedBy=timers.target\n"
+            ),
+        ),
+        (
+            "strata-update-engine-check.service",
+            format!(
+                "{head}[Unit]\nDescription=Strata: ask update_engine whether a reboot is due\n\n\
+                 [Service]\nType=oneshot\nEnvironment=DIR={UPDATE_AGENT_RUN_DIR}\n\
+                 ExecStart={UPDATE_ENGINE_CHECK_PATH}\n"
             ),
         ),
     ]

@@ -817,6 +817,11 @@ fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), R
     for (unit, text) in crate::addons::update_agent_units() {
         t.add(format!("/etc/systemd/system/{unit}"), 0o644, text);
     }
+    t.add(
+        crate::addons::UPDATE_ENGINE_CHECK_PATH,
+        0o755,
+        crate::addons::UPDATE_ENGINE_CHECK,
+    );
     Ok(())
 }
 

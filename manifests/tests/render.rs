@@ -61,7 +61,13 @@ fn secrets_have_private_modes_and_workers_get_no_control_plane_keys() {
     for t in &f.rendered.hosts {
         for (path, file) in &t.files {
             let private = path.ends_with(".key") || is_kubeconfig(path);
-            let expect = if private { 0o600 } else { 0o644 };
+            let expect = if private {
+                0o600
+            } else if path == strata_manifests::addons::UPDATE_ENGINE_CHECK_PATH {
+                0o755
+            } else {
+                0o644
+            };
             assert_eq!(file.mode, expect, "{}:{path}", t.host);
         }
     }
@@ -122,15 +128,24 @@ fn every_unit_passes_systemd_analyze_verify() {
         let mut unit_files: Vec<_> = t
             .files
             .iter()
-            .filter(|(p, _)| p.ends_with(".service") || p.ends_with(".path"))
+            .filter(|(p, _)| {
+                [".service", ".path", ".timer"]
+                    .iter()
+                    .any(|k| p.ends_with(k))
+            })
             .collect();
-        unit_files.sort_by_key(|(p, _)| (p.ends_with(".path"), p.as_str()));
+        unit_files.sort_by_key(|(p, _)| (!p.ends_with(".service"), p.as_str()));
         for (path, file) in unit_files {
             // systemd checks that ExecStart exists: point it at stand-in executables.
-            let text = String::from_utf8_lossy(&file.content).replace(
-                strata_manifests::render::BIN_DIR,
-                &bin.display().to_string(),
-            );
+            let text = String::from_utf8_lossy(&file.content)
+                .replace(
+                    strata_manifests::render::BIN_DIR,
+                    &bin.display().to_string(),
+                )
+                .replace(
+                    strata_manifests::addons::UPDATE_ENGINE_CHECK_PATH,
+                    &bin.join("update-engine-check").display().to_string(),
+                );
             for line in text.lines().filter(|l| l.starts_with("ExecStart=")) {
                 let exe = line
                     .trim_start_matches("ExecStart=")
@@ -168,9 +183,10 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     assert_eq!(
         units,
-        7 + 3 + 3 + 3 * 5,
+        7 + 3 + 3 + 3 * 7,
         "cp1: etcd and 3 control-plane units + 3 node units per host + per host the pod \
-         masquerade and the update agent's 2 path units and their 2 services"
+         masquerade, the update agent's 2 path units and their 2 services, the update_engine \
+         timer and its service"
     );
 }
 
@@ -317,4 +333,48 @@ fn plan_compares_with_what_was_applied() {
             .to_string()
             .contains("not a Strata state file")
     );
+}
+
+/// The host-side update_engine check, run as rendered with a stand-in `busctl` that answers
+/// like update_engine would (a mock: no host here runs update_engine): only a status of
+/// UPDATE_STATUS_UPDATED_NEED_REBOOT leaves the sentinel; no update_engine leaves nothing.
+#[test]
+fn the_update_engine_check_leaves_the_sentinel_only_when_a_reboot_is_due() {
+    let f = fixture(ONE_HOST);
+    let script = &f.rendered.hosts[0].files[strata_manifests::addons::UPDATE_ENGINE_CHECK_PATH];
+    assert_eq!(script.mode, 0o755);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = dir.path().join("check");
+    std::fs::write(&check, &script.content).expect("write");
+    let stub = dir.path().join("bin");
+    std::fs::create_dir(&stub).expect("mkdir");
+    for (answer, due) in [
+        (
+            "echo 'xdssx 0 1 \"UPDATE_STATUS_UPDATED_NEED_REBOOT\" \"3033.2.4\" 0'",
+            true,
+        ),
+        ("echo 'xdssx 0 0 \"UPDATE_STATUS_IDLE\" \"\" 0'", false),
+        (
+            "echo 'Call failed: The name com.coreos.update1 was not provided' >&2; exit 1",
+            false,
+        ),
+    ] {
+        let busctl = stub.join("busctl");
+        std::fs::write(&busctl, format!("#!/bin/sh\n{answer}\n")).expect("stub");
+        std::fs::set_permissions(&busctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let run = dir.path().join("run");
+        let _ = std::fs::remove_dir_all(&run);
+        let out = Command::new("sh")
+            .arg(&check)
+            .env("PATH", format!("{}:/usr/bin:/bin", stub.display()))
+            .env("DIR", &run)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{answer}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(run.join("reboot-required").exists(), due, "{answer}");
+    }
 }

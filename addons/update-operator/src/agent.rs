@@ -3,7 +3,9 @@
 //! status and nothing else of the kind.
 //!
 //! It reads the host through one directory, `/run/strata/update-agent` on the host: the host's
-//! `strata-reboot-required.path` unit mirrors `/run/reboot-required` there, and the agent asks
+//! `strata-reboot-required.path` unit mirrors `/run/reboot-required` there (and the
+//! `strata-update-engine-check.timer` does the same when update_engine, asked over D-Bus,
+//! has an update waiting for a reboot), and the agent asks
 //! for a reboot by writing `reboot` there, which the host's `strata-reboot.path` unit turns into
 //! `systemctl reboot`. The agent needs no privilege, no host PID namespace, no D-Bus.
 //!
@@ -159,7 +161,7 @@ impl Agent {
                         &mut st,
                         Phase::RebootRequired,
                         "SentinelFound",
-                        "/run/reboot-required exists".into(),
+                        "/run/reboot-required exists, or update_engine has an update waiting for a reboot".into(),
                     );
                 }
             }
