@@ -4,6 +4,7 @@
 //! strata-image --reference strata.dev/pause:0.1.0 \
 //!   --file target/release/strata-pause=/pause:0755 --entrypoint /pause --out pause.tar
 //! ```
+//! `--program /usr/bin/iperf3` carries a dynamically linked program with its libraries.
 //! Prints the image's manifest digest.
 
 use std::path::PathBuf;
@@ -25,6 +26,13 @@ struct Args {
     /// SOURCE=/PATH[:MODE] (octal mode; default: the source's own mode).
     #[arg(long = "file", value_name = "SOURCE=/PATH[:MODE]")]
     files: Vec<String>,
+    /// A dynamically linked program of this computer, carried at the same path with the
+    /// shared libraries and the loader it loads.
+    #[arg(long = "program", value_name = "/PATH")]
+    programs: Vec<String>,
+    /// An empty directory in the image, /PATH[:MODE] (default 0755).
+    #[arg(long = "dir", value_name = "/PATH[:MODE]")]
+    dirs: Vec<String>,
     /// /PATH=TARGET: a symbolic link in the image.
     #[arg(long = "symlink", value_name = "/PATH=TARGET")]
     symlinks: Vec<String>,
@@ -65,6 +73,20 @@ fn run(a: Args) -> Result<()> {
         };
         spec.file(dest, data, mode)
             .with_context(|| format!("--file {f}"))?;
+    }
+    for p in &a.programs {
+        spec.program_with_libraries(p)
+            .with_context(|| format!("--program {p}"))?;
+    }
+    for d in &a.dirs {
+        let (path, mode) = match d.rsplit_once(':') {
+            Some((p, m)) => (
+                p,
+                u32::from_str_radix(m, 8).with_context(|| format!("--dir {d}: mode {m}"))?,
+            ),
+            None => (d.as_str(), 0o755),
+        };
+        spec.dir(path, mode).with_context(|| format!("--dir {d}"))?;
     }
     for l in &a.symlinks {
         let Some((path, target)) = l.split_once('=') else {
