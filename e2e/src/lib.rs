@@ -199,8 +199,13 @@ fn install(m: &Machine, r: &Rendered, bin: &Path) {
         std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
         std::fs::write(&dest, &f.content).expect("write");
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode)).expect("chmod");
-        if let Some(unit) = path.strip_prefix("/etc/systemd/system/") {
-            let wants = root.join("etc/systemd/system/multi-user.target.wants");
+        // Enabled as `systemctl enable` would: into the target its [Install] section names.
+        // (A unit without one, such as a service a path unit starts, stays off.)
+        let wanted_by = String::from_utf8_lossy(&f.content)
+            .lines()
+            .find_map(|l| l.strip_prefix("WantedBy=").map(str::to_owned));
+        if let (Some(unit), Some(target)) = (path.strip_prefix("/etc/systemd/system/"), wanted_by) {
+            let wants = root.join(format!("etc/systemd/system/{target}.wants"));
             std::fs::create_dir_all(&wants).expect("mkdir");
             let link = wants.join(unit);
             let _ = std::fs::remove_file(&link);
