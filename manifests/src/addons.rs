@@ -41,6 +41,27 @@ fn namespaced(name: &str) -> ObjectMeta {
     }
 }
 
+/// `extra`, plus the API server's own address for in-cluster clients of a host-network pod
+/// that the pod network depends on: the `kubernetes` Service's address works only once
+/// kube-proxy has programmed it, which on a fresh node can take half a minute.
+fn api_server_env(c: &Cluster, extra: EnvVar) -> Vec<EnvVar> {
+    let mut env = vec![extra];
+    if let Some((host, port)) = c.api_endpoint().as_deref().and_then(|e| e.rsplit_once(':')) {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        for (name, value) in [
+            ("KUBERNETES_SERVICE_HOST", host),
+            ("KUBERNETES_SERVICE_PORT", port),
+        ] {
+            env.push(EnvVar {
+                name: name.into(),
+                value: Some(value.into()),
+                ..EnvVar::default()
+            });
+        }
+    }
+    env
+}
+
 /// The overlay's objects (none when `spec.addons.overlay.enabled` is false).
 pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     if !c.spec.addons.overlay.enabled {
@@ -99,17 +120,7 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             mount_path: crate::render::CNI_DIR.into(),
             ..VolumeMount::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: "NODE_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(api_server_env(c, pod_env("NODE_NAME", "spec.nodeName"))),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),

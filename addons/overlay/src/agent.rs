@@ -59,11 +59,17 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
         .context("connecting to the API server")?;
     let nodes: Api<Node> = Api::all(client);
     // Our own Node, once the controller-manager gave it a pod subnet.
+    // The API may not be reachable yet when the node starts (kube-proxy still programming the
+    // Service address): wait rather than exit and be restarted with a back-off.
     let (pod_cidr, underlay) = loop {
-        let me = nodes
-            .get(node)
-            .await
-            .with_context(|| format!("reading Node {node}"))?;
+        let me = match nodes.get(node).await {
+            Ok(me) => me,
+            Err(e) => {
+                eprintln!("strata-overlay: reading Node {node}: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
         let cidr = me.spec.as_ref().and_then(|s| s.pod_cidr.clone());
         match (cidr, internal_ip(&me)) {
             (Some(c), Some(ip)) => break (c, ip),
@@ -95,10 +101,13 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
         VTEP_MAC: st.mac.to_string(),
         UNDERLAY: underlay.to_string(),
     }}});
-    nodes
+    while let Err(e) = nodes
         .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .with_context(|| format!("annotating Node {node}"))?;
+    {
+        eprintln!("strata-overlay: annotating Node {node}: {e}; retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     eprintln!(
         "strata-overlay: {node}: {device} {} on {underlay}, pod subnet {pod_cidr}, mtu {}",
         st.mac, st.mtu
