@@ -106,7 +106,7 @@ impl Agent {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) if crate::lock::is_conflict(&e) => Ok(false),
             Err(e) => Err(api(format!("NodeUpdate {} status", self.node))(e)),
         }
     }

@@ -9,6 +9,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
+use crate::lock::is_conflict;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("lease {name}: {source}")]
@@ -25,10 +27,6 @@ pub struct LeaderLease {
     name: String,
     identity: String,
     duration: Duration,
-}
-
-fn conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 impl LeaderLease {
@@ -79,7 +77,7 @@ impl LeaderLease {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
-                Err(e) if conflict(&e) => Ok(false),
+                Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(self.err(e)),
             };
         };
@@ -109,7 +107,7 @@ impl LeaderLease {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if conflict(&e) => Ok(false),
+            Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -135,7 +133,7 @@ impl LeaderLease {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if conflict(&e) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
             Err(e) => Err(self.err(e)),
         }
     }

@@ -26,6 +26,7 @@ pub enum LockError {
     Contended { name: String },
 }
 
+/// 409 Conflict: another writer changed the object since it was read.
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
