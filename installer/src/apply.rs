@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use strata_manifests::Host;
+use strata_manifests::images::StrataImage;
 use strata_manifests::model::Bastion;
 use strata_manifests::model::{Platform, Role};
 use strata_manifests::plan::{AppliedFile, AppliedState};
@@ -23,7 +24,7 @@ use strata_platforms::ssh::{
     Connection, HostKeyPolicy, Identity, Jump, Secret, Target, Upload, key_is_encrypted,
 };
 
-use crate::assets::{self, Assets};
+use crate::assets::{self, Assets, IMAGE_DIR};
 use crate::certs::{ClusterState, load};
 use crate::cli::{ApplyArgs, OutputFormat};
 
@@ -407,7 +408,8 @@ fn remove_command(path: &str) -> String {
 
 /// The shell script that imports the asset images into containerd's k8s.io namespace, each
 /// only when containerd does not already hold that reference at that digest, and names the
-/// sandbox image as the release's kubelet and containerd expect it (`sandbox`).
+/// sandbox image as the release's kubelet and containerd expect it (`sandbox`). Archives of
+/// Strata's images the cluster no longer takes from the assets are removed from the host.
 fn import_script(assets: &Assets, sandbox: &str) -> String {
     let mut s = String::from(
         r#"set -eu
@@ -432,11 +434,23 @@ import() { # FILE REF DIGEST [ALIAS]
 "#,
     );
     for (a, i) in assets.images() {
-        let alias = if i.sandbox { sandbox } else { "" };
+        let alias = if i.strata == Some(StrataImage::Pause) {
+            sandbox
+        } else {
+            ""
+        };
         s.push_str(&format!(
             "import '{}' '{}' '{}' '{alias}'\n",
             a.remote, i.reference, i.digest
         ));
+    }
+    for i in StrataImage::ALL {
+        if !assets.images().any(|(_, img)| img.strata == Some(i)) {
+            let archive = format!("{IMAGE_DIR}/{}", i.archive());
+            s.push_str(&format!(
+                "if [ -e '{archive}' ]; then rm -f '{archive}'; echo 'removed {archive} (not taken from the assets)'; fi\n"
+            ));
+        }
     }
     s
 }
@@ -741,7 +755,9 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     )
     .await
     .context("phase assets")?;
-    let assets = Assets::load(&asset_dir, &version).context("phase assets")?;
+    let assets = Assets::load(&asset_dir, &version)
+        .and_then(|a| a.for_cluster(&cs.cluster, &asset_dir.display().to_string()))
+        .context("phase assets")?;
     let state_file = cs.state.root.join("state.json");
     let mut state = AppliedState::load(&state_file)?;
     let local = matches!(cs.cluster.spec.platform, Platform::Local(_));
@@ -999,10 +1015,7 @@ async fn apply(args: &ApplyArgs) -> Result<ExitCode> {
 
     // nodes
     ev.phase("nodes");
-    let imports = import_script(
-        &assets,
-        &strata_manifests::versions::pause_image(cs.cluster.spec.kubernetes.version.minor()),
-    );
+    let imports = import_script(&assets, &StrataImage::Pause.built(&cs.cluster));
     let imports = imports.as_str();
     // With the update operator, the two path units its unprivileged agent works through.
     let node_units: &[&str] = if cs.cluster.spec.addons.update_operator.enabled {

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
-use strata_manifests::Host;
+use strata_manifests::images::StrataImage;
 use strata_manifests::model::Role;
 use strata_manifests::render::{BIN_DIR, CNI_BIN_DIR};
+use strata_manifests::{Cluster, Host};
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -34,8 +35,8 @@ pub const IMAGE_DIR: &str = "/var/lib/strata/images";
 pub struct Image {
     pub reference: String,
     pub digest: String,
-    /// The pod sandbox image (images/pause.tar): also tagged as the release's sandbox image.
-    pub sandbox: bool,
+    /// Which of Strata's images it is, by its archive's name (None: an extra image).
+    pub strata: Option<StrataImage>,
 }
 
 /// One verified file: where it is here, where it goes, its digest.
@@ -103,7 +104,7 @@ impl Assets {
                 image = Some(Image {
                     reference: reference.clone(),
                     digest: digest.clone(),
-                    sandbox: name == "pause.tar",
+                    strata: StrataImage::of_archive(name),
                 });
                 format!("{IMAGE_DIR}/{name}")
             } else {
@@ -117,6 +118,32 @@ impl Assets {
             });
         }
         Ok(Self { files })
+    }
+
+    /// What cluster `c` takes from these assets: without the archives of Strata's images the
+    /// cluster does not run or names a registry reference for (spec.images). Refused when
+    /// the cluster runs one of Strata's images that neither the assets carry nor the Cluster
+    /// file names (the pause image has its upstream name to fall back on).
+    pub fn for_cluster(mut self, c: &Cluster, source: &str) -> Result<Self> {
+        self.files
+            .retain(|a| match a.image.as_ref().and_then(|i| i.strata) {
+                Some(i) => i.used(c) && i.replacement(c).is_none(),
+                None => true,
+            });
+        for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
+            let carried = self.images().any(|(_, img)| img.strata == Some(i));
+            if i.used(c) && i.replacement(c).is_none() && !carried {
+                bail!(
+                    "the assets ({source}) carry no images/{} and {} names no registry reference: \
+                     set {} to an image reference the nodes can pull, or use assets built by \
+                     .ci/build-assets",
+                    i.archive(),
+                    i.field(),
+                    i.field()
+                );
+            }
+        }
+        Ok(self)
     }
 
     /// The image archives (every node imports all of them).
@@ -424,11 +451,89 @@ mod tests {
             [&Image {
                 reference: "strata.dev/pause:1".into(),
                 digest: "sha256:ab".into(),
-                sandbox: true
+                strata: Some(StrataImage::Pause),
             }]
         );
         let e = Assets::load(d.path(), "1.21.0").expect_err("version");
         assert!(e.to_string().contains("asks for 1.21.0"), "{e}");
+    }
+
+    fn cluster(extra: &str) -> Cluster {
+        let text = format!(
+            "apiVersion: strata.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  \
+             platform: {{local: {{}}}}\n  hosts:\n  - {{name: a, roles: [etcd, control-plane, worker]}}\n{extra}"
+        );
+        let ctx = strata_manifests::Context {
+            file: "t.yaml".into(),
+            base_dir: ".".into(),
+            home: None,
+        };
+        strata_manifests::load_str(&text, &ctx)
+            .unwrap_or_else(|r| panic!("{r}"))
+            .cluster
+    }
+
+    fn archives(a: &Assets) -> Vec<&str> {
+        a.images()
+            .map(|(f, _)| f.remote.rsplit('/').next().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn the_cluster_takes_only_the_images_it_runs_and_does_not_pull() {
+        let d = dir_with(
+            &[
+                ("bin/kubelet", b"k"),
+                ("images/overlay.tar", b"o"),
+                ("images/pause.tar", b"p"),
+                ("images/update-operator.tar", b"u"),
+                ("images/extra.tar", b"x"),
+            ],
+            None,
+        );
+        let load = || Assets::load(d.path(), "1.20.2").expect("valid");
+        let all = load().for_cluster(&cluster(""), "dir").expect("all built");
+        assert_eq!(
+            archives(&all),
+            [
+                "extra.tar",
+                "overlay.tar",
+                "pause.tar",
+                "update-operator.tar"
+            ]
+        );
+        let named = load()
+            .for_cluster(
+                &cluster(
+                    "  images: {overlay: 10.0.0.1:5000/o:1, pause: 10.0.0.1:5000/p:1}\n  \
+                     addons: {updateOperator: {enabled: false}}\n",
+                ),
+                "dir",
+            )
+            .expect("named");
+        assert_eq!(archives(&named), ["extra.tar"]);
+        assert_eq!(named.files.len(), 2, "kubelet and extra.tar");
+
+        // Assets without Strata's images (e.g. `source: upstream`).
+        let bare = dir_with(&[("bin/kubelet", b"k")], None);
+        let load = || Assets::load(bare.path(), "1.20.2").expect("valid");
+        let e = load()
+            .for_cluster(&cluster("  images: {overlay: r.example/o:1}\n"), "upstream")
+            .expect_err("no operator image");
+        assert_eq!(
+            e.to_string(),
+            "the assets (upstream) carry no images/update-operator.tar and \
+             spec.images.updateOperator names no registry reference: set \
+             spec.images.updateOperator to an image reference the nodes can pull, or use assets \
+             built by .ci/build-assets"
+        );
+        let ok = load()
+            .for_cluster(
+                &cluster("  images: {overlay: r.example/o:1, updateOperator: r.example/u:1}\n"),
+                "upstream",
+            )
+            .expect("both named; pause falls back on its upstream name");
+        assert_eq!(archives(&ok), Vec::<&str>::new());
     }
 
     #[test]

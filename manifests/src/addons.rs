@@ -22,17 +22,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::images::StrataImage;
 use crate::model::Cluster;
 use crate::objects::{binding, meta, object};
 use crate::render::{ClusterObject, RenderError};
 
 /// The namespace of Strata's addons.
 pub const NAMESPACE: &str = "strata-system";
-
-/// The image of the overlay agent this Strata builds (`.ci/build-assets`).
-pub fn overlay_image() -> String {
-    format!("strata.dev/overlay:{}", env!("CARGO_PKG_VERSION"))
-}
 
 fn namespaced(name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -98,7 +94,7 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     let net = &c.spec.network.overlay;
     let container = Container {
         name: "agent".into(),
-        image: Some(overlay_image()),
+        image: Some(StrataImage::Overlay.reference(c)),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(
             [
@@ -184,11 +180,6 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         object("overlay-4-clusterrolebinding.yaml", &role_binding)?,
         object("overlay-5-daemonset.yaml", &ds)?,
     ])
-}
-
-/// The image of the update operator and its agent (`.ci/build-assets`).
-pub fn update_operator_image() -> String {
-    format!("strata.dev/update-operator:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The CRDs, generated from the operator's types (addons/update-operator/crds.yaml).
@@ -381,7 +372,7 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
     let operator = Container {
         name: "operator".into(),
-        image: Some(update_operator_image()),
+        image: Some(StrataImage::UpdateOperator.reference(c)),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["/strata-update-operator".into(), "operator".into()]),
         env: Some(vec![
@@ -535,7 +526,7 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         [("app.kubernetes.io/name".into(), agent_name.into())].into();
     let agent = Container {
         name: "agent".into(),
-        image: Some(update_operator_image()),
+        image: Some(StrataImage::UpdateOperator.reference(c)),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["/strata-update-operator".into(), "agent".into()]),
         env: Some(vec![

@@ -26,6 +26,7 @@ pub const FORMATS: &[(&str, FormatCheck)] = &[
     ("time-zone", check_time_zone),
     ("ssh-fingerprint", check_ssh_fingerprint),
     ("percent", |s| parse_percent(s).map(drop)),
+    ("image-reference", check_image_reference),
 ];
 
 /// Why `value` does not match `format` (None when it does or the format is unknown).
@@ -34,6 +35,20 @@ pub fn format_problem(format: &str, value: &str) -> Option<String> {
         .iter()
         .find(|(name, _)| *name == format)
         .and_then(|(_, check)| check(value).err())
+}
+
+/// An image reference by the distribution grammar containerd and the kubelet use:
+/// `[REGISTRY[:PORT]/]REPOSITORY[:TAG][@ALGORITHM:HEX]`, repository in lower case.
+pub fn check_image_reference(s: &str) -> Result<(), String> {
+    s.parse::<oci_spec::distribution::Reference>()
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "`{s}` is not an image reference ({e}); for example \
+                 registry.example.com/strata/overlay:0.1.0 or \
+                 registry.example.com/strata/overlay@sha256:<64 hex digits>"
+            )
+        })
 }
 
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -339,6 +354,33 @@ mod tests {
             check_ssh_fingerprint("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s").is_ok()
         );
         assert!(check_ssh_fingerprint("MD5:aa").is_err());
+    }
+
+    #[test]
+    fn image_references_follow_the_distribution_grammar() {
+        let digest = format!("sha256:{}", "0a".repeat(32));
+        for good in [
+            "busybox".to_owned(),
+            "k8s.gcr.io/pause:3.2".to_owned(),
+            "10.0.0.1:5000/strata/overlay:0.1.0".to_owned(),
+            "localhost/strata/overlay".to_owned(),
+            format!("registry.example.com/strata/overlay@{digest}"),
+            format!("registry.example.com/strata/overlay:0.1.0@{digest}"),
+        ] {
+            assert_eq!(check_image_reference(&good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Strata/Overlay:1",
+            "registry.example.com/overlay:",
+            "registry.example.com/overlay@sha256:abc",
+            "registry.example.com/overlay@md5:0a0a",
+            "registry.example.com//overlay",
+            "https://registry.example.com/overlay",
+        ] {
+            let e = check_image_reference(bad).expect_err(bad);
+            assert!(e.contains("is not an image reference"), "{e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod addons;
 pub mod diagnostic;
 pub mod formats;
+pub mod images;
 pub mod model;
 pub mod objects;
 pub mod pki;

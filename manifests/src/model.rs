@@ -134,6 +134,20 @@ string_value!(
     |s| s.clone()
 );
 
+string_value!(
+    /// An image reference as containerd pulls it: [REGISTRY/]REPOSITORY[:TAG][@DIGEST].
+    ImageReference(String),
+    "image-reference",
+    |s| formats::check_image_reference(s).map(|()| s.to_owned()),
+    |s| s.clone()
+);
+
+impl ImageReference {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Cidr {
     pub fn net(&self) -> IpNet {
         self.0
@@ -230,6 +244,8 @@ pub struct ClusterSpec {
     pub assets: Assets,
     #[serde(default)]
     pub addons: Addons,
+    #[serde(default, skip_serializing_if = "Images::is_default")]
+    pub images: Images,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -614,6 +630,33 @@ pub struct Assets {
     /// `https://HOST/PATH` is fetched as `<mirror>/HOST/PATH`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mirror: String,
+}
+
+/// Registry references that replace the images Strata otherwise imports from
+/// spec.assets into every node's containerd. Each node pulls a named image itself, so the
+/// registry must be reachable from the nodes and trusted by them (its CA in the hosts' trust
+/// store, or a public registry). Pinning by digest (`...@sha256:...`) is recommended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Images {
+    /// The pod sandbox image. Default: the assets' pause image, named as the release's
+    /// kubelet expects it (k8s.gcr.io/pause:3.2 for 1.20), which is pulled under that name
+    /// when the assets carry none (`source: upstream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<ImageReference>,
+    /// The overlay agent. Default: the assets' strata.dev/overlay image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<ImageReference>,
+    /// The update operator and its agent. Default: the assets'
+    /// strata.dev/update-operator image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_operator: Option<ImageReference>,
+}
+
+impl Images {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use strata_pki::StateDir;
 
+use crate::images::StrataImage;
 use crate::model::{Cluster, Host, Platform, Role};
 use crate::objects;
 use crate::pki::first_address;
@@ -581,7 +582,7 @@ fn containerd_config(ctx: &Ctx<'_>) -> String {
          [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  \
            bin_dir = \"{CNI_BIN_DIR}\"\n  \
            conf_dir = \"/etc/cni/net.d\"\n",
-        sandbox = versions::pause_image(ctx.minor),
+        sandbox = StrataImage::Pause.reference(ctx.cluster),
         restrict = ctx.local(),
         driver = cgroup_driver(ctx.cluster),
     )

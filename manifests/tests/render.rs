@@ -287,6 +287,62 @@ fn flags_follow_the_version_table() {
 }
 
 #[test]
+fn registry_references_replace_the_images_strata_builds() {
+    let built = fixture(ONE_HOST);
+    let text = format!(
+        "{ONE_HOST}  images:\n    pause: 10.0.0.1:5000/strata/pause:3.2\n    \
+         overlay: 10.0.0.1:5000/strata/overlay:1\n    \
+         updateOperator: 10.0.0.1:5000/strata/update-operator@sha256:{}\n",
+        "0a".repeat(32)
+    );
+    let named = fixture(&text);
+    let images = |r: &Rendered| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .objects
+            .iter()
+            .flat_map(|o| {
+                o.yaml
+                    .lines()
+                    .map(str::trim)
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.starts_with("image:"))
+            .collect();
+        v.sort();
+        v
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        images(&built.rendered),
+        [
+            format!("image: strata.dev/overlay:{version}"),
+            format!("image: strata.dev/update-operator:{version}"),
+            format!("image: strata.dev/update-operator:{version}"),
+        ]
+    );
+    assert_eq!(
+        images(&named.rendered),
+        [
+            "image: 10.0.0.1:5000/strata/overlay:1".to_string(),
+            format!(
+                "image: 10.0.0.1:5000/strata/update-operator@sha256:{}",
+                "0a".repeat(32)
+            ),
+            format!(
+                "image: 10.0.0.1:5000/strata/update-operator@sha256:{}",
+                "0a".repeat(32)
+            ),
+        ]
+    );
+    let containerd = |r: &Rendered| file(r, "n1", "/etc/containerd/config.toml");
+    assert!(containerd(&built.rendered).contains("sandbox_image = \"k8s.gcr.io/pause:3.2\""));
+    assert!(
+        containerd(&named.rendered).contains("sandbox_image = \"10.0.0.1:5000/strata/pause:3.2\"")
+    );
+}
+
+#[test]
 fn plan_compares_with_what_was_applied() {
     let f = fixture(THREE_HOSTS);
     let none = plan(&f.rendered, &AppliedState::default());

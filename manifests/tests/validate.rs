@@ -140,7 +140,7 @@ fn roles_are_required_in_the_cluster() {
 fn structural_and_format_problems_are_all_reported() {
     let text = minimal(
         "    - {name: Bad_Name, roles: [etcd, control-plane], address: 300.1.1.1}\n    - {name: b, address: 198.18.0.2, roles: [worker], ssh: {port: x, hostKey: MD5:x}}\n",
-        "  network:\n    podCIDR: 10.244.0.1/16\n    overlay: {vni: 0}\n  pki:\n    keyAlgorithm: rsa-1024\n    caValidity: 365d\n  addons:\n    updateOperator:\n      policy:\n        maxUnavailable: 150%\n        windows: [{start: '25:00', duration: 4h, timeZone: Mars/Base, days: [Sat, Caturday]}]\n",
+        "  network:\n    podCIDR: 10.244.0.1/16\n    overlay: {vni: 0}\n  pki:\n    keyAlgorithm: rsa-1024\n    caValidity: 365d\n  addons:\n    updateOperator:\n      policy:\n        maxUnavailable: 150%\n        windows: [{start: '25:00', duration: 4h, timeZone: Mars/Base, days: [Sat, Caturday]}]\n  images:\n    overlay: Strata/Overlay:1\n",
     );
     let r = check(&text).expect_err("invalid");
     let s = r.to_string();
@@ -158,6 +158,7 @@ fn structural_and_format_problems_are_all_reported() {
         "windows[0].start: `25:00` is not a time of day",
         "windows[0].timeZone: `Mars/Base` is not an IANA time zone",
         "windows[0].days[1]: `Caturday` is not allowed here",
+        "spec.images.overlay: `Strata/Overlay:1` is not an image reference",
     ];
     for e in expect {
         assert!(s.contains(e), "missing {e:?} in:\n{s}");
