@@ -5,6 +5,8 @@
 //! Everything is torn down on drop: machines, network namespaces, the bridge.
 #![forbid(unsafe_code)]
 
+pub mod registry;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

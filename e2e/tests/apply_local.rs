@@ -9,14 +9,17 @@
 //! down` cleans up.
 
 use std::io::{BufRead as _, BufReader};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata_e2e::registry::Registry;
 use strata_e2e::{
-    MACHINES, kubectl, local_address, ok, require_root, strata, strata_bin, wait_for,
+    CACHE, MACHINES, kubectl, local_address, ok, require_root, strata, strata_bin, wait_for,
 };
 use strata_platforms::local::Machine;
+use strata_platforms::local::network::GATEWAY;
 
 const CLUSTER: &str = "\
 apiVersion: strata.dev/v1alpha1
@@ -213,6 +216,78 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         !now.contains(&cidr) && !now.contains(&underlay)
     })
     .unwrap_or_else(|e| panic!("{e}: {}", entries()));
+}
+
+/// A registry on the machines' bridge serving Strata's images (built by .ci/build-assets),
+/// trusted by every machine, and the Cluster file naming them: pause by tag, the overlay and
+/// the update operator by digest.
+fn images_from_a_registry(dir: &Path) -> Registry {
+    let registry = Registry::start(&dir.join("registry"), IpAddr::V4(GATEWAY));
+    let archives = Path::new(CACHE).join("assets/1.20.2/images");
+    let (pause, _) = registry.push(&archives.join("pause.tar"), "strata/pause:e2e");
+    let by_digest = |name: &str| {
+        let (_, digest) = registry.push(
+            &archives.join(format!("{name}.tar")),
+            &format!("strata/{name}:e2e"),
+        );
+        format!("{}/strata/{name}@{digest}", registry.address)
+    };
+    let images = format!(
+        "  images:\n    pause: {pause}\n    overlay: {}\n    updateOperator: {}\n",
+        by_digest("overlay"),
+        by_digest("update-operator")
+    );
+    for host in ["cp1", "w1", "w2"] {
+        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
+        registry.trust_in(&m.root());
+    }
+    std::fs::write(dir.join("cluster.yaml"), format!("{CLUSTER}{images}")).expect("write");
+    registry
+}
+
+/// Every addon pod runs the image the registry served, every node's containerd pulled the
+/// sandbox image from it, and no host holds an archive of those images.
+fn images_were_pulled_from(registry: &Registry, kubeconfig: &Path) {
+    let pods = || {
+        ok(
+            &kubectl(
+                kubeconfig,
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    "strata-system",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.status.phase} \
+                     {.status.containerStatuses[0].ready} {.status.containerStatuses[0].imageID}{\"\\n\"}{end}",
+                ],
+            ),
+            "addon pods",
+        )
+    };
+    // The overlay agents (3), the update agents (3) and the operator.
+    wait_for("addon pods ready", Duration::from_secs(120), || {
+        let text = pods();
+        text.lines().count() == 7 && text.lines().all(|l| l.contains(" Running true "))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", pods()));
+    for line in pods().lines() {
+        assert!(
+            line.contains(&format!(" {}/strata/", registry.address)),
+            "{line}"
+        );
+    }
+    for host in ["cp1", "w1", "w2"] {
+        let left = on(host, "ls /var/lib/strata/images/ 2>/dev/null; true");
+        assert_eq!(left.trim(), "", "{host}: {left}");
+        let images = on(host, "/opt/strata/bin/ctr -n k8s.io images ls -q");
+        assert!(
+            images
+                .lines()
+                .any(|l| l == format!("{}/strata/pause:e2e", registry.address)),
+            "{host}: {images}"
+        );
+    }
 }
 
 /// Imports an image archive into w1's and w2's containerd (namespace k8s.io).
@@ -805,7 +880,9 @@ fn local_up_apply_converges_and_kubectl_works() {
         nothing_left(host);
     }
 
-    // From scratch again, stopped twice in the control-plane phase, then to the end.
+    // From scratch again, with Strata's images pulled from a registry (spec.images) instead
+    // of imported from the assets: stopped twice in the control-plane phase, then to the end.
+    let registry = images_from_a_registry(dir.path());
     let (code, seen) = apply_stopped_in(dir.path(), "control-plane", "-INT");
     assert_eq!(code, Some(130), "{seen:?}");
     assert!(
@@ -815,14 +892,28 @@ fn local_up_apply_converges_and_kubectl_works() {
     );
     let (code, _) = apply_stopped_in(dir.path(), "control-plane", "-KILL");
     assert_eq!(code, None, "killed by a signal");
+    // An archive an earlier apply left, of an image now pulled instead.
+    on(
+        "w1",
+        "mkdir -p /var/lib/strata/images && echo stale > /var/lib/strata/images/overlay.tar",
+    );
     let resumed = events(&ok(&strata(dir.path(), &["apply"]), "apply after kill"));
     let ready = resumed
         .iter()
         .filter(|e| e["phase"] == "wait-ready" && e["step"] == "Ready")
         .count();
     assert_eq!(ready, 3, "{resumed:?}");
+    assert!(
+        resumed.iter().any(|e| e["phase"] == "nodes"
+            && e["host"] == "w1"
+            && e["step"]
+                == "removed /var/lib/strata/images/overlay.tar (not taken from the assets)"),
+        "{resumed:?}"
+    );
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
+    images_were_pulled_from(&registry, &kubeconfig);
+    drop(registry);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
     ok(
