@@ -40,15 +40,40 @@ pub fn format_problem(format: &str, value: &str) -> Option<String> {
 /// An image reference by the distribution grammar containerd and the kubelet use:
 /// `[REGISTRY[:PORT]/]REPOSITORY[:TAG][@ALGORITHM:HEX]`, repository in lower case.
 pub fn check_image_reference(s: &str) -> Result<(), String> {
-    s.parse::<oci_spec::distribution::Reference>()
-        .map(drop)
-        .map_err(|e| {
-            format!(
-                "`{s}` is not an image reference ({e}); for example \
+    let parsed = s
+        .parse::<oci_spec::distribution::Reference>()
+        .and_then(|r| {
+            // As containerd normalizes it: `Strata/overlay` is docker.io's `Strata/overlay`,
+            // which is refused for its capitals.
+            if r.repository().chars().any(|c| c.is_ascii_uppercase()) {
+                Err(oci_spec::distribution::ParseError::NameContainsUppercase)
+            } else {
+                Ok(())
+            }
+        });
+    parsed.map_err(|e| {
+        let (name, digest) = s.split_once('@').unwrap_or((s, ""));
+        // The first component names a registry when it looks like a host (distribution's rule).
+        let repository = match name.split_once('/') {
+            Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => rest,
+            _ => name,
+        };
+        let repository = repository.split_once(':').map_or(repository, |(r, _tag)| r);
+        let why = if s.contains("://") {
+            "a reference has no URL scheme".to_owned()
+        } else if repository.chars().any(|c| c.is_ascii_uppercase()) {
+            "the repository must be lower case".to_owned()
+        } else if !digest.is_empty() {
+            format!("the digest must be sha256:<64 hex digits> (or sha384, sha512); {e}")
+        } else {
+            e.to_string()
+        };
+        format!(
+            "`{s}` is not an image reference ({why}); for example \
                  registry.example.com/strata/overlay:0.1.0 or \
                  registry.example.com/strata/overlay@sha256:<64 hex digits>"
-            )
-        })
+        )
+    })
 }
 
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -364,6 +389,7 @@ mod tests {
             "k8s.gcr.io/pause:3.2".to_owned(),
             "10.0.0.1:5000/strata/overlay:0.1.0".to_owned(),
             "localhost/strata/overlay".to_owned(),
+            "r.example/strata/overlay:V1.0_rc".to_owned(),
             format!("registry.example.com/strata/overlay@{digest}"),
             format!("registry.example.com/strata/overlay:0.1.0@{digest}"),
         ] {
@@ -380,6 +406,17 @@ mod tests {
         ] {
             let e = check_image_reference(bad).expect_err(bad);
             assert!(e.contains("is not an image reference"), "{e}");
+        }
+        for (bad, why) in [
+            ("Strata/overlay:1", "the repository must be lower case"),
+            ("R.example/Overlay", "the repository must be lower case"),
+            ("r.example/Overlay", "the repository must be lower case"),
+            ("https://r.example/overlay", "no URL scheme"),
+            ("r.example/overlay@sha256:abc", "sha256:<64 hex digits>"),
+            ("r.example/overlay:V1@sha256:abc", "sha256:<64 hex digits>"),
+        ] {
+            let e = check_image_reference(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
