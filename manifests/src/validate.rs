@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Report, Severity};
 use crate::formats::{self, format_problem};
+use crate::images::StrataImage;
 use crate::model::{Cluster, Platform, Role};
 use crate::yaml::{self, LocatedValue, json_path, pointer_segment};
 
@@ -508,6 +509,26 @@ fn check_assets(c: &Cluster, k: &mut Checker<'_>) {
             ),
             "use https",
         );
+    }
+    // The official downloads carry none of Strata's own images.
+    if a.source == "upstream" {
+        for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
+            if i.used(c) && i.replacement(c).is_none() {
+                k.error(
+                    "/spec/assets/source",
+                    format!(
+                        "`source: upstream` carries no {} image and {} names none",
+                        i.archive().trim_end_matches(".tar"),
+                        i.field()
+                    ),
+                    &format!(
+                        "set {} to a registry reference the nodes can pull (or use assets \
+                         built by .ci/build-assets)",
+                        i.field()
+                    ),
+                );
+            }
+        }
     }
 }
 

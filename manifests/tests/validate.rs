@@ -278,11 +278,28 @@ fn asset_downloads_must_be_pinned_and_encrypted() {
         "a".repeat(64)
     );
     check(&minimal(host, &pinned)).expect("loopback http with a pin");
-    check(&minimal(
+    let r = check(&minimal(
         host,
         "  assets: {source: upstream, mirror: \"https://mirror.example/releases\"}\n",
     ))
-    .expect("official releases through a mirror");
+    .expect_err("upstream carries no Strata image");
+    let s = r.to_string();
+    assert!(
+        s.contains(
+            "`source: upstream` carries no overlay image and spec.images.overlay names none"
+        ),
+        "{s}"
+    );
+    assert!(
+        s.contains("carries no update-operator image and spec.images.updateOperator names none"),
+        "{s}"
+    );
+    check(&minimal(
+        host,
+        "  assets: {source: upstream, mirror: \"https://mirror.example/releases\"}\n  \
+         images: {overlay: r.example/strata/overlay:1}\n  addons: {updateOperator: {enabled: false}}\n",
+    ))
+    .expect("official releases through a mirror, Strata's image from a registry");
     let r = check(&minimal(
         host,
         "  assets: {source: ./assets, mirror: \"https://mirror.example/releases\"}\n",
