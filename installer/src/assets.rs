@@ -127,12 +127,12 @@ impl Assets {
     pub fn for_cluster(mut self, c: &Cluster, source: &str) -> Result<Self> {
         self.files
             .retain(|a| match a.image.as_ref().and_then(|i| i.strata) {
-                Some(i) => i.used(c) && i.replacement(c).is_none(),
+                Some(i) => i.from_assets(c),
                 None => true,
             });
         for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
             let carried = self.images().any(|(_, img)| img.strata == Some(i));
-            if i.used(c) && i.replacement(c).is_none() && !carried {
+            if i.from_assets(c) && !carried {
                 bail!(
                     "the assets ({source}) carry no images/{} and {} names no registry reference: \
                      set {} to an image reference the nodes can pull, or use assets built by \

@@ -61,6 +61,12 @@ impl StrataImage {
         }
     }
 
+    /// Whether the cluster runs the image from the assets' archive (it runs it and the
+    /// Cluster file names no registry reference for it).
+    pub fn from_assets(self, c: &Cluster) -> bool {
+        self.used(c) && self.replacement(c).is_none()
+    }
+
     /// The name the assets' image is known by on the nodes (the pause image is tagged as the
     /// release's kubelet expects it).
     pub fn built(self, c: &Cluster) -> String {

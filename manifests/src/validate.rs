@@ -513,7 +513,7 @@ fn check_assets(c: &Cluster, k: &mut Checker<'_>) {
     // The official downloads carry none of Strata's own images.
     if a.source == "upstream" {
         for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
-            if i.used(c) && i.replacement(c).is_none() {
+            if i.from_assets(c) {
                 k.error(
                     "/spec/assets/source",
                     format!(
