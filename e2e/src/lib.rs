@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod registry;
+pub mod throughput;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;

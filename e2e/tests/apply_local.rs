@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_e2e::registry::Registry;
+use strata_e2e::throughput;
 use strata_e2e::{
     CACHE, MACHINES, kubectl, local_address, ok, require_root, strata, strata_bin, wait_for,
 };
@@ -40,21 +41,12 @@ fn events(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Received bits per second in an `iperf3 -J` report.
-fn iperf_bps(report: &str) -> f64 {
-    let v: serde_json::Value =
-        serde_json::from_str(report).unwrap_or_else(|e| panic!("iperf3 report: {e}: {report}"));
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no bits_per_second: {report}"))
-}
-
 /// iperf3 between a pod on w1 and a pod on w2 (an image of this computer's iperf3 with the
 /// libraries it loads; a CPU request gives them an ordinary process's CPU weight instead of a
 /// best-effort pod's), and between the two hosts' own addresses (the same program in each
 /// machine's network namespace), in one run of three alternating rounds; prints every round,
-/// the medians and their ratio.
-fn throughput(kubeconfig: &Path) {
+/// the medians and their ratio (overlay_netns measures the same datapath without Kubernetes).
+fn measure_throughput(kubeconfig: &Path) {
     let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/iperf3:1");
     spec.program_with_libraries("/usr/bin/iperf3")
         .expect("iperf3 (package iperf3) and its libraries");
@@ -115,7 +107,7 @@ fn throughput(kubeconfig: &Path) {
     );
     let netns = |host: &str| format!("strata-e2e-apply-{host}");
     let pod_to_pod = || {
-        iperf_bps(&ok(
+        throughput::iperf_bps(&ok(
             &kubectl(
                 kubeconfig,
                 &[
@@ -143,7 +135,7 @@ fn throughput(kubeconfig: &Path) {
             "iperf3 server on w2's host address",
         );
         std::thread::sleep(Duration::from_millis(500));
-        iperf_bps(&ok(
+        throughput::iperf_bps(&ok(
             &Command::new("ip")
                 .args(["netns", "exec", &netns("w1")])
                 .args(["iperf3", "-c", &w2_host, "-p", "5301", "-t", "5", "-J"])
@@ -152,33 +144,15 @@ fn throughput(kubeconfig: &Path) {
             "iperf3 host to host",
         ))
     };
-    // Alternating rounds, so that what else the machine does weighs on both alike.
-    let (mut pods, mut hosts) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        pods.push(pod_to_pod());
-        hosts.push(host_to_host());
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let gbits = |v: &[f64]| {
-        v.iter()
-            .map(|b| format!("{:.2}", b / 1e9))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     println!(
-        "throughput rounds (Gbit/s): pod to pod {}, host to host {}",
-        gbits(&pods),
-        gbits(&hosts)
+        "throughput: congestion control {} (w1)",
+        throughput::congestion_control(&netns("w1"))
     );
-    let (p, h) = (median(&mut pods), median(&mut hosts));
-    println!(
-        "throughput: pod to pod {:.2} Gbit/s, host to host {:.2} Gbit/s (medians of 3), ratio {:.0}% (target 80%)",
-        p / 1e9,
-        h / 1e9,
-        100.0 * p / h
+    throughput::compare(
+        "throughput pod to pod (overlay) vs host to host (underlay), target 80%",
+        3,
+        pod_to_pod,
+        host_to_host,
     );
     ok(
         &kubectl(
@@ -880,7 +854,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     workload_runs_on_every_worker(&kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
     changed_host_key_is_refused(dir.path());
-    throughput(&kubeconfig);
+    measure_throughput(&kubeconfig);
     a_removed_node_leaves_the_overlay(&kubeconfig);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
