@@ -12,6 +12,33 @@ pub fn iperf_bps(report: &str) -> f64 {
         .unwrap_or_else(|| panic!("no bits_per_second: {report}"))
 }
 
+/// iperf3 for `seconds` from network namespace `client` to a one-shot server started in
+/// namespace `server`, reached at address `to`: received bits per second.
+pub fn between_namespaces(client: &str, server: &str, to: &str, seconds: u32) -> f64 {
+    let netns = |ns: &str, args: &[&str], what: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "iperf3"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {ns} iperf3: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} in {ns}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    netns(server, &["-s", "-1", "-D", "-p", "5301"], "iperf3 server");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let seconds = seconds.to_string();
+    iperf_bps(&netns(
+        client,
+        &["-c", to, "-p", "5301", "-t", &seconds, "-J"],
+        "iperf3 client",
+    ))
+}
+
 /// The TCP congestion control of network namespace `netns`: it decides whether a single
 /// stream is limited by pacing (bbr) or by the CPU (cubic), so it is printed with the figures.
 pub fn congestion_control(netns: &str) -> String {

@@ -125,25 +125,7 @@ fn measure_throughput(kubeconfig: &Path) {
             "iperf3 pod to pod",
         ))
     };
-    let host_to_host = || {
-        ok(
-            &Command::new("ip")
-                .args(["netns", "exec", &netns("w2")])
-                .args(["iperf3", "-s", "-1", "-D", "-p", "5301"])
-                .output()
-                .expect("ip netns exec"),
-            "iperf3 server on w2's host address",
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        throughput::iperf_bps(&ok(
-            &Command::new("ip")
-                .args(["netns", "exec", &netns("w1")])
-                .args(["iperf3", "-c", &w2_host, "-p", "5301", "-t", "5", "-J"])
-                .output()
-                .expect("ip netns exec"),
-            "iperf3 host to host",
-        ))
-    };
+    let host_to_host = || throughput::between_namespaces(&netns("w1"), &netns("w2"), &w2_host, 5);
     println!(
         "throughput: congestion control {} (w1)",
         throughput::congestion_control(&netns("w1"))

@@ -19,10 +19,26 @@ impl Drop for Namespaces {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0])
+    run_input(args, "")
+}
+
+/// `args` with stdin `input`; fails the test unless it succeeds.
+fn run_input(args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(args[0])
         .args(&args[1..])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
         "{args:?}: {}{}",
@@ -39,29 +55,16 @@ fn overlay_bin() -> String {
 
 /// `strata-overlay ARGS` inside namespace `ns`, with stdin `input`; its stdout.
 fn overlay(ns: &str, args: &[&str], input: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, &overlay_bin()])
-        .args(args)
-        .args(["--device", "strata.1", "--vni", "1", "--port", "8472"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("strata-overlay");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("input");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let bin = overlay_bin();
+    let device = ["--device", "strata.1", "--vni", "1", "--port", "8472"];
+    let all: Vec<&str> = ["ip", "netns", "exec", ns, &bin]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(device)
+        .collect();
+    String::from_utf8_lossy(&run_input(&all, input).stdout)
+        .trim()
+        .to_owned()
 }
 
 /// `strata-overlay program` in `ns` for node `me` with the node list `nodes` (JSON).
@@ -221,70 +224,25 @@ fn the_overlay_datapath_against_the_underlay() {
         let me = ["a", "b"][n];
         program(node, me, &format!("198.19.255.{subnet}"), &nodes.list);
         run(&["ip", "netns", "add", pod]);
-        run(&["ip", "-n", pod, "link", "set", "lo", "up"]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        run(&[
-            "ip", "-n", node, "link", "add", "cni0", "mtu", "1450", "type", "bridge",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            node,
-            "addr",
-            "add",
-            &format!("10.244.{subnet}.1/24"),
-            "dev",
-            "cni0",
-        ]);
-        run(&["ip", "-n", node, "link", "set", "cni0", "up"]);
-        run(&[
-            "ip", "-n", node, "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer",
-            "name", "eth0", "netns", pod,
-        ]);
-        run(&[
-            "ip", "-n", node, "link", "set", "veth0", "master", "cni0", "up",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            pod,
-            "addr",
-            "add",
-            &format!("10.244.{subnet}.2/24"),
-            "dev",
-            "eth0",
-        ]);
-        run(&["ip", "-n", pod, "link", "set", "eth0", "mtu", "1450", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            pod,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.244.{subnet}.1"),
-        ]);
+        let forwarding = "net.ipv4.ip_forward=1";
+        run(&["ip", "netns", "exec", node, "sysctl", "-qw", forwarding]);
+        let node_side = format!(
+            "link add cni0 mtu 1450 type bridge\n\
+             addr add 10.244.{subnet}.1/24 dev cni0\n\
+             link set cni0 up\n\
+             link add veth0 mtu 1450 type veth peer name eth0 netns {pod}\n\
+             link set veth0 master cni0 up\n"
+        );
+        run_input(&["ip", "-n", node, "-batch", "-"], &node_side);
+        let pod_side = format!(
+            "link set lo up\n\
+             addr add 10.244.{subnet}.2/24 dev eth0\n\
+             link set eth0 mtu 1450 up\n\
+             route add default via 10.244.{subnet}.1\n"
+        );
+        run_input(&["ip", "-n", pod, "-batch", "-"], &pod_side);
     }
     assert!(ping(&pods[0], "10.244.2.2"), "pod a reaches pod b");
-    let iperf = |client: &str, server: &str, to: &str| {
-        run(&[
-            "ip", "netns", "exec", server, "iperf3", "-s", "-1", "-D", "-p", "5301",
-        ]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let out = run(&[
-            "ip", "netns", "exec", client, "iperf3", "-c", to, "-p", "5301", "-t", "4", "-J",
-        ]);
-        throughput::iperf_bps(&String::from_utf8_lossy(&out.stdout))
-    };
     println!(
         "overlay datapath: congestion control {}",
         throughput::congestion_control(&pods[0])
@@ -292,8 +250,8 @@ fn the_overlay_datapath_against_the_underlay() {
     let ratio = throughput::compare(
         "overlay datapath without Kubernetes, pod to pod vs node to node",
         5,
-        || iperf(&pods[0], &pods[1], "10.244.2.2"),
-        || iperf(&nodes.a, &nodes.b, "198.19.255.2"),
+        || throughput::between_namespaces(&pods[0], &pods[1], "10.244.2.2", 4),
+        || throughput::between_namespaces(&nodes.a, &nodes.b, "198.19.255.2", 4),
     );
     assert!(ratio > 0.0, "traffic crossed the tunnel");
 }
