@@ -21,13 +21,7 @@ pub fn between_namespaces(client: &str, server: &str, to: &str, seconds: u32) ->
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("ip netns exec {ns} iperf3: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} in {ns}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::ok(&out, &format!("{what} in {ns}"))
     };
     netns(server, &["-s", "-1", "-D", "-p", "5301"], "iperf3 server");
     std::thread::sleep(std::time::Duration::from_millis(500));
