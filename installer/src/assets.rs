@@ -6,11 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+
 use serde::Deserialize;
+use std::collections::BTreeSet;
+
+use strata_manifests::catalog::{self, BIN_DIR, CNI_BIN_DIR, Component};
 use strata_manifests::images::StrataImage;
-use strata_manifests::model::Role;
-use strata_manifests::render::{BIN_DIR, CNI_BIN_DIR};
 use strata_manifests::{Cluster, Host};
+
+use crate::certs::ClusterState;
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -153,21 +157,75 @@ impl Assets {
             .filter_map(|a| a.image.as_ref().map(|i| (a, i)))
     }
 
-    /// The files a host needs for its roles.
-    pub fn for_host(&self, h: &Host) -> Vec<&Asset> {
-        self.files
-            .iter()
-            .filter(|a| {
-                let name = a.remote.rsplit('/').next().unwrap_or_default();
-                match name {
-                    "etcd" | "etcdctl" => h.has_role(Role::Etcd),
-                    "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" => {
-                        h.has_role(Role::ControlPlane)
-                    }
-                    _ => true,
+    /// The files host `h` needs, each with the components a new version of it restarts:
+    /// the binaries of the components it runs (as the catalogue names them), the CNI
+    /// plugins where a component needs them, and every image archive (every host is a
+    /// node). A binary no component names goes to no host.
+    pub fn for_host(&self, c: &Cluster, h: &Host) -> Vec<(&Asset, BTreeSet<Component>)> {
+        let on_host: Vec<&catalog::Spec> = catalog::on_host(c, h).collect();
+        let mut out = Vec::new();
+        for a in &self.files {
+            let name = a.remote.rsplit('/').next().unwrap_or_default();
+            if a.image.is_some() {
+                out.push((a, BTreeSet::new()));
+            } else if a.remote.starts_with(&format!("{CNI_BIN_DIR}/")) {
+                if on_host.iter().any(|s| s.cni_plugins) {
+                    out.push((a, BTreeSet::new()));
                 }
-            })
-            .collect()
+            } else {
+                let users: Vec<(&catalog::Spec, bool)> = catalog::binary_users(name)
+                    .filter(|(s, _)| on_host.contains(s))
+                    .collect();
+                if !users.is_empty() {
+                    let restart = users
+                        .iter()
+                        .filter(|(_, restarts)| *restarts)
+                        .map(|(s, _)| s.component)
+                        .collect();
+                    out.push((a, restart));
+                }
+            }
+        }
+        out
+    }
+
+    /// The content of the asset that goes to `remote` on the hosts.
+    pub fn read(&self, remote: &str) -> Result<Vec<u8>> {
+        let a = self
+            .files
+            .iter()
+            .find(|a| a.remote == remote)
+            .with_context(|| format!("no asset goes to {remote}"))?;
+        std::fs::read(&a.local).with_context(|| format!("reading {}", a.local.display()))
+    }
+}
+
+/// The mode of every file of the assets on the hosts.
+pub const MODE: u32 = 0o755;
+
+/// The cluster's assets for an apply: resolved (downloaded and unpacked into the state
+/// directory when they come from elsewhere), verified, and narrowed to what it runs.
+pub async fn for_apply(cs: &ClusterState) -> Result<Assets> {
+    let spec = &cs.cluster.spec.assets;
+    let version = cs.cluster.spec.kubernetes.version.to_string();
+    let mut src = source(&spec.source, &cs.ctx.base_dir, &version);
+    if let Source::Upstream { mirror, .. } = &mut src {
+        mirror.clone_from(&spec.mirror);
+    }
+    let dir = resolve(&src, &spec.sha256, &cs.state.root.join("assets")).await?;
+    Assets::load(&dir, &version)?.for_cluster(&cs.cluster, &dir.display().to_string())
+}
+
+/// The cluster's assets for `strata plan`, which writes nothing: a local directory is read;
+/// anything that would need a download or unpacking is None (apply fetches it).
+pub fn for_plan(cs: &ClusterState) -> Result<Option<Assets>> {
+    let spec = &cs.cluster.spec.assets;
+    let version = cs.cluster.spec.kubernetes.version.to_string();
+    match source(&spec.source, &cs.ctx.base_dir, &version) {
+        Source::Dir(dir) => Ok(Some(
+            Assets::load(&dir, &version)?.for_cluster(&cs.cluster, &dir.display().to_string())?,
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -329,9 +387,8 @@ pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>> 
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("strata-tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    strata_pki::write_atomic(path, bytes, 0o644)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// `dir/rel`, refusing absolute paths and `..` (a manifest must not write elsewhere).

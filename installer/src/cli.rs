@@ -62,9 +62,10 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Show, per host, which files `apply` would create, change or remove compared with what
-    /// was last applied, without contacting any host.
-    Plan(StateArgs),
+    /// Show what `apply` would do: per host the files it would create, change or remove and
+    /// the units it would restart, and the cluster objects it would apply or delete. Writes
+    /// nothing (not even the PKI) and contacts no host.
+    Plan(PlanArgs),
     /// Machines on this computer for a `platform: local` cluster (systemd-nspawn; root).
     #[command(subcommand)]
     Local(LocalCommand),
@@ -140,6 +141,22 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub accept_new_host_keys: bool,
     /// Progress as readable text or as one JSON event per line.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Print what apply would do (as `strata plan`) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run only this phase (after connect), e.g. `--phase nodes` to restart what the nodes
+    /// phase starts; the phases before it must have run.
+    #[arg(long, value_name = "PHASE")]
+    pub phase: Option<strata_manifests::plan::PhaseName>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The actions as readable text or as one JSON document.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
 }

@@ -341,40 +341,12 @@ fn check_key_file(s: &str, output: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn wizard(args: &InitArgs) -> Result<Option<Answers>> {
-    let theme = ColorfulTheme::default();
-    let t = &theme;
-    eprintln!("Strata: describe your cluster. Enter accepts the answer in parentheses.\n");
-
-    if args.output.exists()
-        && !args.force
-        && !Confirm::with_theme(t)
-            .with_prompt(format!("{} exists. Overwrite it?", args.output.display()))
-            .default(false)
-            .interact()?
-    {
-        return Ok(None);
-    }
-
-    let name: String = Input::with_theme(t)
-        .with_prompt("Cluster name")
-        .default("demo".into())
-        .validate_with(|s: &String| check_name(s))
-        .interact_text()?;
-
-    let platform = match Select::with_theme(t)
-        .with_prompt("Where are the hosts?")
-        .items([
-            "ssh: existing machines I reach over SSH",
-            "local: machines created on this computer (systemd-nspawn)",
-        ])
-        .default(0)
-        .interact()?
-    {
-        0 => PlatformChoice::Ssh,
-        _ => PlatformChoice::Local,
-    };
-
+/// The SSH user, port and key (asked only for the ssh platform).
+fn ask_ssh(
+    t: &ColorfulTheme,
+    args: &InitArgs,
+    platform: PlatformChoice,
+) -> Result<(String, u16, String)> {
     let (mut ssh_user, mut ssh_port, mut ssh_key) =
         ("root".to_string(), 22u16, DEFAULT_SSH_KEY.to_string());
     if platform == PlatformChoice::Ssh {
@@ -402,6 +374,11 @@ fn wizard(args: &InitArgs) -> Result<Option<Answers>> {
             .interact_text()?;
     }
 
+    Ok((ssh_user, ssh_port, ssh_key))
+}
+
+/// The hosts, one by one, until the cluster has every role it needs and no more are added.
+fn ask_hosts(t: &ColorfulTheme, platform: PlatformChoice) -> Result<Vec<HostAnswer>> {
     let mut hosts: Vec<HostAnswer> = Vec::new();
     loop {
         let n = hosts.len();
@@ -463,6 +440,46 @@ fn wizard(args: &InitArgs) -> Result<Option<Answers>> {
             break;
         }
     }
+
+    Ok(hosts)
+}
+
+fn wizard(args: &InitArgs) -> Result<Option<Answers>> {
+    let theme = ColorfulTheme::default();
+    let t = &theme;
+    eprintln!("Strata: describe your cluster. Enter accepts the answer in parentheses.\n");
+
+    if args.output.exists()
+        && !args.force
+        && !Confirm::with_theme(t)
+            .with_prompt(format!("{} exists. Overwrite it?", args.output.display()))
+            .default(false)
+            .interact()?
+    {
+        return Ok(None);
+    }
+
+    let name: String = Input::with_theme(t)
+        .with_prompt("Cluster name")
+        .default("demo".into())
+        .validate_with(|s: &String| check_name(s))
+        .interact_text()?;
+
+    let platform = match Select::with_theme(t)
+        .with_prompt("Where are the hosts?")
+        .items([
+            "ssh: existing machines I reach over SSH",
+            "local: machines created on this computer (systemd-nspawn)",
+        ])
+        .default(0)
+        .interact()?
+    {
+        0 => PlatformChoice::Ssh,
+        _ => PlatformChoice::Local,
+    };
+
+    let (ssh_user, ssh_port, ssh_key) = ask_ssh(t, args, platform)?;
+    let hosts = ask_hosts(t, platform)?;
 
     eprintln!();
     let kubernetes_version: String = Input::with_theme(t)

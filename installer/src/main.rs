@@ -1,5 +1,7 @@
 //! The `strata` command.
 #![forbid(unsafe_code)]
+// Functions stay short enough to read at once (threshold in clippy.toml).
+#![deny(clippy::too_many_lines)]
 
 /// `println!` for command output that stops quietly when stdout is closed early (for
 /// example when piped into `head`) instead of panicking.
@@ -14,10 +16,15 @@ mod apply;
 mod assets;
 mod certs;
 mod cli;
+mod engine;
+mod facts;
+mod hosts;
 mod init;
 mod local;
 mod ops;
+mod phases;
 mod render;
+mod reset;
 mod updates;
 mod upstream;
 
@@ -55,12 +62,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => apply::run(&args),
         Command::Status(args) => ops::status(&args),
         Command::Kubeconfig { state, out } => ops::kubeconfig(&state, out.as_deref()),
-        Command::Reset { state, yes } => ops::reset(&state, yes),
+        Command::Reset { state, yes } => reset::run(&state, yes),
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
         Command::Updates(cmd) => updates::run(&cmd),
         Command::Render { state, out } => render::run_render(&state, &out),
-        Command::Plan(state) => render::run_plan(&state),
+        Command::Plan(args) => render::run_plan(&args.state, args.output),
         Command::Schema => {
             let schema = strata_manifests::cluster_schema();
             let text = serde_json::to_string_pretty(&schema).context("printing the schema")?;
@@ -91,6 +98,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The async runtime of the commands that talk to hosts or the API.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn validate(args: &ValidateArgs) -> Result<ExitCode> {

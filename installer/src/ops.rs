@@ -1,42 +1,25 @@
 //! `strata status`, `strata kubeconfig` and `strata reset`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use strata_manifests::Host;
-use strata_manifests::model::Role;
+use strata_manifests::catalog;
 use strata_manifests::plan::AppliedState;
 
-use crate::apply::{admin_client, connect_all, remember_host_keys};
 use crate::certs::load;
 use crate::cli::StateArgs;
+use crate::engine::Reporter;
+use crate::hosts::admin_client;
 
-/// The services Strata runs on a host, by role.
-fn services(h: &Host) -> Vec<&'static str> {
-    let mut s = Vec::new();
-    if h.has_role(Role::Etcd) {
-        s.push("etcd");
-    }
-    if h.has_role(Role::ControlPlane) {
-        s.extend([
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-        ]);
-    }
-    s.extend(["containerd", "kubelet", "kube-proxy"]);
-    s
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+/// The units Strata starts on a host (from the component catalogue).
+fn services(c: &strata_manifests::Cluster, h: &Host) -> Vec<&'static str> {
+    catalog::on_host(c, h)
+        .flat_map(|s| s.started_units())
+        .collect()
 }
 
 pub fn kubeconfig(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
@@ -68,18 +51,13 @@ pub fn kubeconfig(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
 }
 
 pub fn status(args: &StateArgs) -> Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cs = load(args)?;
         let state_file = cs.state.root.join("state.json");
         let mut state = AppliedState::load(&state_file)?;
         let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
-        let conns = connect_all(&cs, &state, &hosts, false).await?;
+        let conns = crate::hosts::connect(&Reporter::plain(), &cs, &mut state, false).await?;
         // Keys trusted at the prompt are pinned.
-        for (h, c) in hosts.iter().zip(&conns) {
-            if let Ok(c) = c {
-                remember_host_keys(&cs, &mut state, h, c);
-            }
-        }
         state.save(&state_file)?;
         let mut healthy = true;
         outln!(
@@ -96,7 +74,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 .map(|a| a.as_str().to_owned())
                 .unwrap_or_default();
             let conn = match c {
-                Ok(c) => c,
+                Ok(c) => c.conn,
                 Err(e) => {
                     healthy = false;
                     outln!(
@@ -108,7 +86,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                     continue;
                 }
             };
-            let units = services(h);
+            let units = services(&cs.cluster, h);
             let out = conn
                 .exec(&format!("systemctl is-active {}", units.join(" ")))
                 .await?;
@@ -188,91 +166,5 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         })
-    })
-}
-
-const RESET: &str = r#"set -u
-units="kubelet kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd"
-[ -x /opt/strata/bin/kube-proxy ] && /opt/strata/bin/kube-proxy --cleanup >/dev/null 2>&1
-systemctl disable --now --quiet kubelet 2>/dev/null
-# Every pod's processes: through containerd while it runs, then whatever is left in the
-# pods' cgroups, then the shims.
-if [ -x /opt/strata/bin/ctr ]; then
-  for t in $(/opt/strata/bin/ctr -n k8s.io tasks ls -q 2>/dev/null); do
-    /opt/strata/bin/ctr -n k8s.io tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1
-  done
-fi
-# (A process of another PID namespace reads as 0 there: never `kill 0`, our own group.)
-for f in $(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null); do
-  for p in $(cat "$f" 2>/dev/null); do [ "$p" -gt 1 ] && kill -9 "$p" 2>/dev/null; done
-done
-# Everything is about to be deleted: no graceful shutdown (the API server waits a minute).
-for u in $units; do
-  systemctl kill --quiet --signal=SIGKILL "$u" 2>/dev/null
-  systemctl disable --now --quiet "$u" 2>/dev/null
-done
-pkill -KILL -x containerd-shim 2>/dev/null
-for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd)/" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
-rm -rf /var/lib/strata /etc/kubernetes /etc/etcd /var/lib/etcd /var/lib/kubelet /var/lib/containerd /run/containerd /var/log/kubernetes /opt/strata /etc/containerd /etc/sysctl.d/90-strata.conf /etc/modules-load.d/strata.conf /etc/cni/net.d/10-strata.conflist /var/lib/cni
-ip link del cni0 2>/dev/null
-ip link del strata.1 2>/dev/null
-for u in $units; do rm -f "/etc/systemd/system/$u.service"; done
-systemctl daemon-reload
-echo reset
-"#;
-
-pub fn reset(args: &StateArgs, yes: bool) -> Result<ExitCode> {
-    runtime()?.block_on(async {
-        let cs = load(args)?;
-        let state_file = cs.state.root.join("state.json");
-        let mut state = AppliedState::load(&state_file)?;
-        let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
-        if !yes {
-            if !std::io::stdin().is_terminal() {
-                bail!("refusing to reset the cluster without confirmation; pass --yes");
-            }
-            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-            let ok = dialoguer::Confirm::new()
-                .with_prompt(format!(
-                    "Remove Kubernetes, etcd and all their data from {} (cluster {})?",
-                    names.join(", "),
-                    cs.cluster.name()
-                ))
-                .default(false)
-                .interact()?;
-            if !ok {
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        let conns = connect_all(&cs, &state, &hosts, false).await?;
-        let mut errors = Vec::new();
-        for (h, c) in hosts.iter().zip(conns) {
-            match c {
-                Ok(conn) => {
-                    let out = conn.exec(RESET).await?;
-                    if out.success() {
-                        outln!("[{}] reset", h.name);
-                        state.hosts.remove(h.name.as_str());
-                    } else {
-                        errors.push(format!(
-                            "host {}: reset failed (exit {}):\n{}",
-                            h.name,
-                            out.status,
-                            out.tail()
-                        ));
-                    }
-                    conn.close().await;
-                }
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        if errors.is_empty() {
-            state.objects.clear();
-        }
-        state.save(&state_file)?;
-        if !errors.is_empty() {
-            bail!("{}", errors.join("\n"));
-        }
-        Ok(ExitCode::SUCCESS)
     })
 }

@@ -8,10 +8,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use strata_update_operator::crd::{NodeUpdate, RebootLock, UpdatePolicy};
 
-use crate::apply::admin_client;
 use crate::certs::load;
 use crate::cli::{StateArgs, UpdatesCommand, UpdatesPolicyArgs};
-use crate::ops::runtime;
+use crate::hosts::admin_client;
 
 pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
     match cmd {
@@ -31,7 +30,7 @@ fn condition(p: &UpdatePolicy, type_: &str) -> Option<(String, String)> {
 }
 
 fn status(args: &StateArgs) -> Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cs = load(args)?;
         let client = admin_client(&cs).await?;
         let lp = ListParams::default();
@@ -139,7 +138,7 @@ fn status(args: &StateArgs) -> Result<ExitCode> {
 }
 
 fn set_paused(args: &UpdatesPolicyArgs, paused: bool) -> Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let cs = load(&args.state)?;
         let client = admin_client(&cs).await?;
         let api: Api<UpdatePolicy> = Api::all(client);

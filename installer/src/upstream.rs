@@ -184,13 +184,11 @@ fn extract(
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
     }
-    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", path.display()))
+    strata_pki::write_atomic(path, data, 0o755)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Downloads (once) and verifies every component into `cache/upstream-<version>/` with a

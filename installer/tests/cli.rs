@@ -291,3 +291,78 @@ fn certs_generate_check_and_renew() {
     assert!(out.status.success());
     assert!(other.join("pki/ca.crt").exists());
 }
+
+/// Every file below `dir`, with its size (what "nothing written" is compared on).
+fn tree(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), if meta.is_dir() { 0 } else { meta.len() }));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn plan_on_a_fresh_cluster_file_writes_nothing_and_lists_every_action() {
+    let home = home_with_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(assets.join("bin")).expect("mkdir");
+    std::fs::write(assets.join("bin/etcd"), b"etcd").expect("write");
+    std::fs::write(
+        assets.join("manifest.json"),
+        format!(
+            r#"{{"kubernetes": "1.20.2", "files": {{"bin/etcd": {{"sha256": "{}"}}}}}}"#,
+            "c38cbd92fce41312f3fbdce60510013b7f0d4004a03b45c8e762f98f1ed4006c"
+        ),
+    )
+    .expect("manifest");
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: strata.dev/v1alpha1\nkind: Cluster\nmetadata: {name: fresh}\nspec:\n  \
+         hosts:\n  - {name: cp1, address: 198.18.0.2, roles: [etcd, control-plane, worker]}\n  \
+         addons: {overlay: {enabled: false}, updateOperator: {enabled: false}}\n  \
+         assets: {source: assets}\n",
+    )
+    .expect("write");
+    let before = tree(dir.path());
+    let f = file.display().to_string();
+    let out = strata(&["plan", "-f", &f, "--output", "json"], home.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tree(dir.path()), before, "plan wrote something");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let actions = doc["actions"].as_array().expect("actions");
+    let has = |kind: &str, path: &str| {
+        actions
+            .iter()
+            .any(|a| a["kind"] == kind && a["path"] == path)
+    };
+    assert!(has("create", "/etc/kubernetes/pki/ca.crt"), "{doc}");
+    assert!(has("create", "/etc/systemd/system/etcd.service"), "{doc}");
+    assert!(has("restart", "kube-apiserver.service"), "{doc}");
+    assert!(has("create", "/opt/strata/bin/etcd"), "{doc}");
+    assert!(
+        has(
+            "apply",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/strata:kube-proxy"
+        ),
+        "{doc}"
+    );
+    // apply --dry-run is the same plan, and writes nothing either.
+    let dry = strata(
+        &["apply", "-f", &f, "--dry-run", "--output", "json"],
+        home.path(),
+    );
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert_eq!(dry["actions"].as_array().map(Vec::len), Some(actions.len()));
+    assert_eq!(tree(dir.path()), before, "apply --dry-run wrote something");
+}

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, Namespace, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
     Toleration, Volume, VolumeMount,
 };
@@ -29,6 +29,22 @@ use crate::render::{ClusterObject, RenderError};
 
 /// The namespace of Strata's addons.
 pub const NAMESPACE: &str = "strata-system";
+
+/// The addons' namespace, when the cluster runs any addon.
+pub fn namespace(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+    let addons = [
+        crate::catalog::Component::Overlay,
+        crate::catalog::Component::UpdateOperator,
+    ];
+    if !addons.iter().any(|a| a.enabled(c)) {
+        return Ok(Vec::new());
+    }
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: meta(NAMESPACE),
+        ..Default::default()
+    };
+    Ok(vec![object("addons-namespace.yaml", &ns)?])
+}
 
 fn namespaced(name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -65,10 +81,6 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     }
     let name = "strata-overlay";
     let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
-    let ns = Namespace {
-        metadata: meta(NAMESPACE),
-        ..Namespace::default()
-    };
     let sa = ServiceAccount {
         metadata: namespaced(name),
         ..ServiceAccount::default()
@@ -174,7 +186,6 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         ..DaemonSet::default()
     };
     Ok(vec![
-        object("overlay-1-namespace.yaml", &ns)?,
         object("overlay-2-serviceaccount.yaml", &sa)?,
         object("overlay-3-clusterrole.yaml", &role)?,
         object("overlay-4-clusterrolebinding.yaml", &role_binding)?,
@@ -289,11 +300,6 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             yaml: doc.to_owned(),
         });
     }
-    let ns = Namespace {
-        metadata: meta(NAMESPACE),
-        ..Namespace::default()
-    };
-    out.push(object("update-operator-1-namespace.yaml", &ns)?);
 
     // The operator: the only writer of locks, approvals and gate labels.
     let name = "strata-update-operator";

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addons;
+pub mod catalog;
 pub mod diagnostic;
 pub mod formats;
 pub mod images;

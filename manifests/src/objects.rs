@@ -126,6 +126,7 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
         )?,
     ]
     .into_iter()
+    .chain(crate::addons::namespace(cluster)?)
     .chain(crate::addons::overlay(cluster)?)
     .chain(crate::addons::update_operator(cluster)?)
     .collect())

@@ -1,13 +1,16 @@
-//! What `apply` would change on each host, compared with what was last applied.
+//! What `apply` does, as data: the state of what was applied (`state.json` in the state
+//! directory), the actions that bring the hosts and the cluster from one state to another,
+//! and the events `apply --output json` prints while it performs them.
 //!
-//! The state directory's `state.json` records, per host, the sha256 of every file applied
-//! (written by `apply`); `plan` compares a fresh rendering with it, without contacting hosts.
+//! `strata plan` computes the actions from a fresh rendering and the recorded state without
+//! changing anything; `apply` performs the same actions and reports each one as it goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Component;
 use crate::render::Rendered;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +29,15 @@ pub enum StateError {
     },
 }
 
-/// What was applied, by host and path: sha256 of the content and the mode.
+/// What was applied: per host every file (rendered files and assets) with its digest, mode
+/// and readers; every cluster object by API path; pinned SSH host keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedState {
     #[serde(default)]
     pub hosts: BTreeMap<String, BTreeMap<String, AppliedFile>>,
-    /// Cluster objects by file name, sha256 of their YAML.
-    #[serde(default)]
-    pub objects: BTreeMap<String, String>,
+    /// Cluster objects by API path.
+    #[serde(default, deserialize_with = "objects_or_legacy")]
+    pub objects: BTreeMap<String, AppliedObject>,
     /// Pinned SSH host key fingerprints (`SHA256:...`) by host name.
     #[serde(default, rename = "hostKeys")]
     pub host_keys: BTreeMap<String, String>,
@@ -43,15 +47,44 @@ pub struct AppliedState {
 pub struct AppliedFile {
     pub sha256: String,
     pub mode: u32,
+    /// The components whose units restart when it changes or goes away.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub users: BTreeSet<Component>,
 }
 
-pub fn sha256(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedObject {
+    pub sha256: String,
+    /// The file `strata render` writes it to.
+    pub file: String,
 }
+
+/// Objects as recorded since API paths are kept; a state written before (file name ->
+/// digest) is read as no objects, so the next apply sends every object again.
+fn objects_or_legacy<'de, D>(d: D) -> Result<BTreeMap<String, AppliedObject>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Object(AppliedObject),
+        Legacy(#[allow(dead_code)] String),
+    }
+    let raw: BTreeMap<String, Entry> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Entry::Object(o) => Some((k, o)),
+            Entry::Legacy(_) => None,
+        })
+        .collect())
+}
+
+pub use strata_pki::sha256_hex as sha256;
 
 impl AppliedState {
-    /// The state of a fully applied rendering.
+    /// The state of a fully applied rendering (assets are added by the installer).
     pub fn of(r: &Rendered) -> Self {
         let hosts = r
             .hosts
@@ -66,6 +99,7 @@ impl AppliedState {
                             AppliedFile {
                                 sha256: sha256(&f.content),
                                 mode: f.mode,
+                                users: f.users.clone(),
                             },
                         )
                     })
@@ -76,7 +110,15 @@ impl AppliedState {
         let objects = r
             .objects
             .iter()
-            .map(|o| (o.file.clone(), sha256(o.yaml.as_bytes())))
+            .map(|o| {
+                (
+                    o.api_path.clone(),
+                    AppliedObject {
+                        sha256: sha256(o.yaml.as_bytes()),
+                        file: o.file.clone(),
+                    },
+                )
+            })
             .collect();
         Self {
             hosts,
@@ -85,37 +127,16 @@ impl AppliedState {
         }
     }
 
-    /// Writes the state atomically (temporary file, then rename), mode 0600.
+    /// Writes the state atomically (temporary file, fsync, rename), mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let err = |source| StateError::Io {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        strata_pki::write_private(path, &text).map_err(|source| StateError::Io {
             path: path.display().to_string(),
             source,
-        };
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(err)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        })
     }
 
     /// Loads `path`; a missing file is an empty state (nothing applied yet).
@@ -134,84 +155,356 @@ impl AppliedState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Change {
+/// What one action does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    /// A file a host does not have yet.
     Create,
+    /// A file whose content or mode differs.
     Update,
+    /// A file Strata wrote before and no longer renders (its unit is stopped first).
     Remove,
+    /// A unit restarted because a file it reads changed.
+    Restart,
+    /// A cluster object sent with server-side apply.
+    Apply,
+    /// A cluster object Strata created before and no longer renders.
+    Delete,
 }
 
-impl Change {
-    pub fn sign(&self) -> char {
+impl ActionKind {
+    pub fn sign(self) -> &'static str {
         match self {
-            Change::Create => '+',
-            Change::Update => '~',
-            Change::Remove => '-',
+            ActionKind::Create => "+",
+            ActionKind::Update => "~",
+            ActionKind::Remove => "-",
+            ActionKind::Restart => "restart",
+            ActionKind::Apply => "apply",
+            ActionKind::Delete => "delete",
         }
     }
 }
 
-/// Changes for one host (or for the cluster objects, host = "cluster").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+/// One change apply makes: on a host (a file path or a unit name) or in the cluster
+/// (`host` = [`CLUSTER`], `path` = the object's API path).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Action {
+    pub kind: ActionKind,
     pub host: String,
-    pub changes: Vec<(String, Change)>,
-    pub unchanged: usize,
+    pub path: String,
 }
 
-fn diff(
-    name: &str,
-    want: &BTreeMap<String, String>,
-    have: Option<&BTreeMap<String, String>>,
-) -> Plan {
-    let empty = BTreeMap::new();
-    let have = have.unwrap_or(&empty);
-    let mut changes = Vec::new();
-    let mut unchanged = 0;
-    for (p, d) in want {
-        match have.get(p) {
-            None => changes.push((p.clone(), Change::Create)),
-            Some(h) if h != d => changes.push((p.clone(), Change::Update)),
-            Some(_) => unchanged += 1,
+/// The `host` of actions on cluster objects.
+pub const CLUSTER: &str = "cluster";
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.sign(), self.path)
+    }
+}
+
+/// The phases of `strata apply`, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseName {
+    /// Local work before any host is touched: PKI, rendering, assets.
+    Prepare,
+    Connect,
+    Facts,
+    Preflight,
+    Upload,
+    Etcd,
+    ControlPlane,
+    Nodes,
+    Addons,
+    PodNetwork,
+    WaitReady,
+    Kubeconfig,
+}
+
+impl PhaseName {
+    pub const ALL: [PhaseName; 12] = [
+        PhaseName::Prepare,
+        PhaseName::Connect,
+        PhaseName::Facts,
+        PhaseName::Preflight,
+        PhaseName::Upload,
+        PhaseName::Etcd,
+        PhaseName::ControlPlane,
+        PhaseName::Nodes,
+        PhaseName::Addons,
+        PhaseName::PodNetwork,
+        PhaseName::WaitReady,
+        PhaseName::Kubeconfig,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Prepare => "prepare",
+            PhaseName::Connect => "connect",
+            PhaseName::Facts => "facts",
+            PhaseName::Preflight => "preflight",
+            PhaseName::Upload => "upload",
+            PhaseName::Etcd => "etcd",
+            PhaseName::ControlPlane => "control-plane",
+            PhaseName::Nodes => "nodes",
+            PhaseName::Addons => "addons",
+            PhaseName::PodNetwork => "pod-network",
+            PhaseName::WaitReady => "wait-ready",
+            PhaseName::Kubeconfig => "kubeconfig",
         }
     }
-    for p in have.keys().filter(|p| !want.contains_key(*p)) {
-        changes.push((p.clone(), Change::Remove));
-    }
-    changes.sort();
-    Plan {
-        host: name.into(),
-        changes,
-        unchanged,
+}
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
-/// Per host (and for the cluster objects, last), what applying `r` would change.
-pub fn plan(r: &Rendered, applied: &AppliedState) -> Vec<Plan> {
-    let want = AppliedState::of(r);
-    let flat = |m: &BTreeMap<String, AppliedFile>| -> BTreeMap<String, String> {
-        m.iter()
-            .map(|(p, f)| (p.clone(), format!("{}:{:o}", f.sha256, f.mode)))
-            .collect()
-    };
-    let mut out: Vec<Plan> = want
-        .hosts
-        .iter()
-        .map(|(h, files)| diff(h, &flat(files), applied.hosts.get(h).map(flat).as_ref()))
-        .collect();
-    for (h, files) in applied
-        .hosts
-        .iter()
-        .filter(|(h, _)| !want.hosts.contains_key(*h))
-    {
-        let mut p = diff(h, &BTreeMap::new(), Some(&flat(files)));
-        p.host = format!("{h} (no longer in the Cluster file)");
-        out.push(p);
+impl std::str::FromStr for PhaseName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PhaseName::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = PhaseName::ALL.iter().map(|p| p.as_str()).collect();
+                format!("no phase `{s}`; the phases are: {}", all.join(", "))
+            })
     }
-    out.push(diff(
-        "cluster objects",
-        &want.objects,
-        Some(&applied.objects),
-    ));
+}
+
+/// One line of `strata apply --output json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    PhaseStarted {
+        phase: PhaseName,
+    },
+    PhaseFinished {
+        phase: PhaseName,
+        seconds: f64,
+    },
+    /// Progress on one host (or `api`, `local`).
+    Step {
+        phase: PhaseName,
+        host: String,
+        step: String,
+    },
+    /// A change made (the actions `strata plan` lists).
+    Action {
+        phase: PhaseName,
+        action: Action,
+    },
+    Interrupted {
+        phase: Option<PhaseName>,
+    },
+}
+
+/// The files of one host: what it should have, and what it had.
+fn file_actions(
+    host: &str,
+    want: &BTreeMap<String, AppliedFile>,
+    have: &BTreeMap<String, AppliedFile>,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (path, w) in want {
+        let kind = match have.get(path) {
+            None => ActionKind::Create,
+            Some(h) if h.sha256 != w.sha256 || h.mode != w.mode => ActionKind::Update,
+            Some(_) => continue,
+        };
+        out.push(Action {
+            kind,
+            host: host.into(),
+            path: path.clone(),
+        });
+    }
+    for path in have.keys().filter(|p| !want.contains_key(*p)) {
+        out.push(Action {
+            kind: ActionKind::Remove,
+            host: host.into(),
+            path: path.clone(),
+        });
+    }
     out
+}
+
+/// The components whose units restart after `changes` to one host's files: the readers of
+/// every created or updated file (as rendered now) and of every removed one (as applied).
+pub fn changed_components(
+    changes: &[Action],
+    want: &BTreeMap<String, AppliedFile>,
+    have: &BTreeMap<String, AppliedFile>,
+) -> BTreeSet<Component> {
+    changes
+        .iter()
+        .filter_map(|a| match a.kind {
+            ActionKind::Create | ActionKind::Update => want.get(&a.path),
+            ActionKind::Remove => have.get(&a.path),
+            _ => None,
+        })
+        .flat_map(|f| f.users.iter().copied())
+        .collect()
+}
+
+/// Everything `apply` would change to go from `have` to `want`, in the order apply does it:
+/// per host its files, then the units that restart (`running` gives the components that run
+/// on each host now), then the cluster objects. Hosts `have` knows and `want` does not are
+/// not touched (see [`departed_hosts`]).
+pub fn plan(
+    want: &AppliedState,
+    have: &AppliedState,
+    running: impl Fn(&str) -> Vec<&'static crate::catalog::Spec>,
+) -> Vec<Action> {
+    let empty = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut restarts = Vec::new();
+    for (host, w) in &want.hosts {
+        let h = have.hosts.get(host).unwrap_or(&empty);
+        let changes = file_actions(host, w, h);
+        let changed = changed_components(&changes, w, h);
+        for unit in crate::catalog::restarts(&changed, running(host)) {
+            restarts.push(Action {
+                kind: ActionKind::Restart,
+                host: host.clone(),
+                path: unit.into(),
+            });
+        }
+        files.extend(changes);
+    }
+    let mut objects = Vec::new();
+    for (path, o) in &want.objects {
+        if have.objects.get(path).is_none_or(|h| h.sha256 != o.sha256) {
+            objects.push(Action {
+                kind: ActionKind::Apply,
+                host: CLUSTER.into(),
+                path: path.clone(),
+            });
+        }
+    }
+    for path in have
+        .objects
+        .keys()
+        .filter(|p| !want.objects.contains_key(*p))
+    {
+        if !is_kept_when_unrendered(path) {
+            objects.push(Action {
+                kind: ActionKind::Delete,
+                host: CLUSTER.into(),
+                path: path.clone(),
+            });
+        }
+    }
+    files.into_iter().chain(restarts).chain(objects).collect()
+}
+
+/// CustomResourceDefinitions stay when their addon is turned off: deleting one would delete
+/// every resource of its kind that users made.
+pub fn is_kept_when_unrendered(api_path: &str) -> bool {
+    api_path.starts_with("/apis/apiextensions.k8s.io/")
+}
+
+/// Hosts with applied files that the Cluster file no longer lists.
+pub fn departed_hosts<'a>(want: &AppliedState, have: &'a AppliedState) -> Vec<&'a str> {
+    have.hosts
+        .keys()
+        .filter(|h| !want.hosts.contains_key(*h))
+        .map(String::as_str)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(sha: &str, users: &[Component]) -> AppliedFile {
+        AppliedFile {
+            sha256: sha.into(),
+            mode: 0o644,
+            users: users.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_as_the_documented_json() {
+        let e = Event::Action {
+            phase: PhaseName::Upload,
+            action: Action {
+                kind: ActionKind::Create,
+                host: "w1".into(),
+                path: "/etc/x".into(),
+            },
+        };
+        let text = serde_json::to_string(&e).expect("json");
+        assert_eq!(
+            text,
+            r#"{"event":"action","phase":"upload","action":{"kind":"create","host":"w1","path":"/etc/x"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&text).expect("back"), e);
+        let started: Event =
+            serde_json::from_str(r#"{"event":"phase-started","phase":"control-plane"}"#)
+                .expect("parse");
+        assert_eq!(
+            started,
+            Event::PhaseStarted {
+                phase: PhaseName::ControlPlane
+            }
+        );
+    }
+
+    #[test]
+    fn a_legacy_state_reads_with_no_objects() {
+        let s: AppliedState =
+            serde_json::from_str(r#"{"objects":{"a.yaml":"00ff"},"hostKeys":{"w1":"SHA256:x"}}"#)
+                .expect("legacy");
+        assert!(s.objects.is_empty());
+        assert_eq!(s.host_keys["w1"], "SHA256:x");
+    }
+
+    #[test]
+    fn removed_files_restart_their_former_readers_and_crds_stay() {
+        use Component::*;
+        let mut have = AppliedState::default();
+        have.hosts.insert(
+            "cp1".into(),
+            [
+                ("/a".to_string(), file("1", &[KubeApiserver])),
+                ("/b".to_string(), file("2", &[Etcd])),
+            ]
+            .into(),
+        );
+        let crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x.example";
+        let role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/x";
+        for p in [crd, role] {
+            have.objects.insert(
+                p.into(),
+                AppliedObject {
+                    sha256: "0".into(),
+                    file: "x.yaml".into(),
+                },
+            );
+        }
+        let mut want = AppliedState::default();
+        want.hosts.insert(
+            "cp1".into(),
+            [("/a".to_string(), file("1", &[KubeApiserver]))].into(),
+        );
+        let running = |_: &str| vec![Etcd.spec(), KubeApiserver.spec()];
+        let actions = plan(&want, &have, running);
+        let shown: Vec<String> = actions
+            .iter()
+            .map(|a| format!("{} {} {}", a.kind.sign(), a.host, a.path))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "- cp1 /b".to_string(),
+                "restart cp1 etcd.service".into(),
+                format!("delete cluster {role}"),
+            ]
+        );
+    }
 }

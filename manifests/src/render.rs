@@ -11,22 +11,19 @@ use std::path::{Path, PathBuf};
 
 use strata_pki::StateDir;
 
+use std::collections::BTreeSet;
+
+use crate::catalog::{self, Component};
+pub use crate::catalog::{API_PORT, BIN_DIR, CNI_BIN_DIR, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
 use crate::images::StrataImage;
 use crate::model::{Cluster, Host, Platform, Role};
 use crate::objects;
 use crate::pki::first_address;
 use crate::versions::{self, Item};
 
-/// Where Strata installs the binaries it ships.
-pub const BIN_DIR: &str = "/opt/strata/bin";
-/// Where the CNI plugins are.
-pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const KUBE_DIR: &str = "/etc/kubernetes";
 pub const PKI_DIR: &str = "/etc/kubernetes/pki";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
-pub const ETCD_CLIENT_PORT: u16 = 2379;
-pub const ETCD_PEER_PORT: u16 = 2380;
-pub const API_PORT: u16 = 6443;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -47,6 +44,8 @@ pub enum RenderError {
 pub struct HostFile {
     pub mode: u32,
     pub content: Vec<u8>,
+    /// The components that read it: a change restarts their units.
+    pub users: BTreeSet<Component>,
 }
 
 /// All files of one host, by absolute path.
@@ -57,14 +56,32 @@ pub struct HostTree {
 }
 
 impl HostTree {
-    fn add(&mut self, path: impl Into<String>, mode: u32, content: impl Into<Vec<u8>>) {
-        self.files.insert(
-            path.into(),
-            HostFile {
-                mode,
-                content: content.into(),
-            },
-        );
+    /// Adds a file read by `by`. A file several components read (the cluster CA, say) is
+    /// added by each; it is written once and a change restarts them all.
+    fn add(
+        &mut self,
+        by: Component,
+        path: impl Into<String>,
+        mode: u32,
+        content: impl Into<Vec<u8>>,
+    ) {
+        let file = self.files.entry(path.into()).or_insert_with(|| HostFile {
+            mode,
+            content: Vec::new(),
+            users: BTreeSet::new(),
+        });
+        file.mode = mode;
+        file.content = content.into();
+        file.users.insert(by);
+    }
+
+    /// The components that read any of `paths`.
+    pub fn users_of<'a>(&self, paths: impl IntoIterator<Item = &'a String>) -> BTreeSet<Component> {
+        paths
+            .into_iter()
+            .filter_map(|p| self.files.get(p))
+            .flat_map(|f| f.users.iter().copied())
+            .collect()
     }
 }
 
@@ -140,7 +157,9 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn read(&self, path: PathBuf) -> Result<Vec<u8>, RenderError> {
-        std::fs::read(&path).map_err(|source| RenderError::Pki { path, source })
+        self.state
+            .read(&path)
+            .map_err(|source| RenderError::Pki { path, source })
     }
     fn cert(&self, name: &str) -> Result<Vec<u8>, RenderError> {
         self.read(self.state.cert(name))
@@ -191,15 +210,26 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
             host: h.name.to_string(),
             ..HostTree::default()
         };
-        node_files(&ctx, h, &mut t)?;
-        if h.has_role(Role::Etcd) {
-            etcd_files(&ctx, h, &mut t)?;
-        }
-        if h.has_role(Role::ControlPlane) {
-            control_plane_files(&ctx, h, &mut t)?;
-        }
-        if cluster.spec.addons.update_operator.enabled {
-            update_agent_files(&ctx, h, &mut t)?;
+        for spec in catalog::on_host(cluster, h) {
+            match spec.component {
+                Component::Etcd => etcd_files(&ctx, h, &mut t)?,
+                Component::KubeApiserver => apiserver_files(&ctx, h, &mut t)?,
+                Component::KubeControllerManager => controller_manager_files(&ctx, &mut t)?,
+                Component::KubeScheduler => scheduler_files(&ctx, &mut t)?,
+                Component::Containerd => containerd_files(&ctx, &mut t),
+                Component::Kubelet => kubelet_files(&ctx, h, &mut t)?,
+                Component::KubeProxy => kube_proxy_files(&ctx, h, &mut t)?,
+                Component::HostSettings => host_settings_files(&mut t),
+                Component::PodMasquerade => t.add(
+                    Component::PodMasquerade,
+                    "/etc/systemd/system/strata-pod-masquerade.service",
+                    0o644,
+                    pod_masquerade_unit(&cluster.spec.network.pod_cidr.net().to_string()),
+                ),
+                Component::UpdateAgentHost => update_agent_files(&ctx, h, &mut t)?,
+                // Cluster objects only (see objects::cluster_objects).
+                Component::Overlay | Component::UpdateOperator => {}
+            }
         }
         hosts.push(t);
     }
@@ -257,7 +287,7 @@ fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         cluster = c.name(),
         initial = initial.join(","),
     );
-    t.add("/etc/etcd/etcd.conf.yaml", 0o644, config);
+    t.add(Component::Etcd, "/etc/etcd/etcd.conf.yaml", 0o644, config);
     let unit = Unit {
         description: "etcd key-value store (Strata)",
         documentation: "https://etcd.io/docs/v3.4/op-guide/configuration/",
@@ -267,15 +297,35 @@ fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         args: vec![flag("config-file", "/etc/etcd/etcd.conf.yaml")],
         extra: &["Type=notify", "LimitNOFILE=65536"],
     };
-    t.add("/etc/systemd/system/etcd.service", 0o644, unit.text());
-    t.add(format!("{etcd_pki}/ca.crt"), 0o644, ctx.cert("etcd/ca")?);
+    t.add(
+        Component::Etcd,
+        "/etc/systemd/system/etcd.service",
+        0o644,
+        unit.text(),
+    );
+    t.add(
+        Component::Etcd,
+        format!("{etcd_pki}/ca.crt"),
+        0o644,
+        ctx.cert("etcd/ca")?,
+    );
     for (kind, src) in [
         ("server", format!("etcd/server-{}", h.name)),
         ("peer", format!("etcd/peer-{}", h.name)),
         ("healthcheck-client", "etcd/healthcheck-client".to_string()),
     ] {
-        t.add(format!("{etcd_pki}/{kind}.crt"), 0o644, ctx.cert(&src)?);
-        t.add(format!("{etcd_pki}/{kind}.key"), 0o600, ctx.key(&src)?);
+        t.add(
+            Component::Etcd,
+            format!("{etcd_pki}/{kind}.crt"),
+            0o644,
+            ctx.cert(&src)?,
+        );
+        t.add(
+            Component::Etcd,
+            format!("{etcd_pki}/{kind}.key"),
+            0o600,
+            ctx.key(&src)?,
+        );
     }
     Ok(())
 }
@@ -331,7 +381,7 @@ rules:
 - level: Metadata
 ";
 
-fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     let c = ctx.cluster;
     let net = &c.spec.network;
     let etcd_servers: Vec<String> = c
@@ -413,12 +463,63 @@ fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), 
         extra: &["LimitNOFILE=65536"],
     };
     t.add(
+        Component::KubeApiserver,
         "/etc/systemd/system/kube-apiserver.service",
         0o644,
         unit.text(),
     );
-    t.add(format!("{KUBE_DIR}/audit-policy.yaml"), 0o644, AUDIT_POLICY);
+    t.add(
+        Component::KubeApiserver,
+        format!("{KUBE_DIR}/audit-policy.yaml"),
+        0o644,
+        AUDIT_POLICY,
+    );
 
+    for name in [
+        "apiserver",
+        "apiserver-kubelet-client",
+        "front-proxy-client",
+        "apiserver-etcd-client",
+    ] {
+        t.add(
+            Component::KubeApiserver,
+            format!("{PKI_DIR}/{name}.crt"),
+            0o644,
+            ctx.cert(name)?,
+        );
+        t.add(
+            Component::KubeApiserver,
+            format!("{PKI_DIR}/{name}.key"),
+            0o600,
+            ctx.key(name)?,
+        );
+    }
+    for (path, ca) in [
+        (format!("{PKI_DIR}/ca.crt"), "ca"),
+        (format!("{PKI_DIR}/front-proxy-ca.crt"), "front-proxy-ca"),
+        (format!("{PKI_DIR}/etcd/ca.crt"), "etcd/ca"),
+    ] {
+        t.add(Component::KubeApiserver, path, 0o644, ctx.cert(ca)?);
+    }
+    // The service-account key pair: the API server signs and verifies tokens.
+    t.add(
+        Component::KubeApiserver,
+        format!("{PKI_DIR}/sa.key"),
+        0o600,
+        ctx.read(ctx.state.sa_key())?,
+    );
+    t.add(
+        Component::KubeApiserver,
+        format!("{PKI_DIR}/sa.pub"),
+        0o644,
+        ctx.read(ctx.state.sa_pub())?,
+    );
+    Ok(())
+}
+
+fn controller_manager_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), RenderError> {
+    let c = ctx.cluster;
+    let net = &c.spec.network;
     let cm_conf = format!("{KUBE_DIR}/controller-manager.conf");
     let mut cm = vec![
         flag("kubeconfig", &cm_conf),
@@ -453,19 +554,8 @@ fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), 
         flag("service-cluster-ip-range", net.service_cidr.net()),
         flag("profiling", false),
     ];
-    let mut sched_conf = vec![];
-    let sc = format!("{KUBE_DIR}/scheduler.conf");
-    sched_conf.extend([
-        flag("kubeconfig", &sc),
-        flag("authentication-kubeconfig", &sc),
-        flag("authorization-kubeconfig", &sc),
-        flag("bind-address", "127.0.0.1"),
-        flag("leader-elect", true),
-        flag("profiling", false),
-    ]);
     if versions::uses(Item::InsecurePortZero, ctx.minor) {
         cm.push(flag("port", 0));
-        sched_conf.push(flag("port", 0));
     }
     let unit = Unit {
         description: "Kubernetes controller manager (Strata)",
@@ -477,10 +567,54 @@ fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), 
         extra: &[],
     };
     t.add(
+        Component::KubeControllerManager,
         "/etc/systemd/system/kube-controller-manager.service",
         0o644,
         unit.text(),
     );
+    t.add(
+        Component::KubeControllerManager,
+        format!("{KUBE_DIR}/controller-manager.conf"),
+        0o600,
+        ctx.read(ctx.state.file("kubeconfigs/controller-manager.conf"))?,
+    );
+    for (path, ca) in [
+        (format!("{PKI_DIR}/ca.crt"), "ca"),
+        (format!("{PKI_DIR}/front-proxy-ca.crt"), "front-proxy-ca"),
+    ] {
+        t.add(Component::KubeControllerManager, path, 0o644, ctx.cert(ca)?);
+    }
+    // The cluster CA key signs kubelet client-certificate renewals; sa.key signs the
+    // controllers' service-account tokens.
+    t.add(
+        Component::KubeControllerManager,
+        format!("{PKI_DIR}/ca.key"),
+        0o600,
+        ctx.key("ca")?,
+    );
+    t.add(
+        Component::KubeControllerManager,
+        format!("{PKI_DIR}/sa.key"),
+        0o600,
+        ctx.read(ctx.state.sa_key())?,
+    );
+    Ok(())
+}
+
+fn scheduler_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), RenderError> {
+    let mut sched_conf = vec![];
+    let sc = format!("{KUBE_DIR}/scheduler.conf");
+    sched_conf.extend([
+        flag("kubeconfig", &sc),
+        flag("authentication-kubeconfig", &sc),
+        flag("authorization-kubeconfig", &sc),
+        flag("bind-address", "127.0.0.1"),
+        flag("leader-elect", true),
+        flag("profiling", false),
+    ]);
+    if versions::uses(Item::InsecurePortZero, ctx.minor) {
+        sched_conf.push(flag("port", 0));
+    }
     let unit = Unit {
         description: "Kubernetes scheduler (Strata)",
         documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
@@ -491,51 +625,17 @@ fn control_plane_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), 
         extra: &[],
     };
     t.add(
+        Component::KubeScheduler,
         "/etc/systemd/system/kube-scheduler.service",
         0o644,
         unit.text(),
     );
 
     t.add(
-        format!("{KUBE_DIR}/controller-manager.conf"),
-        0o600,
-        ctx.read(ctx.state.file("kubeconfigs/controller-manager.conf"))?,
-    );
-    t.add(
+        Component::KubeScheduler,
         format!("{KUBE_DIR}/scheduler.conf"),
         0o600,
         ctx.read(ctx.state.file("kubeconfigs/scheduler.conf"))?,
-    );
-    for name in [
-        "apiserver",
-        "apiserver-kubelet-client",
-        "front-proxy-client",
-        "apiserver-etcd-client",
-    ] {
-        t.add(format!("{PKI_DIR}/{name}.crt"), 0o644, ctx.cert(name)?);
-        t.add(format!("{PKI_DIR}/{name}.key"), 0o600, ctx.key(name)?);
-    }
-    t.add(
-        format!("{PKI_DIR}/front-proxy-ca.crt"),
-        0o644,
-        ctx.cert("front-proxy-ca")?,
-    );
-    t.add(
-        format!("{PKI_DIR}/etcd/ca.crt"),
-        0o644,
-        ctx.cert("etcd/ca")?,
-    );
-    // The cluster CA key signs kubelet client-certificate renewals (controller-manager).
-    t.add(format!("{PKI_DIR}/ca.key"), 0o600, ctx.key("ca")?);
-    t.add(
-        format!("{PKI_DIR}/sa.key"),
-        0o600,
-        ctx.read(ctx.state.sa_key())?,
-    );
-    t.add(
-        format!("{PKI_DIR}/sa.pub"),
-        0o644,
-        ctx.read(ctx.state.sa_pub())?,
     );
     Ok(())
 }
@@ -671,9 +771,13 @@ fn kube_proxy_config(ctx: &Ctx<'_>, h: &Host) -> String {
     s
 }
 
-fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
-    let name = h.name.as_str();
-    t.add("/etc/containerd/config.toml", 0o644, containerd_config(ctx));
+fn containerd_files(ctx: &Ctx<'_>, t: &mut HostTree) {
+    t.add(
+        Component::Containerd,
+        "/etc/containerd/config.toml",
+        0o644,
+        containerd_config(ctx),
+    );
     let unit = Unit {
         description: "containerd container runtime (Strata)",
         documentation: "https://containerd.io",
@@ -691,9 +795,18 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
             "ExecStartPre=-/sbin/modprobe overlay",
         ],
     };
-    t.add("/etc/systemd/system/containerd.service", 0o644, unit.text());
-
     t.add(
+        Component::Containerd,
+        "/etc/systemd/system/containerd.service",
+        0o644,
+        unit.text(),
+    );
+}
+
+fn kubelet_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    let name = h.name.as_str();
+    t.add(
+        Component::Kubelet,
         format!("{KUBE_DIR}/kubelet/config.yaml"),
         0o644,
         kubelet_config(ctx),
@@ -739,9 +852,45 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         args,
         extra: &[],
     };
-    t.add("/etc/systemd/system/kubelet.service", 0o644, unit.text());
+    t.add(
+        Component::Kubelet,
+        "/etc/systemd/system/kubelet.service",
+        0o644,
+        unit.text(),
+    );
 
     t.add(
+        Component::Kubelet,
+        format!("{KUBE_DIR}/kubelet.conf"),
+        0o600,
+        ctx.read(ctx.state.file(&format!("kubeconfigs/kubelet-{name}.conf")))?,
+    );
+    t.add(
+        Component::Kubelet,
+        format!("{PKI_DIR}/ca.crt"),
+        0o644,
+        ctx.cert("ca")?,
+    );
+    let serving = format!("kubelet/{name}-serving");
+    t.add(
+        Component::Kubelet,
+        format!("{PKI_DIR}/kubelet-serving.crt"),
+        0o644,
+        ctx.cert(&serving)?,
+    );
+    t.add(
+        Component::Kubelet,
+        format!("{PKI_DIR}/kubelet-serving.key"),
+        0o600,
+        ctx.key(&serving)?,
+    );
+
+    Ok(())
+}
+
+fn kube_proxy_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    t.add(
+        Component::KubeProxy,
         format!("{KUBE_DIR}/kube-proxy/config.yaml"),
         0o644,
         kube_proxy_config(ctx, h),
@@ -755,37 +904,25 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         args: vec![flag("config", format!("{KUBE_DIR}/kube-proxy/config.yaml"))],
         extra: &[],
     };
-    t.add("/etc/systemd/system/kube-proxy.service", 0o644, unit.text());
     t.add(
-        "/etc/systemd/system/strata-pod-masquerade.service",
+        Component::KubeProxy,
+        "/etc/systemd/system/kube-proxy.service",
         0o644,
-        pod_masquerade_unit(&ctx.cluster.spec.network.pod_cidr.net().to_string()),
-    );
-
-    t.add(
-        format!("{KUBE_DIR}/kubelet.conf"),
-        0o600,
-        ctx.read(ctx.state.file(&format!("kubeconfigs/kubelet-{name}.conf")))?,
+        unit.text(),
     );
     t.add(
+        Component::KubeProxy,
         format!("{KUBE_DIR}/kube-proxy.conf"),
         0o600,
         ctx.read(ctx.state.file("kubeconfigs/kube-proxy.conf"))?,
     );
-    t.add(format!("{PKI_DIR}/ca.crt"), 0o644, ctx.cert("ca")?);
-    let serving = format!("kubelet/{name}-serving");
-    t.add(
-        format!("{PKI_DIR}/kubelet-serving.crt"),
-        0o644,
-        ctx.cert(&serving)?,
-    );
-    t.add(
-        format!("{PKI_DIR}/kubelet-serving.key"),
-        0o600,
-        ctx.key(&serving)?,
-    );
+    Ok(())
+}
 
+/// Kernel settings every node needs (applied by `sysctl --system` in the nodes phase).
+fn host_settings_files(t: &mut HostTree) {
     t.add(
+        Component::HostSettings,
         "/etc/sysctl.d/90-strata.conf",
         0o644,
         "# Kernel settings Kubernetes networking needs. Written by Strata.\n\
@@ -795,19 +932,20 @@ fn node_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
          net.bridge.bridge-nf-call-ip6tables = 1\n",
     );
     t.add(
+        Component::HostSettings,
         "/etc/modules-load.d/strata.conf",
         0o644,
         "# Kernel modules for container networking and storage. Written by Strata.\n\
          overlay\n\
          br_netfilter\n",
     );
-    Ok(())
 }
 
 /// The update agent's identity on its node, and the path units it works through.
 fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     use crate::addons::UPDATE_AGENT_DIR;
     t.add(
+        Component::UpdateAgentHost,
         format!("{UPDATE_AGENT_DIR}/kubeconfig"),
         0o600,
         ctx.read(
@@ -816,9 +954,15 @@ fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), R
         )?,
     );
     for (unit, text) in crate::addons::update_agent_units() {
-        t.add(format!("/etc/systemd/system/{unit}"), 0o644, text);
+        t.add(
+            Component::UpdateAgentHost,
+            format!("/etc/systemd/system/{unit}"),
+            0o644,
+            text,
+        );
     }
     t.add(
+        Component::UpdateAgentHost,
         crate::addons::UPDATE_ENGINE_CHECK_PATH,
         0o755,
         crate::addons::UPDATE_ENGINE_CHECK,

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{ONE_HOST, THREE_HOSTS, fixture};
-use strata_manifests::plan::{AppliedState, Change, plan};
+use strata_manifests::Context;
+use strata_manifests::catalog;
+use strata_manifests::plan::{Action, ActionKind, AppliedState, departed_hosts, plan};
 use strata_manifests::render::{Rendered, render};
 
 fn is_kubeconfig(path: &str) -> bool {
@@ -342,46 +344,69 @@ fn registry_references_replace_the_images_strata_builds() {
     );
 }
 
+/// What runs on each host of `c` (the plan's restart decisions need it).
+fn running(c: &strata_manifests::Cluster) -> impl Fn(&str) -> Vec<&'static catalog::Spec> + '_ {
+    move |host: &str| catalog::on_host_named(c, host)
+}
+
+/// The plan as `kind host path` lines.
+fn shown(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| format!("{} {} {}", a.kind.sign(), a.host, a.path))
+        .collect()
+}
+
 #[test]
 fn plan_compares_with_what_was_applied() {
     let f = fixture(THREE_HOSTS);
-    let none = plan(&f.rendered, &AppliedState::default());
+    let want = AppliedState::of(&f.rendered);
+    let fresh = plan(&want, &AppliedState::default(), running(&f.cluster));
     assert!(
-        none.iter()
-            .filter(|p| p.host != "cluster objects")
-            .all(|p| p.changes.iter().all(|(_, c)| *c == Change::Create))
+        fresh.iter().all(
+            |a| [ActionKind::Create, ActionKind::Restart, ActionKind::Apply].contains(&a.kind)
+        )
     );
-    let applied = AppliedState::of(&f.rendered);
+    // Every started unit of every host starts from its new files.
+    let restarts: Vec<&Action> = fresh
+        .iter()
+        .filter(|a| a.kind == ActionKind::Restart)
+        .collect();
     assert!(
-        plan(&f.rendered, &applied)
+        restarts
             .iter()
-            .all(|p| p.changes.is_empty())
+            .any(|a| a.host == "cp1" && a.path == "etcd.service")
     );
+    assert!(
+        !restarts
+            .iter()
+            .any(|a| a.host == "w1" && a.path == "etcd.service")
+    );
+    assert!(plan(&want, &want, running(&f.cluster)).is_empty());
 
-    // Drop w2 and give w1 another label: w1's kubelet unit changes, w2's files go away.
+    // Drop w2 and give w1 another label: w1's kubelet unit changes and the kubelet restarts;
+    // w2 is no longer planned (its removal is reported, not automated).
     let text = THREE_HOSTS
         .replace("  - {name: w2, address: 198.18.0.4, roles: [worker]}\n", "")
         .replace("labels: {zone: a}", "labels: {zone: b}");
     let c = common::cluster(&text);
     let r = render(&c, &f.state).expect("render");
-    let p = plan(&r, &applied);
-    let w1 = p.iter().find(|p| p.host == "w1").expect("w1");
+    let next = AppliedState::of(&r);
     assert_eq!(
-        w1.changes,
-        vec![(
-            "/etc/systemd/system/kubelet.service".to_string(),
-            Change::Update
-        )]
+        shown(&plan(&next, &want, running(&c))),
+        [
+            "~ w1 /etc/systemd/system/kubelet.service",
+            "restart w1 kubelet.service",
+            // w2's own update-agent identity is pruned from the cluster.
+            "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/strata:update-agent:w2",
+            "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterroles/strata:update-agent:w2",
+        ]
     );
-    let w2 = p.iter().find(|p| p.host.starts_with("w2")).expect("w2");
-    assert!(w2.host.contains("no longer in the Cluster file"));
-    assert!(w2.changes.iter().all(|(_, c)| *c == Change::Remove) && !w2.changes.is_empty());
-    let cp1 = p.iter().find(|p| p.host == "cp1").expect("cp1");
-    assert!(cp1.changes.is_empty(), "{cp1:?}");
+    assert_eq!(departed_hosts(&next, &want), ["w2"]);
     // A state file round-trips through JSON.
     let path = f.dir.path().join("state.json");
-    std::fs::write(&path, serde_json::to_vec(&applied).expect("json")).expect("write");
-    assert_eq!(AppliedState::load(&path).expect("load"), applied);
+    want.save(&path).expect("save");
+    assert_eq!(AppliedState::load(&path).expect("load"), want);
     std::fs::write(&path, "{not json").expect("write");
     assert!(
         AppliedState::load(&path)
@@ -389,6 +414,65 @@ fn plan_compares_with_what_was_applied() {
             .to_string()
             .contains("not a Strata state file")
     );
+}
+
+/// Restarts follow from which component reads a file: a renewed apiserver-etcd-client
+/// certificate restarts the API server and nothing else, even on a host that runs every
+/// component (etcd's own files and the etcd tools are not touched).
+#[test]
+fn renewing_the_apiserver_etcd_client_certificate_restarts_only_the_api_server() {
+    let f = fixture(ONE_HOST);
+    let before = AppliedState::of(&f.rendered);
+    let ctx = Context {
+        file: "test.yaml".into(),
+        base_dir: f.dir.path().to_path_buf(),
+        home: None,
+    };
+    let inputs = strata_manifests::pki::inputs(&f.cluster, &ctx).expect("inputs");
+    strata_pki::renew(
+        &inputs,
+        &f.state,
+        time::OffsetDateTime::now_utc(),
+        &strata_pki::Selection::Names(vec!["apiserver-etcd-client".into()]),
+    )
+    .expect("renew");
+    let after = AppliedState::of(&render(&f.cluster, &f.state).expect("render"));
+    assert_eq!(
+        shown(&plan(&after, &before, running(&f.cluster))),
+        [
+            "~ n1 /etc/kubernetes/pki/apiserver-etcd-client.crt",
+            "restart n1 kube-apiserver.service"
+        ]
+    );
+    // The CA every component reads restarts each of them once.
+    let users = &after.hosts["n1"]["/etc/kubernetes/pki/ca.crt"].users;
+    assert!(users.contains(&catalog::Component::Kubelet), "{users:?}");
+    assert!(
+        users.contains(&catalog::Component::KubeApiserver),
+        "{users:?}"
+    );
+    assert!(!users.contains(&catalog::Component::Etcd), "{users:?}");
+}
+
+/// `strata plan` renders with a state directory kept in memory: the PKI it needs is
+/// generated, and nothing reaches the disk.
+#[test]
+fn a_pki_kept_in_memory_renders_and_writes_nothing() {
+    let c = common::cluster(ONE_HOST);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("state");
+    let state = strata_pki::StateDir::in_memory(&root);
+    let ctx = Context {
+        file: "test.yaml".into(),
+        base_dir: dir.path().to_path_buf(),
+        home: None,
+    };
+    let inputs = strata_manifests::pki::inputs(&c, &ctx).expect("inputs");
+    let out = strata_pki::generate(&inputs, &state, time::OffsetDateTime::now_utc()).expect("pki");
+    assert!(out.created().count() > 10);
+    let r = render(&c, &state).expect("render");
+    assert!(r.hosts[0].files.contains_key("/etc/kubernetes/pki/ca.crt"));
+    assert!(!root.exists(), "the state directory was created");
 }
 
 /// The host-side update_engine check, run as rendered with a stand-in `busctl` that answers

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod files;
 mod inspect;
 mod issue;
 mod kubeconfig;
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 pub use catalog::{
     Address, CaId, CertSpec, ExternalCa, Inputs, KeyAlgorithm, Node, leaf_certificates,
 };
+pub use files::{sha256_hex, write_atomic, write_private};
 pub use inspect::CertInfo;
 
 /// Errors of the PKI; each message says which file is involved and what to do.
@@ -148,15 +150,59 @@ impl Outcome {
     }
 }
 
-/// Paths of the state directory.
+/// Paths of the state directory. Kept in memory ([`StateDir::in_memory`]) it reads what the
+/// directory holds but keeps every write to itself: `strata plan` generates the PKI that an
+/// apply would, and the disk stays as it was.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,
+    pending: Option<Pending>,
 }
+
+/// Writes kept in memory, by path.
+type Pending = std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, Vec<u8>>>>;
 
 impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            pending: None,
+        }
+    }
+
+    /// A state directory whose writes stay in memory.
+    pub fn in_memory(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            pending: Some(Default::default()),
+        }
+    }
+
+    pub fn is_in_memory(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Keeps a write in memory; false when this state directory writes to disk.
+    fn remember(&self, path: &std::path::Path, bytes: &[u8]) -> bool {
+        match &self.pending {
+            Some(p) => {
+                if let Ok(mut m) = p.lock() {
+                    m.insert(path.to_path_buf(), bytes.to_vec());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A file of the state directory (what was written in memory first).
+    pub fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        if let Some(p) = &self.pending
+            && let Some(b) = p.lock().ok().and_then(|m| m.get(path).cloned())
+        {
+            return Ok(b);
+        }
+        std::fs::read(path)
     }
     pub fn cert(&self, name: &str) -> PathBuf {
         self.root.join("pki").join(format!("{name}.crt"))
@@ -169,9 +215,9 @@ impl StateDir {
     }
     /// Creates the state directory (and `sub` below it) with mode 0700.
     pub fn ensure_dir(&self, sub: &str) -> Result<PathBuf, PkiError> {
-        store::ensure_dir(&self.root, &self.root)?;
+        store::ensure_dir(self, &self.root)?;
         let dir = self.root.join(sub);
-        store::ensure_dir(&self.root, &dir)?;
+        store::ensure_dir(self, &dir)?;
         Ok(dir)
     }
     pub fn sa_key(&self) -> PathBuf {
@@ -195,7 +241,10 @@ fn crypto(e: String) -> PkiError {
 
 fn load_ca(id: CaId, dir: &StateDir, now: OffsetDateTime) -> Result<Option<LoadedCa>, PkiError> {
     let (cp, kp) = (dir.cert(id.name()), dir.key(id.name()));
-    let (cert, key) = (store::read_optional(&cp)?, store::read_optional(&kp)?);
+    let (cert, key) = (
+        store::read_optional(dir, &cp)?,
+        store::read_optional(dir, &kp)?,
+    );
     let (cert, key) = match (cert, key) {
         (None, None) => return Ok(None),
         (Some(_), None) => {
@@ -272,7 +321,7 @@ fn cas(
                 path: PathBuf::from(&ext.source),
                 reason,
             })?;
-            if let Some(stored) = store::read_optional(&dir.cert(id.name()))? {
+            if let Some(stored) = store::read_optional(dir, &dir.cert(id.name()))? {
                 let same = inspect::parse(&stored)
                     .map(|s| s.der == info.der)
                     .unwrap_or(false);
@@ -285,13 +334,13 @@ fn cas(
                 }
             }
             let wrote_cert = store::write_if_changed(
-                &dir.root,
+                dir,
                 &dir.cert(id.name()),
                 ext.cert_pem.as_bytes(),
                 store::PUBLIC,
             )?;
             let wrote_key = store::write_if_changed(
-                &dir.root,
+                dir,
                 &dir.key(id.name()),
                 ext.key_pem.as_bytes(),
                 store::PRIVATE,
@@ -318,17 +367,12 @@ fn cas(
                     issue::self_signed_ca(id, &key, now, inputs.ca_validity).map_err(crypto)?;
                 // Key first: a CA certificate without its key is the worse half to lose.
                 store::write_atomic(
-                    &dir.root,
+                    dir,
                     &dir.key(id.name()),
                     key.serialize_pem().as_bytes(),
                     store::PRIVATE,
                 )?;
-                store::write_atomic(
-                    &dir.root,
-                    &dir.cert(id.name()),
-                    pem.as_bytes(),
-                    store::PUBLIC,
-                )?;
+                store::write_atomic(dir, &dir.cert(id.name()), pem.as_bytes(), store::PUBLIC)?;
                 let info = inspect::parse(&pem).map_err(crypto)?;
                 out.push(id.name(), Action::Created);
                 map.insert(id, LoadedCa { pem, info, key });
@@ -350,7 +394,7 @@ fn service_account_keys(
     out: &mut Outcome,
 ) -> Result<(), PkiError> {
     let (kp, pp) = (dir.sa_key(), dir.sa_pub());
-    let key = match store::read_optional(&kp)? {
+    let key = match store::read_optional(dir, &kp)? {
         Some(pem) => {
             let key = issue::load_key(&pem).map_err(|reason| PkiError::KeyUnreadable {
                 path: kp.clone(),
@@ -363,19 +407,14 @@ fn service_account_keys(
         }
         None => {
             let key = issue::generate_key(inputs.key_algorithm).map_err(crypto)?;
-            store::write_atomic(
-                &dir.root,
-                &kp,
-                key.serialize_pem().as_bytes(),
-                store::PRIVATE,
-            )?;
+            store::write_atomic(dir, &kp, key.serialize_pem().as_bytes(), store::PRIVATE)?;
             out.push("sa.key", Action::Created);
             key
         }
     };
     let public = key.public_key_pem();
     let existed = pp.exists();
-    if store::write_if_changed(&dir.root, &pp, public.as_bytes(), store::PUBLIC)? {
+    if store::write_if_changed(dir, &pp, public.as_bytes(), store::PUBLIC)? {
         out.push(
             "sa.pub",
             if existed {
@@ -474,7 +513,7 @@ fn issue_and_write(
         None => {
             let k = issue::generate_key(inputs.key_algorithm).map_err(crypto)?;
             store::write_atomic(
-                &dir.root,
+                dir,
                 &dir.key(&spec.name),
                 k.serialize_pem().as_bytes(),
                 store::PRIVATE,
@@ -492,12 +531,7 @@ fn issue_and_write(
         inputs.cert_validity,
     )
     .map_err(crypto)?;
-    store::write_atomic(
-        &dir.root,
-        &dir.cert(&spec.name),
-        pem.as_bytes(),
-        store::PUBLIC,
-    )
+    store::write_atomic(dir, &dir.cert(&spec.name), pem.as_bytes(), store::PUBLIC)
 }
 
 fn write_kubeconfigs(
@@ -513,7 +547,7 @@ fn write_kubeconfigs(
             continue;
         };
         let read = |p: PathBuf| {
-            store::read_optional(&p)?.ok_or(PkiError::NotGenerated {
+            store::read_optional(dir, &p)?.ok_or(PkiError::NotGenerated {
                 name: spec.name.clone(),
             })
         };
@@ -530,8 +564,7 @@ fn write_kubeconfigs(
         .map_err(crypto)?;
         let path = dir.file(&kc.file);
         let existed = path.exists();
-        let action = if store::write_if_changed(&dir.root, &path, text.as_bytes(), store::PRIVATE)?
-        {
+        let action = if store::write_if_changed(dir, &path, text.as_bytes(), store::PRIVATE)? {
             if existed {
                 Action::Reissued("rewritten: its certificate, key, CA or server changed".into())
             } else {
@@ -549,17 +582,17 @@ fn write_kubeconfigs(
 /// byte-for-byte as it is. The function `render`, `apply` and `strata certs generate` call.
 pub fn generate(inputs: &Inputs, dir: &StateDir, now: OffsetDateTime) -> Result<Outcome, PkiError> {
     let mut out = Outcome::default();
-    store::ensure_dir(&dir.root, &dir.root)?;
-    store::ensure_dir(&dir.root, &dir.root.join("pki"))?;
+    store::ensure_dir(dir, &dir.root)?;
+    store::ensure_dir(dir, &dir.root.join("pki"))?;
     let cas = cas(inputs, dir, now, true, &mut out)?;
     service_account_keys(inputs, dir, &mut out)?;
     for spec in leaf_certificates(inputs) {
         let Some(ca) = cas.get(&spec.ca) else {
             continue;
         };
-        let cert = store::read_optional(&dir.cert(&spec.name))?;
+        let cert = store::read_optional(dir, &dir.cert(&spec.name))?;
         let key_path = dir.key(&spec.name);
-        let key = store::read_optional(&key_path)?
+        let key = store::read_optional(dir, &key_path)?
             .map(|pem| issue::load_key(&pem))
             .transpose()
             .ok()
@@ -631,7 +664,7 @@ pub fn check(
         problem,
     };
     for id in CaId::ALL {
-        match store::read_optional(&dir.cert(id.name()))? {
+        match store::read_optional(dir, &dir.cert(id.name()))? {
             None => rows.push(row(id.name(), None, Some("missing".into()))),
             Some(pem) => match inspect::parse(&pem) {
                 Ok(info) => {
@@ -643,7 +676,7 @@ pub fn check(
         }
     }
     for spec in leaf_certificates(inputs) {
-        match store::read_optional(&dir.cert(&spec.name))? {
+        match store::read_optional(dir, &dir.cert(&spec.name))? {
             None => rows.push(row(&spec.name, None, Some("missing".into()))),
             Some(pem) => match inspect::parse(&pem) {
                 Ok(info) => {
@@ -710,7 +743,7 @@ pub fn renew(
             continue;
         };
         let key_path = dir.key(&spec.name);
-        let pem = store::read_optional(&key_path)?.ok_or_else(|| PkiError::NotGenerated {
+        let pem = store::read_optional(dir, &key_path)?.ok_or_else(|| PkiError::NotGenerated {
             name: spec.name.clone(),
         })?;
         let key = issue::load_key(&pem).map_err(|reason| PkiError::KeyUnreadable {

@@ -1,11 +1,11 @@
 //! Files of the state directory: atomic writes with explicit modes.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::PkiError;
+use crate::{PkiError, StateDir};
 
 /// Mode of private keys and files that embed one (kubeconfigs).
 pub const PRIVATE: u32 = 0o600;
@@ -21,8 +21,13 @@ fn io_err(path: &Path, source: io::Error) -> PkiError {
     }
 }
 
-/// Creates `dir` and its missing parents inside `root` with mode 0700 (and tightens `root`).
-pub fn ensure_dir(root: &Path, dir: &Path) -> Result<(), PkiError> {
+/// Creates `dir` and its missing parents inside the state directory with mode 0700 (and
+/// tightens the state directory itself). Nothing, for a state directory kept in memory.
+pub fn ensure_dir(state: &StateDir, dir: &Path) -> Result<(), PkiError> {
+    if state.is_in_memory() {
+        return Ok(());
+    }
+    let root = state.root.as_path();
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut d = dir.to_path_buf();
     while !d.as_os_str().is_empty() && !d.exists() {
@@ -62,40 +67,33 @@ pub fn ensure_dir(root: &Path, dir: &Path) -> Result<(), PkiError> {
 /// Writes `bytes` to `path` atomically: a temporary file created with `mode` in the same
 /// directory, flushed to disk, then renamed over `path`. An interrupted run leaves either
 /// the old file or the new one, never half of one.
-pub fn write_atomic(root: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let dir = path.parent().unwrap_or(root);
-    ensure_dir(root, dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    drop(f);
-    // The umask may have narrowed the mode at creation; set it exactly.
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    Ok(())
+pub fn write_atomic(
+    state: &StateDir,
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), PkiError> {
+    if state.remember(path, bytes) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(&state.root);
+    ensure_dir(state, dir)?;
+    crate::files::write_atomic(path, bytes, mode).map_err(|e| io_err(path, e))
 }
 
 /// Writes only when the content differs; says whether it wrote. Fixes the mode either way.
 pub fn write_if_changed(
-    root: &Path,
+    state: &StateDir,
     path: &Path,
     bytes: &[u8],
     mode: u32,
 ) -> Result<bool, PkiError> {
-    if let Ok(existing) = fs::read(path)
+    if let Ok(existing) = state.read(path)
         && existing == bytes
     {
+        if state.is_in_memory() {
+            return Ok(false);
+        }
         let current = fs::metadata(path)
             .map_err(|e| io_err(path, e))?
             .permissions()
@@ -107,14 +105,16 @@ pub fn write_if_changed(
         }
         return Ok(false);
     }
-    write_atomic(root, path, bytes, mode)?;
+    write_atomic(state, path, bytes, mode)?;
     Ok(true)
 }
 
 /// Reads a text file; `Ok(None)` when it does not exist.
-pub fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
+pub fn read_optional(state: &StateDir, path: &Path) -> Result<Option<String>, PkiError> {
+    match state.read(path) {
+        Ok(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|e| io_err(path, io::Error::new(io::ErrorKind::InvalidData, e))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path, e)),
     }
@@ -132,27 +132,36 @@ mod tests {
         let rel = root.path().strip_prefix("/").expect("absolute");
         let here = Path::new("/");
         std::env::set_current_dir(here).expect("cd /");
-        let made = ensure_dir(&rel.join("state"), &rel.join("state/ssh"));
+        let made = ensure_dir(&StateDir::new(rel.join("state")), &rel.join("state/ssh"));
         std::env::set_current_dir(cwd).expect("cd back");
         made.expect("relative path");
         assert!(root.path().join("state/ssh").is_dir());
-        ensure_dir(Path::new("x"), Path::new("")).expect("empty path is a no-op");
+        ensure_dir(&StateDir::new("x"), Path::new("")).expect("empty path is a no-op");
     }
 
     #[test]
     fn atomic_write_sets_modes_and_dirs() {
         let root = tempfile::tempdir().expect("tempdir");
         let path = root.path().join("pki/etcd/ca.key");
-        write_atomic(root.path(), &path, b"secret", PRIVATE).expect("write");
+        write_atomic(&StateDir::new(root.path()), &path, b"secret", PRIVATE).expect("write");
         let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&root.path().join("pki")), 0o700);
         assert_eq!(mode(&root.path().join("pki/etcd")), 0o700);
-        assert!(!write_if_changed(root.path(), &path, b"secret", PRIVATE).expect("same"));
+        assert!(
+            !write_if_changed(&StateDir::new(root.path()), &path, b"secret", PRIVATE)
+                .expect("same")
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(!write_if_changed(root.path(), &path, b"secret", PRIVATE).expect("same"));
+        assert!(
+            !write_if_changed(&StateDir::new(root.path()), &path, b"secret", PRIVATE)
+                .expect("same")
+        );
         assert_eq!(mode(&path), 0o600, "mode is repaired");
-        assert!(write_if_changed(root.path(), &path, b"other", PRIVATE).expect("changed"));
+        assert!(
+            write_if_changed(&StateDir::new(root.path()), &path, b"other", PRIVATE)
+                .expect("changed")
+        );
         assert_eq!(fs::read(&path).expect("read"), b"other");
         // No temporary files are left behind.
         let leftovers: Vec<_> = fs::read_dir(root.path().join("pki/etcd"))

@@ -191,12 +191,11 @@ pub enum Upload {
     Unchanged,
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+/// What a host has at a path: the file's sha256 (hex) and permission bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub sha256: String,
+    pub mode: u32,
 }
 
 /// Quotes a string for the remote POSIX shell.
@@ -432,7 +431,7 @@ impl Connection {
     pub async fn probe(
         &self,
         paths: &[&str],
-    ) -> Result<std::collections::BTreeMap<String, (String, String)>, SshError> {
+    ) -> Result<std::collections::BTreeMap<String, RemoteFile>, SshError> {
         let mut found = std::collections::BTreeMap::new();
         if paths.is_empty() {
             return Ok(found);
@@ -448,8 +447,15 @@ impl Connection {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let mut parts = line.splitn(3, ' ');
             if let (Some(sum), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
+                && let Ok(mode) = u32::from_str_radix(mode, 8)
             {
-                found.insert(path.to_owned(), (sum.to_owned(), mode.to_owned()));
+                found.insert(
+                    path.to_owned(),
+                    RemoteFile {
+                        sha256: sum.to_owned(),
+                        mode,
+                    },
+                );
             }
         }
         Ok(found)
@@ -478,10 +484,10 @@ impl Connection {
         content: &[u8],
         mode: u32,
         owner: &str,
-        have: Option<&(String, String)>,
+        have: Option<&RemoteFile>,
     ) -> Result<Upload, SshError> {
-        let want = sha256_hex(content);
-        if have.is_some_and(|(sum, m)| *sum == want && *m == format!("{mode:o}")) {
+        let want = strata_pki::sha256_hex(content);
+        if have.is_some_and(|h| h.sha256 == want && h.mode == mode) {
             return Ok(Upload::Unchanged);
         }
         let p = quote(path);

@@ -1,0 +1,726 @@
+//! The phases of `strata apply`, in order. Each is a value the engine runs; which units,
+//! binaries, ports and restarts each host gets comes from the component catalogue.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use futures::future::{BoxFuture, FutureExt, join_all};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use strata_manifests::catalog::{self, Component, Spec, StartPhase};
+use strata_manifests::images::StrataImage;
+use strata_manifests::model::Role;
+use strata_manifests::plan::{
+    Action, ActionKind, CLUSTER, PhaseName, changed_components, is_kept_when_unrendered,
+};
+use strata_platforms::ssh::{Upload, quote};
+
+use crate::apply::Apply;
+use crate::assets::{Assets, IMAGE_DIR};
+use crate::engine::Phase;
+use crate::hosts::{HostConn, admin_client, all, fail, retry};
+
+/// Every phase of an apply, in order.
+pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
+    vec![
+        &Connect,
+        &Facts,
+        &Preflight,
+        &Upload_,
+        &Etcd,
+        &ControlPlane,
+        &Nodes,
+        &Addons,
+        &PodNetwork,
+        &WaitReady,
+        &Kubeconfig,
+    ]
+}
+
+/// What `strata apply --phase X` runs before X: hosts are reached through connect.
+pub const PREREQUISITES: &[PhaseName] = &[PhaseName::Connect];
+
+macro_rules! phase {
+    ($ty:ident, $name:expr, $run:ident) => {
+        impl<'r> Phase<Apply<'r>> for $ty {
+            fn name(&self) -> PhaseName {
+                $name
+            }
+            fn run<'a>(&'a self, cx: &'a mut Apply<'r>) -> BoxFuture<'a, Result<()>> {
+                $run(cx).boxed()
+            }
+        }
+    };
+}
+
+struct Connect;
+struct Facts;
+struct Preflight;
+struct Upload_;
+struct Etcd;
+struct ControlPlane;
+struct Nodes;
+struct Addons;
+struct PodNetwork;
+struct WaitReady;
+struct Kubeconfig;
+
+phase!(Connect, PhaseName::Connect, connect);
+phase!(Facts, PhaseName::Facts, facts);
+phase!(Preflight, PhaseName::Preflight, preflight);
+phase!(Upload_, PhaseName::Upload, upload);
+phase!(Etcd, PhaseName::Etcd, etcd);
+phase!(ControlPlane, PhaseName::ControlPlane, control_plane);
+phase!(Nodes, PhaseName::Nodes, nodes);
+phase!(Addons, PhaseName::Addons, addons);
+phase!(PodNetwork, PhaseName::PodNetwork, pod_network);
+phase!(WaitReady, PhaseName::WaitReady, wait_ready);
+phase!(Kubeconfig, PhaseName::Kubeconfig, kubeconfig);
+
+/// Host keys verified against their pins (or trusted at first contact); new pins saved.
+async fn connect(cx: &mut Apply<'_>) -> Result<()> {
+    let results =
+        crate::hosts::connect(cx.reporter, &cx.cs, &mut cx.state, cx.accept_new_host_keys).await;
+    cx.save_state()?;
+    let (hosts, errors) = crate::hosts::all_connected(results?);
+    for h in &hosts {
+        cx.reporter.step(
+            PhaseName::Connect,
+            h.name(),
+            format!("connected, host key {}", h.conn.host_key()),
+        );
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    cx.hosts = hosts;
+    Ok(())
+}
+
+/// One script per host tells what it is (see [`crate::facts`]).
+async fn facts(cx: &mut Apply<'_>) -> Result<()> {
+    let c = cx.cluster();
+    let gathered = join_all(cx.hosts.iter().map(|h| async move {
+        let script = crate::facts::script(&catalog::ports(c, &h.host));
+        let out = h.sh(PhaseName::Facts, &script).await?;
+        Ok::<_, anyhow::Error>((h.name().to_owned(), crate::facts::parse(&out)))
+    }))
+    .await;
+    for r in gathered {
+        let (name, f) = r?;
+        cx.reporter.step(
+            PhaseName::Facts,
+            &name,
+            format!(
+                "{} kernel {}, cgroup {}, MTU {}",
+                f.arch, f.kernel, f.cgroup, f.mtu
+            ),
+        );
+        cx.facts.insert(name, f);
+    }
+    Ok(())
+}
+
+/// Every host's facts judged against what its components need; every problem of every
+/// host at once.
+async fn preflight(cx: &mut Apply<'_>) -> Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let mut errors = Vec::new();
+    for h in &cx.hosts {
+        let Some(f) = cx.facts.get(h.name()) else {
+            continue;
+        };
+        let problems = crate::facts::problems(cx.cluster(), &h.host, f, now);
+        if problems.is_empty() {
+            cx.reporter.step(PhaseName::Preflight, h.name(), "ok");
+        } else {
+            errors.push(format!(
+                "{:#}",
+                fail(PhaseName::Preflight, h.name(), problems.join("; "))
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
+}
+
+/// Binaries, image archives and rendered files, each only when the host lacks it (one probe
+/// per host); files Strata wrote before and renders no more are removed, units stopped first.
+async fn upload(cx: &mut Apply<'_>) -> Result<()> {
+    let needs_containerd_2 = strata_manifests::versions::uses(
+        strata_manifests::versions::Item::ContainerdV2Required,
+        cx.cluster().spec.kubernetes.version.minor(),
+    );
+    let results = join_all(
+        cx.hosts
+            .iter()
+            .map(|h| upload_host(cx, h, needs_containerd_2)),
+    )
+    .await;
+    let mut errors = Vec::new();
+    for (h, r) in cx.hosts.iter().zip(results) {
+        match r {
+            Ok(changed) => {
+                cx.changed.insert(h.name().to_owned(), changed);
+                let files = cx.want.hosts.get(h.name()).cloned().unwrap_or_default();
+                cx.state.hosts.insert(h.name().to_owned(), files);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    cx.save_state()?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
+}
+
+/// One host's upload; the components whose files changed.
+async fn upload_host(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    needs_containerd_2: bool,
+) -> Result<BTreeSet<Component>> {
+    let phase = PhaseName::Upload;
+    let name = h.name();
+    let empty = Default::default();
+    let want = cx.want.hosts.get(name).unwrap_or(&empty);
+    let had = cx.state.hosts.get(name).unwrap_or(&empty);
+    let tree = cx.rendered.hosts.iter().find(|t| t.host == name);
+    let paths: Vec<&str> = want.keys().map(String::as_str).collect();
+    let have = h
+        .conn
+        .probe(&paths)
+        .await
+        .map_err(|e| fail(phase, name, e))?;
+    let mut actions = Vec::new();
+    for (path, w) in want {
+        let there = have.get(path);
+        if there.is_some_and(|f| f.sha256 == w.sha256 && f.mode == w.mode) {
+            continue;
+        }
+        let content = match tree.and_then(|t| t.files.get(path)) {
+            Some(f) => f.content.clone(),
+            None => cx.assets.read(path)?,
+        };
+        let owner = "root:root";
+        if h.conn
+            .upload_known(path, &content, w.mode, owner, there)
+            .await
+            .map_err(|e| fail(phase, name, e))?
+            == Upload::Written
+        {
+            let kind = if there.is_some() {
+                ActionKind::Update
+            } else {
+                ActionKind::Create
+            };
+            actions.push(action(kind, name, path));
+        }
+    }
+    // Files Strata wrote last time that are no longer rendered (a role or addon removed, a
+    // file renamed by a newer release): stop their units and delete them.
+    for path in had.keys().filter(|p| !want.contains_key(*p)) {
+        h.sh(phase, &remove_command(path)).await?;
+        cx.reporter.step(phase, name, format!("removed {path}"));
+        actions.push(action(ActionKind::Remove, name, path));
+    }
+    if needs_containerd_2 {
+        check_containerd_2(h).await?;
+    }
+    cx.reporter
+        .step(phase, name, format!("{} file(s) written", actions.len()));
+    let changed = changed_components(&actions, want, had);
+    for a in actions {
+        cx.reporter.action(phase, a);
+    }
+    Ok(changed)
+}
+
+fn action(kind: ActionKind, host: &str, path: &str) -> Action {
+    Action {
+        kind,
+        host: host.into(),
+        path: path.into(),
+    }
+}
+
+/// The shell command that removes a file Strata no longer renders; a unit is stopped and
+/// disabled first.
+fn remove_command(path: &str) -> String {
+    let quoted = quote(path);
+    match path.strip_prefix("/etc/systemd/system/").filter(|u| {
+        [".service", ".path", ".timer"]
+            .iter()
+            .any(|k| u.ends_with(k))
+            && !u.contains('/')
+    }) {
+        Some(unit) => format!(
+            "systemctl disable --now {} >/dev/null 2>&1; rm -f {quoted} && systemctl daemon-reload",
+            quote(unit)
+        ),
+        None => format!("rm -f {quoted}"),
+    }
+}
+
+/// From Kubernetes 1.36 the kubelet needs containerd 2; the asset's containerd says which
+/// it is once uploaded.
+async fn check_containerd_2(h: &HostConn) -> Result<()> {
+    let out = h
+        .sh(
+            PhaseName::Upload,
+            &format!("{}/containerd --version", catalog::BIN_DIR),
+        )
+        .await?;
+    let version = out.split_whitespace().nth(2).unwrap_or_default();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 2 {
+        return Err(fail(
+            PhaseName::Upload,
+            h.name(),
+            format!(
+                "the assets' containerd is {version:?}; Kubernetes 1.36 and later need containerd 2 \
+                 (put containerd 2.x in spec.assets.source)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Enables and starts the units of `specs` on a host (without waiting), restarting those
+/// of components whose files changed in this run.
+async fn start_units(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    phase: PhaseName,
+    specs: &[&'static Spec],
+) -> Result<()> {
+    let units: Vec<&str> = specs.iter().flat_map(|s| s.started_units()).collect();
+    if units.is_empty() {
+        return Ok(());
+    }
+    let changed = cx.changed.get(h.name()).cloned().unwrap_or_default();
+    let restart = catalog::restarts(&changed, specs.iter().copied());
+    let mut cmd = format!(
+        "systemctl daemon-reload && systemctl enable --quiet {}",
+        units.join(" ")
+    );
+    if !restart.is_empty() {
+        cmd.push_str(&format!(
+            " && systemctl restart --no-block {}",
+            restart.join(" ")
+        ));
+    }
+    cmd.push_str(&format!(
+        " && systemctl start --no-block {}",
+        units.join(" ")
+    ));
+    h.sh(phase, &cmd).await?;
+    for u in &restart {
+        cx.reporter
+            .action(phase, action(ActionKind::Restart, h.name(), u));
+    }
+    let what = if restart.is_empty() {
+        format!("started {}", units.join(", "))
+    } else {
+        format!(
+            "started {} (restarted {})",
+            units.join(", "),
+            restart.join(", ")
+        )
+    };
+    cx.reporter.step(phase, h.name(), what);
+    Ok(())
+}
+
+/// etcd: every member starts at once (a new cluster needs a quorum), then each is healthy.
+async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::Etcd;
+    let cx = &*cx;
+    let members: Vec<&HostConn> = cx
+        .hosts
+        .iter()
+        .filter(|h| h.host.has_role(Role::Etcd))
+        .collect();
+    for h in &members {
+        start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Etcd)).await?;
+    }
+    let health = format!(
+        "ETCDCTL_API=3 {}/etcdctl --endpoints=https://127.0.0.1:{} \
+         --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+         --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s endpoint health",
+        catalog::BIN_DIR,
+        catalog::ETCD_CLIENT_PORT
+    );
+    let health = health.as_str();
+    let waits = join_all(members.iter().map(|h| async move {
+        retry(
+            &format!("phase {phase}, host {}: etcd healthy", h.name()),
+            Duration::from_secs(120),
+            || async { h.sh(phase, health).await.map(drop) },
+        )
+        .await?;
+        cx.reporter.step(phase, h.name(), "healthy");
+        Ok::<_, anyhow::Error>(())
+    }))
+    .await;
+    waits.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(())
+}
+
+/// The API server, controller manager and scheduler on every control-plane host; done when
+/// the API answers `/readyz`.
+async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::ControlPlane;
+    for h in cx
+        .hosts
+        .iter()
+        .filter(|h| h.host.has_role(Role::ControlPlane))
+    {
+        start_units(
+            cx,
+            h,
+            phase,
+            &cx.components(&h.host, StartPhase::ControlPlane),
+        )
+        .await?;
+    }
+    let client = admin_client(&cx.cs).await?;
+    retry(
+        &format!("phase {phase}: API server ready (/readyz)"),
+        Duration::from_secs(180),
+        || {
+            let c = client.clone();
+            async move {
+                let text = c
+                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                    .await?;
+                if text.trim() == "ok" {
+                    Ok(())
+                } else {
+                    bail!("{text}")
+                }
+            }
+        },
+    )
+    .await?;
+    cx.reporter.step(
+        phase,
+        "api",
+        format!("ready at https://{}", cx.cs.inputs.api_endpoint),
+    );
+    cx.client = Some(client);
+    Ok(())
+}
+
+/// containerd, kubelet, kube-proxy and every node's own units; the asset images imported.
+async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::Nodes;
+    let cx = &*cx;
+    let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
+    let imports = imports.as_str();
+    all(&cx.hosts, |h| async move {
+        h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
+            .await?;
+        start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Nodes)).await?;
+        let out = h.sh(phase, imports).await?;
+        for line in out.lines() {
+            cx.reporter.step(phase, h.name(), line);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The shell script that imports the asset images into containerd's k8s.io namespace, each
+/// only when containerd does not already hold that reference at that digest, and names the
+/// sandbox image as the release's kubelet and containerd expect it (`sandbox`). Archives of
+/// Strata's images the cluster no longer takes from the assets are removed from the host.
+fn import_script(assets: &Assets, sandbox: &str) -> String {
+    let mut s = format!(
+        r#"set -eu
+ctr="{bin}/ctr -n k8s.io"
+i=0
+until $ctr version >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 120 ] || {{ echo "containerd does not answer on its socket" >&2; exit 1; }}
+  sleep 0.5
+done
+digest_of() {{ $ctr images ls "name==$1" | awk -v r="$1" '$1 == r {{ print $3 }}'; }}
+import() {{ # FILE REF DIGEST [ALIAS]
+  if [ "$(digest_of "$2")" != "$3" ]; then
+    $ctr images import "$1" >/dev/null
+    [ "$(digest_of "$2")" = "$3" ] || {{ echo "$1 did not import as $2@$3" >&2; exit 1; }}
+    echo "imported $2"
+  fi
+  if [ -n "${{4:-}}" ] && [ "$(digest_of "$4")" != "$3" ]; then
+    $ctr images tag --force "$2" "$4" >/dev/null
+    echo "tagged $2 as $4"
+  fi
+}}
+"#,
+        bin = catalog::BIN_DIR
+    );
+    for (a, i) in assets.images() {
+        let alias = if i.strata == Some(StrataImage::Pause) {
+            sandbox
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "import {} {} {} {}\n",
+            quote(&a.remote),
+            quote(&i.reference),
+            quote(&i.digest),
+            quote(alias)
+        ));
+    }
+    for i in StrataImage::ALL {
+        if !assets.images().any(|(_, img)| img.strata == Some(i)) {
+            let archive = format!("{IMAGE_DIR}/{}", i.archive());
+            s.push_str(&format!(
+                "if [ -e '{archive}' ]; then rm -f '{archive}'; echo 'removed {archive} (not taken from the assets)'; fi\n"
+            ));
+        }
+    }
+    s
+}
+
+/// The cluster objects, with server-side apply; objects Strata applied before and renders no
+/// more are deleted (CustomResourceDefinitions stay, with the resources users made).
+async fn addons(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::Addons;
+    let client = cx.client()?;
+    for o in &cx.rendered.objects {
+        let req = http::Request::patch(format!("{}?fieldManager=strata&force=true", o.api_path))
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body(o.yaml.clone().into_bytes())?;
+        apply_object(&client, req, &o.file).await?;
+        let before = cx.state.objects.get(&o.api_path).map(|a| &a.sha256);
+        if before != cx.want.objects.get(&o.api_path).map(|a| &a.sha256) {
+            cx.reporter
+                .action(phase, action(ActionKind::Apply, CLUSTER, &o.api_path));
+        }
+    }
+    let gone: Vec<String> = cx
+        .state
+        .objects
+        .keys()
+        .filter(|p| !cx.want.objects.contains_key(*p) && !is_kept_when_unrendered(p))
+        .cloned()
+        .collect();
+    for path in gone {
+        delete_object(&client, &path).await?;
+        cx.reporter
+            .action(phase, action(ActionKind::Delete, CLUSTER, &path));
+    }
+    // Kept CRDs stay recorded, so that turning their addon on again is not a change.
+    let kept: Vec<(String, _)> = cx
+        .state
+        .objects
+        .iter()
+        .filter(|(p, _)| !cx.want.objects.contains_key(*p) && is_kept_when_unrendered(p))
+        .map(|(p, o)| (p.clone(), o.clone()))
+        .collect();
+    cx.state.objects = cx.want.objects.clone();
+    cx.state.objects.extend(kept);
+    cx.save_state()
+}
+
+/// Server-side applies one object. A custom resource sent right after its CRD may meet a 404
+/// until the API server serves the new kind: retried for up to 30 s.
+async fn apply_object(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+    file: &str,
+) -> Result<()> {
+    let (parts, body) = req.into_parts();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut req = http::Request::new(body.clone());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        match client.request_text(req).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("phase addons: applying {file}")),
+        }
+    }
+}
+
+/// Deletes one object (its dependents in the background); one already gone is fine.
+async fn delete_object(client: &kube::Client, path: &str) -> Result<()> {
+    let req =
+        http::Request::delete(format!("{path}?propagationPolicy=Background")).body(Vec::new())?;
+    match client.request_text(req).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("phase addons: deleting {path}")),
+    }
+}
+
+fn has_pod_cidr(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some()
+}
+
+fn is_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until every node in `want` exists and satisfies `ok`.
+async fn wait_nodes(
+    api: &Api<Node>,
+    want: &BTreeSet<String>,
+    what: &str,
+    ok: fn(&Node) -> bool,
+) -> Result<()> {
+    retry(what, Duration::from_secs(180), || async move {
+        let list = api.list(&ListParams::default()).await?;
+        let waiting: Vec<&String> = want
+            .iter()
+            .filter(|w| {
+                !list
+                    .items
+                    .iter()
+                    .any(|n| n.metadata.name.as_deref() == Some(w.as_str()) && ok(n))
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            bail!("still waiting for {waiting:?}")
+        }
+    })
+    .await
+}
+
+fn node_names(cx: &Apply<'_>) -> BTreeSet<String> {
+    cx.hosts.iter().map(|h| h.name().to_owned()).collect()
+}
+
+/// Every node registers and gets its podCIDR; control-plane nodes get their role label
+/// through the API (NodeRestriction forbids the kubelet to set it); each node's pod network.
+async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::PodNetwork;
+    let client = cx.client()?;
+    let api: Api<Node> = Api::all(client.clone());
+    wait_nodes(
+        &api,
+        &node_names(cx),
+        &format!("phase {phase}: every node registered with a podCIDR"),
+        has_pod_cidr,
+    )
+    .await?;
+    for h in cx
+        .hosts
+        .iter()
+        .filter(|h| h.host.has_role(Role::ControlPlane))
+    {
+        label_control_plane(&client, h.name()).await?;
+    }
+    let overlay = Component::Overlay.enabled(cx.cluster());
+    let cx = &*cx;
+    all(&cx.hosts, |h| {
+        let api = api.clone();
+        async move {
+            let name = h.name();
+            let node = api
+                .get(name)
+                .await
+                .with_context(|| format!("phase {phase}: reading node {name}"))?;
+            let cidr = node
+                .spec
+                .and_then(|s| s.pod_cidr)
+                .ok_or_else(|| fail(phase, name, "no podCIDR"))?;
+            if overlay {
+                cx.reporter.step(
+                    phase,
+                    name,
+                    format!("pods on {cidr} (the overlay agent writes the CNI configuration)"),
+                );
+                return Ok(());
+            }
+            let mtu = cx
+                .facts
+                .get(name)
+                .map_or(1500, |f| f.mtu)
+                .saturating_sub(50);
+            let conf = strata_overlay::cni::conflist(&cidr, mtu);
+            let path = format!(
+                "{}/{}",
+                strata_manifests::render::CNI_DIR,
+                strata_overlay::cni::FILE
+            );
+            h.conn
+                .upload(&path, conf.as_bytes(), 0o644, "root:root")
+                .await
+                .map_err(|e| fail(phase, name, e))?;
+            cx.reporter
+                .step(phase, name, format!("pods on {cidr}, MTU {mtu}"));
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn label_control_plane(client: &kube::Client, name: &str) -> Result<()> {
+    let body = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    node-role.kubernetes.io/control-plane: \"\"\n"
+    );
+    let req = http::Request::patch(format!(
+        "/api/v1/nodes/{name}?fieldManager=strata-node-roles&force=true"
+    ))
+    .header("Content-Type", "application/apply-patch+yaml")
+    .body(body.into_bytes())?;
+    client
+        .request_text(req)
+        .await
+        .with_context(|| format!("phase pod-network: labelling {name}"))?;
+    Ok(())
+}
+
+/// Success means every node Ready.
+async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::WaitReady;
+    let api: Api<Node> = Api::all(cx.client()?);
+    let names = node_names(cx);
+    wait_nodes(
+        &api,
+        &names,
+        &format!("phase {phase}: every node Ready"),
+        is_ready,
+    )
+    .await?;
+    for name in &names {
+        cx.reporter.step(phase, name, "Ready");
+    }
+    Ok(())
+}
+
+async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {
+    let kubeconfig = cx.cs.state.file("auth/kubeconfig");
+    cx.reporter.step(
+        PhaseName::Kubeconfig,
+        "local",
+        format!("kubectl --kubeconfig {} get nodes", kubeconfig.display()),
+    );
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! `strata reset`: every host back to how it was before Strata. What to stop and remove comes
+//! from the component catalogue (every component's units, run-time paths, network links and
+//! iptables chains, whatever roles the host has now) and from the files Strata wrote there
+//! (as recorded when applied, and as rendered now).
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use strata_manifests::catalog::{self, CATALOG};
+use strata_manifests::plan::{AppliedState, PhaseName};
+use strata_manifests::render::render;
+use strata_pki::StateDir;
+use strata_platforms::ssh::quote;
+
+use crate::certs::{ClusterState, load};
+use crate::cli::StateArgs;
+use crate::engine::Reporter;
+
+/// Directories that are Strata's alone on a host: removed whole.
+const OWNED_DIRS: &[&str] = &[
+    catalog::BIN_DIR,
+    "/opt/strata",
+    "/etc/strata",
+    "/var/lib/strata",
+    "/etc/kubernetes",
+    "/etc/etcd",
+    "/etc/containerd",
+];
+
+/// Directories never removed, even when Strata's files were the last ones in them.
+const KEEP_DIRS: &str =
+    "/ /etc /etc/systemd /etc/systemd/system /opt /run /usr /usr/local /var /var/lib /var/log";
+
+/// The reset script for a host that got `files`.
+pub fn script(files: &BTreeSet<String>) -> String {
+    let units: Vec<&str> = CATALOG
+        .iter()
+        .rev()
+        .flat_map(|s| s.units.iter().map(|u| u.name))
+        .collect();
+    let mut paths: BTreeSet<String> = files.clone();
+    paths.extend(
+        CATALOG
+            .iter()
+            .flat_map(|s| s.run_paths.iter().map(|p| (*p).to_owned())),
+    );
+    paths.extend(OWNED_DIRS.iter().map(|p| (*p).to_owned()));
+    paths.extend(units.iter().map(|u| format!("/etc/systemd/system/{u}")));
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|p| match p.strip_suffix('*') {
+            // A glob: quoted up to its star.
+            Some(prefix) => format!("{}*", quote(prefix)),
+            None => quote(p),
+        })
+        .collect();
+    let links: BTreeSet<&str> = CATALOG
+        .iter()
+        .flat_map(|s| s.links.iter().copied())
+        .collect();
+    let chains: BTreeSet<&str> = CATALOG
+        .iter()
+        .flat_map(|s| s.chains.iter().copied())
+        .collect();
+    let chains_re = format!(
+        "^({})",
+        chains.iter().copied().collect::<Vec<_>>().join("|")
+    );
+    format!(
+        "set -u\nBIN={bin}\nUNITS='{units}'\nPATHS={paths}\nLINKS='{links}'\nCHAINS='{chains_re}'\nKEEP='{KEEP_DIRS}'\n{RESET}",
+        bin = catalog::BIN_DIR,
+        units = units.join(" "),
+        paths = quote(&quoted.join(" ")),
+        links = links.iter().copied().collect::<Vec<_>>().join("|"),
+    )
+}
+
+const RESET: &str = r#"
+[ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1
+systemctl disable --now --quiet kubelet.service 2>/dev/null
+# Every pod's processes: through containerd while it runs, then whatever is left in the
+# pods' cgroups, then the shims.
+if [ -x "$BIN/ctr" ]; then
+  for t in $("$BIN/ctr" -n k8s.io tasks ls -q 2>/dev/null); do
+    "$BIN/ctr" -n k8s.io tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1
+  done
+fi
+# (A process of another PID namespace reads as 0 there: never `kill 0`, our own group.)
+for f in $(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null); do
+  for p in $(cat "$f" 2>/dev/null); do [ "$p" -gt 1 ] && kill -9 "$p" 2>/dev/null; done
+done
+# Everything is about to be deleted: no graceful shutdown (the API server waits a minute).
+for u in $UNITS; do
+  systemctl kill --quiet --signal=SIGKILL "$u" 2>/dev/null
+  systemctl disable --now --quiet "$u" 2>/dev/null
+done
+pkill -KILL -x containerd-shim 2>/dev/null
+pkill -KILL -f containerd-shim-runc 2>/dev/null
+for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd|run/netns/cni-)" {print $2}' /proc/mounts | sort -r); do
+  umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+done
+# Files and directories, then their parents that are left empty.
+eval "set -- $PATHS"
+for p in "$@"; do
+  [ -e "$p" ] || [ -L "$p" ] || continue
+  rm -rf "$p"
+  d=$(dirname "$p")
+  while :; do
+    case " $KEEP " in *" $d "*) break ;; esac
+    rmdir "$d" 2>/dev/null || break
+    d=$(dirname "$d")
+  done
+done
+for d in /etc/systemd/system/*.wants; do rmdir "$d" 2>/dev/null; done
+# Network links: the overlay's device and the pods' bridge.
+for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//'); do
+  eval "case \"\$l\" in $LINKS) ip link del \"\$l\" 2>/dev/null ;; esac"
+done
+# iptables chains of kubelet, kube-proxy, the CNI plugins and Strata, and every rule that
+# jumps to them; everything else as it was.
+for ipt in iptables ip6tables; do
+  command -v "$ipt-save" >/dev/null 2>&1 || continue
+  "$ipt-save" 2>/dev/null | awk -v re="$CHAINS" '
+    /^:/ { if (substr($1, 2) ~ re) next }
+    /^-A/ {
+      if ($2 ~ re) next
+      for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && $(i + 1) ~ re) next
+    }
+    { print }' | "$ipt-restore" 2>/dev/null
+done
+systemctl daemon-reload
+systemctl reset-failed 2>/dev/null
+echo reset
+"#;
+
+/// Every file Strata wrote or would write on each host: as recorded, and as rendered now
+/// (with a PKI kept in memory: reset writes nothing locally but the state).
+fn files_per_host(cs: &ClusterState, state: &AppliedState) -> Result<Vec<BTreeSet<String>>> {
+    let mem = ClusterState {
+        state: StateDir::in_memory(cs.state.root.clone()),
+        cluster: cs.cluster.clone(),
+        ctx: cs.ctx.clone(),
+        inputs: cs.inputs.clone(),
+    };
+    strata_pki::generate(&mem.inputs, &mem.state, time::OffsetDateTime::now_utc())?;
+    let rendered = render(&mem.cluster, &mem.state)?;
+    let assets = crate::assets::for_plan(&mem).ok().flatten();
+    let want = crate::apply::desired(&mem.cluster, &rendered, assets.as_ref(), state);
+    Ok(cs
+        .cluster
+        .spec
+        .hosts
+        .iter()
+        .map(|h| {
+            let name = h.name.as_str();
+            let mut files: BTreeSet<String> = BTreeSet::new();
+            for m in [state.hosts.get(name), want.hosts.get(name)]
+                .into_iter()
+                .flatten()
+            {
+                files.extend(m.keys().cloned());
+            }
+            files
+        })
+        .collect())
+}
+
+fn confirmed(cs: &ClusterState, yes: bool) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to reset the cluster without confirmation; pass --yes");
+    }
+    let names: Vec<&str> = cs
+        .cluster
+        .spec
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    Ok(dialoguer::Confirm::new()
+        .with_prompt(format!(
+            "Remove Kubernetes, etcd and all their data from {} (cluster {})?",
+            names.join(", "),
+            cs.cluster.name()
+        ))
+        .default(false)
+        .interact()?)
+}
+
+pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
+    let cs = load(args)?;
+    if !confirmed(&cs, yes)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state_file = cs.state.root.join("state.json");
+    let mut state = AppliedState::load(&state_file)?;
+    let files = files_per_host(&cs, &state)?;
+    let reporter = Reporter::plain();
+    crate::runtime()?.block_on(async {
+        let results = crate::hosts::connect(&reporter, &cs, &mut state, false).await?;
+        let mut errors = Vec::new();
+        for (r, files) in results.into_iter().zip(&files) {
+            let h = match r {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            match h.sh(PhaseName::Connect, &script(files)).await {
+                Ok(_) => {
+                    outln!("[{}] reset", h.name());
+                    state.hosts.remove(h.name());
+                }
+                Err(e) => errors.push(format!("host {}: reset failed: {e:#}", h.name())),
+            }
+            h.conn.close().await;
+        }
+        if errors.is_empty() {
+            state.objects.clear();
+        }
+        state.save(&state_file)?;
+        if !errors.is_empty() {
+            bail!("{}", errors.join("\n"));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script names every unit, run-time path, link and chain of the catalogue.
+    #[test]
+    fn the_script_covers_the_whole_catalogue() {
+        let s = script(&["/etc/x y".to_string()].into());
+        for spec in CATALOG {
+            for u in spec.units {
+                assert!(s.contains(u.name), "{}", u.name);
+            }
+            for p in spec.run_paths {
+                assert!(s.contains(p.trim_end_matches('*')), "{p}");
+            }
+            for l in spec.links {
+                assert!(s.contains(l), "{l}");
+            }
+            for c in spec.chains {
+                assert!(s.contains(c), "{c}");
+            }
+        }
+        // The paths, as the shell reads them: one word each, globs expanded.
+        let line = s.lines().find(|l| l.starts_with("PATHS=")).expect("PATHS");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("{line}\neval \"set -- $PATHS\"; printf '%s\\n' \"$@\""),
+            ])
+            .output()
+            .expect("sh");
+        let words = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = words.lines().collect();
+        assert!(words.contains(&"/etc/x y"), "{words:?}");
+        assert!(
+            words.contains(&"/etc/systemd/system/kubelet.service"),
+            "{words:?}"
+        );
+        assert!(words.contains(&"/opt/strata"), "{words:?}");
+    }
+
+    /// The script is valid shell (dash, as on Debian hosts).
+    #[test]
+    fn the_script_parses() {
+        let s = script(&["/etc/kubernetes/pki/ca.crt".to_string()].into());
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &s])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! The component catalogue: the one place that says which component runs on which hosts,
+//! with which systemd units, binaries, ports and health check, and what it leaves on a host
+//! at run time. Rendering (which files a host gets, tagged with the components that read
+//! them), preflight (ports), assets (binaries per host), restart decisions, `strata status`,
+//! `strata reset` and the end-to-end leftovers check all derive from it.
+//!
+//! A new part of the cluster (cluster DNS, an API load balancer, ...) is one more entry here
+//! and one more arm in the renderer's match, not a new list somewhere else.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Cluster, Host, Role};
+
+/// A part of the cluster that Strata installs on hosts or into the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    Etcd,
+    KubeApiserver,
+    KubeControllerManager,
+    KubeScheduler,
+    Containerd,
+    Kubelet,
+    KubeProxy,
+    /// Kernel settings every node needs (sysctls, modules to load); no unit of its own.
+    HostSettings,
+    /// The oneshot unit that masquerades pod traffic leaving the pod network.
+    PodMasquerade,
+    /// The update agent's host side: its identity and the path units it works through.
+    UpdateAgentHost,
+    /// The overlay addon (a DaemonSet; on hosts: its VXLAN device and CNI configuration).
+    Overlay,
+    /// The update operator addon (CRDs, operator Deployment, agent DaemonSet).
+    UpdateOperator,
+}
+
+/// Which hosts run a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Hosts with this role.
+    Role(Role),
+    /// Every host (every host is a Kubernetes node).
+    EveryNode,
+}
+
+/// The apply phase that enables and starts a component's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StartPhase {
+    Etcd,
+    ControlPlane,
+    Nodes,
+    /// Runs as cluster objects (no host units).
+    Addons,
+}
+
+/// How apply and `strata status` tell that a component works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// `etcdctl endpoint health` with the healthcheck client identity, on the member's host.
+    EtcdEndpoint,
+    /// The API server's `/readyz` answers `ok`.
+    ApiReadyz,
+    /// Its node reports Ready.
+    NodeReady,
+    /// Its started units are active.
+    UnitsActive,
+    /// Its workloads' pods are running (an addon).
+    PodsRunning,
+}
+
+/// A systemd unit of a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub name: &'static str,
+    /// Enabled and started by apply (and restarted when the component's files change).
+    /// Units that are not started run only when something triggers them (a path unit's
+    /// service, a timer's service): apply never starts or restarts those.
+    pub started: bool,
+}
+
+const fn started(name: &'static str) -> Unit {
+    Unit {
+        name,
+        started: true,
+    }
+}
+
+const fn triggered(name: &'static str) -> Unit {
+    Unit {
+        name,
+        started: false,
+    }
+}
+
+/// One entry of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub component: Component,
+    /// The name operators see (in status, events and docs).
+    pub name: &'static str,
+    pub placement: Placement,
+    /// systemd units, in start order.
+    pub units: &'static [Unit],
+    /// Programs it runs, in the binaries directory: a new version restarts its units.
+    pub binaries: &'static [&'static str],
+    /// Programs it ships for operators and scripts (no restart when they change).
+    pub tools: &'static [&'static str],
+    /// Whether it needs the CNI plugins on its hosts.
+    pub cni_plugins: bool,
+    /// TCP ports it listens on (checked free by preflight).
+    pub ports: &'static [u16],
+    pub start: StartPhase,
+    pub health: Health,
+    /// Paths it creates at run time, outside the files Strata renders (data, state, sockets,
+    /// files written by its pods); removed by `strata reset`. A trailing `*` is a glob.
+    pub run_paths: &'static [&'static str],
+    /// Network links it creates on its hosts (removed by reset).
+    pub links: &'static [&'static str],
+    /// Prefixes of the iptables chains it creates (removed by reset, with the rules that
+    /// jump to them).
+    pub chains: &'static [&'static str],
+}
+
+/// Where Strata installs the binaries it ships.
+pub const BIN_DIR: &str = "/opt/strata/bin";
+/// Where the CNI plugins are.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// The API server's port.
+pub const API_PORT: u16 = 6443;
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// etcd's metrics and /health, on loopback.
+pub const ETCD_METRICS_PORT: u16 = 2381;
+
+/// The catalogue, in start order.
+pub const CATALOG: &[Spec] = &[
+    Spec {
+        component: Component::Etcd,
+        name: "etcd",
+        placement: Placement::Role(Role::Etcd),
+        units: &[started("etcd.service")],
+        binaries: &["etcd"],
+        tools: &["etcdctl"],
+        cni_plugins: false,
+        ports: &[ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_METRICS_PORT],
+        start: StartPhase::Etcd,
+        health: Health::EtcdEndpoint,
+        run_paths: &["/var/lib/etcd"],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::KubeApiserver,
+        name: "kube-apiserver",
+        placement: Placement::Role(Role::ControlPlane),
+        units: &[started("kube-apiserver.service")],
+        binaries: &["kube-apiserver"],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[API_PORT],
+        start: StartPhase::ControlPlane,
+        health: Health::ApiReadyz,
+        run_paths: &["/var/log/kubernetes"],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::KubeControllerManager,
+        name: "kube-controller-manager",
+        placement: Placement::Role(Role::ControlPlane),
+        units: &[started("kube-controller-manager.service")],
+        binaries: &["kube-controller-manager"],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[10257],
+        start: StartPhase::ControlPlane,
+        health: Health::UnitsActive,
+        run_paths: &[],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::KubeScheduler,
+        name: "kube-scheduler",
+        placement: Placement::Role(Role::ControlPlane),
+        units: &[started("kube-scheduler.service")],
+        binaries: &["kube-scheduler"],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[10259],
+        start: StartPhase::ControlPlane,
+        health: Health::UnitsActive,
+        run_paths: &[],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::Containerd,
+        name: "containerd",
+        placement: Placement::EveryNode,
+        units: &[started("containerd.service")],
+        binaries: &["containerd", "containerd-shim-runc-v2", "runc"],
+        tools: &["ctr"],
+        cni_plugins: true,
+        ports: &[],
+        start: StartPhase::Nodes,
+        health: Health::UnitsActive,
+        run_paths: &[
+            "/var/lib/containerd",
+            "/run/containerd",
+            "/var/lib/cni",
+            "/run/netns/cni-*",
+            "/var/lib/strata/images",
+        ],
+        links: &["cni0"],
+        chains: &["CNI-"],
+    },
+    Spec {
+        component: Component::Kubelet,
+        name: "kubelet",
+        placement: Placement::EveryNode,
+        units: &[started("kubelet.service")],
+        binaries: &["kubelet"],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[10250, 10248],
+        start: StartPhase::Nodes,
+        health: Health::NodeReady,
+        run_paths: &["/var/lib/kubelet", "/var/log/pods", "/var/log/containers"],
+        links: &[],
+        chains: &["KUBE-"],
+    },
+    Spec {
+        component: Component::KubeProxy,
+        name: "kube-proxy",
+        placement: Placement::EveryNode,
+        units: &[started("kube-proxy.service")],
+        binaries: &["kube-proxy"],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[10256, 10249],
+        start: StartPhase::Nodes,
+        health: Health::UnitsActive,
+        run_paths: &[],
+        links: &[],
+        chains: &["KUBE-"],
+    },
+    Spec {
+        component: Component::HostSettings,
+        name: "host-settings",
+        placement: Placement::EveryNode,
+        units: &[],
+        binaries: &[],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[],
+        start: StartPhase::Nodes,
+        health: Health::UnitsActive,
+        run_paths: &[],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::PodMasquerade,
+        name: "pod-masquerade",
+        placement: Placement::EveryNode,
+        units: &[started("strata-pod-masquerade.service")],
+        binaries: &[],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[],
+        start: StartPhase::Nodes,
+        health: Health::UnitsActive,
+        run_paths: &[],
+        links: &[],
+        chains: &["STRATA-"],
+    },
+    Spec {
+        component: Component::UpdateAgentHost,
+        name: "update-agent-host",
+        placement: Placement::EveryNode,
+        units: &[
+            started("strata-reboot-required.path"),
+            triggered("strata-reboot-required.service"),
+            started("strata-reboot.path"),
+            triggered("strata-reboot.service"),
+            started("strata-update-engine-check.timer"),
+            triggered("strata-update-engine-check.service"),
+        ],
+        binaries: &[],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[],
+        start: StartPhase::Nodes,
+        health: Health::UnitsActive,
+        run_paths: &["/run/strata"],
+        links: &[],
+        chains: &[],
+    },
+    Spec {
+        component: Component::Overlay,
+        name: "overlay",
+        placement: Placement::EveryNode,
+        units: &[],
+        binaries: &[],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[],
+        start: StartPhase::Addons,
+        health: Health::PodsRunning,
+        run_paths: &["/etc/cni/net.d/10-strata.conflist"],
+        links: &["strata.*"],
+        chains: &[],
+    },
+    Spec {
+        component: Component::UpdateOperator,
+        name: "update-operator",
+        placement: Placement::EveryNode,
+        units: &[],
+        binaries: &[],
+        tools: &[],
+        cni_plugins: false,
+        ports: &[],
+        start: StartPhase::Addons,
+        health: Health::PodsRunning,
+        run_paths: &[],
+        links: &[],
+        chains: &[],
+    },
+];
+
+impl Component {
+    /// This component's catalogue entry.
+    pub fn spec(self) -> &'static Spec {
+        // Every component has exactly one entry (a unit test checks it).
+        CATALOG
+            .iter()
+            .find(|s| s.component == self)
+            .unwrap_or(&CATALOG[0])
+    }
+
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// Whether the Cluster file turns this component on.
+    pub fn enabled(self, c: &Cluster) -> bool {
+        let addons = &c.spec.addons;
+        match self {
+            Component::Overlay => addons.overlay.enabled,
+            Component::UpdateOperator | Component::UpdateAgentHost => {
+                addons.update_operator.enabled
+            }
+            _ => true,
+        }
+    }
+}
+
+impl Spec {
+    /// Whether this component runs on `h` of cluster `c`.
+    pub fn runs_on(&self, c: &Cluster, h: &Host) -> bool {
+        self.component.enabled(c)
+            && match self.placement {
+                Placement::Role(r) => h.has_role(r),
+                Placement::EveryNode => true,
+            }
+    }
+
+    /// The units apply enables and starts.
+    pub fn started_units(&self) -> impl Iterator<Item = &'static str> {
+        self.units.iter().filter(|u| u.started).map(|u| u.name)
+    }
+}
+
+/// The components that run on `h`, in start order.
+pub fn on_host<'a>(c: &'a Cluster, h: &'a Host) -> impl Iterator<Item = &'static Spec> + 'a {
+    CATALOG.iter().filter(move |s| s.runs_on(c, h))
+}
+
+/// The components that run on the host named `host` (none for a host not in the file).
+pub fn on_host_named(c: &Cluster, host: &str) -> Vec<&'static Spec> {
+    c.spec
+        .hosts
+        .iter()
+        .filter(|h| h.name.as_str() == host)
+        .flat_map(|h| on_host(c, h))
+        .collect()
+}
+
+/// The components the cluster runs (on any host), in start order.
+pub fn enabled(c: &Cluster) -> impl Iterator<Item = &'static Spec> + '_ {
+    CATALOG.iter().filter(move |s| s.component.enabled(c))
+}
+
+/// The components that use a binary of the assets' `bin/` (by file name) and whether a new
+/// version of it restarts them. A binary no component names is shipped to no host.
+pub fn binary_users(name: &str) -> impl Iterator<Item = (&'static Spec, bool)> + '_ {
+    CATALOG.iter().filter_map(move |s| {
+        if s.binaries.contains(&name) {
+            Some((s, true))
+        } else if s.tools.contains(&name) {
+            Some((s, false))
+        } else {
+            None
+        }
+    })
+}
+
+/// The TCP ports the components on `h` listen on, sorted.
+pub fn ports(c: &Cluster, h: &Host) -> Vec<u16> {
+    let set: BTreeSet<u16> = on_host(c, h)
+        .flat_map(|s| s.ports.iter().copied())
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The units to restart on a host whose files changed: the started units of every
+/// component that reads a changed file, among `running` (the components of one phase).
+pub fn restarts(
+    changed: &BTreeSet<Component>,
+    running: impl IntoIterator<Item = &'static Spec>,
+) -> Vec<&'static str> {
+    running
+        .into_iter()
+        .filter(|s| changed.contains(&s.component))
+        .flat_map(|s| s.started_units())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_has_one_entry() {
+        use Component::*;
+        for c in [
+            Etcd,
+            KubeApiserver,
+            KubeControllerManager,
+            KubeScheduler,
+            Containerd,
+            Kubelet,
+            KubeProxy,
+            HostSettings,
+            PodMasquerade,
+            UpdateAgentHost,
+            Overlay,
+            UpdateOperator,
+        ] {
+            assert_eq!(
+                CATALOG.iter().filter(|s| s.component == c).count(),
+                1,
+                "{c:?}"
+            );
+            assert_eq!(c.spec().component, c);
+        }
+    }
+
+    #[test]
+    fn no_unit_binary_or_port_belongs_to_two_components() {
+        let mut units = BTreeSet::new();
+        let mut bins = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        for s in CATALOG {
+            for u in s.units {
+                assert!(units.insert(u.name), "unit {} twice", u.name);
+            }
+            for b in s.binaries.iter().chain(s.tools) {
+                assert!(bins.insert(*b), "binary {b} twice");
+            }
+            for p in s.ports {
+                assert!(ports.insert(*p), "port {p} twice");
+            }
+        }
+    }
+
+    #[test]
+    fn a_triggered_unit_is_never_restarted() {
+        let changed: BTreeSet<Component> = [Component::UpdateAgentHost].into();
+        let r = restarts(&changed, [Component::UpdateAgentHost.spec()]);
+        assert_eq!(
+            r,
+            [
+                "strata-reboot-required.path",
+                "strata-reboot.path",
+                "strata-update-engine-check.timer"
+            ]
+        );
+    }
+}
