@@ -317,3 +317,41 @@ pub fn on_machine(cluster: &str, host: &str, script: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What a host is made of, as far as Strata could change it: installed unit files and
+/// loaded units, files below the system directories (names only; package and systemd
+/// bookkeeping left out), iptables and ip6tables rules and chains, network links. Taken
+/// before the first apply and after `strata reset`, the two must be equal.
+pub fn host_snapshot(cluster: &str, host: &str) -> String {
+    on_machine(
+        cluster,
+        host,
+        r#"echo '## unit files'
+systemctl list-unit-files --no-legend --no-pager | awk '{print $1, $2}' | sort
+echo '## units'
+systemctl list-units --all --no-legend --no-pager --plain | awk '{print $1}' \
+  | grep -Ev '^(session-|user@|user-|user\.slice|run-|dev-|sys-|init\.scope)' | sort
+echo '## files'
+find /etc /opt /srv /usr/local /var/lib /var/log -xdev \
+  \( -path /var/lib/systemd -o -path /var/lib/apt -o -path /var/lib/dpkg -o -path /var/log/journal \
+     -o -path /var/lib/private -o -name '*.log' -o -path /var/log/apt \) -prune -o -print | sort
+echo '## iptables'
+for t in filter nat mangle raw; do
+  iptables -w -t $t -S 2>/dev/null | sed "s/^/$t /"
+  ip6tables -w -t $t -S 2>/dev/null | sed "s/^/$t v6 /"
+done
+echo '## links'
+ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort
+"#,
+    )
+}
+
+/// The differences between two snapshots: lines only in `before` (-) or only in `after` (+).
+pub fn snapshot_diff(before: &str, after: &str) -> Vec<String> {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    b.difference(&a)
+        .map(|l| format!("- {l}"))
+        .chain(a.difference(&b).map(|l| format!("+ {l}")))
+        .collect()
+}

@@ -1,12 +1,14 @@
 //! The main job: `strata local up` and `strata apply` on a three-host local cluster, run as
 //! users run them (the real binary, no terminal: JSON events). Preflight stops a host whose
-//! port is taken; a second apply converges without writing or restarting anything in under a
-//! quarter of the first one's time; `plan` has nothing to do; kubectl works with the admin
-//! kubeconfig: a Deployment runs a pod on each worker, `logs` and `exec` reach the kubelets,
-//! and a kubelet's credentials cannot modify another Node. A changed SSH host key is refused.
-//! `reset --yes` leaves no Strata unit, file or process; an apply interrupted (SIGINT) and
-//! one killed (SIGKILL) in the control-plane phase are followed by one that converges; `local
-//! down` cleans up.
+//! port is taken; the first apply performs exactly the actions `strata plan` listed; a second
+//! apply converges without writing or restarting anything in under a quarter of the first
+//! one's time; `plan` has nothing to do; kubectl works with the admin kubeconfig: a
+//! Deployment runs a pod on each worker, `logs` and `exec` reach the kubelets, and a
+//! kubelet's credentials cannot modify another Node. A changed SSH host key is refused. An
+//! addon turned off is removed from the cluster and the hosts. `reset --yes` leaves every
+//! host as it was before the first apply (units, files, iptables, links); an apply
+//! interrupted (SIGINT) and one killed (SIGKILL) in the control-plane phase are followed by
+//! one that converges; `local down` cleans up.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::IpAddr;
@@ -17,8 +19,10 @@ use std::time::{Duration, Instant};
 use strata_e2e::registry::Registry;
 use strata_e2e::throughput;
 use strata_e2e::{
-    CACHE, MACHINES, kubectl, local_address, ok, require_root, strata, strata_bin, wait_for,
+    CACHE, MACHINES, host_snapshot, kubectl, local_address, ok, require_root, snapshot_diff,
+    strata, strata_bin, wait_for,
 };
+use strata_manifests::plan::{Action, ActionKind, Event, PhaseName};
 use strata_platforms::local::Machine;
 use strata_platforms::local::network::GATEWAY;
 
@@ -35,10 +39,44 @@ spec:
 ";
 
 /// The JSON events of an apply.
-fn events(out: &str) -> Vec<serde_json::Value> {
+fn events(out: &str) -> Vec<Event> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event: {l}: {e}")))
         .collect()
+}
+
+/// The steps of `phase`: (host, step).
+fn steps(events: &[Event], phase: PhaseName) -> Vec<(&str, &str)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step {
+                phase: p,
+                host,
+                step,
+            } if *p == phase => Some((host.as_str(), step.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The changes an apply reported.
+fn actions(events: &[Event]) -> Vec<&Action> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Action { action, .. } => Some(action),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The nodes an apply found Ready.
+fn ready(events: &[Event]) -> usize {
+    steps(events, PhaseName::WaitReady)
+        .iter()
+        .filter(|(_, s)| *s == "Ready")
+        .count()
 }
 
 /// iperf3 between a pod on w1 and a pod on w2 (an image of this computer's iperf3 with the
@@ -272,11 +310,7 @@ fn on(host: &str, script: &str) -> String {
 }
 
 /// Starts `strata apply`, stops it with `signal` once `phase` has started; its output.
-fn apply_stopped_in(
-    dir: &Path,
-    phase: &str,
-    signal: &str,
-) -> (Option<i32>, Vec<serde_json::Value>) {
+fn apply_stopped_in(dir: &Path, phase: PhaseName, signal: &str) -> (Option<i32>, Vec<Event>) {
     let mut child = Command::new(strata_bin())
         .arg("apply")
         .current_dir(dir)
@@ -289,8 +323,8 @@ fn apply_stopped_in(
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
-        let e: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("event");
-        let started = e["event"] == "phase-started" && e["phase"] == phase;
+        let e: Event = serde_json::from_str(&line.expect("line")).expect("event");
+        let started = e == Event::PhaseStarted { phase };
         seen.push(e);
         if started {
             // Inside the phase: its units are being started.
@@ -648,17 +682,15 @@ fn files_no_longer_rendered_are_removed(dir: &Path) {
     }
     std::fs::write(&state_file, state.to_string()).expect("write state");
     let out = events(&ok(&strata(dir, &["apply"]), "apply removing old files"));
-    let removed: Vec<&str> = out
+    let removed: Vec<String> = actions(&out)
         .iter()
-        .filter(|e| e["host"] == "w1")
-        .filter_map(|e| e["step"].as_str())
-        .filter(|s| s.starts_with("removed "))
+        .map(|a| format!("{:?} {} {}", a.kind, a.host, a.path))
         .collect();
     assert_eq!(
         removed,
         [
-            "removed /etc/kubernetes/strata-old.conf",
-            "removed /etc/systemd/system/strata-old.service"
+            "Remove w1 /etc/kubernetes/strata-old.conf",
+            "Remove w1 /etc/systemd/system/strata-old.service"
         ]
     );
     let left = on(
@@ -699,22 +731,115 @@ fn changed_host_key_is_refused(dir: &Path) {
     );
 }
 
-/// Nothing Strata installed is left on any host.
-fn nothing_left(host: &str) {
-    let left = on(
-        host,
-        "for p in /opt/strata /etc/kubernetes /etc/etcd /etc/containerd /var/lib/etcd /var/lib/kubelet \
-           /var/lib/containerd /var/lib/strata /run/containerd /var/log/kubernetes \
-           /etc/cni/net.d/10-strata.conflist /etc/sysctl.d/90-strata.conf; do \
-           if mountpoint -q $p; then [ -z \"$(ls -A $p)\" ] || echo files in $p; \
-           elif [ -e $p ]; then echo file $p; fi; done; \
-         for u in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd; do \
-           [ -e /etc/systemd/system/$u.service ] && echo unit $u; \
-           systemctl is-active --quiet $u && echo active $u; done; \
-         ps -eo comm= | grep -E '^(etcd|kube|containerd|pause|strata-overlay)' | sed 's/^/process /'; \
-         ip link show strata.1 >/dev/null 2>&1 && echo device strata.1; true",
+/// Each host is as it was before the first apply (units, files, iptables, links), and no
+/// process of Strata's runs on it.
+fn nothing_left(before: &[(&str, String)]) {
+    for (host, snapshot) in before {
+        let diff = snapshot_diff(snapshot, &host_snapshot("e2e-apply", host));
+        assert!(diff.is_empty(), "{host} after reset:\n{}", diff.join("\n"));
+        let running = on(
+            host,
+            "ps -eo comm= | grep -E '^(etcd|kube|containerd|pause|strata)' | sed 's/^/process /'; true",
+        );
+        assert_eq!(running.trim(), "", "{host} after reset:\n{running}");
+    }
+}
+
+/// The actions `strata plan` lists, sorted.
+fn planned(dir: &Path) -> Vec<Action> {
+    let out = ok(&strata(dir, &["plan", "--output", "json"]), "plan");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("plan json");
+    let mut actions: Vec<Action> =
+        serde_json::from_value(doc["actions"].clone()).expect("plan actions");
+    actions.sort();
+    actions
+}
+
+/// The update operator turned off in the Cluster file: apply deletes its objects from the
+/// cluster (its CRDs stay, with the resources users made) and its units from the hosts; on
+/// again, it comes back.
+fn an_addon_turned_off_is_removed(dir: &Path, kubeconfig: &Path) {
+    let file = dir.join("cluster.yaml");
+    std::fs::write(
+        &file,
+        format!("{CLUSTER}  addons: {{updateOperator: {{enabled: false}}}}\n"),
+    )
+    .expect("write");
+    let off = events(&ok(
+        &strata(dir, &["apply"]),
+        "apply without the update operator",
+    ));
+    let done = actions(&off);
+    let deleted: Vec<&str> = done
+        .iter()
+        .filter(|a| a.kind == ActionKind::Delete)
+        .map(|a| a.path.as_str())
+        .collect();
+    for gone in [
+        "/apis/apps/v1/namespaces/strata-system/deployments/strata-update-operator",
+        "/apis/apps/v1/namespaces/strata-system/daemonsets/strata-update-agent",
+        "/apis/update.strata.dev/v1alpha1/updatepolicies/default",
+    ] {
+        assert!(deleted.contains(&gone), "{gone} in {deleted:?}");
+    }
+    assert!(
+        !deleted
+            .iter()
+            .any(|p| p.contains("customresourcedefinitions") || p.ends_with("/strata-system")),
+        "{deleted:?}"
     );
-    assert_eq!(left.trim(), "", "{host} after reset:\n{left}");
+    assert!(
+        done.iter().any(|a| a.kind == ActionKind::Remove
+            && a.host == "w1"
+            && a.path == "/etc/systemd/system/strata-reboot.path"),
+        "{done:?}"
+    );
+    wait_for("the operator's pods gone", Duration::from_secs(60), || {
+        ok(
+            &kubectl(
+                kubeconfig,
+                &["get", "pods", "-n", "strata-system", "-o", "name"],
+            ),
+            "pods",
+        )
+        .lines()
+        .all(|p| !p.contains("update"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(
+        &kubectl(
+            kubeconfig,
+            &["get", "crd", "updatepolicies.update.strata.dev"],
+        ),
+        "the CRD stays",
+    );
+    let units = on(
+        "w1",
+        "systemctl is-active strata-reboot.path; [ -e /etc/systemd/system/strata-reboot.path ] && echo file; true",
+    );
+    assert_eq!(units.trim(), "inactive", "{units}");
+    let plan = ok(&strata(dir, &["plan"]), "plan");
+    assert!(plan.contains("Nothing to do"), "{plan}");
+
+    std::fs::write(&file, CLUSTER).expect("write");
+    let on_again = events(&ok(
+        &strata(dir, &["apply"]),
+        "apply with the update operator",
+    ));
+    assert_eq!(ready(&on_again), 3, "{on_again:?}");
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "deployment",
+                "-n",
+                "strata-system",
+                "strata-update-operator",
+            ],
+        ),
+        "the operator is back",
+    );
 }
 
 #[test]
@@ -725,6 +850,10 @@ fn local_up_apply_converges_and_kubectl_works() {
     let _ = strata(dir.path(), &["local", "down", "--yes"]);
 
     ok(&strata(dir.path(), &["local", "up"]), "local up");
+    let before: Vec<(&str, String)> = ["cp1", "w1", "w2"]
+        .into_iter()
+        .map(|h| (h, host_snapshot("e2e-apply", h)))
+        .collect();
 
     // Preflight: a port the kubelet needs is taken by something else on w1, and another
     // container runtime runs on w2.
@@ -760,35 +889,32 @@ fn local_up_apply_converges_and_kubectl_works() {
         "systemctl stop foreign-containerd; rm -rf /var/lib/foreign /run/foreign",
     );
 
+    let planned = planned(dir.path());
     let started = Instant::now();
     let first = events(&ok(&strata(dir.path(), &["apply"]), "apply"));
     let first_time = started.elapsed();
-    let phases: Vec<&str> = first
+    let phases: Vec<PhaseName> = first
         .iter()
-        .filter(|e| e["event"] == "phase-started")
-        .filter_map(|e| e["phase"].as_str())
+        .filter_map(|e| match e {
+            Event::PhaseStarted { phase } => Some(*phase),
+            _ => None,
+        })
         .collect();
-    assert_eq!(
-        phases,
-        [
-            "connect",
-            "preflight",
-            "upload",
-            "etcd",
-            "control-plane",
-            "nodes",
-            "addons",
-            "pod-network",
-            "wait-ready",
-            "kubeconfig"
-        ]
-    );
+    assert_eq!(phases, PhaseName::ALL);
     // apply succeeds only with every node Ready.
-    let ready = first
-        .iter()
-        .filter(|e| e["phase"] == "wait-ready" && e["step"] == "Ready")
-        .count();
-    assert_eq!(ready, 3, "{first:?}");
+    assert_eq!(ready(&first), 3, "{first:?}");
+    // It did what plan said it would, no more and no less (keys differ, paths do not).
+    let mut done: Vec<&Action> = actions(&first);
+    done.sort();
+    assert_eq!(
+        done.iter()
+            .map(|a| (a.kind, &a.host, &a.path))
+            .collect::<Vec<_>>(),
+        planned
+            .iter()
+            .map(|a| (a.kind, &a.host, &a.path))
+            .collect::<Vec<_>>()
+    );
 
     // Again: everything is in place, so nothing is written or restarted.
     let started = Instant::now();
@@ -799,12 +925,14 @@ fn local_up_apply_converges_and_kubectl_works() {
         second_time * 4 < first_time,
         "no-op apply {second_time:?} vs first {first_time:?}"
     );
-    for e in second.iter().filter(|e| e["event"] == "step") {
-        let step = e["step"].as_str().unwrap_or_default();
-        if e["phase"] == "upload" {
-            assert_eq!(step, "0 file(s) written", "{e}");
+    assert_eq!(actions(&second), Vec::<&Action>::new());
+    for e in &second {
+        if let Event::Step { phase, step, .. } = e {
+            if *phase == PhaseName::Upload {
+                assert_eq!(step, "0 file(s) written", "{e:?}");
+            }
+            assert!(!step.contains("restarted"), "{e:?}");
         }
-        assert!(!step.contains("restarted"), "{e}");
     }
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
@@ -839,22 +967,23 @@ fn local_up_apply_converges_and_kubectl_works() {
     measure_throughput(&kubeconfig);
     a_removed_node_leaves_the_overlay(&kubeconfig);
 
+    an_addon_turned_off_is_removed(dir.path(), &kubeconfig);
+
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
-    for host in ["cp1", "w1", "w2"] {
-        nothing_left(host);
-    }
+    nothing_left(&before);
 
     // From scratch again, with Strata's images pulled from a registry (spec.images) instead
     // of imported from the assets: stopped twice in the control-plane phase, then to the end.
     let registry = images_from_a_registry(dir.path());
-    let (code, seen) = apply_stopped_in(dir.path(), "control-plane", "-INT");
+    let (code, seen) = apply_stopped_in(dir.path(), PhaseName::ControlPlane, "-INT");
     assert_eq!(code, Some(130), "{seen:?}");
     assert!(
-        seen.iter()
-            .any(|e| e["event"] == "interrupted" && e["phase"] == "control-plane"),
+        seen.contains(&Event::Interrupted {
+            phase: Some(PhaseName::ControlPlane)
+        }),
         "{seen:?}"
     );
-    let (code, _) = apply_stopped_in(dir.path(), "control-plane", "-KILL");
+    let (code, _) = apply_stopped_in(dir.path(), PhaseName::ControlPlane, "-KILL");
     assert_eq!(code, None, "killed by a signal");
     // An archive an earlier apply left, of an image now pulled instead.
     on(
@@ -862,16 +991,12 @@ fn local_up_apply_converges_and_kubectl_works() {
         "mkdir -p /var/lib/strata/images && echo stale > /var/lib/strata/images/overlay.tar",
     );
     let resumed = events(&ok(&strata(dir.path(), &["apply"]), "apply after kill"));
-    let ready = resumed
-        .iter()
-        .filter(|e| e["phase"] == "wait-ready" && e["step"] == "Ready")
-        .count();
-    assert_eq!(ready, 3, "{resumed:?}");
+    assert_eq!(ready(&resumed), 3, "{resumed:?}");
     assert!(
-        resumed.iter().any(|e| e["phase"] == "nodes"
-            && e["host"] == "w1"
-            && e["step"]
-                == "removed /var/lib/strata/images/overlay.tar (not taken from the assets)"),
+        steps(&resumed, PhaseName::Nodes).contains(&(
+            "w1",
+            "removed /var/lib/strata/images/overlay.tar (not taken from the assets)"
+        )),
         "{resumed:?}"
     );
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");

@@ -347,7 +347,7 @@ impl Agent {
         if st.cordoned_by_agent && unschedulable {
             self.set_unschedulable(false).await?;
         }
-        eprintln!("strata-update-agent: {}: {reason}: {why}", self.node);
+        tracing::warn!(node = %self.node, %reason, %why, "update failed");
         st.cordoned_by_agent = false;
         st.last_abort = Some(now.to_string());
         Ok(())
@@ -360,11 +360,11 @@ impl Agent {
             match self.step().await {
                 Ok(p) => {
                     if last != Some(p) {
-                        eprintln!("strata-update-agent: {}: {}", self.node, p.as_str());
+                        tracing::info!(node = %self.node, phase = p.as_str(), "phase");
                         last = Some(p);
                     }
                 }
-                Err(e) => eprintln!("strata-update-agent: {}: {e}; retrying", self.node),
+                Err(e) => tracing::warn!(node = %self.node, error = %e, "pass failed; retrying"),
             }
             tokio::time::sleep(interval).await;
         }

@@ -68,7 +68,7 @@ impl Events {
             ..Default::default()
         };
         if let Err(e) = self.api.create(&PostParams::default(), &ev).await {
-            eprintln!("{}: event {reason}: {e}", self.component);
+            tracing::warn!(component = %self.component, %reason, error = %e, "publishing an Event failed");
         }
     }
 }

@@ -73,9 +73,22 @@ async fn terminated() {
     }
 }
 
+/// Logs to stderr as `time level target: message key=value...`, the level from RUST_LOG
+/// (default info).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_logs();
     match Cli::parse().command {
         Command::Crds => print!("{}", crd::crds_yaml()?),
         Command::Operator {
@@ -91,7 +104,7 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("listening on {listen}"))?;
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
-                    eprintln!("{}: HTTP endpoint: {e}", operator::NAME);
+                    tracing::error!(error = %e, "HTTP endpoint (metrics, FleetLock) stopped");
                 }
             });
             operator::run(client, &namespace, &identity, metrics, terminated()).await?;
@@ -103,7 +116,7 @@ async fn main() -> Result<()> {
         } => {
             let client = client().await?;
             let eviction_version = drain::eviction_version(&client).await?;
-            eprintln!("strata-update-agent: {node}: evictions as {eviction_version}");
+            tracing::info!(%node, %eviction_version, "agent started");
             let a = agent::Agent {
                 client,
                 node,

@@ -1,8 +1,8 @@
 //! The operator's loop: while it holds the leader Lease, it reads Nodes, NodeUpdates,
-//! UpdatePolicies and RebootLocks, calls [`decide`] per policy and writes the result: first the
-//! lock (with the resourceVersion it read), then approvals, gate labels, forced drains, the
-//! policy's status, Events and metrics. Any change to the watched objects, or 5 s, triggers
-//! the next pass.
+//! UpdatePolicies and RebootLocks from stores its watches keep current (a pass lists nothing),
+//! calls [`decide`] per policy and writes the result: first the lock (with the resourceVersion
+//! it read), then approvals, gate labels, forced drains, the policy's status, Events and
+//! metrics. Any change to the watched objects, or 5 s, triggers the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -111,35 +112,27 @@ impl Operator {
         self.events.publish(reference, reason, &note, warning).await;
     }
 
+    /// One pass over every policy from objects listed afresh (what a test wants: no watch
+    /// latency). The running operator reads from its watch stores instead ([`run`]).
+    pub async fn reconcile(&self) -> Result<(), OperatorError> {
+        let seen = Seen::list(&self.client).await?;
+        self.reconcile_seen(seen).await
+    }
+
     /// One pass over every policy. Conflicts on the lock end the policy's pass early; the next
     /// pass decides again from fresh objects.
-    pub async fn reconcile(&self) -> Result<(), OperatorError> {
+    async fn reconcile_seen(&self, seen: Seen) -> Result<(), OperatorError> {
         let c = &self.client;
-        let policies: Api<UpdatePolicy> = Api::all(c.clone());
-        let nodes_api: Api<Node> = Api::all(c.clone());
         let updates_api: Api<NodeUpdate> = Api::all(c.clone());
         let locks: Api<RebootLock> = Api::all(c.clone());
-        let lp = ListParams::default();
-        let mut policies = policies
-            .list(&lp)
-            .await
-            .map_err(api("listing UpdatePolicies"))?
-            .items;
+        let Seen {
+            mut policies,
+            nodes,
+            mut updates,
+            locks: known_locks,
+        } = seen;
         policies.sort_by_key(|p| p.name_any());
-        let nodes = nodes_api
-            .list(&lp)
-            .await
-            .map_err(api("listing Nodes"))?
-            .items;
         let all_nodes: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-        let mut updates: BTreeMap<String, NodeUpdate> = updates_api
-            .list(&lp)
-            .await
-            .map_err(api("listing NodeUpdates"))?
-            .items
-            .into_iter()
-            .map(|u| (u.name_any(), u))
-            .collect();
 
         // Each node belongs to the first policy (by name) that selects it.
         let mut members: BTreeMap<String, Vec<&Node>> = BTreeMap::new();
@@ -159,12 +152,13 @@ impl Operator {
             let name = p.name_any();
             let ns: &[&Node] = members.get(&name).map(Vec::as_slice).unwrap_or(&[]);
             let views: Vec<NodeView> = ns.iter().map(|n| node_view(n)).collect();
+            let lock = (&locks, known_locks.get(&name));
             if let Err(e) = self
-                .reconcile_policy(p, &views, ns, &all_nodes, &updates, &locks)
+                .reconcile_policy(p, &views, ns, &all_nodes, &updates, lock)
                 .await
             {
                 self.metrics.reconcile_errors.inc();
-                eprintln!("{NAME}: policy {name}: {e}");
+                tracing::warn!(policy = %name, error = %e, "pass failed");
             }
         }
         Ok(())
@@ -228,13 +222,18 @@ impl Operator {
         nodes: &[&Node],
         all_nodes: &BTreeSet<String>,
         updates: &BTreeMap<String, NodeUpdate>,
-        locks: &Api<RebootLock>,
+        (locks, known): (&Api<RebootLock>, Option<&RebootLock>),
     ) -> Result<(), OperatorError> {
         let name = p.name_any();
         let policies: Api<UpdatePolicy> = Api::all(self.client.clone());
         let old_status = p.status.clone().unwrap_or_default();
         let max = p.spec.max_unavailable.resolve(views.len()) as u32;
-        let lock = lock::ensure(locks, &name, max).await?;
+        // The lock as last seen when it is as it should be; written with its resourceVersion,
+        // so a stale copy only costs a conflict and another pass.
+        let lock = match known {
+            Some(l) if l.spec.max_holders == max => l.clone(),
+            _ => lock::ensure(locks, &name, max).await?,
+        };
         let lock_status = lock.status.clone().unwrap_or_default();
         let snapshot_updates: BTreeMap<String, (NodeUpdateSpec, crate::crd::NodeUpdateStatus)> =
             views
@@ -465,19 +464,124 @@ impl Operator {
     }
 }
 
-/// Wakes `notify` whenever a watched kind changes.
-async fn watch<K>(api: Api<K>, notify: Arc<Notify>)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let mut s = watcher(api, watcher::Config::default()).boxed();
-    while let Some(ev) = s.next().await {
-        match ev {
-            Ok(_) => notify.notify_one(),
-            Err(e) => {
-                eprintln!("{NAME}: watch: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
+/// What one pass reads: every policy, node, NodeUpdate and lock.
+#[derive(Debug, Default)]
+struct Seen {
+    policies: Vec<UpdatePolicy>,
+    nodes: Vec<Node>,
+    updates: BTreeMap<String, NodeUpdate>,
+    locks: BTreeMap<String, RebootLock>,
+}
+
+impl Seen {
+    /// Everything listed from the API server.
+    async fn list(c: &Client) -> Result<Self, OperatorError> {
+        let lp = ListParams::default();
+        let policies = Api::<UpdatePolicy>::all(c.clone())
+            .list(&lp)
+            .await
+            .map_err(api("listing UpdatePolicies"))?
+            .items;
+        let nodes = Api::<Node>::all(c.clone())
+            .list(&lp)
+            .await
+            .map_err(api("listing Nodes"))?
+            .items;
+        let updates = Api::<NodeUpdate>::all(c.clone())
+            .list(&lp)
+            .await
+            .map_err(api("listing NodeUpdates"))?
+            .items;
+        Ok(Self {
+            policies,
+            nodes,
+            updates: by_name(updates),
+            // Each policy's lock is read (or created) when its pass needs it.
+            locks: BTreeMap::new(),
+        })
+    }
+}
+
+fn by_name<K: kube::Resource>(items: impl IntoIterator<Item = K>) -> BTreeMap<String, K> {
+    items.into_iter().map(|k| (k.name_any(), k)).collect()
+}
+
+/// The four kinds a pass reads, kept current by watches: a pass lists nothing.
+#[derive(Clone)]
+struct Stores {
+    policies: Store<UpdatePolicy>,
+    nodes: Store<Node>,
+    updates: Store<NodeUpdate>,
+    locks: Store<RebootLock>,
+}
+
+impl Stores {
+    /// A reflector per kind; each change wakes `notify`. The tasks end when aborted.
+    fn start(client: &Client, notify: &Arc<Notify>) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        fn reflect<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+        where
+            K: kube::Resource<DynamicType = ()>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            let (store, writer) = reflector::store();
+            let task = tokio::spawn(async move {
+                let mut s = reflector(
+                    writer,
+                    watcher(api, watcher::Config::default()).default_backoff(),
+                )
+                .boxed();
+                while let Some(ev) = s.next().await {
+                    match ev {
+                        Ok(_) => notify.notify_one(),
+                        Err(e) => {
+                            tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "watch failed; retrying")
+                        }
+                    }
+                }
+            });
+            (store, task)
+        }
+        let (policies, a) = reflect(Api::all(client.clone()), notify.clone());
+        let (nodes, b) = reflect(Api::all(client.clone()), notify.clone());
+        let (updates, c) = reflect(Api::all(client.clone()), notify.clone());
+        let (locks, d) = reflect(Api::all(client.clone()), notify.clone());
+        (
+            Self {
+                policies,
+                nodes,
+                updates,
+                locks,
+            },
+            vec![a, b, c, d],
+        )
+    }
+
+    /// Once every kind was listed once.
+    async fn ready(&self) {
+        let _ = self.policies.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.updates.wait_until_ready().await;
+        let _ = self.locks.wait_until_ready().await;
+    }
+
+    fn seen(&self) -> Seen {
+        fn owned<K>(s: &Store<K>) -> Vec<K>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            s.state().iter().map(|k| K::clone(k)).collect()
+        }
+        Seen {
+            policies: owned(&self.policies),
+            nodes: owned(&self.nodes),
+            updates: by_name(owned(&self.updates)),
+            locks: by_name(owned(&self.locks)),
         }
     }
 }
@@ -507,25 +611,11 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    eprintln!("{NAME}: {identity} leads");
+    tracing::info!(%identity, "leading");
     metrics.leader.set(1);
     let op = Operator::new(client.clone(), metrics.clone(), identity);
     let notify = Arc::new(Notify::new());
-    let watches = vec![
-        tokio::spawn(watch(Api::<Node>::all(client.clone()), notify.clone())),
-        tokio::spawn(watch(
-            Api::<NodeUpdate>::all(client.clone()),
-            notify.clone(),
-        )),
-        tokio::spawn(watch(
-            Api::<UpdatePolicy>::all(client.clone()),
-            notify.clone(),
-        )),
-        tokio::spawn(watch(
-            Api::<RebootLock>::all(client.clone()),
-            notify.clone(),
-        )),
-    ];
+    let (stores, watches) = Stores::start(&client, &notify);
     let renew = async {
         let mut renewed = std::time::Instant::now();
         loop {
@@ -533,7 +623,7 @@ pub async fn run(
             match lease.try_acquire_or_renew().await {
                 Ok(true) => renewed = std::time::Instant::now(),
                 Ok(false) => return OperatorError::LostLease,
-                Err(e) => eprintln!("{NAME}: renewing the lease: {e}"),
+                Err(e) => tracing::warn!(error = %e, "renewing the lease failed"),
             }
             // Unable to renew for a whole lease: another operator may lead by now.
             if renewed.elapsed() >= lease.duration() {
@@ -542,10 +632,11 @@ pub async fn run(
         }
     };
     let passes = async {
+        stores.ready().await;
         loop {
-            if let Err(e) = op.reconcile().await {
+            if let Err(e) = op.reconcile_seen(stores.seen()).await {
                 metrics.reconcile_errors.inc();
-                eprintln!("{NAME}: {e}");
+                tracing::warn!(error = %e, "pass failed");
             }
             let _ = tokio::time::timeout(PASS_INTERVAL, notify.notified()).await;
             // Let a burst of changes settle into one pass.
