@@ -1,6 +1,6 @@
 //! The Cluster document (`apiVersion: strata.dev/v1alpha1`, `kind: Cluster`).
 //!
-//! Field names are the user contract of docs/cluster-config.md. Every field has a default
+//! Field names are the user contract described in manifests/README.md. Every field has a default
 //! except the host list, so a minimal file is a handful of lines. Doc comments become the
 //! descriptions of `strata schema`.
 

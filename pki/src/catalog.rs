@@ -1,5 +1,5 @@
 //! What the cluster's PKI consists of: every CA, certificate and kubeconfig, derived from the
-//! cluster's inputs (docs/pki.md). Pure data; no IO.
+//! cluster's inputs (pki/README.md). Pure data; no IO.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -2,7 +2,7 @@
 //! created when missing, reused when valid, re-issued when its inputs changed, checked for
 //! expiry and renewed on demand. A CA is never replaced silently.
 //!
-//! The layout and identities follow docs/pki.md. All writes are atomic; private keys and
+//! The layout and identities follow pki/README.md and src/catalog.rs. All writes are atomic; private keys and
 //! files that embed them are 0600 in 0700 directories.
 #![forbid(unsafe_code)]
 

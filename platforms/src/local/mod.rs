@@ -1,8 +1,8 @@
 //! Local machines: a Debian base image built once (debootstrap), one overlay root per host,
 //! a network namespace per host on a shared bridge, and systemd-nspawn booting each.
 //!
-//! Every quirk of running Kubernetes nodes in nspawn on this kind of machine (see
-//! docs/local-hosts.md) is handled here: /dev/kmsg, writable cgroup hierarchies, CNI plugins
+//! Every quirk of running Kubernetes nodes in nspawn on this kind of machine (listed in
+//! platforms/README.md) is handled here: /dev/kmsg, writable cgroup hierarchies, CNI plugins
 //! in /usr/lib/cni, and reboots (nspawn exits 133; the supervisor boots the machine again).
 
 pub mod cluster;
