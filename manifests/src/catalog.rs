@@ -441,7 +441,11 @@ mod tests {
         // A component added to the enum and not to the catalogue fails here.
         for s in CATALOG {
             let c = s.component;
-            assert_eq!(CATALOG.iter().filter(|x| x.component == c).count(), 1, "{c:?}");
+            assert_eq!(
+                CATALOG.iter().filter(|x| x.component == c).count(),
+                1,
+                "{c:?}"
+            );
             assert_eq!(c.spec().component, c);
         }
         let named: BTreeSet<Component> = CATALOG.iter().map(|s| s.component).collect();

@@ -532,4 +532,32 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         "{m}"
     );
     server.abort();
+
+    mark("The running operator reads its watch stores");
+    // --- The operator as it runs (leader lease, passes from reflector stores): a node that
+    // joins gets its NodeUpdate without anyone listing.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(strata_update_operator::operator::run(
+        admin.clone(),
+        "strata-system",
+        "op-running",
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    make_node(&admin, "n4", "n4-boot-1").await;
+    let started = std::time::Instant::now();
+    while updates.get_opt("n4").await.expect("get").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no NodeUpdate for n4 from the running operator"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(());
+    running
+        .await
+        .expect("join")
+        .expect("the operator stopped cleanly");
 }
