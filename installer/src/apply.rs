@@ -9,13 +9,13 @@
 //! What apply changes is exactly what `strata plan` lists: both compare the desired state
 //! ([`desired`]) with what was applied; apply reports each change as an action event.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use strata_manifests::catalog::{self, BIN_DIR, CNI_BIN_DIR, Component};
+use strata_manifests::catalog::{self, BIN_DIR, CNI_BIN_DIR};
 use strata_manifests::plan::{AppliedFile, AppliedState, Event, PhaseName};
 use strata_manifests::render::{Rendered, render};
 use strata_manifests::{Cluster, Host};
@@ -42,8 +42,6 @@ pub struct Apply<'r> {
     /// The hosts, connected (connect phase).
     pub hosts: Vec<HostConn>,
     pub facts: BTreeMap<String, HostFacts>,
-    /// Per host, the components whose files changed in this run (upload phase).
-    pub changed: BTreeMap<String, BTreeSet<Component>>,
     /// The admin client (control-plane phase).
     pub client: Option<kube::Client>,
 }
@@ -57,10 +55,14 @@ impl Apply<'_> {
         self.state.save(&self.state_file).map_err(Into::into)
     }
 
-    pub fn client(&self) -> Result<kube::Client> {
-        self.client
-            .clone()
-            .context("the API client exists from the control-plane phase on")
+    /// The admin API client (made once).
+    pub async fn client(&mut self) -> Result<kube::Client> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = crate::hosts::admin_client(&self.cs).await?;
+        self.client = Some(c.clone());
+        Ok(c)
     }
 
     /// The components of `phase` on host `h`.
@@ -148,7 +150,6 @@ async fn prepare<'r>(
         accept_new_host_keys: args.accept_new_host_keys,
         hosts: Vec::new(),
         facts: BTreeMap::new(),
-        changed: BTreeMap::new(),
         client: None,
     })
 }

@@ -146,8 +146,9 @@ pub struct ApplyArgs {
     /// Print what apply would do (as `strata plan`) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Run only this phase (after connect), e.g. `--phase nodes` to restart what the nodes
-    /// phase starts; the phases before it must have run.
+    /// Run only this phase (after connect and facts), e.g. `--phase addons` to send the
+    /// cluster objects again; the phases before it must have run. Restarts still pending
+    /// from an earlier run are done by the phase that starts those units.
     #[arg(long, value_name = "PHASE")]
     pub phase: Option<strata_manifests::plan::PhaseName>,
 }

@@ -10,16 +10,16 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
-use strata_manifests::model::Role;
 use strata_manifests::plan::{
-    Action, ActionKind, CLUSTER, PhaseName, changed_components, is_kept_when_unrendered,
+    Action, ActionKind, CLUSTER, PhaseName, changed_components, file_actions,
+    is_kept_when_unrendered,
 };
-use strata_platforms::ssh::{Upload, quote};
+use strata_platforms::ssh::quote;
 
 use crate::apply::Apply;
 use crate::assets::{Assets, IMAGE_DIR};
 use crate::engine::Phase;
-use crate::hosts::{HostConn, admin_client, all, fail, retry};
+use crate::hosts::{HostConn, all, fail, retry};
 
 /// Every phase of an apply, in order.
 pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
@@ -38,8 +38,8 @@ pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
     ]
 }
 
-/// What `strata apply --phase X` runs before X: hosts are reached through connect.
-pub const PREREQUISITES: &[PhaseName] = &[PhaseName::Connect];
+/// What `strata apply --phase X` runs before X: hosts reached and their facts known.
+pub const PREREQUISITES: &[PhaseName] = &[PhaseName::Connect, PhaseName::Facts];
 
 macro_rules! phase {
     ($ty:ident, $name:expr, $run:ident) => {
@@ -107,8 +107,15 @@ async fn facts(cx: &mut Apply<'_>) -> Result<()> {
         Ok::<_, anyhow::Error>((h.name().to_owned(), crate::facts::parse(&out)))
     }))
     .await;
+    let mut errors = Vec::new();
     for r in gathered {
-        let (name, f) = r?;
+        let (name, f) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
         cx.reporter.step(
             PhaseName::Facts,
             &name,
@@ -119,7 +126,11 @@ async fn facts(cx: &mut Apply<'_>) -> Result<()> {
         );
         cx.facts.insert(name, f);
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
 }
 
 /// Every host's facts judged against what its components need; every problem of every
@@ -153,6 +164,8 @@ async fn preflight(cx: &mut Apply<'_>) -> Result<()> {
 
 /// Binaries, image archives and rendered files, each only when the host lacks it (one probe
 /// per host); files Strata wrote before and renders no more are removed, units stopped first.
+/// The components whose files changed are recorded as pending restarts in the state, which
+/// the phases that start units consume: a run stopped in between restarts them next time.
 async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     let needs_containerd_2 = strata_manifests::versions::uses(
         strata_manifests::versions::Item::ContainerdV2Required,
@@ -168,9 +181,18 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     for (h, r) in cx.hosts.iter().zip(results) {
         match r {
             Ok(changed) => {
-                cx.changed.insert(h.name().to_owned(), changed);
-                let files = cx.want.hosts.get(h.name()).cloned().unwrap_or_default();
-                cx.state.hosts.insert(h.name().to_owned(), files);
+                let name = h.name().to_owned();
+                let on_host: BTreeSet<Component> = catalog::on_host(&cx.cs.cluster, &h.host)
+                    .map(|s| s.component)
+                    .collect();
+                let pending = cx.state.pending_restarts.entry(name.clone()).or_default();
+                pending.extend(changed);
+                pending.retain(|c| on_host.contains(c));
+                if pending.is_empty() {
+                    cx.state.pending_restarts.remove(&name);
+                }
+                let files = cx.want.hosts.get(&name).cloned().unwrap_or_default();
+                cx.state.hosts.insert(name, files);
             }
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -183,7 +205,9 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     }
 }
 
-/// One host's upload; the components whose files changed.
+/// One host's upload; the components whose files changed. The actions are those `strata
+/// plan` lists (compared with what was applied), plus rewrites of files that changed on the
+/// host behind Strata's back.
 async fn upload_host(
     cx: &Apply<'_>,
     h: &HostConn,
@@ -201,7 +225,8 @@ async fn upload_host(
         .probe(&paths)
         .await
         .map_err(|e| fail(phase, name, e))?;
-    let mut actions = Vec::new();
+    let mut actions = file_actions(name, want, had);
+    let mut written = 0;
     for (path, w) in want {
         let there = have.get(path);
         if there.is_some_and(|f| f.sha256 == w.sha256 && f.mode == w.mode) {
@@ -209,35 +234,34 @@ async fn upload_host(
         }
         let content = match tree.and_then(|t| t.files.get(path)) {
             Some(f) => f.content.clone(),
-            None => cx.assets.read(path)?,
+            None => cx.assets.read(path).map_err(|e| fail(phase, name, e))?,
         };
-        let owner = "root:root";
-        if h.conn
-            .upload_known(path, &content, w.mode, owner, there)
+        h.conn
+            .upload_known(path, &content, w.mode, "root:root", there)
             .await
-            .map_err(|e| fail(phase, name, e))?
-            == Upload::Written
-        {
-            let kind = if there.is_some() {
-                ActionKind::Update
-            } else {
-                ActionKind::Create
-            };
-            actions.push(action(kind, name, path));
+            .map_err(|e| fail(phase, name, e))?;
+        written += 1;
+        if !actions.iter().any(|a| a.path == *path) {
+            // Applied as it is now, yet different on the host: changed behind Strata's back.
+            cx.reporter.step(
+                phase,
+                name,
+                format!("{path} differed from what was applied"),
+            );
+            actions.push(action(ActionKind::Update, name, path));
         }
     }
     // Files Strata wrote last time that are no longer rendered (a role or addon removed, a
     // file renamed by a newer release): stop their units and delete them.
-    for path in had.keys().filter(|p| !want.contains_key(*p)) {
-        h.sh(phase, &remove_command(path)).await?;
-        cx.reporter.step(phase, name, format!("removed {path}"));
-        actions.push(action(ActionKind::Remove, name, path));
+    for a in actions.iter().filter(|a| a.kind == ActionKind::Remove) {
+        h.sh(phase, &remove_command(&a.path)).await?;
+        cx.reporter.step(phase, name, format!("removed {}", a.path));
     }
     if needs_containerd_2 {
         check_containerd_2(h).await?;
     }
     cx.reporter
-        .step(phase, name, format!("{} file(s) written", actions.len()));
+        .step(phase, name, format!("{written} file(s) written"));
     let changed = changed_components(&actions, want, had);
     for a in actions {
         cx.reporter.action(phase, a);
@@ -301,7 +325,7 @@ async fn check_containerd_2(h: &HostConn) -> Result<()> {
 }
 
 /// Enables and starts the units of `specs` on a host (without waiting), restarting those
-/// of components whose files changed in this run.
+/// of components with a pending restart (their files changed).
 async fn start_units(
     cx: &Apply<'_>,
     h: &HostConn,
@@ -312,8 +336,13 @@ async fn start_units(
     if units.is_empty() {
         return Ok(());
     }
-    let changed = cx.changed.get(h.name()).cloned().unwrap_or_default();
-    let restart = catalog::restarts(&changed, specs.iter().copied());
+    let pending = cx
+        .state
+        .pending_restarts
+        .get(h.name())
+        .cloned()
+        .unwrap_or_default();
+    let restart = catalog::restarts(&pending, specs.iter().copied());
     let mut cmd = format!(
         "systemctl daemon-reload && systemctl enable --quiet {}",
         units.join(" ")
@@ -346,14 +375,43 @@ async fn start_units(
     Ok(())
 }
 
+/// The pending restarts of `phase`'s components are done on every host: recorded.
+fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
+    let done: Vec<(String, BTreeSet<Component>)> = cx
+        .hosts
+        .iter()
+        .map(|h| {
+            let started = cx
+                .components(&h.host, phase)
+                .iter()
+                .map(|s| s.component)
+                .collect();
+            (h.name().to_owned(), started)
+        })
+        .collect();
+    for (host, started) in done {
+        if let Some(p) = cx.state.pending_restarts.get_mut(&host) {
+            p.retain(|c| !started.contains(c));
+            if p.is_empty() {
+                cx.state.pending_restarts.remove(&host);
+            }
+        }
+    }
+    cx.save_state()
+}
+
 /// etcd: every member starts at once (a new cluster needs a quorum), then each is healthy.
 async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
+    start_etcd(cx).await?;
+    restarted(cx, StartPhase::Etcd)
+}
+
+async fn start_etcd(cx: &Apply<'_>) -> Result<()> {
     let phase = PhaseName::Etcd;
-    let cx = &*cx;
     let members: Vec<&HostConn> = cx
         .hosts
         .iter()
-        .filter(|h| h.host.has_role(Role::Etcd))
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
         .collect();
     for h in &members {
         start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Etcd)).await?;
@@ -385,11 +443,7 @@ async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
 /// the API answers `/readyz`.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::ControlPlane;
-    for h in cx
-        .hosts
-        .iter()
-        .filter(|h| h.host.has_role(Role::ControlPlane))
-    {
+    for h in &cx.hosts {
         start_units(
             cx,
             h,
@@ -398,7 +452,8 @@ async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
         )
         .await?;
     }
-    let client = admin_client(&cx.cs).await?;
+    restarted(cx, StartPhase::ControlPlane)?;
+    let client = cx.client().await?;
     retry(
         &format!("phase {phase}: API server ready (/readyz)"),
         Duration::from_secs(180),
@@ -422,14 +477,17 @@ async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
         "api",
         format!("ready at https://{}", cx.cs.inputs.api_endpoint),
     );
-    cx.client = Some(client);
     Ok(())
 }
 
 /// containerd, kubelet, kube-proxy and every node's own units; the asset images imported.
 async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
+    start_nodes(cx).await?;
+    restarted(cx, StartPhase::Nodes)
+}
+
+async fn start_nodes(cx: &Apply<'_>) -> Result<()> {
     let phase = PhaseName::Nodes;
-    let cx = &*cx;
     let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
     let imports = imports.as_str();
     all(&cx.hosts, |h| async move {
@@ -502,7 +560,7 @@ import() {{ # FILE REF DIGEST [ALIAS]
 /// more are deleted (CustomResourceDefinitions stay, with the resources users made).
 async fn addons(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::Addons;
-    let client = cx.client()?;
+    let client = cx.client().await?;
     for o in &cx.rendered.objects {
         let req = http::Request::patch(format!("{}?fieldManager=strata&force=true", o.api_path))
             .header("Content-Type", "application/apply-patch+yaml")
@@ -620,7 +678,7 @@ fn node_names(cx: &Apply<'_>) -> BTreeSet<String> {
 /// through the API (NodeRestriction forbids the kubelet to set it); each node's pod network.
 async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::PodNetwork;
-    let client = cx.client()?;
+    let client = cx.client().await?;
     let api: Api<Node> = Api::all(client.clone());
     wait_nodes(
         &api,
@@ -629,11 +687,11 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
         has_pod_cidr,
     )
     .await?;
-    for h in cx
+    let control_plane = cx
         .hosts
         .iter()
-        .filter(|h| h.host.has_role(Role::ControlPlane))
-    {
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::KubeApiserver));
+    for h in control_plane {
         label_control_plane(&client, h.name()).await?;
     }
     let overlay = Component::Overlay.enabled(cx.cluster());
@@ -700,7 +758,7 @@ async fn label_control_plane(client: &kube::Client, name: &str) -> Result<()> {
 /// Success means every node Ready.
 async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::WaitReady;
-    let api: Api<Node> = Api::all(cx.client()?);
+    let api: Api<Node> = Api::all(cx.client().await?);
     let names = node_names(cx);
     wait_nodes(
         &api,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use strata_manifests::catalog::{self, CATALOG};
-use strata_manifests::plan::{AppliedState, PhaseName};
+use strata_manifests::plan::AppliedState;
 use strata_manifests::render::render;
 use strata_pki::StateDir;
 use strata_platforms::ssh::quote;
@@ -29,9 +29,9 @@ const OWNED_DIRS: &[&str] = &[
     "/etc/containerd",
 ];
 
-/// Directories never removed, even when Strata's files were the last ones in them.
-const KEEP_DIRS: &str =
-    "/ /etc /etc/systemd /etc/systemd/system /opt /run /usr /usr/local /var /var/lib /var/log";
+/// Directories Strata creates on a host (with everything below them): emptied ones are
+/// removed by reset. Any other directory stays, even when Strata's files were its last.
+const PRUNE_DIRS: &str = "/etc/cni /opt/cni /etc/kubernetes /etc/etcd /etc/containerd /etc/strata /opt/strata /var/lib/strata /run/strata";
 
 /// The reset script for a host that got `files`.
 pub fn script(files: &BTreeSet<String>) -> String {
@@ -69,7 +69,7 @@ pub fn script(files: &BTreeSet<String>) -> String {
         chains.iter().copied().collect::<Vec<_>>().join("|")
     );
     format!(
-        "set -u\nBIN={bin}\nUNITS='{units}'\nPATHS={paths}\nLINKS='{links}'\nCHAINS='{chains_re}'\nKEEP='{KEEP_DIRS}'\n{RESET}",
+        "set -u\nBIN={bin}\nUNITS='{units}'\nPATHS={paths}\nLINKS='{links}'\nCHAINS='{chains_re}'\nPRUNE='{PRUNE_DIRS}'\n{RESET}",
         bin = catalog::BIN_DIR,
         units = units.join(" "),
         paths = quote(&quoted.join(" ")),
@@ -96,19 +96,22 @@ for u in $UNITS; do
   systemctl kill --quiet --signal=SIGKILL "$u" 2>/dev/null
   systemctl disable --now --quiet "$u" 2>/dev/null
 done
+# (The kernel's name of containerd-shim-runc-v2 is its first 15 characters.)
 pkill -KILL -x containerd-shim 2>/dev/null
-pkill -KILL -f containerd-shim-runc 2>/dev/null
-for m in $(awk '$2 ~ "^/(var/lib/kubelet|run/containerd|var/lib/containerd|run/netns/cni-)" {print $2}' /proc/mounts | sort -r); do
+for m in $(awk '$2 ~ "^/(var/lib/kubelet/|run/containerd/|var/lib/containerd/|run/netns/cni-)" {print $2}' /proc/mounts | sort -r); do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
 done
-# Files and directories, then their parents that are left empty.
+# Files and directories, then their parents that are left empty, inside the directories
+# Strata creates (a system directory such as /etc/sysctl.d stays, even empty).
 eval "set -- $PATHS"
 for p in "$@"; do
   [ -e "$p" ] || [ -L "$p" ] || continue
   rm -rf "$p"
   d=$(dirname "$p")
   while :; do
-    case " $KEEP " in *" $d "*) break ;; esac
+    inside=no
+    for top in $PRUNE; do case "$d/" in "$top"/*) inside=yes ;; esac; done
+    [ $inside = yes ] || break
     rmdir "$d" 2>/dev/null || break
     d=$(dirname "$d")
   done
@@ -135,21 +138,37 @@ systemctl reset-failed 2>/dev/null
 echo reset
 "#;
 
-/// Every file Strata wrote or would write on each host: as recorded, and as rendered now
-/// (with a PKI kept in memory: reset writes nothing locally but the state).
-fn files_per_host(cs: &ClusterState, state: &AppliedState) -> Result<Vec<BTreeSet<String>>> {
+/// What Strata would write now (a PKI kept in memory: reset writes nothing locally but
+/// the state); None when that cannot be rendered (an expired CA, say): reset then goes by
+/// what was recorded.
+fn rendered_now(cs: &ClusterState, state: &AppliedState) -> Option<AppliedState> {
     let mem = ClusterState {
         state: StateDir::in_memory(cs.state.root.clone()),
         cluster: cs.cluster.clone(),
         ctx: cs.ctx.clone(),
         inputs: cs.inputs.clone(),
     };
-    strata_pki::generate(&mem.inputs, &mem.state, time::OffsetDateTime::now_utc())?;
-    let rendered = render(&mem.cluster, &mem.state)?;
+    let made = strata_pki::generate(&mem.inputs, &mem.state, time::OffsetDateTime::now_utc());
+    let rendered = made
+        .ok()
+        .and_then(|_| render(&mem.cluster, &mem.state).ok());
+    let Some(rendered) = rendered else {
+        eprintln!("reset: the cluster cannot be rendered now; removing what was recorded");
+        return None;
+    };
     let assets = crate::assets::for_plan(&mem).ok().flatten();
-    let want = crate::apply::desired(&mem.cluster, &rendered, assets.as_ref(), state);
-    Ok(cs
-        .cluster
+    Some(crate::apply::desired(
+        &mem.cluster,
+        &rendered,
+        assets.as_ref(),
+        state,
+    ))
+}
+
+/// Every file Strata wrote or would write on each host: as recorded, and as rendered now.
+fn files_per_host(cs: &ClusterState, state: &AppliedState) -> Vec<BTreeSet<String>> {
+    let want = rendered_now(cs, state).unwrap_or_default();
+    cs.cluster
         .spec
         .hosts
         .iter()
@@ -164,7 +183,7 @@ fn files_per_host(cs: &ClusterState, state: &AppliedState) -> Result<Vec<BTreeSe
             }
             files
         })
-        .collect())
+        .collect()
 }
 
 fn confirmed(cs: &ClusterState, yes: bool) -> Result<bool> {
@@ -198,7 +217,7 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
     }
     let state_file = cs.state.root.join("state.json");
     let mut state = AppliedState::load(&state_file)?;
-    let files = files_per_host(&cs, &state)?;
+    let files = files_per_host(&cs, &state);
     let reporter = Reporter::plain();
     crate::runtime()?.block_on(async {
         let results = crate::hosts::connect(&reporter, &cs, &mut state, false).await?;
@@ -211,12 +230,19 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
                     continue;
                 }
             };
-            match h.sh(PhaseName::Connect, &script(files)).await {
-                Ok(_) => {
+            match h.conn.exec(&script(files)).await {
+                Ok(out) if out.success() => {
                     outln!("[{}] reset", h.name());
                     state.hosts.remove(h.name());
+                    state.pending_restarts.remove(h.name());
                 }
-                Err(e) => errors.push(format!("host {}: reset failed: {e:#}", h.name())),
+                Ok(out) => errors.push(format!(
+                    "host {}: reset failed (exit {}):\n{}",
+                    h.name(),
+                    out.status,
+                    out.tail()
+                )),
+                Err(e) => errors.push(format!("host {}: reset failed: {e}", h.name())),
             }
             h.conn.close().await;
         }

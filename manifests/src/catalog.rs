@@ -382,6 +382,21 @@ pub fn on_host<'a>(c: &'a Cluster, h: &'a Host) -> impl Iterator<Item = &'static
     CATALOG.iter().filter(move |s| s.runs_on(c, h))
 }
 
+/// Whether component `c` runs on host `h`.
+pub fn runs(cluster: &Cluster, h: &Host, c: Component) -> bool {
+    c.spec().runs_on(cluster, h)
+}
+
+/// The hosts that run component `c`, in the Cluster file's order (etcd's members, the API
+/// servers, ...).
+pub fn hosts_running(cluster: &Cluster, c: Component) -> impl Iterator<Item = &Host> {
+    cluster
+        .spec
+        .hosts
+        .iter()
+        .filter(move |h| runs(cluster, h, c))
+}
+
 /// The components that run on the host named `host` (none for a host not in the file).
 pub fn on_host_named(c: &Cluster, host: &str) -> Vec<&'static Spec> {
     c.spec

@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use strata_pki::{Address, ExternalCa, Inputs, KeyAlgorithm, Node};
 
-use crate::model::{self, Cluster, HostAddress, Role};
+use crate::catalog::{self, Component};
+use crate::model::{self, Cluster, HostAddress};
 use crate::validate::Context;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,8 @@ pub fn inputs(c: &Cluster, ctx: &Context) -> Result<Inputs, PkiInputError> {
             .map(|h| Node {
                 name: h.name.to_string(),
                 address: h.address.as_ref().map(address),
-                etcd: h.has_role(Role::Etcd),
-                control_plane: h.has_role(Role::ControlPlane),
+                etcd: catalog::runs(c, h, Component::Etcd),
+                control_plane: catalog::runs(c, h, Component::KubeApiserver),
             })
             .collect(),
         extra_api_sans: spec.control_plane.cert_sans.iter().map(address).collect(),

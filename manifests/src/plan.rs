@@ -41,6 +41,15 @@ pub struct AppliedState {
     /// Pinned SSH host key fingerprints (`SHA256:...`) by host name.
     #[serde(default, rename = "hostKeys")]
     pub host_keys: BTreeMap<String, String>,
+    /// Per host, components whose files changed and whose units have not been restarted
+    /// since (an apply stopped between its upload and the phase that restarts them): the
+    /// next apply restarts them.
+    #[serde(
+        default,
+        rename = "pendingRestarts",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub pending_restarts: BTreeMap<String, BTreeSet<Component>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +132,7 @@ impl AppliedState {
         Self {
             hosts,
             objects,
-            host_keys: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -303,8 +312,10 @@ pub enum Event {
     },
 }
 
-/// The files of one host: what it should have, and what it had.
-fn file_actions(
+/// The files of one host: what it should have, and what was applied. A file Strata did not
+/// apply before is created (even when the host happens to hold the same bytes: from now on
+/// Strata owns it); one it applied with other content or mode is updated.
+pub fn file_actions(
     host: &str,
     want: &BTreeMap<String, AppliedFile>,
     have: &BTreeMap<String, AppliedFile>,
@@ -362,10 +373,12 @@ pub fn plan(
     let empty = BTreeMap::new();
     let mut files = Vec::new();
     let mut restarts = Vec::new();
+    let no_pending = BTreeSet::new();
     for (host, w) in &want.hosts {
         let h = have.hosts.get(host).unwrap_or(&empty);
         let changes = file_actions(host, w, h);
-        let changed = changed_components(&changes, w, h);
+        let mut changed = changed_components(&changes, w, h);
+        changed.extend(have.pending_restarts.get(host).unwrap_or(&no_pending));
         for unit in crate::catalog::restarts(&changed, running(host)) {
             restarts.push(Action {
                 kind: ActionKind::Restart,
@@ -452,6 +465,28 @@ mod tests {
             Event::PhaseStarted {
                 phase: PhaseName::ControlPlane
             }
+        );
+    }
+
+    #[test]
+    fn restarts_left_pending_by_a_stopped_run_are_planned() {
+        use Component::*;
+        let files: BTreeMap<String, AppliedFile> =
+            [("/a".to_string(), file("1", &[Kubelet]))].into();
+        let mut have = AppliedState::default();
+        have.hosts.insert("w1".into(), files.clone());
+        let want = have.clone();
+        let running = |_: &str| vec![Kubelet.spec(), KubeProxy.spec()];
+        assert!(plan(&want, &have, running).is_empty());
+        have.pending_restarts.insert("w1".into(), [Kubelet].into());
+        let actions = plan(&want, &have, running);
+        assert_eq!(
+            actions,
+            [Action {
+                kind: ActionKind::Restart,
+                host: "w1".into(),
+                path: "kubelet.service".into()
+            }]
         );
     }
 

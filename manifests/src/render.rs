@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use crate::catalog::{self, Component};
 pub use crate::catalog::{API_PORT, BIN_DIR, CNI_BIN_DIR, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
 use crate::images::StrataImage;
-use crate::model::{Cluster, Host, Platform, Role};
+use crate::model::{Cluster, Host, Platform};
 use crate::objects;
 use crate::pki::first_address;
 use crate::versions::{self, Item};
@@ -245,8 +245,7 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
 fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     let c = ctx.cluster;
     let me = url_host(h);
-    let initial: Vec<String> = c
-        .hosts_with(Role::Etcd)
+    let initial: Vec<String> = catalog::hosts_running(c, Component::Etcd)
         .map(|m| format!("{}=https://{}:{ETCD_PEER_PORT}", m.name, url_host(m)))
         .collect();
     // Listen on the host's own address and loopback; a host known by name listens on all.
@@ -384,8 +383,7 @@ rules:
 fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     let c = ctx.cluster;
     let net = &c.spec.network;
-    let etcd_servers: Vec<String> = c
-        .hosts_with(Role::Etcd)
+    let etcd_servers: Vec<String> = catalog::hosts_running(c, Component::Etcd)
         .map(|m| format!("https://{}:{ETCD_CLIENT_PORT}", url_host(m)))
         .collect();
     let issuer = format!("https://kubernetes.default.svc.{}", net.cluster_domain);

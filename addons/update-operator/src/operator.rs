@@ -230,9 +230,9 @@ impl Operator {
         let max = p.spec.max_unavailable.resolve(views.len()) as u32;
         // The lock as last seen when it is as it should be; written with its resourceVersion,
         // so a stale copy only costs a conflict and another pass.
-        let lock = match known {
-            Some(l) if l.spec.max_holders == max => l.clone(),
-            _ => lock::ensure(locks, &name, max).await?,
+        let (lock, from_store) = match known {
+            Some(l) if l.spec.max_holders == max => (l.clone(), true),
+            _ => (lock::ensure(locks, &name, max).await?, false),
         };
         let lock_status = lock.status.clone().unwrap_or_default();
         let snapshot_updates: BTreeMap<String, (NodeUpdateSpec, crate::crd::NodeUpdateStatus)> =
@@ -298,6 +298,16 @@ impl Operator {
             }
             if lock::write(locks, &lock, status).await?.is_none() {
                 // Someone (a FleetLock client) wrote in between: decide again next pass.
+                return Ok(());
+            }
+        } else if from_store && approves_anew(&decision, updates) {
+            // Approvals act on the holders; a lock taken from the watch store and not
+            // written in this pass is checked to be current before anyone is approved.
+            let fresh = locks
+                .get(&name)
+                .await
+                .map_err(api(format!("RebootLock {name}")))?;
+            if fresh.metadata.resource_version != lock.metadata.resource_version {
                 return Ok(());
             }
         }
@@ -462,6 +472,13 @@ impl Operator {
                 .set(count as i64);
         }
     }
+}
+
+/// Whether `d` approves a node (or changes its approval) that its NodeUpdate does not show.
+fn approves_anew(d: &Decision, updates: &BTreeMap<String, NodeUpdate>) -> bool {
+    d.approvals
+        .iter()
+        .any(|(node, spec)| updates.get(node).map(|u| &u.spec) != Some(spec))
 }
 
 /// What one pass reads: every policy, node, NodeUpdate and lock.
