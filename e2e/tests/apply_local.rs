@@ -923,6 +923,16 @@ fn local_up_apply_converges_and_kubectl_works() {
     let second = events(&ok(&strata(dir.path(), &["apply"]), "second apply"));
     let second_time = started.elapsed();
     println!("first apply {first_time:?}, no-op apply {second_time:?}");
+    for (name, run) in [("first", &first), ("no-op", &second)] {
+        let phases: Vec<String> = run
+            .iter()
+            .filter_map(|e| match e {
+                Event::PhaseFinished { phase, seconds } => Some(format!("{phase} {seconds:.1}")),
+                _ => None,
+            })
+            .collect();
+        println!("{name} apply phases (s): {}", phases.join(", "));
+    }
     assert!(
         second_time * 4 < first_time,
         "no-op apply {second_time:?} vs first {first_time:?}"

@@ -95,6 +95,7 @@ pub fn desired(
                             sha256: asset.sha256.clone(),
                             mode: assets::MODE,
                             users,
+                            preexisting: false,
                         },
                     );
                 }

@@ -12,7 +12,7 @@ use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
 use strata_manifests::plan::{
     Action, ActionKind, CLUSTER, PhaseName, changed_components, file_actions,
-    is_kept_when_unrendered,
+    is_kept_when_unrendered, original_of,
 };
 use strata_platforms::ssh::quote;
 
@@ -180,7 +180,7 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     let mut errors = Vec::new();
     for (h, r) in cx.hosts.iter().zip(results) {
         match r {
-            Ok(changed) => {
+            Ok((changed, adopted)) => {
                 let name = h.name().to_owned();
                 let on_host: BTreeSet<Component> = catalog::on_host(&cx.cs.cluster, &h.host)
                     .map(|s| s.component)
@@ -191,7 +191,14 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
                 if pending.is_empty() {
                     cx.state.pending_restarts.remove(&name);
                 }
-                let files = cx.want.hosts.get(&name).cloned().unwrap_or_default();
+                let mut files = cx.want.hosts.get(&name).cloned().unwrap_or_default();
+                let before = cx.state.hosts.get(&name);
+                for (path, f) in &mut files {
+                    f.preexisting = adopted.contains(path)
+                        || before
+                            .and_then(|b| b.get(path))
+                            .is_some_and(|b| b.preexisting);
+                }
                 cx.state.hosts.insert(name, files);
             }
             Err(e) => errors.push(format!("{e:#}")),
@@ -205,14 +212,15 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     }
 }
 
-/// One host's upload; the components whose files changed. The actions are those `strata
-/// plan` lists (compared with what was applied), plus rewrites of files that changed on the
-/// host behind Strata's back.
+/// One host's upload: the components whose files changed, and the paths where the host had
+/// a file of its own before Strata first wrote there (kept as `<path>.strata-orig` when the
+/// bytes differ). The actions are those `strata plan` lists (compared with what was
+/// applied), plus rewrites of files that changed on the host behind Strata's back.
 async fn upload_host(
     cx: &Apply<'_>,
     h: &HostConn,
     needs_containerd_2: bool,
-) -> Result<BTreeSet<Component>> {
+) -> Result<(BTreeSet<Component>, BTreeSet<String>)> {
     let phase = PhaseName::Upload;
     let name = h.name();
     let empty = Default::default();
@@ -226,11 +234,29 @@ async fn upload_host(
         .await
         .map_err(|e| fail(phase, name, e))?;
     let mut actions = file_actions(name, want, had);
+    let adopted: BTreeSet<String> = want
+        .keys()
+        .filter(|p| !had.contains_key(*p) && have.contains_key(*p))
+        .cloned()
+        .collect();
     let mut written = 0;
     for (path, w) in want {
         let there = have.get(path);
         if there.is_some_and(|f| f.sha256 == w.sha256 && f.mode == w.mode) {
             continue;
+        }
+        if adopted.contains(path) {
+            let orig = quote(&original_of(path));
+            h.sh(
+                phase,
+                &format!("[ -e {orig} ] || cp -a {} {orig}", quote(path)),
+            )
+            .await?;
+            cx.reporter.step(
+                phase,
+                name,
+                format!("kept the host's own {path} as {}", original_of(path)),
+            );
         }
         let content = match tree.and_then(|t| t.files.get(path)) {
             Some(f) => f.content.clone(),
@@ -254,7 +280,8 @@ async fn upload_host(
     // Files Strata wrote last time that are no longer rendered (a role or addon removed, a
     // file renamed by a newer release): stop their units and delete them.
     for a in actions.iter().filter(|a| a.kind == ActionKind::Remove) {
-        h.sh(phase, &remove_command(&a.path)).await?;
+        let preexisting = had.get(&a.path).is_some_and(|f| f.preexisting);
+        h.sh(phase, &remove_command(&a.path, preexisting)).await?;
         cx.reporter.step(phase, name, format!("removed {}", a.path));
     }
     if needs_containerd_2 {
@@ -266,7 +293,7 @@ async fn upload_host(
     for a in actions {
         cx.reporter.action(phase, a);
     }
-    Ok(changed)
+    Ok((changed, adopted))
 }
 
 fn action(kind: ActionKind, host: &str, path: &str) -> Action {
@@ -278,9 +305,13 @@ fn action(kind: ActionKind, host: &str, path: &str) -> Action {
 }
 
 /// The shell command that removes a file Strata no longer renders; a unit is stopped and
-/// disabled first.
-fn remove_command(path: &str) -> String {
+/// disabled first. A path where the host had a file of its own gets that file back.
+fn remove_command(path: &str, preexisting: bool) -> String {
     let quoted = quote(path);
+    if preexisting {
+        let orig = quote(&original_of(path));
+        return format!("if [ -e {orig} ]; then mv -f {orig} {quoted}; fi");
+    }
     match path.strip_prefix("/etc/systemd/system/").filter(|u| {
         [".service", ".path", ".timer"]
             .iter()

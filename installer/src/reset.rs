@@ -1,17 +1,16 @@
 //! `strata reset`: every host back to how it was before Strata. What to stop and remove comes
 //! from the component catalogue (every component's units, run-time paths, network links and
 //! iptables chains, whatever roles the host has now) and from the files Strata wrote there
-//! (as recorded when applied, and as rendered now).
+//! (as recorded when applied): files it created are deleted, a host's own files it replaced
+//! are put back. Nothing is rendered: reset works on a cluster whose PKI is broken.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use strata_manifests::catalog::{self, CATALOG};
-use strata_manifests::plan::AppliedState;
-use strata_manifests::render::render;
-use strata_pki::StateDir;
+use strata_manifests::plan::{AppliedFile, AppliedState};
 use strata_platforms::ssh::quote;
 
 use crate::certs::{ClusterState, load};
@@ -24,23 +23,57 @@ const OWNED_DIRS: &[&str] = &[
     "/opt/strata",
     "/etc/strata",
     "/var/lib/strata",
-    "/etc/kubernetes",
-    "/etc/etcd",
-    "/etc/containerd",
 ];
 
 /// Directories Strata creates on a host (with everything below them): emptied ones are
 /// removed by reset. Any other directory stays, even when Strata's files were its last.
 const PRUNE_DIRS: &str = "/etc/cni /opt/cni /etc/kubernetes /etc/etcd /etc/containerd /etc/strata /opt/strata /var/lib/strata /run/strata";
 
+/// What reset does with the files Strata applied to one host.
+#[derive(Debug, Default)]
+pub struct HostFiles {
+    /// Files Strata created: deleted.
+    pub created: BTreeSet<String>,
+    /// Paths where the host had a file of its own: that file put back (or left as it is,
+    /// when Strata found the same bytes there).
+    pub preexisting: BTreeSet<String>,
+}
+
+impl HostFiles {
+    fn of(applied: Option<&BTreeMap<String, AppliedFile>>) -> Self {
+        let mut out = Self::default();
+        for (path, f) in applied.into_iter().flatten() {
+            if f.preexisting {
+                out.preexisting.insert(path.clone());
+            } else {
+                out.created.insert(path.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The paths quoted for the remote shell, as one quoted word (`eval "set -- $X"` splits
+/// it); a trailing `*` stays a glob.
+fn words(paths: &BTreeSet<String>) -> String {
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|p| match p.strip_suffix('*') {
+            Some(prefix) => format!("{}*", quote(prefix)),
+            None => quote(p),
+        })
+        .collect();
+    quote(&quoted.join(" "))
+}
+
 /// The reset script for a host that got `files`.
-pub fn script(files: &BTreeSet<String>) -> String {
+pub fn script(files: &HostFiles) -> String {
     let units: Vec<&str> = CATALOG
         .iter()
         .rev()
         .flat_map(|s| s.units.iter().map(|u| u.name))
         .collect();
-    let mut paths: BTreeSet<String> = files.clone();
+    let mut paths: BTreeSet<String> = files.created.clone();
     paths.extend(
         CATALOG
             .iter()
@@ -48,14 +81,7 @@ pub fn script(files: &BTreeSet<String>) -> String {
     );
     paths.extend(OWNED_DIRS.iter().map(|p| (*p).to_owned()));
     paths.extend(units.iter().map(|u| format!("/etc/systemd/system/{u}")));
-    let quoted: Vec<String> = paths
-        .iter()
-        .map(|p| match p.strip_suffix('*') {
-            // A glob: quoted up to its star.
-            Some(prefix) => format!("{}*", quote(prefix)),
-            None => quote(p),
-        })
-        .collect();
+    paths.retain(|p| !files.preexisting.contains(p));
     let links: BTreeSet<&str> = CATALOG
         .iter()
         .flat_map(|s| s.links.iter().copied())
@@ -69,10 +95,11 @@ pub fn script(files: &BTreeSet<String>) -> String {
         chains.iter().copied().collect::<Vec<_>>().join("|")
     );
     format!(
-        "set -u\nBIN={bin}\nUNITS='{units}'\nPATHS={paths}\nLINKS='{links}'\nCHAINS='{chains_re}'\nPRUNE='{PRUNE_DIRS}'\n{RESET}",
+        "set -u\nBIN={bin}\nUNITS='{units}'\nPATHS={paths}\nRESTORE={restore}\nLINKS='{links}'\nCHAINS='{chains_re}'\nPRUNE='{PRUNE_DIRS}'\n{RESET}",
         bin = catalog::BIN_DIR,
         units = units.join(" "),
-        paths = quote(&quoted.join(" ")),
+        paths = words(&paths),
+        restore = words(&files.preexisting),
         links = links.iter().copied().collect::<Vec<_>>().join("|"),
     )
 }
@@ -100,6 +127,11 @@ done
 pkill -KILL -x containerd-shim 2>/dev/null
 for m in $(awk '$2 ~ "^/(var/lib/kubelet/|run/containerd/|var/lib/containerd/|run/netns/cni-)" {print $2}' /proc/mounts | sort -r); do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+done
+# The host's own files that Strata replaced, put back.
+eval "set -- $RESTORE"
+for p in "$@"; do
+  if [ -e "$p.strata-orig" ]; then mv -f "$p.strata-orig" "$p"; fi
 done
 # Files and directories, then their parents that are left empty, inside the directories
 # Strata creates (a system directory such as /etc/sysctl.d stays, even empty).
@@ -138,54 +170,6 @@ systemctl reset-failed 2>/dev/null
 echo reset
 "#;
 
-/// What Strata would write now (a PKI kept in memory: reset writes nothing locally but
-/// the state); None when that cannot be rendered (an expired CA, say): reset then goes by
-/// what was recorded.
-fn rendered_now(cs: &ClusterState, state: &AppliedState) -> Option<AppliedState> {
-    let mem = ClusterState {
-        state: StateDir::in_memory(cs.state.root.clone()),
-        cluster: cs.cluster.clone(),
-        ctx: cs.ctx.clone(),
-        inputs: cs.inputs.clone(),
-    };
-    let made = strata_pki::generate(&mem.inputs, &mem.state, time::OffsetDateTime::now_utc());
-    let rendered = made
-        .ok()
-        .and_then(|_| render(&mem.cluster, &mem.state).ok());
-    let Some(rendered) = rendered else {
-        eprintln!("reset: the cluster cannot be rendered now; removing what was recorded");
-        return None;
-    };
-    let assets = crate::assets::for_plan(&mem).ok().flatten();
-    Some(crate::apply::desired(
-        &mem.cluster,
-        &rendered,
-        assets.as_ref(),
-        state,
-    ))
-}
-
-/// Every file Strata wrote or would write on each host: as recorded, and as rendered now.
-fn files_per_host(cs: &ClusterState, state: &AppliedState) -> Vec<BTreeSet<String>> {
-    let want = rendered_now(cs, state).unwrap_or_default();
-    cs.cluster
-        .spec
-        .hosts
-        .iter()
-        .map(|h| {
-            let name = h.name.as_str();
-            let mut files: BTreeSet<String> = BTreeSet::new();
-            for m in [state.hosts.get(name), want.hosts.get(name)]
-                .into_iter()
-                .flatten()
-            {
-                files.extend(m.keys().cloned());
-            }
-            files
-        })
-        .collect()
-}
-
 fn confirmed(cs: &ClusterState, yes: bool) -> Result<bool> {
     if yes {
         return Ok(true);
@@ -217,7 +201,13 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
     }
     let state_file = cs.state.root.join("state.json");
     let mut state = AppliedState::load(&state_file)?;
-    let files = files_per_host(&cs, &state);
+    let files: Vec<HostFiles> = cs
+        .cluster
+        .spec
+        .hosts
+        .iter()
+        .map(|h| HostFiles::of(state.hosts.get(h.name.as_str())))
+        .collect();
     let reporter = Reporter::plain();
     crate::runtime()?.block_on(async {
         let results = crate::hosts::connect(&reporter, &cs, &mut state, false).await?;
@@ -261,10 +251,36 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
 mod tests {
     use super::*;
 
+    fn files() -> HostFiles {
+        HostFiles {
+            created: ["/etc/x y".to_string()].into(),
+            preexisting: ["/etc/containerd/config.toml".to_string()].into(),
+        }
+    }
+
+    /// The words of one of the script's lists, as the shell reads them.
+    fn list(script: &str, name: &str) -> Vec<String> {
+        let line = script
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .expect("list");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("{line}\neval \"set -- ${name}\"; printf '%s\\n' \"$@\""),
+            ])
+            .output()
+            .expect("sh");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The script names every unit, run-time path, link and chain of the catalogue.
     #[test]
     fn the_script_covers_the_whole_catalogue() {
-        let s = script(&["/etc/x y".to_string()].into());
+        let s = script(&files());
         for spec in CATALOG {
             for u in spec.units {
                 assert!(s.contains(u.name), "{}", u.name);
@@ -279,31 +295,20 @@ mod tests {
                 assert!(s.contains(c), "{c}");
             }
         }
-        // The paths, as the shell reads them: one word each, globs expanded.
-        let line = s.lines().find(|l| l.starts_with("PATHS=")).expect("PATHS");
-        let out = std::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("{line}\neval \"set -- $PATHS\"; printf '%s\\n' \"$@\""),
-            ])
-            .output()
-            .expect("sh");
-        let words = String::from_utf8_lossy(&out.stdout).into_owned();
-        let words: Vec<&str> = words.lines().collect();
-        assert!(words.contains(&"/etc/x y"), "{words:?}");
-        assert!(
-            words.contains(&"/etc/systemd/system/kubelet.service"),
-            "{words:?}"
-        );
-        assert!(words.contains(&"/opt/strata"), "{words:?}");
+        let paths = list(&s, "PATHS");
+        assert!(paths.contains(&"/etc/x y".to_string()), "{paths:?}");
+        assert!(paths.contains(&"/etc/systemd/system/kubelet.service".to_string()));
+        assert!(paths.contains(&"/opt/strata".to_string()));
+        // The host's own file is put back, never deleted.
+        assert!(!paths.contains(&"/etc/containerd/config.toml".to_string()));
+        assert_eq!(list(&s, "RESTORE"), ["/etc/containerd/config.toml"]);
     }
 
     /// The script is valid shell (dash, as on Debian hosts).
     #[test]
     fn the_script_parses() {
-        let s = script(&["/etc/kubernetes/pki/ca.crt".to_string()].into());
         let out = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
+            .args(["-n", "-c", &script(&files())])
             .output()
             .expect("sh");
         assert!(

@@ -216,6 +216,8 @@ pub const CATALOG: &[Spec] = &[
             "/var/lib/cni",
             "/run/netns/cni-*",
             "/var/lib/strata/images",
+            // containerd's `opt` plugin directory, made at its first start.
+            "/opt/containerd",
         ],
         links: &["cni0"],
         chains: &["CNI-"],

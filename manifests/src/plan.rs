@@ -59,6 +59,17 @@ pub struct AppliedFile {
     /// The components whose units restart when it changes or goes away.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub users: BTreeSet<Component>,
+    /// The host had a file at this path before Strata first wrote it (a distribution's
+    /// default configuration, say): Strata kept it as `<path>.strata-orig` when the bytes
+    /// differed, and puts it back instead of deleting the path (reset, a file no longer
+    /// rendered).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preexisting: bool,
+}
+
+/// Where Strata keeps a host's own file that it replaced.
+pub fn original_of(path: &str) -> String {
+    format!("{path}.strata-orig")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +120,7 @@ impl AppliedState {
                                 sha256: sha256(&f.content),
                                 mode: f.mode,
                                 users: f.users.clone(),
+                                preexisting: false,
                             },
                         )
                     })
@@ -438,6 +450,7 @@ mod tests {
             sha256: sha.into(),
             mode: 0o644,
             users: users.iter().copied().collect(),
+            preexisting: false,
         }
     }
 
