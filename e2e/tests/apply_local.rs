@@ -673,9 +673,12 @@ fn files_no_longer_rendered_are_removed(dir: &Path) {
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).expect("state")).expect("json");
     let w1 = state["hosts"]["w1"].as_object_mut().expect("w1 files");
-    // Recorded like a file no component reads (a stale file restarts nothing).
+    // Recorded like a file Strata created that no component reads (its removal restarts
+    // nothing and puts back nothing).
     let mut any = w1.values().next().expect("an entry").clone();
-    any.as_object_mut().expect("entry").remove("users");
+    let entry = any.as_object_mut().expect("entry");
+    entry.remove("users");
+    entry.remove("preexisting");
     for old in [
         "/etc/systemd/system/strata-old.service",
         "/etc/kubernetes/strata-old.conf",

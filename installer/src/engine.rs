@@ -67,6 +67,8 @@ pub struct Reporter {
     bars: Option<Bars>,
     current: Mutex<Option<PhaseName>>,
     timings: Mutex<Vec<(PhaseName, Duration)>>,
+    /// One question in the terminal at a time (hosts are contacted in parallel).
+    questions: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -141,6 +143,12 @@ impl Reporter {
 
     pub fn action(&self, phase: PhaseName, action: Action) {
         self.emit(&Event::Action { phase, action });
+    }
+
+    /// Waits for the turn to ask a question in the terminal; the turn lasts as long as the
+    /// guard.
+    pub async fn question_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.questions.lock().await
     }
 
     /// Runs `f` with the live view paused (a question in the terminal).

@@ -304,12 +304,11 @@ async fn ask_trust(
     target: &Target,
     interactive: bool,
 ) -> Result<HostKeyPolicy> {
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if !interactive {
         bail!("not a terminal");
     }
     let fp = strata_platforms::ssh::presented_host_key(target, Duration::from_secs(20)).await?;
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = reporter.question_turn().await;
     let question = format!(
         "{} ({}) presents the SSH host key {fp}. Compare it with `ssh-keygen -lf \
          /etc/ssh/ssh_host_ed25519_key.pub` on that machine. Trust it",
