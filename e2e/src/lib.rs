@@ -329,7 +329,9 @@ pub fn host_snapshot(cluster: &str, host: &str) -> String {
         r#"echo '## unit files'
 systemctl list-unit-files --no-legend --no-pager | awk '{print $1, $2}' | sort
 echo '## units'
-systemctl list-units --all --no-legend --no-pager --plain | awk '{print $1}' \
+# A unit whose file is gone and that does not run is gone (systemd forgets it lazily).
+systemctl list-units --all --no-legend --no-pager --plain \
+  | awk '!($2 == "not-found" && $3 == "inactive") {print $1}' \
   | grep -Ev '^(session-|user@|user-|user\.slice|run-|dev-|sys-|init\.scope)' | sort
 echo '## files'
 find /etc /opt /srv /usr/local /var/lib /var/log -xdev \
