@@ -148,16 +148,26 @@ impl AppliedState {
         }
     }
 
-    /// Writes the state atomically (temporary file, fsync, rename), mode 0600.
+    /// Writes the state atomically (temporary file, fsync, rename), mode 0600, creating its
+    /// directory (0700) when missing.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        strata_pki::write_private(path, &text).map_err(|source| StateError::Io {
+        let err = |source| StateError::Io {
             path: path.display().to_string(),
             source,
-        })
+        };
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
+        }
+        let text = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        strata_pki::write_private(path, &text).map_err(err)
     }
 
     /// Loads `path`; a missing file is an empty state (nothing applied yet).
@@ -501,6 +511,17 @@ mod tests {
                 path: "kubelet.service".into()
             }]
         );
+    }
+
+    #[test]
+    fn saving_creates_the_state_directory_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("demo/state.json");
+        AppliedState::default().save(&path).expect("save");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&d.path().join("demo")), 0o700);
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]
