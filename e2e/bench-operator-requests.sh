@@ -79,8 +79,8 @@ measure() {
       else "other \(.verb) \($r)" end' "$audit" \
     | sort | uniq -c | awk -v label="$label" -v w="$window" '
       { n = $1; $1 = ""; sub(/^ /, ""); printf "%-8s %-36s %7.1f/min\n", label, $0, n * 60 / w
-        split($0, k, " "); total[k[1]] += n }
-      END { for (k in total) printf "%-8s %-36s %7.1f/min\n", label, "TOTAL " k, total[k] * 60 / w }'
+        split($0, word, " "); total[word[1]] += n }
+      END { for (kind in total) printf "%-8s %-36s %7.1f/min\n", label, "TOTAL " kind, total[kind] * 60 / w }'
 }
 
 "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null 2>&1 || true
