@@ -1,13 +1,14 @@
 //! The phases of `strata apply`, in order. Each is a value the engine runs; which units,
 //! binaries, ports and restarts each host gets comes from the component catalogue.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use futures::future::{BoxFuture, FutureExt, join_all};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
 use strata_manifests::plan::{
@@ -771,16 +772,23 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
 }
 
 async fn label_control_plane(client: &kube::Client, name: &str) -> Result<()> {
-    let body = format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    node-role.kubernetes.io/control-plane: \"\"\n"
-    );
-    let req = http::Request::patch(format!(
-        "/api/v1/nodes/{name}?fieldManager=strata-node-roles&force=true"
-    ))
-    .header("Content-Type", "application/apply-patch+yaml")
-    .body(body.into_bytes())?;
-    client
-        .request_text(req)
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "node-role.kubernetes.io/control-plane".to_owned(),
+                String::new(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    Api::<Node>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("strata-node-roles").force(),
+            &Patch::Apply(&node),
+        )
         .await
         .with_context(|| format!("phase pod-network: labelling {name}"))?;
     Ok(())

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use strata_update_operator::crd::{NodeUpdate, RebootLock, UpdatePolicy};
+use strata_update_api::{NodeUpdate, RebootLock, UpdatePolicy};
 
 use crate::certs::load;
 use crate::cli::{StateArgs, UpdatesCommand, UpdatesPolicyArgs};
@@ -69,15 +69,14 @@ fn status(args: &StateArgs) -> Result<ExitCode> {
                 "{:<12} {:<7} {:<5} {:<6} {:<8} {:<10} {:<7} {:<10} {}",
                 p.metadata.name.as_deref().unwrap_or(""),
                 p.spec.paused,
-                serde_json::to_value(p.spec.max_unavailable)
-                    .map(|v| v.to_string().trim_matches('"').to_owned())
-                    .unwrap_or_default(),
+                p.spec.max_unavailable.to_string(),
                 st.nodes,
                 st.reboot_required,
                 st.in_progress,
                 st.failed,
                 deg,
-                st.next_window.as_deref().unwrap_or("-"),
+                st.next_window
+                    .map_or_else(|| "-".to_owned(), |t| t.to_string()),
             );
             if deg == "True" && !why.is_empty() {
                 outln!("  degraded: {why}");

@@ -22,6 +22,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use strata_update_api::{UpdatePolicyApply, UpdatePolicyApplySpec, WindowSpec};
+
 use crate::images::StrataImage;
 use crate::model::Cluster;
 use crate::objects::{binding, meta, object};
@@ -193,9 +195,6 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     ])
 }
 
-/// The CRDs, generated from the operator's types (addons/update-operator/crds.yaml).
-const UPDATE_CRDS: &str = include_str!("../../addons/update-operator/crds.yaml");
-
 /// Where each node's update agent finds its own identity (a kubeconfig with the node's
 /// `strata:update-agent:<node>` certificate).
 pub const UPDATE_AGENT_DIR: &str = "/etc/strata/update-agent";
@@ -213,10 +212,11 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> 
     }
 }
 
+/// An object of a kind k8s-openapi does not know (the update API's), by its API path.
 fn custom(
     file: &str,
     api_path: String,
-    value: &serde_json::Value,
+    value: &impl serde::Serialize,
 ) -> Result<ClusterObject, RenderError> {
     Ok(ClusterObject {
         file: file.into(),
@@ -289,16 +289,12 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for (i, doc) in UPDATE_CRDS.split("\n---\n").skip(1).enumerate() {
-        let name = doc
-            .lines()
-            .find_map(|l| l.strip_prefix("  name: "))
-            .unwrap_or_default();
-        out.push(ClusterObject {
-            file: format!("update-operator-0{}-crd-{name}.yaml", i + 1),
-            api_path: format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
-            yaml: doc.to_owned(),
-        });
+    for (i, (name, crd)) in strata_update_api::crds().into_iter().enumerate() {
+        out.push(custom(
+            &format!("update-operator-0{}-crd-{name}.yaml", i + 1),
+            format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
+            &crd,
+        )?);
     }
 
     // The operator: the only writer of locks, approvals and gate labels.
@@ -596,19 +592,20 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     };
     out.push(object("update-operator-10-agent-daemonset.yaml", &ds)?);
 
-    // The default policy. `paused` is left out: `strata updates pause|resume` owns it.
-    let policy = serde_json::json!({
-        "apiVersion": "update.strata.dev/v1alpha1",
-        "kind": "UpdatePolicy",
-        "metadata": {"name": "default", "labels": {"app.kubernetes.io/managed-by": "strata"}},
-        "spec": {
-            "maxUnavailable": addon.policy.max_unavailable,
-            "windows": addon.policy.windows,
+    // The default policy, with only the fields the Cluster file sets.
+    let policy = UpdatePolicyApply::new(
+        meta("default"),
+        UpdatePolicyApplySpec {
+            max_unavailable: addon.policy.max_unavailable,
+            windows: addon.policy.windows.iter().map(WindowSpec::from).collect(),
         },
-    });
+    );
     out.push(custom(
         "update-operator-11-policy-default.yaml",
-        "/apis/update.strata.dev/v1alpha1/updatepolicies/default".into(),
+        format!(
+            "/apis/{}/updatepolicies/default",
+            strata_update_api::API_VERSION
+        ),
         &policy,
     )?);
     Ok(out)

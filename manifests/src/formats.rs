@@ -4,7 +4,6 @@
 //! is found in one pass) and the typed values' deserialization.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -152,66 +151,8 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Go-style durations as Kubernetes writes them: `8760h`, `90m`, `1h30m`, `45s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration such as 8760h, 30m, 1h30m or 45s");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            'd' => {
-                return Err(format!(
-                    "`{s}`: days are not a unit here; write hours, e.g. {}h",
-                    s.trim_end_matches('d').parse::<u64>().unwrap_or(1) * 24
-                ));
-            }
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !num.is_empty() {
-        return Err(format!("`{s}` lacks a unit at the end (h, m or s)"));
-    }
-    Ok(Duration::from_secs(total))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return "0s".into();
-    }
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
+/// Durations and percentages are read as the update API reads them (one parser each).
+pub use strata_update_api::{format_duration, parse_duration, parse_percent};
 
 pub fn parse_kubernetes_version(s: &str) -> Result<(u32, u32, u32), String> {
     let t = s.strip_prefix('v').unwrap_or(s);
@@ -284,22 +225,10 @@ pub fn check_ssh_fingerprint(s: &str) -> Result<(), String> {
     }
 }
 
-pub fn parse_percent(s: &str) -> Result<u8, String> {
-    let bad = || format!("`{s}` is not a percentage from 1% to 100%");
-    let n: u8 = s
-        .strip_suffix('%')
-        .ok_or_else(bad)?
-        .parse()
-        .map_err(|_| bad())?;
-    if (1..=100).contains(&n) {
-        Ok(n)
-    } else {
-        Err(bad())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

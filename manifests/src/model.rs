@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub use strata_update_api::{IntOrPercent, Weekday};
+
 use crate::formats::{self, HostAddr};
 
 pub const API_VERSION: &str = "strata.dev/v1alpha1";
@@ -691,30 +693,32 @@ pub struct UpdateOperatorAddon {
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default)]
-    pub policy: UpdatePolicySpec,
+    pub policy: ClusterUpdatePolicy,
 }
 
 impl Default for UpdateOperatorAddon {
     fn default() -> Self {
         Self {
             enabled: true,
-            policy: UpdatePolicySpec::default(),
+            policy: ClusterUpdatePolicy::default(),
         }
     }
 }
 
+/// The `default` UpdatePolicy's fields the Cluster file sets (the rest stay the policy's own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpdatePolicySpec {
+pub struct ClusterUpdatePolicy {
     /// How many nodes may be unavailable at once (a count, or a percentage such as "25%").
     #[serde(default)]
+    #[schemars(schema_with = "int_or_percent_schema")]
     pub max_unavailable: IntOrPercent,
     /// Maintenance windows; empty means any time.
     #[serde(default)]
     pub windows: Vec<MaintenanceWindow>,
 }
 
-impl Default for UpdatePolicySpec {
+impl Default for ClusterUpdatePolicy {
     fn default() -> Self {
         Self {
             max_unavailable: IntOrPercent::Count(1),
@@ -723,60 +727,15 @@ impl Default for UpdatePolicySpec {
     }
 }
 
-/// A count of nodes or a percentage of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntOrPercent {
-    Count(u32),
-    Percent(u8),
-}
-
-impl Default for IntOrPercent {
-    fn default() -> Self {
-        IntOrPercent::Count(1)
-    }
-}
-
-impl Serialize for IntOrPercent {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            IntOrPercent::Count(n) => s.serialize_u32(*n),
-            IntOrPercent::Percent(p) => s.serialize_str(&format!("{p}%")),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for IntOrPercent {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(u32),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Count(n) => Ok(IntOrPercent::Count(n)),
-            Raw::Text(s) => formats::parse_percent(&s)
-                .map(IntOrPercent::Percent)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl JsonSchema for IntOrPercent {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> Cow<'static, str> {
-        "IntOrPercent".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "anyOf": [
-                { "type": "integer", "minimum": 1 },
-                { "type": "string", "format": "percent" }
-            ]
-        })
-    }
+/// The Cluster file's view of [`IntOrPercent`]: its formats, so a bad value gets the
+/// validator's clear message.
+fn int_or_percent_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            { "type": "integer", "minimum": 1 },
+            { "type": "string", "format": "percent" }
+        ]
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -797,15 +756,15 @@ fn utc() -> TimeZoneName {
     TimeZoneName("UTC".into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Weekday {
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-    Sun,
+impl From<&MaintenanceWindow> for strata_update_api::WindowSpec {
+    fn from(w: &MaintenanceWindow) -> Self {
+        Self {
+            days: w.days.clone(),
+            start: w.start.to_string(),
+            duration: strata_update_api::GoDuration(w.duration.0),
+            time_zone: w.time_zone.to_string(),
+        }
+    }
 }
 
 /// SSH settings of one host after applying the cluster-wide defaults.

@@ -22,10 +22,9 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::crd::{
-    DrainProgress, NodeUpdate, NodeUpdateStatus, OnDrainTimeout, Phase, UpdatePolicy,
+    DrainProgress, NodeUpdate, NodeUpdateStatus, OnDrainTimeout, Phase, Time, UpdatePolicy,
 };
 use crate::drain::{self, DrainOptions};
-use crate::window::parse_duration;
 
 /// The file the host's path unit mirrors `/run/reboot-required` to.
 pub const SENTINEL: &str = "reboot-required";
@@ -147,7 +146,7 @@ impl Agent {
             spec.approved && spec.approved_boot_id.as_deref() == Some(view.boot_id.as_str());
         let to = |st: &mut NodeUpdateStatus, phase: Phase, reason: &str, message: String| {
             if st.phase != phase {
-                st.last_transition_time = now.to_string();
+                st.last_transition_time = Some(Time(now));
             }
             st.phase = phase;
             st.reason = reason.into();
@@ -176,7 +175,7 @@ impl Agent {
                 } else if approved_now {
                     st.cordoned_by_agent = !view.unschedulable;
                     st.drain = Some(DrainProgress {
-                        started_at: Some(now.to_string()),
+                        started_at: Some(Time(now)),
                         ..Default::default()
                     });
                     to(&mut st, Phase::Draining, "Approved", "draining".into());
@@ -227,17 +226,15 @@ impl Agent {
                     let started = st
                         .drain
                         .as_ref()
-                        .and_then(|d| d.started_at.as_deref())
-                        .and_then(|s| s.parse::<Timestamp>().ok())
-                        .unwrap_or(now);
-                    let timeout =
-                        parse_duration(&policy.drain.timeout).unwrap_or(Duration::from_secs(600));
+                        .and_then(|d| d.started_at)
+                        .map_or(now, |t| t.0);
+                    let timeout = policy.drain.timeout.0;
                     let timed_out =
                         now.duration_since(started).as_secs() >= timeout.as_secs() as i64;
                     st.drain = Some(DrainProgress {
                         pods_remaining: p.remaining,
                         blocked_by: p.blocked.clone(),
-                        started_at: Some(started.to_string()),
+                        started_at: Some(Time(started)),
                     });
                     if p.remaining == 0 {
                         to(
@@ -293,10 +290,10 @@ impl Agent {
                     // No request and the old boot id: either the request was never written
                     // (a crash right after the status) or this is the new boot and the kubelet
                     // has not reported its boot id yet. Only the first outlives a minute.
-                    let since = st.last_transition_time.parse::<Timestamp>().unwrap_or(now);
+                    let since = st.last_transition_time.map_or(now, |t| t.0);
                     if now.duration_since(since).as_secs() >= REQUEST_AGAIN_AFTER.as_secs() as i64 {
                         self.request_reboot(&view.boot_id)?;
-                        st.last_transition_time = now.to_string();
+                        st.last_transition_time = Some(Time(now));
                         st.message = "reboot requested again".into();
                     }
                 }
@@ -349,7 +346,7 @@ impl Agent {
         }
         tracing::warn!(node = %self.node, %reason, %why, "update failed");
         st.cordoned_by_agent = false;
-        st.last_abort = Some(now.to_string());
+        st.last_abort = Some(Time(now));
         Ok(())
     }
 

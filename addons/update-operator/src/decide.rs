@@ -13,10 +13,10 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{
-    Condition, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase,
+    Condition, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
     UpdatePolicySpec, UpdatePolicyStatus,
 };
-use crate::window::{Window, WindowError, allowed, parse_duration};
+use crate::window::{Window, WindowError, allowed};
 
 /// Label the operator puts on a node whose before-reboot gates are awaited.
 pub const BEFORE_REBOOT_LABEL: &str = "update.strata.dev/before-reboot";
@@ -31,8 +31,6 @@ pub enum PolicyError {
         #[source]
         source: WindowError,
     },
-    #[error("spec.{field}: `{value}` is not a duration (e.g. 90s, 10m, 1h30m)")]
-    Duration { field: &'static str, value: String },
 }
 
 /// A Node as far as decisions care.
@@ -110,21 +108,12 @@ struct Durations {
     reboot: Duration,
 }
 
-fn durations(p: &UpdatePolicySpec) -> Result<Durations, PolicyError> {
-    let d = |field: &'static str, value: &str| {
-        parse_duration(value).ok_or_else(|| PolicyError::Duration {
-            field,
-            value: value.into(),
-        })
-    };
-    Ok(Durations {
-        drain: d("drain.timeout", &p.drain.timeout)?,
-        soak: d("soak", &p.soak)?,
-        reboot: d(
-            "failurePolicy.rebootTimeout",
-            &p.failure_policy.reboot_timeout,
-        )?,
-    })
+fn durations(p: &UpdatePolicySpec) -> Durations {
+    Durations {
+        drain: p.drain.timeout.0,
+        soak: p.soak.0,
+        reboot: p.failure_policy.reboot_timeout.0,
+    }
 }
 
 /// The policy's windows, parsed.
@@ -133,15 +122,13 @@ pub fn windows(p: &UpdatePolicySpec) -> Result<Vec<Window>, PolicyError> {
         .iter()
         .enumerate()
         .map(|(index, w)| {
-            let days: Vec<&str> = w.days.iter().map(String::as_str).collect();
-            Window::parse(&days, &w.start, &w.duration, &w.time_zone)
-                .map_err(|source| PolicyError::Window { index, source })
+            Window::from_spec(w).map_err(|source| PolicyError::Window { index, source })
         })
         .collect()
 }
 
-fn ts(s: &str) -> Option<Timestamp> {
-    s.parse().ok()
+fn ts(t: Option<&Time>) -> Option<Timestamp> {
+    t.map(|t| t.0)
 }
 
 fn plus(t: Timestamp, d: Duration) -> Timestamp {
@@ -167,7 +154,7 @@ fn waiting(st: &NodeUpdateStatus) -> bool {
 /// Decides for one policy. An invalid policy is an error (the operator reports it on the
 /// policy and grants nothing).
 pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
-    let d = durations(s.policy)?;
+    let d = durations(s.policy);
     let windows = windows(s.policy)?;
     let now = s.now;
     let nodes: BTreeMap<&str, &NodeView> = s.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
@@ -208,15 +195,11 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             continue;
         };
         let (spec, st) = update(&h.node);
-        let acquired = ts(&h.acquired_at).unwrap_or(now);
+        let acquired = h.acquired_at.0;
         let release = match h.phase {
             HolderPhase::Granted | HolderPhase::FleetLock => None,
             HolderPhase::Approved => {
-                let aborted = st
-                    .last_abort
-                    .as_deref()
-                    .and_then(ts)
-                    .is_some_and(|t| t >= acquired);
+                let aborted = st.last_abort.map(|t| t.0).is_some_and(|t| t >= acquired);
                 if st.phase == Phase::Failed {
                     h.phase = HolderPhase::Failed;
                     ev(
@@ -245,7 +228,8 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
                     }
                 } else {
                     let in_reboot = matches!(st.phase, Phase::Rebooting | Phase::Verifying)
-                        && ts(&st.last_transition_time).is_some_and(|t| now >= plus(t, d.reboot));
+                        && ts(st.last_transition_time.as_ref())
+                            .is_some_and(|t| now >= plus(t, d.reboot));
                     let overall = now >= plus(plus(acquired, d.drain), d.reboot);
                     if in_reboot || overall {
                         h.phase = HolderPhase::Failed;
@@ -307,8 +291,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             let st = &update(&n.name).1;
             let recently_aborted = st
                 .last_abort
-                .as_deref()
-                .and_then(ts)
+                .map(|t| t.0)
                 .is_some_and(|t| now < plus(t, d.drain));
             waiting(st) && !recently_aborted
         })
@@ -325,7 +308,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             granted.push(n.name.clone());
             holders.push(Holder {
                 node: n.name.clone(),
-                acquired_at: now.to_string(),
+                acquired_at: Time(now),
                 phase: HolderPhase::Granted,
             });
             ev(
@@ -374,11 +357,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         } else {
             None
         };
-        let drain_started = st
-            .drain
-            .as_ref()
-            .and_then(|d| d.started_at.as_deref())
-            .and_then(ts);
+        let drain_started = st.drain.as_ref().and_then(|d| d.started_at).map(|t| t.0);
         let force_drain = approved
             && s.policy.drain.on_timeout == OnDrainTimeout::Force
             && st.phase == Phase::Draining
@@ -416,7 +395,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             .iter()
             .filter_map(|w| w.next_open(now))
             .min()
-            .map(|t| t.to_string())
+            .map(Time)
     };
     let progressing = holders.iter().any(|h| h.phase != HolderPhase::Failed);
     let cond = |type_: &str, on: bool, reason: &str, message: String| Condition {
@@ -424,7 +403,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         status: if on { "True" } else { "False" }.into(),
         reason: reason.into(),
         message,
-        last_transition_time: String::new(),
+        last_transition_time: None,
     };
     let fresh = vec![
         cond(
@@ -519,8 +498,8 @@ pub fn merge_conditions(old: &[Condition], new: Vec<Condition>, now: Timestamp) 
             c.last_transition_time = old
                 .iter()
                 .find(|o| o.type_ == c.type_ && o.status == c.status)
-                .map(|o| o.last_transition_time.clone())
-                .unwrap_or_else(|| now.to_string());
+                .and_then(|o| o.last_transition_time)
+                .or(Some(Time(now)));
             c
         })
         .collect()
@@ -529,10 +508,14 @@ pub fn merge_conditions(old: &[Condition], new: Vec<Condition>, now: Timestamp) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DrainProgress, IntOrPercent, WindowSpec};
+    use crate::crd::{DrainProgress, GoDuration, IntOrPercent, Weekday, WindowSpec};
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
+    }
+
+    fn time(s: &str) -> Time {
+        Time(t(s))
     }
 
     fn node(name: &str) -> NodeView {
@@ -547,7 +530,7 @@ mod tests {
     fn status(phase: Phase) -> NodeUpdateStatus {
         NodeUpdateStatus {
             phase,
-            last_transition_time: "2026-11-26T10:00:00Z".into(),
+            last_transition_time: Some(time("2026-11-26T10:00:00Z")),
             ..Default::default()
         }
     }
@@ -702,7 +685,7 @@ mod tests {
     fn soak_waits_after_a_release() {
         let mut w = World::new(&["a", "b"]);
         w.wants("b");
-        w.policy.soak = "5m".into();
+        w.policy.soak = GoDuration::minutes(5);
         w.last_release = Some(t("2026-11-26T10:03:00Z"));
         assert!(w.at(NOW).holders.is_empty());
         assert_eq!(names(&w.at("2026-11-26T10:08:00Z").holders), ["b"]);
@@ -724,15 +707,15 @@ mod tests {
         w.policy.paused = false;
         // Thursday 2026-11-26; the window is on Saturdays 02:00 Berlin.
         w.policy.windows = vec![WindowSpec {
-            days: vec!["Sat".into()],
+            days: vec![Weekday::Sat],
             start: "02:00".into(),
-            duration: "4h".into(),
+            duration: GoDuration::hours(4),
             time_zone: "Europe/Berlin".into(),
         }];
         let d = w.at(NOW);
         assert!(d.holders.is_empty());
         assert_eq!(
-            d.status.next_window.as_deref(),
+            d.status.next_window.map(|t| t.to_string()).as_deref(),
             Some("2026-11-28T01:00:00Z")
         );
         assert_eq!(names(&w.at("2026-11-28T01:30:00Z").holders), ["a"]);
@@ -832,11 +815,11 @@ mod tests {
         let mut w = World::new(&["a", "b"]);
         w.wants("a");
         w.wants("b");
-        w.policy.drain.timeout = "10m".into();
+        w.policy.drain.timeout = GoDuration::minutes(10);
         let d = w.at(NOW);
         w.apply(&d);
         w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
-            last_abort: Some("2026-11-26T10:06:00Z".into()),
+            last_abort: Some(time("2026-11-26T10:06:00Z")),
             ..status(Phase::RebootRequired)
         };
         let d = w.at("2026-11-26T10:06:01Z");
@@ -856,7 +839,7 @@ mod tests {
         w.apply(&d);
         w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
             drain: Some(DrainProgress {
-                started_at: Some("2026-11-26T10:05:00Z".into()),
+                started_at: Some(time("2026-11-26T10:05:00Z")),
                 ..Default::default()
             }),
             ..status(Phase::Draining)
@@ -871,7 +854,7 @@ mod tests {
         w.wants("a");
         w.holders = vec![Holder {
             node: "zincati-1".into(),
-            acquired_at: NOW.into(),
+            acquired_at: time(NOW),
             phase: HolderPhase::FleetLock,
         }];
         let d = w.at(NOW);
@@ -881,22 +864,16 @@ mod tests {
     #[test]
     fn invalid_policies_name_the_field() {
         let mut w = World::new(&["a"]);
-        w.policy.soak = "later".into();
-        let err = w.try_at(NOW).expect_err("invalid");
-        assert_eq!(
-            err.to_string(),
-            "spec.soak: `later` is not a duration (e.g. 90s, 10m, 1h30m)"
-        );
-        w.policy.soak = "0s".into();
         w.policy.windows = vec![WindowSpec {
-            days: vec!["Someday".into()],
+            days: vec![],
             start: "02:00".into(),
-            duration: "1h".into(),
-            time_zone: "UTC".into(),
+            duration: GoDuration::hours(1),
+            time_zone: "Mars/Olympus".into(),
         }];
         let err = w.try_at(NOW).expect_err("invalid");
         assert!(
-            err.to_string().starts_with("spec.windows[0]: `Someday`"),
+            err.to_string()
+                .starts_with("spec.windows[0]: `Mars/Olympus`"),
             "{err}"
         );
     }
@@ -912,7 +889,7 @@ mod tests {
                 .conditions
                 .iter()
                 .find(|c| c.type_ == "Ready")
-                .map(|c| c.last_transition_time.clone())
+                .map(|c| c.last_transition_time)
         };
         assert_eq!(ready(&later), ready(&d));
     }

@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::crd::{HolderPhase, RebootLock, UpdatePolicy};
+use crate::crd::{HolderPhase, RebootLock, Time, UpdatePolicy};
 use crate::decide;
 use crate::lock;
 use crate::metrics::{Metrics, labels};
@@ -150,15 +150,7 @@ async fn take(s: &Shared, p: &ClientParams) -> Response {
             return reply(StatusCode::CONFLICT, "failed_lock", why);
         }
     }
-    match lock::try_acquire(
-        &locks,
-        &p.group,
-        &holder,
-        HolderPhase::FleetLock,
-        &now.to_string(),
-    )
-    .await
-    {
+    match lock::try_acquire(&locks, &p.group, &holder, HolderPhase::FleetLock, Time(now)).await {
         Ok(true) => reply(
             StatusCode::OK,
             "ok",
@@ -178,8 +170,8 @@ async fn steady_state(
         Ok(p) => {
             let locks: Api<RebootLock> = Api::all(s.client.clone());
             let holder = format!("{HOLDER_PREFIX}{}", p.id);
-            let now = Timestamp::now().to_string();
-            match lock::release(&locks, &p.group, &holder, "steady state (FleetLock)", &now).await {
+            let now = Time::now();
+            match lock::release(&locks, &p.group, &holder, "steady state (FleetLock)", now).await {
                 // Releasing what is not held is fine: the client's goal holds.
                 Ok(_) => reply(
                     StatusCode::OK,

@@ -1,12 +1,15 @@
-//! Reboot coordination for OS updates, the successor of locksmith and CLUO/FLUO: the CRDs
-//! ([`crd`]), the operator's decisions ([`decide`]) with their maintenance windows
+//! Reboot coordination for OS updates, the successor of locksmith and CLUO/FLUO: the API
+//! types (crate `strata-update-api`, re-exported as [`crd`]), the operator's decisions ([`decide`]) with their maintenance windows
 //! ([`window`]), the lock ([`lock`]) and leader lease ([`lease`]) on the API server, the
 //! operator's loop ([`operator`]) with its metrics ([`metrics`]) and FleetLock endpoint
 //! ([`fleetlock`]), and the node agent ([`agent`]) with its drain ([`drain`]).
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod crd;
+/// The `update.strata.dev` API (crate `strata-update-api`).
+pub mod crd {
+    pub use strata_update_api::*;
+}
 pub mod decide;
 pub mod drain;
 pub mod events;

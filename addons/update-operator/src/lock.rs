@@ -5,7 +5,7 @@
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use crate::crd::{Holder, HolderPhase, RebootLock, RebootLockSpec, RebootLockStatus};
+use crate::crd::{Holder, HolderPhase, RebootLock, RebootLockSpec, RebootLockStatus, Time};
 
 /// Releases kept in a lock's status for the audit trail.
 pub const HISTORY: usize = 20;
@@ -96,13 +96,13 @@ pub async fn write(
 }
 
 /// Appends a release to the lock's history, keeping the last [`HISTORY`].
-pub fn record_release(status: &mut RebootLockStatus, now: &str, node: &str, reason: &str) {
+pub fn record_release(status: &mut RebootLockStatus, now: Time, node: &str, reason: &str) {
     status
         .history
         .push(format!("{now} {node} released: {reason}"));
     let extra = status.history.len().saturating_sub(HISTORY);
     status.history.drain(..extra);
-    status.last_release = Some(now.into());
+    status.last_release = Some(now);
 }
 
 /// Takes a slot for `holder` if one is free (or it already holds one). `limit` may refuse
@@ -112,7 +112,7 @@ pub async fn try_acquire(
     name: &str,
     holder: &str,
     phase: HolderPhase,
-    now: &str,
+    now: Time,
 ) -> Result<bool, LockError> {
     for _ in 0..ATTEMPTS {
         let lock = api
@@ -129,7 +129,7 @@ pub async fn try_acquire(
         }
         status.holders.push(Holder {
             node: holder.into(),
-            acquired_at: now.into(),
+            acquired_at: now,
             phase,
         });
         if write(api, &lock, status).await?.is_some() {
@@ -145,7 +145,7 @@ pub async fn release(
     name: &str,
     holder: &str,
     reason: &str,
-    now: &str,
+    now: Time,
 ) -> Result<bool, LockError> {
     for _ in 0..ATTEMPTS {
         let Some(lock) = api.get_opt(name).await.map_err(api_err(name))? else {
@@ -173,11 +173,15 @@ mod tests {
     fn history_keeps_the_last_entries() {
         let mut s = RebootLockStatus::default();
         for i in 0..25 {
-            record_release(&mut s, "2026-11-26T10:00:00Z", &format!("n{i}"), "rebooted");
+            let now = "2026-11-26T10:00:00Z".parse().expect("time");
+            record_release(&mut s, now, &format!("n{i}"), "rebooted");
         }
         assert_eq!(s.history.len(), HISTORY);
         assert!(s.history[0].contains("n5 released"));
         assert!(s.history[HISTORY - 1].contains("n24 released: rebooted"));
-        assert_eq!(s.last_release.as_deref(), Some("2026-11-26T10:00:00Z"));
+        assert_eq!(
+            s.last_release.map(|t| t.to_string()).as_deref(),
+            Some("2026-11-26T10:00:00Z")
+        );
     }
 }

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::crd::{
-    Condition, NodeUpdate, NodeUpdateSpec, Phase, RebootLock, RebootLockStatus, UpdatePolicy,
+    Condition, NodeUpdate, NodeUpdateSpec, Phase, RebootLock, RebootLockStatus, Time, UpdatePolicy,
 };
 use crate::decide::{self, Decision, NodeView, Snapshot};
 use crate::drain;
@@ -253,10 +253,7 @@ impl Operator {
             all_nodes,
             updates: &snapshot_updates,
             holders: &lock_status.holders,
-            last_release: lock_status
-                .last_release
-                .as_deref()
-                .and_then(|s| s.parse().ok()),
+            last_release: lock_status.last_release.map(|t| t.0),
             conditions: &old_status.conditions,
             now,
         });
@@ -270,7 +267,7 @@ impl Operator {
                         status: "True".into(),
                         reason: "InvalidPolicy".into(),
                         message: e.to_string(),
-                        last_transition_time: String::new(),
+                        last_transition_time: None,
                     }],
                     now,
                 );
@@ -294,7 +291,7 @@ impl Operator {
                 ..lock_status.clone()
             };
             for (node, reason) in &decision.released {
-                lock::record_release(&mut status, &now.to_string(), node, reason);
+                lock::record_release(&mut status, Time(now), node, reason);
             }
             if lock::write(locks, &lock, status).await?.is_none() {
                 // Someone (a FleetLock client) wrote in between: decide again next pass.

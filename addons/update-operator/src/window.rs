@@ -13,6 +13,7 @@ use std::time::Duration;
 use jiff::civil::{Date, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan as _};
+use strata_update_api::{GoDuration, WindowSpec};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WindowError {
@@ -49,7 +50,13 @@ fn weekday(s: &str) -> Result<Weekday, WindowError> {
 }
 
 impl Window {
-    /// A window from the fields of the Cluster file and the UpdatePolicy.
+    /// A window from an UpdatePolicy's typed fields.
+    pub fn from_spec(w: &WindowSpec) -> Result<Self, WindowError> {
+        let days = w.days.iter().map(|d| Weekday::from(*d)).collect();
+        Self::new(days, &w.start, w.duration.0, &w.time_zone)
+    }
+
+    /// A window from text, as the fields are written.
     pub fn parse(
         days: &[&str],
         start: &str,
@@ -60,6 +67,18 @@ impl Window {
             .iter()
             .map(|d| weekday(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let duration = duration
+            .parse::<GoDuration>()
+            .map_err(|_| WindowError::Duration(duration.into()))?;
+        Self::new(days, start, duration.0, tz)
+    }
+
+    fn new(
+        days: Vec<Weekday>,
+        start: &str,
+        duration: Duration,
+        tz: &str,
+    ) -> Result<Self, WindowError> {
         let start = match start.split_once(':') {
             Some((h, m)) if h.len() == 2 && m.len() == 2 => {
                 let h: i8 = h.parse().map_err(|_| WindowError::Start(start.into()))?;
@@ -68,13 +87,9 @@ impl Window {
             }
             _ => return Err(WindowError::Start(start.into())),
         };
-        let d: SignedDuration = duration
-            .parse()
-            .map_err(|_| WindowError::Duration(duration.into()))?;
-        let duration = Duration::try_from(d)
-            .ok()
-            .filter(|d| *d >= Duration::from_secs(60) && *d <= Duration::from_secs(7 * 86_400))
-            .ok_or_else(|| WindowError::Duration(duration.into()))?;
+        if duration < Duration::from_secs(60) || duration > Duration::from_secs(7 * 86_400) {
+            return Err(WindowError::Duration(GoDuration(duration).to_string()));
+        }
         let tz = TimeZone::get(tz).map_err(|_| WindowError::TimeZone(tz.into()))?;
         Ok(Self {
             days,
@@ -139,12 +154,6 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-/// A duration as the CRDs write it (`90s`, `10m`, `1h30m`, or ISO 8601), not negative.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let d: SignedDuration = s.trim().parse().ok()?;
-    Duration::try_from(d).ok()
-}
-
 /// Whether reboots are allowed at `t`: no windows means any time; otherwise any open window.
 pub fn allowed(windows: &[Window], t: Timestamp) -> bool {
     windows.is_empty() || windows.iter().any(|w| w.is_open(t))
@@ -153,15 +162,6 @@ pub fn allowed(windows: &[Window], t: Timestamp) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("-5m"), None);
-        assert_eq!(parse_duration("soon"), None);
-    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

@@ -200,13 +200,12 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         for i in 0..24 {
             let api = locks.clone();
             tasks.push(tokio::spawn(async move {
-                let now = jiff::Timestamp::now().to_string();
                 lock::try_acquire(
                     &api,
                     "race",
                     &format!("r{round}-n{i}"),
                     Default::default(),
-                    &now,
+                    strata_update_operator::crd::Time::now(),
                 )
                 .await
             }));
@@ -279,7 +278,7 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     let waiting = |boot: &str| NodeUpdateStatus {
         phase: Phase::RebootRequired,
         boot_id: boot.into(),
-        last_transition_time: jiff::Timestamp::now().to_string(),
+        last_transition_time: Some(strata_update_operator::crd::Time::now()),
         ..Default::default()
     };
     report(&agent_n2, "n2", waiting("n2-boot-1")).await;
@@ -332,8 +331,23 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
 
     mark("The agent on n3");
     // --- The agent on n3 (its own identity): a PodDisruptionBudget holds the drain.
-    let policy_patch = json!({"spec": {"drain": {"gracePeriodSeconds": 0, "timeout": "10m"}}});
     let policies: Api<strata_update_operator::crd::UpdatePolicy> = Api::all(admin.clone());
+    // A value the operator and agent could not read is refused by the API server itself.
+    for bad in [
+        json!({"spec": {"drain": {"timeout": "ten minutes"}}}),
+        json!({"spec": {"soak": "1.5h"}}),
+        json!({"spec": {"maxUnavailable": "0%"}}),
+        json!({"spec": {"windows": [{"days": ["Someday"], "start": "02:00", "duration": "1h"}]}}),
+    ] {
+        let refused = policies
+            .patch("default", &PatchParams::default(), &Patch::Merge(&bad))
+            .await;
+        assert!(
+            matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422),
+            "{bad} was not refused: {refused:?}"
+        );
+    }
+    let policy_patch = json!({"spec": {"drain": {"gracePeriodSeconds": 0, "timeout": "10m"}}});
     policies
         .patch(
             "default",
