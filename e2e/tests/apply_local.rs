@@ -362,6 +362,22 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
     }
     let image = strata_images::build(&spec).expect("image");
     import_on_workers("busybox", &image.archive);
+    // These pods ping (NET_RAW) and run as root: as a cluster-admin would for a trusted
+    // namespace, its service accounts may use the privileged policy.
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "create",
+                "rolebinding",
+                "e2e-privileged",
+                "--namespace=default",
+                "--clusterrole=strata:psp:strata-privileged",
+                "--group=system:serviceaccounts:default",
+            ],
+        ),
+        "rolebinding",
+    );
     let manifest = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -452,6 +468,189 @@ spec:
             &["delete", "deployment", "hello", "--wait=true"],
         ),
         "delete",
+    );
+}
+
+/// What keeps a workload from becoming cluster-admin: a user with only `edit` in a namespace
+/// cannot run a pod that mounts the host's PKI or is privileged, directly or through a
+/// Deployment (whose pods are judged by their own service account); a pod that does not
+/// tolerate the control-plane taint never lands on cp1; the addons run, the operator on cp1.
+fn pods_cannot_take_the_control_plane(kubeconfig: &Path) {
+    ok(
+        &kubectl(kubeconfig, &["create", "namespace", "team"]),
+        "namespace",
+    );
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "create",
+                "rolebinding",
+                "alice-edit",
+                "--namespace=team",
+                "--clusterrole=edit",
+                "--user=alice",
+            ],
+        ),
+        "rolebinding",
+    );
+    let dir = kubeconfig.parent().expect("auth dir");
+    let as_alice = |name: &str, yaml: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write");
+        kubectl(
+            kubeconfig,
+            &[
+                "--as=alice",
+                "--namespace=team",
+                "create",
+                "-f",
+                path.to_str().expect("utf-8"),
+            ],
+        )
+    };
+    let pod_spec = |extra: &str| {
+        format!(
+            "containers: [{{name: c, image: \"strata.dev/e2e/busybox:1\", imagePullPolicy: Never, \
+             command: [sleep, \"3600\"]{extra}}}]"
+        )
+    };
+    let host_pki = format!(
+        "{}, volumes: [{{name: pki, hostPath: {{path: /etc/kubernetes/pki}}}}]",
+        pod_spec(", volumeMounts: [{name: pki, mountPath: /pki}]")
+    );
+    let privileged = pod_spec(", securityContext: {privileged: true}");
+    for (name, spec) in [("hostpath", &host_pki), ("privileged", &privileged)] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n\
+             spec: {{nodeName: cp1, {spec}}}\n"
+        );
+        let o = as_alice(name, &pod);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && err.contains("unable to validate against any pod security policy"),
+            "alice's {name} pod was not refused: {err}"
+        );
+    }
+    // Through a Deployment: accepted as an object, but its ReplicaSet may create no pod.
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sneaky}}\nspec:\n  \
+         selector: {{matchLabels: {{app: sneaky}}}}\n  template:\n    \
+         metadata: {{labels: {{app: sneaky}}}}\n    spec: {{{host_pki}}}\n"
+    );
+    ok(
+        &as_alice("sneaky", &deployment),
+        "alice creates a Deployment",
+    );
+    wait_for("the ReplicaSet's refusal", Duration::from_secs(60), || {
+        let o = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "replicasets",
+                "--namespace=team",
+                "-l",
+                "app=sneaky",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .contains("unable to validate against any pod security policy")
+    })
+    .expect("the Deployment's pods are refused");
+    let pods = ok(
+        &kubectl(
+            kubeconfig,
+            &["get", "pods", "--namespace=team", "--no-headers"],
+        ),
+        "pods",
+    );
+    assert!(pods.trim().is_empty(), "pods in team: {pods}");
+    // The restricted policy is usable: a plain pod of alice's, as a non-root user, is admitted.
+    let plain = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: plain}}\n\
+         spec: {{securityContext: {{runAsUser: 1000}}, {}}}\n",
+        pod_spec("")
+    );
+    ok(&as_alice("plain", &plain), "alice's plain pod");
+
+    // A pod that does not tolerate the control-plane taint stays off cp1.
+    let pinned = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pinned}}\n\
+         spec: {{nodeSelector: {{kubernetes.io/hostname: cp1}}, securityContext: {{runAsUser: 1000}}, {}}}\n",
+        pod_spec("")
+    );
+    ok(&as_alice("pinned", &pinned), "alice's pinned pod");
+    wait_for("the scheduler's refusal", Duration::from_secs(60), || {
+        let o = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pod",
+                "pinned",
+                "--namespace=team",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).contains("taint")
+    })
+    .expect("the pinned pod is unschedulable for cp1's taint");
+    let node = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pod",
+                "pinned",
+                "--namespace=team",
+                "-o",
+                "jsonpath={.spec.nodeName}",
+            ],
+        ),
+        "pinned pod",
+    );
+    assert_eq!(node, "", "a pod without a toleration landed on {node}");
+    let taints = ok(
+        &kubectl(
+            kubeconfig,
+            &["get", "node", "cp1", "-o", "jsonpath={.spec.taints[*].key}"],
+        ),
+        "cp1's taints",
+    );
+    assert_eq!(taints, "node-role.kubernetes.io/master");
+
+    // Every addon pod runs; the operator on the control plane.
+    let addons = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pods",
+                "--namespace=strata-system",
+                "--no-headers",
+                "-o",
+                "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase",
+            ],
+        ),
+        "addon pods",
+    );
+    let rows: Vec<Vec<&str>> = addons
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(rows.len() >= 7, "{addons}");
+    for r in &rows {
+        assert_eq!(r[2], "Running", "{addons}");
+        if r[0].starts_with("strata-update-operator-") {
+            assert_eq!(r[1], "cp1", "{addons}");
+        }
+    }
+    ok(
+        &kubectl(kubeconfig, &["delete", "namespace", "team", "--wait=false"]),
+        "delete team",
     );
 }
 
@@ -977,6 +1176,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     );
 
     workload_runs_on_every_worker(&kubeconfig);
+    pods_cannot_take_the_control_plane(&kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
     changed_host_key_is_refused(dir.path());
     measure_throughput(&kubeconfig);

@@ -61,6 +61,9 @@ fn every_component_runs_from_its_rendered_unit() {
             code == 200 && body.contains("\"kubeletVersion\": \"v1.20.2\"")
         }),
     );
+    // Its Cluster file makes it a worker too: no control-plane taint, workloads may run.
+    let (_, node) = c.curl_admin(&format!("{api}/api/v1/nodes/n1"), &[]);
+    assert!(!node.contains("\"taints\""), "{node}");
     check(
         "kubelet healthz",
         wait_for("kubelet :10248/healthz", limit, || {

@@ -272,6 +272,8 @@ spec:
     metadata: {{labels: {{app: web}}}}
     spec:
       terminationGracePeriodSeconds: 1
+      # The restricted pod security policy: not root.
+      securityContext: {{runAsUser: 65534}}
       affinity:
         nodeAffinity:
           requiredDuringSchedulingIgnoredDuringExecution:

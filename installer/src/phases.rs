@@ -6,15 +6,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
 use strata_manifests::plan::{
     Action, ActionKind, CLUSTER, PhaseName, changed_components, file_actions,
     is_kept_when_unrendered, original_of,
 };
+use strata_manifests::pod_security;
 use strata_platforms::ssh::quote;
 
 use crate::apply::Apply;
@@ -726,6 +727,11 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     for h in control_plane {
         label_control_plane(&client, h.name()).await?;
     }
+    let minor = cx.cluster().spec.kubernetes.version.minor();
+    for h in &cx.hosts {
+        let want = pod_security::taints_of(&h.host, minor);
+        set_control_plane_taints(&api, h.name(), &want).await?;
+    }
     let overlay = Component::Overlay.enabled(cx.cluster());
     let cx = &*cx;
     all(&cx.hosts, |h| {
@@ -771,12 +777,57 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     .await
 }
 
+/// Gives node `name` exactly the control-plane taints `want` (NoSchedule) among the keys
+/// Strata manages, leaving every other taint alone: read, change, replace with the
+/// resourceVersion read (taints are one list to server-side apply, so it would replace
+/// taints others set, such as the node controller's).
+async fn set_control_plane_taints(api: &Api<Node>, name: &str, want: &[&str]) -> Result<()> {
+    for _ in 0..5 {
+        let mut node = api
+            .get(name)
+            .await
+            .with_context(|| format!("phase pod-network: reading node {name}"))?;
+        let spec = node.spec.get_or_insert_with(Default::default);
+        let taints = spec.taints.get_or_insert_with(Vec::new);
+        let before = taints.clone();
+        taints.retain(|t| {
+            !pod_security::CONTROL_PLANE_TAINT_KEYS.contains(&t.key.as_str())
+                || want.contains(&t.key.as_str())
+        });
+        for key in want {
+            if !taints
+                .iter()
+                .any(|t| t.key == *key && t.effect == "NoSchedule")
+            {
+                taints.push(Taint {
+                    key: (*key).to_owned(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                });
+            }
+        }
+        if *taints == before {
+            return Ok(());
+        }
+        match api.replace(name, &PostParams::default(), &node).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("phase pod-network: tainting node {name}"));
+            }
+        }
+    }
+    bail!(
+        "phase pod-network: node {name} kept changing while its taints were set; re-run `strata apply`"
+    )
+}
+
 async fn label_control_plane(client: &kube::Client, name: &str) -> Result<()> {
     let node = Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             labels: Some(BTreeMap::from([(
-                "node-role.kubernetes.io/control-plane".to_owned(),
+                pod_security::CONTROL_PLANE_LABEL.to_owned(),
                 String::new(),
             )])),
             ..ObjectMeta::default()

@@ -26,7 +26,7 @@ use strata_update_api::{UpdatePolicyApply, UpdatePolicyApplySpec, WindowSpec};
 
 use crate::images::StrataImage;
 use crate::model::Cluster;
-use crate::objects::{binding, meta, object};
+use crate::objects::{binding, custom, meta, object};
 use crate::render::{ClusterObject, RenderError};
 
 /// The namespace of Strata's addons.
@@ -210,19 +210,6 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> 
         resource_names: (!names.is_empty()).then(|| v(names)),
         ..PolicyRule::default()
     }
-}
-
-/// An object of a kind k8s-openapi does not know (the update API's), by its API path.
-fn custom(
-    file: &str,
-    api_path: String,
-    value: &impl serde::Serialize,
-) -> Result<ClusterObject, RenderError> {
-    Ok(ClusterObject {
-        file: file.into(),
-        api_path,
-        yaml: crate::render::to_yaml(file, value)?,
-    })
 }
 
 fn pod_env(name: &str, field: &str) -> EnvVar {
@@ -420,6 +407,13 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.into()),
+                    // Beside the control plane it is part of, never on a worker whose root
+                    // could read its token.
+                    node_selector: Some(BTreeMap::from([(
+                        crate::pod_security::CONTROL_PLANE_LABEL.to_owned(),
+                        String::new(),
+                    )])),
+                    tolerations: Some(crate::pod_security::control_plane_tolerations()),
                     containers: vec![operator],
                     termination_grace_period_seconds: Some(10),
                     ..PodSpec::default()

@@ -11,6 +11,7 @@ pub mod model;
 pub mod objects;
 pub mod pki;
 pub mod plan;
+pub mod pod_security;
 pub mod render;
 pub mod validate;
 pub mod versions;

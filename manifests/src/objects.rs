@@ -66,6 +66,20 @@ where
     })
 }
 
+/// An object of a kind k8s-openapi does not know (the update API's, PodSecurityPolicy), by
+/// its API path.
+pub(crate) fn custom(
+    file: &str,
+    api_path: String,
+    value: &impl serde::Serialize,
+) -> Result<ClusterObject, RenderError> {
+    Ok(ClusterObject {
+        file: file.into(),
+        api_path,
+        yaml: to_yaml(file, value)?,
+    })
+}
+
 pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     // The API server reaches kubelets (logs, exec, port-forward, metrics) as
     // kube-apiserver-kubelet-client: that identity gets the kubelet API and nothing else.
@@ -127,6 +141,7 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
     ]
     .into_iter()
     .chain(crate::addons::namespace(cluster)?)
+    .chain(crate::pod_security::objects(cluster)?)
     .chain(crate::addons::overlay(cluster)?)
     .chain(crate::addons::update_operator(cluster)?)
     .collect())

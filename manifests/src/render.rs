@@ -19,6 +19,7 @@ use crate::images::StrataImage;
 use crate::model::{Cluster, Host, Platform};
 use crate::objects;
 use crate::pki::first_address;
+use crate::pod_security;
 use crate::versions::{self, Item};
 
 pub const KUBE_DIR: &str = "/etc/kubernetes";
@@ -395,7 +396,10 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         flag("allow-privileged", true),
         flag("anonymous-auth", false),
         flag("authorization-mode", "Node,RBAC"),
-        flag("enable-admission-plugins", "NodeRestriction"),
+        flag(
+            "enable-admission-plugins",
+            pod_security::admission_plugins(ctx.minor),
+        ),
         flag("secure-port", API_PORT),
         flag("tls-min-version", "VersionTLS12"),
         flag("client-ca-file", format!("{PKI_DIR}/ca.crt")),
@@ -451,6 +455,13 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         flag("audit-log-maxbackup", 10),
         flag("audit-log-maxsize", 100),
     ]);
+    let admission = pod_security::admission_configuration(ctx.minor);
+    if admission.is_some() {
+        api.push(flag(
+            "admission-control-config-file",
+            format!("{KUBE_DIR}/admission.yaml"),
+        ));
+    }
     let unit = Unit {
         description: "Kubernetes API server (Strata)",
         documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
@@ -472,6 +483,14 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         0o644,
         AUDIT_POLICY,
     );
+    if let Some(conf) = admission {
+        t.add(
+            Component::KubeApiserver,
+            format!("{KUBE_DIR}/admission.yaml"),
+            0o644,
+            conf,
+        );
+    }
 
     for name in [
         "apiserver",
@@ -833,12 +852,18 @@ fn kubelet_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Render
     if !labels.is_empty() {
         args.push(flag("node-labels", labels.join(",")));
     }
-    if !h.taints.is_empty() {
-        let taints: Vec<String> = h
-            .taints
-            .iter()
-            .map(|tn| format!("{}={}:{:?}", tn.key, tn.value, tn.effect))
-            .collect();
+    // Control-plane taints from registration on, so no pod lands there before `apply`
+    // reaches the API (which also taints nodes registered before).
+    let taints: Vec<String> = pod_security::taints_of(h, ctx.minor)
+        .into_iter()
+        .map(|key| format!("{key}:NoSchedule"))
+        .chain(
+            h.taints
+                .iter()
+                .map(|tn| format!("{}={}:{:?}", tn.key, tn.value, tn.effect)),
+        )
+        .collect();
+    if !taints.is_empty() {
         args.push(flag("register-with-taints", taints.join(",")));
     }
     let unit = Unit {

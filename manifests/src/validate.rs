@@ -692,6 +692,14 @@ fn check_hosts(c: &Cluster, k: &mut Checker<'_>) {
             "no host has the role control-plane".into(),
             "add `control-plane` to the roles of at least one host",
         );
+    } else if c.hosts_with(Role::Worker).next().is_none() {
+        k.warn(
+            "/spec/hosts",
+            "no host has the role worker: control-plane hosts are tainted, so only the \
+             cluster's own addons can run"
+                .into(),
+            "add `worker` to the roles of a host (a one-host cluster: [etcd, control-plane, worker])",
+        );
     }
 }
 

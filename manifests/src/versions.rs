@@ -28,6 +28,17 @@ pub enum Item {
     KubeletRefusesCgroupV1,
     /// containerd 1.x is no longer supported; the runtime must be containerd 2: from 1.36.
     ContainerdV2Required,
+    /// Control-plane nodes tainted `node-role.kubernetes.io/master:NoSchedule`: through 1.24
+    /// (kubeadm's key until then; 1.24 sets both while clusters move over).
+    ControlPlaneTaintMaster,
+    /// Control-plane nodes tainted `node-role.kubernetes.io/control-plane:NoSchedule`: from 1.24.
+    ControlPlaneTaintControlPlane,
+    /// The PodSecurityPolicy admission plugin and `policy/v1beta1` PodSecurityPolicies:
+    /// through 1.24 (removed in 1.25).
+    PodSecurityPolicy,
+    /// Pod Security admission (`pod-security.admission.config.k8s.io/v1` defaults given to the
+    /// API server): from 1.25, the first release with the v1 configuration.
+    PodSecurityAdmission,
 }
 
 /// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
@@ -40,6 +51,10 @@ pub const TABLE: &[(Item, u32, Option<u32>)] = &[
     (Item::KubeletFailCgroupV1Field, 31, None),
     (Item::KubeletRefusesCgroupV1, 35, None),
     (Item::ContainerdV2Required, 36, None),
+    (Item::ControlPlaneTaintMaster, 20, Some(24)),
+    (Item::ControlPlaneTaintControlPlane, 24, None),
+    (Item::PodSecurityPolicy, 20, Some(24)),
+    (Item::PodSecurityAdmission, 25, None),
 ];
 
 /// Whether release 1.`minor` uses `item`.
@@ -89,6 +104,19 @@ mod tests {
             if uses(Item::KubeletRefusesCgroupV1, minor) {
                 assert!(uses(Item::KubeletFailCgroupV1Field, minor), "1.{minor}");
             }
+            // Pods are always judged by exactly one pod security mechanism.
+            let psp = uses(Item::PodSecurityPolicy, minor);
+            let psa = uses(Item::PodSecurityAdmission, minor);
+            assert!(
+                psp ^ psa,
+                "1.{minor}: PSP {psp}, Pod Security admission {psa}"
+            );
+            // Control-plane nodes always carry at least one control-plane taint.
+            assert!(
+                uses(Item::ControlPlaneTaintMaster, minor)
+                    || uses(Item::ControlPlaneTaintControlPlane, minor),
+                "1.{minor}"
+            );
         }
     }
 
@@ -111,6 +139,13 @@ mod tests {
         assert!(uses(Item::KubeletRefusesCgroupV1, 35));
         assert!(!uses(Item::ContainerdV2Required, 35));
         assert!(uses(Item::ContainerdV2Required, 37));
+        assert!(uses(Item::ControlPlaneTaintMaster, 24));
+        assert!(!uses(Item::ControlPlaneTaintMaster, 25));
+        assert!(!uses(Item::ControlPlaneTaintControlPlane, 23));
+        assert!(uses(Item::ControlPlaneTaintControlPlane, 24));
+        assert!(uses(Item::PodSecurityPolicy, 24));
+        assert!(!uses(Item::PodSecurityPolicy, 25));
+        assert!(uses(Item::PodSecurityAdmission, 25));
     }
 
     #[test]

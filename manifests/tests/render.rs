@@ -288,6 +288,68 @@ fn flags_follow_the_version_table() {
     }
 }
 
+/// Pod security per release: PodSecurityPolicy and its objects through 1.24, Pod Security
+/// admission (baseline enforced, restricted warned) from 1.25; control-plane taints by the
+/// release's keys on the control-plane-only host, none on workers.
+#[test]
+fn pod_security_follows_the_version_table() {
+    for minor in strata_manifests::versions::SUPPORTED_MINORS {
+        let text = THREE_HOSTS.replace("1.20.2", &format!("1.{minor}.0"));
+        let f = fixture(&text);
+        let api = file(
+            &f.rendered,
+            "cp1",
+            "/etc/systemd/system/kube-apiserver.service",
+        );
+        let psp = minor <= 24;
+        assert_eq!(
+            api.contains("--enable-admission-plugins=NodeRestriction,PodSecurityPolicy "),
+            psp,
+            "1.{minor}"
+        );
+        let psp_objects = f
+            .rendered
+            .objects
+            .iter()
+            .filter(|o| o.api_path.contains("/podsecuritypolicies/"))
+            .count();
+        assert_eq!(psp_objects, if psp { 2 } else { 0 }, "1.{minor}");
+        let cp1 = f
+            .rendered
+            .hosts
+            .iter()
+            .find(|t| t.host == "cp1")
+            .expect("cp1");
+        let admission = cp1.files.get("/etc/kubernetes/admission.yaml");
+        assert_eq!(admission.is_some(), !psp, "1.{minor}");
+        if let Some(a) = admission {
+            let a = String::from_utf8_lossy(&a.content);
+            assert!(
+                a.contains("enforce: baseline") && a.contains("warn: restricted"),
+                "{a}"
+            );
+            assert!(api.contains("--admission-control-config-file=/etc/kubernetes/admission.yaml"));
+        }
+        let kubelet = file(&f.rendered, "cp1", "/etc/systemd/system/kubelet.service");
+        let taints = kubelet
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("--register-with-taints="))
+            .unwrap_or_default()
+            .trim_end_matches(" \\")
+            .to_owned();
+        let expected = match minor {
+            ..=23 => "node-role.kubernetes.io/master:NoSchedule",
+            24 => {
+                "node-role.kubernetes.io/master:NoSchedule,node-role.kubernetes.io/control-plane:NoSchedule"
+            }
+            _ => "node-role.kubernetes.io/control-plane:NoSchedule",
+        };
+        assert_eq!(taints, expected, "1.{minor}");
+        let w2 = file(&f.rendered, "w2", "/etc/systemd/system/kubelet.service");
+        assert!(!w2.contains("node-role.kubernetes.io"), "1.{minor}: {w2}");
+    }
+}
+
 #[test]
 fn registry_references_replace_the_images_strata_builds() {
     let built = fixture(ONE_HOST);

@@ -119,11 +119,28 @@ fn check(text: &str) -> Result<strata_manifests::Loaded, Report> {
 
 #[test]
 fn even_etcd_members_warn_but_pass() {
-    let hosts = "    - {name: a, roles: [etcd, control-plane]}\n    - {name: b, roles: [etcd]}\n";
+    let hosts =
+        "    - {name: a, roles: [etcd, control-plane]}\n    - {name: b, roles: [etcd, worker]}\n";
     let loaded = check(&minimal(hosts, "")).expect("valid with a warning");
     let w: Vec<_> = loaded.report.warnings().collect();
     assert_eq!(w.len(), 1);
     assert!(w[0].message.contains("even number"), "{}", w[0].message);
+}
+
+#[test]
+fn a_cluster_without_workers_warns_that_workloads_cannot_run() {
+    let hosts = "    - {name: a, roles: [etcd, control-plane]}\n";
+    let loaded = check(&minimal(hosts, "")).expect("valid with a warning");
+    let w: Vec<_> = loaded.report.warnings().collect();
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].message.contains("no host has the role worker"),
+        "{}",
+        w[0].message
+    );
+    let one_host = "    - {name: a, roles: [etcd, control-plane, worker]}\n";
+    let loaded = check(&minimal(one_host, "")).expect("valid");
+    assert_eq!(loaded.report.warnings().count(), 0);
 }
 
 #[test]
