@@ -528,8 +528,7 @@ fn pods_cannot_take_the_control_plane(kubeconfig: &Path) {
         let o = as_alice(name, &pod);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            !o.status.success()
-                && err.contains("unable to validate against any pod security policy"),
+            !o.status.success() && err.contains("PodSecurityPolicy: unable to admit pod"),
             "alice's {name} pod was not refused: {err}"
         );
     }
@@ -556,8 +555,7 @@ fn pods_cannot_take_the_control_plane(kubeconfig: &Path) {
                 "jsonpath={.items[*].status.conditions[?(@.type==\"ReplicaFailure\")].message}",
             ],
         );
-        String::from_utf8_lossy(&o.stdout)
-            .contains("unable to validate against any pod security policy")
+        String::from_utf8_lossy(&o.stdout).contains("PodSecurityPolicy: unable to admit pod")
     })
     .expect("the Deployment's pods are refused");
     let pods = ok(

@@ -35,11 +35,13 @@ pub fn load(args: &StateArgs) -> Result<ClusterState> {
         Some(d) => d.clone(),
         None => ctx.base_dir.join(loaded.cluster.name()),
     };
+    let state = StateDir::new(root);
+    state.check_owner()?;
     Ok(ClusterState {
         ctx: ctx.clone(),
         cluster: loaded.cluster,
         inputs,
-        state: StateDir::new(root),
+        state,
     })
 }
 

@@ -34,16 +34,10 @@ pub fn kubeconfig(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
     match out {
         None => outln!("{}", text.trim_end()),
         Some(p) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(p)
+            // A new 0600 file renamed over the path: an existing file's mode, owner or link
+            // target never receives the credentials.
+            strata_pki::files::write_private(p, text.as_bytes())
                 .with_context(|| format!("writing {}", p.display()))?;
-            f.write_all(text.as_bytes())?;
             eprintln!("wrote {} (admin credentials: keep it private)", p.display());
         }
     }

@@ -275,6 +275,25 @@ fn certs_generate_check_and_renew() {
     let none = strata(&["certs", "renew", "-f", &f], home.path());
     assert_eq!(none.status.code(), Some(2), "NAME or --all is required");
 
+    // kubeconfig --out over a file anyone may read: a new private file takes its place.
+    let copy = dir.path().join("admin.kubeconfig");
+    std::fs::write(&copy, "old\n").expect("write");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = strata(
+        &["kubeconfig", "-f", &f, "--out", &copy.display().to_string()],
+        home.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&copy).expect("copy").permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&copy)
+            .expect("copy")
+            .contains("client-key-data")
+    );
+
     // --state-dir puts the PKI elsewhere.
     let other = dir.path().join("elsewhere");
     let out = strata(

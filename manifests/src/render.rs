@@ -1026,25 +1026,54 @@ fn pod_masquerade_unit(pod_cidr: &str) -> String {
 }
 
 /// Writes the rendering below `out`: `hosts/<host>/<absolute path>` and `cluster/<file>`.
+/// Writes a rendering below `out` (`hosts/<host>/<path>`, `cluster/<file>`): directories
+/// 0700 (the tree holds private keys), each file a new one with its mode, renamed into
+/// place. Refuses when anything below `out` on the way is a symbolic link: a link planted
+/// there could send a private key anywhere its creator chose.
 pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for t in &r.hosts {
-        for (path, f) in &t.files {
-            let p = out
-                .join("hosts")
-                .join(&t.host)
-                .join(path.trim_start_matches('/'));
-            if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d)?;
+    let files = r
+        .hosts
+        .iter()
+        .flat_map(|t| {
+            t.files.iter().map(|(path, f)| {
+                let p = out
+                    .join("hosts")
+                    .join(&t.host)
+                    .join(path.trim_start_matches('/'));
+                (p, f.content.as_slice(), f.mode)
+            })
+        })
+        .chain(
+            r.objects
+                .iter()
+                .map(|o| (out.join("cluster").join(&o.file), o.yaml.as_bytes(), 0o644)),
+        );
+    for (path, content, mode) in files {
+        let rel = path.strip_prefix(out).unwrap_or(&path);
+        let mut at = out.to_path_buf();
+        for part in rel.components() {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(std::io::Error::other(format!(
+                        "{} is a symbolic link; refusing to write through it (remove it, or \
+                         render into a new directory)",
+                        at.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
             }
-            std::fs::write(&p, &f.content)?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
         }
-    }
-    let dir = out.join("cluster");
-    std::fs::create_dir_all(&dir)?;
-    for o in &r.objects {
-        std::fs::write(dir.join(&o.file), &o.yaml)?;
+        if let Some(d) = path.parent() {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
+        }
+        strata_pki::files::write_atomic(&path, content, mode)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use common::{ONE_HOST, THREE_HOSTS, fixture};
 use strata_manifests::Context;
 use strata_manifests::catalog;
 use strata_manifests::plan::{Action, ActionKind, AppliedState, departed_hosts, plan};
-use strata_manifests::render::{Rendered, render};
+use strata_manifests::render::{Rendered, render, write_out};
 
 fn is_kubeconfig(path: &str) -> bool {
     (path.starts_with("/etc/kubernetes/")
@@ -348,6 +348,44 @@ fn pod_security_follows_the_version_table() {
         let w2 = file(&f.rendered, "w2", "/etc/systemd/system/kubelet.service");
         assert!(!w2.contains("node-role.kubernetes.io"), "1.{minor}: {w2}");
     }
+}
+
+#[test]
+fn write_out_refuses_planted_links_and_keeps_keys_private() {
+    use std::os::unix::fs::symlink;
+    let f = fixture(ONE_HOST);
+    let mode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let victim = out.path().join("victim");
+    std::fs::write(&victim, "keep").expect("write");
+    // A link planted where the CA key goes.
+    let key = out.path().join("hosts/n1/etc/kubernetes/pki/ca.key");
+    std::fs::create_dir_all(key.parent().expect("dir")).expect("mkdir");
+    symlink(&victim, &key).expect("link");
+    let err = write_out(&f.rendered, out.path()).expect_err("a planted file link");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep");
+    // A link planted as a directory on the way.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(out.path().join("hosts/n1/etc")).expect("mkdir");
+    symlink(elsewhere.path(), out.path().join("hosts/n1/etc/kubernetes")).expect("link");
+    let err = write_out(&f.rendered, out.path()).expect_err("a planted directory link");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).expect("dir").count(), 0);
+    // A fresh directory: keys 0600, directories 0700.
+    let out = tempfile::tempdir().expect("tempdir");
+    write_out(&f.rendered, out.path()).expect("written");
+    let pki = out.path().join("hosts/n1/etc/kubernetes/pki");
+    assert_eq!(mode(&pki.join("ca.key")), 0o600);
+    assert_eq!(mode(&pki), 0o700);
+    assert_eq!(mode(&pki.join("ca.crt")), 0o644);
 }
 
 #[test]

@@ -95,6 +95,13 @@ pub enum PkiError {
          only and never touches a CA"
     )]
     CannotRenewCa { name: String },
+    #[error(
+        "state directory {}: owned by uid {owner}, not by this user (uid {me}); whoever owns \
+         it could read or replace the cluster's keys. Remove it if you did not create it, or \
+         choose another with --state-dir",
+        path.display()
+    )]
+    StateDirOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{name}: missing; run `strata certs generate` first")]
     NotGenerated { name: String },
 }
@@ -193,6 +200,45 @@ impl StateDir {
             }
             None => false,
         }
+    }
+
+    /// Refuses a state directory (or a link to one) that another user owns: it could have
+    /// been planted to receive the keys, or to hand this user its own CA. A directory that
+    /// does not exist yet is fine: it is created 0700.
+    pub fn check_owner(&self) -> Result<(), PkiError> {
+        self.check_owner_is(rustix::process::geteuid().as_raw())
+    }
+
+    /// [`StateDir::check_owner`] for the user `me`.
+    pub fn check_owner_is(&self, me: u32) -> Result<(), PkiError> {
+        use std::os::unix::fs::MetadataExt as _;
+        if self.is_in_memory() {
+            return Ok(());
+        }
+        let link = match std::fs::symlink_metadata(&self.root) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(PkiError::Io {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        let target = std::fs::metadata(&self.root).map_err(|source| PkiError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        for owner in [link.uid(), target.uid()] {
+            if owner != me {
+                return Err(PkiError::StateDirOwner {
+                    path: self.root.clone(),
+                    owner,
+                    me,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A file of the state directory (what was written in memory first).

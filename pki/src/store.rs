@@ -125,6 +125,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_state_directory_of_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = tempfile::tempdir().expect("tempdir");
+        let me = fs::metadata(root.path()).expect("meta").uid();
+        let state = StateDir::new(root.path());
+        assert!(state.check_owner_is(me).is_ok());
+        let err = state
+            .check_owner_is(me + 1)
+            .expect_err("another user's directory");
+        assert!(
+            err.to_string().contains(&format!("owned by uid {me}")),
+            "{err}"
+        );
+        // Not there yet: created by this user, 0700.
+        let absent = StateDir::new(root.path().join("absent"));
+        assert!(absent.check_owner_is(me + 1).is_ok());
+    }
+
+    #[test]
     fn relative_directories_are_created() {
         let root = tempfile::tempdir().expect("tempdir");
         let cwd = std::env::current_dir().expect("cwd");
