@@ -471,6 +471,114 @@ spec:
     );
 }
 
+/// The start of a Secret's value as etcd stores it, printable characters only.
+fn secret_in_etcd(name: &str) -> String {
+    on(
+        "cp1",
+        &format!(
+            "ETCDCTL_API=3 /opt/strata/bin/etcdctl --endpoints=https://127.0.0.1:2379 \
+             --cacert=/etc/kubernetes/pki/etcd/ca.crt \
+             --cert=/etc/kubernetes/pki/apiserver-etcd-client.crt \
+             --key=/etc/kubernetes/pki/apiserver-etcd-client.key \
+             get /registry/secrets/default/{name} --print-value-only | head -c 200 | tr -c '[:print:]' '.'"
+        ),
+    )
+}
+
+/// Secrets are encrypted in etcd with the key of the state directory, which only the
+/// control-plane host receives; a rotated key is given to the API server and every Secret
+/// rewritten with it; the old key is dropped only after that.
+fn secrets_are_encrypted_at_rest(dir: &Path, kubeconfig: &Path) {
+    let marker = "plain-text-marker-4242";
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "create",
+                "secret",
+                "generic",
+                "e2e-secret",
+                &format!("--from-literal=password={marker}"),
+            ],
+        ),
+        "create secret",
+    );
+    let keys =
+        std::fs::read_to_string(dir.join("e2e-apply/pki/encryption-keys.yaml")).expect("keys");
+    let first = keys
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- name: "))
+        .expect("a key name")
+        .to_owned();
+    let stored = secret_in_etcd("e2e-secret");
+    assert!(
+        stored.starts_with(&format!("k8s:enc:aescbc:v1:{first}:")),
+        "{stored}"
+    );
+    assert!(!stored.contains(marker), "{stored}");
+    for (host, present) in [("cp1", "yes"), ("w1", "no"), ("w2", "no")] {
+        let has = on(
+            host,
+            "test -e /etc/kubernetes/pki/encryption-config.yaml && echo yes || echo no",
+        );
+        assert_eq!(has.trim(), present, "{host}");
+    }
+
+    let rotated = ok(&strata(dir, &["certs", "rotate-encryption-key"]), "rotate");
+    let second = rotated
+        .split_whitespace()
+        .nth(4)
+        .expect("the new key's name")
+        .trim_end_matches(';')
+        .to_owned();
+    let early = strata(dir, &["certs", "prune-encryption-keys"]);
+    assert_eq!(
+        early.status.code(),
+        Some(1),
+        "prune before the Secrets are rewritten"
+    );
+    let out = events(&ok(
+        &strata(dir, &["apply", "--output", "json"]),
+        "apply with a new key",
+    ));
+    assert!(
+        actions(&out)
+            .iter()
+            .any(|a| a.kind == ActionKind::Reencrypt && a.path == second),
+        "{out:?}"
+    );
+    let stored = secret_in_etcd("e2e-secret");
+    assert!(
+        stored.starts_with(&format!("k8s:enc:aescbc:v1:{second}:")),
+        "{stored}"
+    );
+    ok(&strata(dir, &["certs", "prune-encryption-keys"]), "prune");
+    ok(&strata(dir, &["apply"]), "apply without the old key");
+    let value = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "secret",
+                "e2e-secret",
+                "-o",
+                "jsonpath={.data.password}",
+            ],
+        ),
+        "read the secret",
+    );
+    use base64::Engine as _;
+    let plain = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .expect("base64");
+    assert_eq!(plain, marker.as_bytes());
+    assert!(
+        !std::fs::read_to_string(dir.join("e2e-apply/pki/encryption-keys.yaml"))
+            .expect("keys")
+            .contains(&first)
+    );
+}
+
 /// What keeps a workload from becoming cluster-admin: a user with only `edit` in a namespace
 /// cannot run a pod that mounts the host's PKI or is privileged, directly or through a
 /// Deployment (whose pods are judged by their own service account); a pod that does not
@@ -573,6 +681,21 @@ fn pods_cannot_take_the_control_plane(kubeconfig: &Path) {
         pod_spec("")
     );
     ok(&as_alice("plain", &plain), "alice's plain pod");
+    wait_for("alice's plain pod running", Duration::from_secs(90), || {
+        let o = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pod",
+                "plain",
+                "--namespace=team",
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout) == "Running"
+    })
+    .expect("a pod of the restricted policy (non-root, default seccomp profile) runs");
 
     // A pod that does not tolerate the control-plane taint stays off cp1.
     let pinned = format!(
@@ -1175,6 +1298,7 @@ fn local_up_apply_converges_and_kubectl_works() {
 
     workload_runs_on_every_worker(&kubeconfig);
     pods_cannot_take_the_control_plane(&kubeconfig);
+    secrets_are_encrypted_at_rest(dir.path(), &kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
     changed_host_key_is_refused(dir.path());
     measure_throughput(&kubeconfig);

@@ -137,7 +137,7 @@ async fn prepare<'r>(
     let assets = assets::for_apply(&cs)
         .await
         .with_context(|| format!("phase {phase}: assets"))?;
-    let state_file = cs.state.root.join("state.json");
+    let state_file = cs.state.root.join(strata_manifests::plan::STATE_FILE);
     let state = AppliedState::load(&state_file)?;
     let want = desired(&cs.cluster, &rendered, Some(&assets), &state);
     Ok(Apply {

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use strata_manifests::Context;
+use strata_manifests::plan::{AppliedState, STATE_FILE};
 use strata_pki::{Action, Outcome, Selection, StateDir};
 use time::OffsetDateTime;
 
@@ -139,6 +140,46 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
                 "Hosts still use the old certificates until they are shipped and the \
                  components restarted (strata apply)."
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::RotateEncryptionKey(args) => {
+            let cs = load(args)?;
+            let name = strata_pki::encryption::rotate(&cs.state, now)
+                .context("rotating the Secrets encryption key")?;
+            outln!(
+                "new Secrets encryption key {name}; run `strata apply` to give it to the API \
+                 servers and rewrite every Secret with it, then `strata certs \
+                 prune-encryption-keys` and `strata apply` to drop the old ones"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::PruneEncryptionKeys(args) => {
+            let cs = load(args)?;
+            let keys = strata_pki::encryption::load(&cs.state)?
+                .context("no Secrets encryption keys yet: run `strata apply` first")?;
+            let current = keys.current().map(|k| k.name.clone()).unwrap_or_default();
+            let applied = AppliedState::load(&cs.state.root.join(STATE_FILE))?;
+            if applied.secrets_key != current {
+                bail!(
+                    "the Secrets are not all encrypted with the current key {current} yet \
+                     (the last apply used {}): run `strata apply` first, or Secrets written \
+                     with the old keys could no longer be read",
+                    if applied.secrets_key.is_empty() {
+                        "none"
+                    } else {
+                        applied.secrets_key.as_str()
+                    }
+                );
+            }
+            let dropped = strata_pki::encryption::prune(&cs.state)?;
+            if dropped.is_empty() {
+                outln!("only the current key {current} is left; nothing to drop");
+            } else {
+                outln!(
+                    "dropped {}; run `strata apply` so that the API servers forget them",
+                    dropped.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

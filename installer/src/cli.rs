@@ -110,6 +110,13 @@ pub enum CertsCommand {
         #[arg(value_name = "NAME", required_unless_present = "all")]
         names: Vec<String>,
     },
+    /// Put a new key first in the keys that encrypt Secrets in etcd (the old ones still
+    /// read). `strata apply` then gives it to the API servers and rewrites every Secret with
+    /// it; `strata certs prune-encryption-keys` and another apply drop the old keys.
+    RotateEncryptionKey(StateArgs),
+    /// Drop every Secrets encryption key but the current one. Only after `strata apply` has
+    /// rewritten the Secrets with it (refused otherwise).
+    PruneEncryptionKeys(StateArgs),
 }
 
 #[derive(Debug, Subcommand)]

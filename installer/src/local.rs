@@ -127,7 +127,7 @@ fn up(args: &StateArgs, paths: &Paths) -> Result<ExitCode> {
         .with_context(|| format!("phase local-up, cluster {}", cs.cluster.name()))?;
     // Pin every host key now: these machines were created by us, so their keys are known
     // from their own disks; SSH later verifies against these pins.
-    let state_file = cs.state.root.join("state.json");
+    let state_file = cs.state.root.join(strata_manifests::plan::STATE_FILE);
     let mut state = AppliedState::load(&state_file)?;
     outln!("{:<16} {:<16} HOST KEY", "HOST", "ADDRESS");
     for h in &up {

@@ -47,7 +47,7 @@ pub fn kubeconfig(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
 pub fn status(args: &StateArgs) -> Result<ExitCode> {
     crate::runtime()?.block_on(async {
         let cs = load(args)?;
-        let state_file = cs.state.root.join("state.json");
+        let state_file = cs.state.root.join(strata_manifests::plan::STATE_FILE);
         let mut state = AppliedState::load(&state_file)?;
         let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
         let conns = crate::hosts::connect(&Reporter::plain(), &cs, &mut state, false).await?;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::core::v1::{Node, Secret, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use strata_manifests::catalog::{self, Component, Spec, StartPhase};
@@ -627,7 +627,57 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
         .collect();
     cx.state.objects = cx.want.objects.clone();
     cx.state.objects.extend(kept);
-    cx.save_state()
+    cx.save_state()?;
+    let key = cx.want.secrets_key.clone();
+    if !key.is_empty() && key != cx.state.secrets_key {
+        let n = reencrypt_secrets(&client).await?;
+        cx.reporter
+            .action(phase, action(ActionKind::Reencrypt, CLUSTER, &key));
+        cx.reporter.step(
+            phase,
+            CLUSTER,
+            format!("{n} Secret(s) rewritten: encrypted with key {key}"),
+        );
+        // Recorded only now: an apply stopped before rewrites them all again.
+        cx.state.secrets_key = key;
+        cx.save_state()?;
+    }
+    Ok(())
+}
+
+/// Rewrites every Secret unchanged, so that the API server stores it encrypted with its
+/// current key (Secrets written before keep the provider or key they were written with
+/// until then). One that changed or vanished meanwhile was written or removed by someone
+/// else: nothing to do. Returns how many were rewritten.
+async fn reencrypt_secrets(client: &kube::Client) -> Result<usize> {
+    let all: Api<Secret> = Api::all(client.clone());
+    let mut rewritten = 0;
+    let mut params = ListParams::default().limit(250);
+    loop {
+        let page = all
+            .list(&params)
+            .await
+            .context("phase addons: listing Secrets to re-encrypt")?;
+        for secret in &page.items {
+            let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+                continue;
+            };
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            match api.replace(name, &PostParams::default(), secret).await {
+                Ok(_) => rewritten += 1,
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("phase addons: rewriting Secret {ns}/{name} to re-encrypt it")
+                    });
+                }
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(rewritten),
+        }
+    }
 }
 
 /// Server-side applies one object. A custom resource sent right after its CRD may meet a 404

@@ -64,7 +64,7 @@ pub fn actions(args: &StateArgs) -> Result<(ClusterState, Vec<Action>, Vec<Strin
             cs.cluster.spec.assets.source
         ));
     }
-    let applied = AppliedState::load(&cs.state.root.join("state.json"))?;
+    let applied = AppliedState::load(&cs.state.root.join(strata_manifests::plan::STATE_FILE))?;
     let want = crate::apply::desired(&cs.cluster, &r, assets.as_ref(), &applied);
     for h in departed_hosts(&want, &applied) {
         notes.push(format!(
@@ -99,6 +99,7 @@ pub fn run_plan(args: &StateArgs, output: OutputFormat) -> Result<ExitCode> {
             (ActionKind::Restart, "to restart"),
             (ActionKind::Apply, "to apply"),
             (ActionKind::Delete, "to delete"),
+            (ActionKind::Reencrypt, "to re-encrypt"),
         ]
         .iter()
         .filter(|(k, _)| count(*k) > 0)

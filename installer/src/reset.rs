@@ -199,7 +199,7 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
     if !confirmed(&cs, yes)? {
         return Ok(ExitCode::SUCCESS);
     }
-    let state_file = cs.state.root.join("state.json");
+    let state_file = cs.state.root.join(strata_manifests::plan::STATE_FILE);
     let mut state = AppliedState::load(&state_file)?;
     let files: Vec<HostFiles> = cs
         .cluster

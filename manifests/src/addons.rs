@@ -85,6 +85,8 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
     let sa = ServiceAccount {
         metadata: namespaced(name),
+        // Its pods read Nodes with it.
+        automount_service_account_token: Some(true),
         ..ServiceAccount::default()
     };
     // Nodes only: read them all (peers), patch (its own annotations).

@@ -98,7 +98,12 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
                 .map(String::from)
                 .to_vec(),
             ),
-            verbs: vec!["*".into()],
+            // What the API server does there (logs, exec, attach, port-forward, metrics).
+            verbs: [
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ]
+            .map(String::from)
+            .to_vec(),
             ..PolicyRule::default()
         }]),
         ..ClusterRole::default()

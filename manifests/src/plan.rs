@@ -50,6 +50,14 @@ pub struct AppliedState {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub pending_restarts: BTreeMap<String, BTreeSet<Component>>,
+    /// The encryption key every Secret was last rewritten with (see
+    /// [`ActionKind::Reencrypt`]).
+    #[serde(
+        default,
+        rename = "secretsKey",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub secrets_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +152,7 @@ impl AppliedState {
         Self {
             hosts,
             objects,
+            secrets_key: r.secrets_key.clone(),
             ..Self::default()
         }
     }
@@ -202,6 +211,9 @@ pub enum ActionKind {
     Apply,
     /// A cluster object Strata created before and no longer renders.
     Delete,
+    /// Every Secret rewritten, so that the current encryption key encrypts it (`path`: the
+    /// key's name); after encryption is turned on or its key rotated.
+    Reencrypt,
 }
 
 impl ActionKind {
@@ -213,6 +225,7 @@ impl ActionKind {
             ActionKind::Restart => "restart",
             ActionKind::Apply => "apply",
             ActionKind::Delete => "delete",
+            ActionKind::Reencrypt => "re-encrypt secrets with",
         }
     }
 }
@@ -228,6 +241,9 @@ pub struct Action {
 
 /// The `host` of actions on cluster objects.
 pub const CLUSTER: &str = "cluster";
+
+/// Where [`AppliedState`] is kept, in the state directory.
+pub const STATE_FILE: &str = "state.json";
 
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -432,6 +448,13 @@ pub fn plan(
                 path: path.clone(),
             });
         }
+    }
+    if want.secrets_key != have.secrets_key && !want.secrets_key.is_empty() {
+        objects.push(Action {
+            kind: ActionKind::Reencrypt,
+            host: CLUSTER.into(),
+            path: want.secrets_key.clone(),
+        });
     }
     files.into_iter().chain(restarts).chain(objects).collect()
 }

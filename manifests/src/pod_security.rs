@@ -188,10 +188,26 @@ pub const PRIVILEGED: &str = "strata-privileged";
 
 /// What any authenticated user's pods get: the Kubernetes project's "restricted" example.
 pub fn restricted() -> PodSecurityPolicy {
+    // The container runtime's default seccomp profile unless the pod names it.
+    let mut metadata = meta(RESTRICTED);
+    metadata.annotations = Some(
+        [
+            (
+                "seccomp.security.alpha.kubernetes.io/allowedProfileNames",
+                "runtime/default,docker/default",
+            ),
+            (
+                "seccomp.security.alpha.kubernetes.io/defaultProfileName",
+                "runtime/default",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
     PodSecurityPolicy {
         api_version: "policy/v1beta1",
         kind: "PodSecurityPolicy",
-        metadata: meta(RESTRICTED),
+        metadata,
         spec: PodSecurityPolicySpec {
             privileged: false,
             allow_privilege_escalation: false,

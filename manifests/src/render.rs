@@ -101,6 +101,8 @@ pub struct ClusterObject {
 pub struct Rendered {
     pub hosts: Vec<HostTree>,
     pub objects: Vec<ClusterObject>,
+    /// The name of the key that encrypts Secrets (every Secret is rewritten when it changes).
+    pub secrets_key: String,
 }
 
 /// A systemd service unit for a long-running binary.
@@ -146,6 +148,28 @@ impl Unit<'_> {
     }
 }
 
+/// TLS 1.2 cipher suites of the API server and the kubelets: forward-secret AEAD only (the
+/// CIS Kubernetes Benchmark's list; TLS 1.3 suites are not configurable and all strong).
+pub const TLS_CIPHER_SUITES: [&str; 6] = [
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+];
+
+/// Kernel settings the kubelet checks with `protectKernelDefaults` (it refuses to start when
+/// they differ): set by the host settings first.
+pub const KUBELET_SYSCTLS: [(&str, &str); 6] = [
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("kernel.keys.root_maxkeys", "1000000"),
+    ("kernel.keys.root_maxbytes", "25000000"),
+];
+
 fn flag(name: &str, value: impl std::fmt::Display) -> String {
     format!("--{name}={value}")
 }
@@ -154,6 +178,8 @@ struct Ctx<'a> {
     cluster: &'a Cluster,
     minor: u32,
     state: &'a StateDir,
+    /// The keys Secrets are encrypted with in etcd.
+    keys: strata_pki::encryption::EncryptionKeys,
 }
 
 impl Ctx<'_> {
@@ -200,10 +226,22 @@ fn yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
 /// The whole rendering: one tree per host and the cluster objects. Reads the PKI from the
 /// state directory (create it first with `strata_pki::generate`).
 pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderError> {
+    let keys_path = state.file(strata_pki::encryption::FILE);
+    let keys = strata_pki::encryption::load(state)
+        .map_err(|e| RenderError::Pki {
+            path: keys_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .ok_or_else(|| RenderError::Pki {
+            path: keys_path,
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    let secrets_key = keys.current().map(|k| k.name.clone()).unwrap_or_default();
     let ctx = Ctx {
         cluster,
         minor: cluster.spec.kubernetes.version.minor(),
         state,
+        keys,
     };
     let mut hosts = Vec::new();
     for h in &cluster.spec.hosts {
@@ -220,7 +258,7 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
                 Component::Containerd => containerd_files(&ctx, &mut t),
                 Component::Kubelet => kubelet_files(&ctx, h, &mut t)?,
                 Component::KubeProxy => kube_proxy_files(&ctx, h, &mut t)?,
-                Component::HostSettings => host_settings_files(&mut t),
+                Component::HostSettings => host_settings_files(&ctx, &mut t),
                 Component::PodMasquerade => t.add(
                     Component::PodMasquerade,
                     "/etc/systemd/system/strata-pod-masquerade.service",
@@ -237,6 +275,7 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
     Ok(Rendered {
         hosts,
         objects: objects::cluster_objects(cluster)?,
+        secrets_key,
     })
 }
 
@@ -455,6 +494,14 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         flag("audit-log-maxbackup", 10),
         flag("audit-log-maxsize", 100),
     ]);
+    api.push(flag(
+        "encryption-provider-config",
+        format!("{PKI_DIR}/encryption-config.yaml"),
+    ));
+    api.push(flag("tls-cipher-suites", TLS_CIPHER_SUITES.join(",")));
+    if versions::uses(Item::ApiserverInsecurePortZero, ctx.minor) {
+        api.push(flag("insecure-port", 0));
+    }
     let admission = pod_security::admission_configuration(ctx.minor);
     if admission.is_some() {
         api.push(flag(
@@ -491,6 +538,12 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
             conf,
         );
     }
+    t.add(
+        Component::KubeApiserver,
+        format!("{PKI_DIR}/encryption-config.yaml"),
+        0o600,
+        ctx.keys.configuration(),
+    );
 
     for name in [
         "apiserver",
@@ -557,6 +610,9 @@ fn controller_manager_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), Rende
             format!("{PKI_DIR}/sa.key"),
         ),
         flag("use-service-account-credentials", true),
+        // Finished pods kept before the garbage collector deletes them (default 12500, sized
+        // for far larger clusters than a few hosts).
+        flag("terminated-pod-gc-threshold", 1000),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
         flag("leader-elect", true),
         flag("allocate-node-cidrs", true),
@@ -731,6 +787,7 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
          tlsCertFile: {PKI_DIR}/kubelet-serving.crt\n\
          tlsPrivateKeyFile: {PKI_DIR}/kubelet-serving.key\n\
          tlsMinVersion: VersionTLS12\n\
+         tlsCipherSuites: [{suites}]\n\
          rotateCertificates: true\n\
          clusterDomain: {domain}\n\
          clusterDNS:\n\
@@ -739,6 +796,7 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
          failSwapOn: {fail_swap}\n\
          staticPodPath: \"\"\n",
         domain = net.cluster_domain,
+        suites = TLS_CIPHER_SUITES.join(", "),
         driver = cgroup_driver(ctx.cluster),
         // nspawn machines see the computer's swap; real hosts must have none.
         fail_swap = !ctx.local(),
@@ -747,6 +805,11 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
         s.push_str(&format!(
             "containerRuntimeEndpoint: unix://{CONTAINERD_SOCKET}\n"
         ));
+    }
+    // The kubelet refuses to start when the kernel differs from what it expects (the host
+    // settings set it first). Local machines share this computer's kernel: left alone.
+    if !ctx.local() {
+        s.push_str("protectKernelDefaults: true\n");
     }
     if ctx.local() {
         // Local machines share this computer's disk: the default percentages of a large,
@@ -943,16 +1006,25 @@ fn kube_proxy_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Ren
 }
 
 /// Kernel settings every node needs (applied by `sysctl --system` in the nodes phase).
-fn host_settings_files(t: &mut HostTree) {
-    t.add(
-        Component::HostSettings,
-        "/etc/sysctl.d/90-strata.conf",
-        0o644,
+fn host_settings_files(ctx: &Ctx<'_>, t: &mut HostTree) {
+    let mut sysctl = String::from(
         "# Kernel settings Kubernetes networking needs. Written by Strata.\n\
          net.ipv4.ip_forward = 1\n\
          net.ipv6.conf.all.forwarding = 1\n\
          net.bridge.bridge-nf-call-iptables = 1\n\
          net.bridge.bridge-nf-call-ip6tables = 1\n",
+    );
+    if !ctx.local() {
+        sysctl.push_str("# What the kubelet's protectKernelDefaults expects.\n");
+        for (key, value) in KUBELET_SYSCTLS {
+            sysctl.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    t.add(
+        Component::HostSettings,
+        "/etc/sysctl.d/90-strata.conf",
+        0o644,
+        sysctl,
     );
     t.add(
         Component::HostSettings,

@@ -9,6 +9,9 @@ pub const SUPPORTED_MINORS: RangeInclusive<u32> = 20..=37;
 /// A version-dependent piece of configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Item {
+    /// kube-apiserver `--insecure-port=0`: the flag exists (deprecated, 0 the only sensible
+    /// value) until it was removed in 1.24.
+    ApiserverInsecurePortZero,
     /// controller-manager/scheduler `--port=0`: turns off insecure serving before 1.22
     /// (disabled for good in 1.22, flag removed in 1.23/1.24).
     InsecurePortZero,
@@ -43,6 +46,7 @@ pub enum Item {
 
 /// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
 pub const TABLE: &[(Item, u32, Option<u32>)] = &[
+    (Item::ApiserverInsecurePortZero, 20, Some(23)),
     (Item::InsecurePortZero, 20, Some(21)),
     (Item::KubeletContainerRuntimeFlag, 20, Some(23)),
     (Item::KubeletRuntimeEndpointFlag, 20, Some(26)),

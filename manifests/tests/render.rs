@@ -27,8 +27,10 @@ fn snapshot_text(r: &Rendered) -> String {
         s.push_str(&format!("######## host {}\n", t.host));
         for (path, f) in &t.files {
             s.push_str(&format!("==== {path} ({:o})\n", f.mode));
-            let secret =
-                [".crt", ".key", ".pub"].iter().any(|e| path.ends_with(e)) || is_kubeconfig(path);
+            let secret = [".crt", ".key", ".pub", "/encryption-config.yaml"]
+                .iter()
+                .any(|e| path.ends_with(e))
+                || is_kubeconfig(path);
             if secret {
                 s.push_str("<redacted: generated PKI material>\n");
             } else {
@@ -62,7 +64,9 @@ fn secrets_have_private_modes_and_workers_get_no_control_plane_keys() {
     let f = fixture(THREE_HOSTS);
     for t in &f.rendered.hosts {
         for (path, file) in &t.files {
-            let private = path.ends_with(".key") || is_kubeconfig(path);
+            let private = path.ends_with(".key")
+                || is_kubeconfig(path)
+                || path.ends_with("/encryption-config.yaml");
             let expect = if private {
                 0o600
             } else if path == strata_manifests::addons::UPDATE_ENGINE_CHECK_PATH {
@@ -84,7 +88,8 @@ fn secrets_have_private_modes_and_workers_get_no_control_plane_keys() {
             !p.contains("ca.key")
                 && !p.contains("sa.key")
                 && !p.contains("apiserver")
-                && !p.contains("etcd"),
+                && !p.contains("etcd")
+                && !p.contains("encryption"),
             "worker w1 must not receive {p}"
         );
     }
@@ -462,11 +467,15 @@ fn plan_compares_with_what_was_applied() {
     let f = fixture(THREE_HOSTS);
     let want = AppliedState::of(&f.rendered);
     let fresh = plan(&want, &AppliedState::default(), running(&f.cluster));
-    assert!(
-        fresh.iter().all(
-            |a| [ActionKind::Create, ActionKind::Restart, ActionKind::Apply].contains(&a.kind)
-        )
-    );
+    assert!(fresh.iter().all(|a| {
+        [
+            ActionKind::Create,
+            ActionKind::Restart,
+            ActionKind::Apply,
+            ActionKind::Reencrypt,
+        ]
+        .contains(&a.kind)
+    }));
     // Every started unit of every host starts from its new files.
     let restarts: Vec<&Action> = fresh
         .iter()

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod encryption;
 pub mod files;
 mod inspect;
 mod issue;
@@ -632,6 +633,7 @@ pub fn generate(inputs: &Inputs, dir: &StateDir, now: OffsetDateTime) -> Result<
     store::ensure_dir(dir, &dir.root.join("pki"))?;
     let cas = cas(inputs, dir, now, true, &mut out)?;
     service_account_keys(inputs, dir, &mut out)?;
+    encryption::ensure(dir, now, &mut out)?;
     for spec in leaf_certificates(inputs) {
         let Some(ca) = cas.get(&spec.ca) else {
             continue;
