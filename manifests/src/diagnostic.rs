@@ -29,13 +29,31 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+/// `s` with control characters (which a hostile file could use to rewrite the terminal)
+/// written as escapes.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl Diagnostic {
+    /// Text from the file may reach `path` and `message`: control characters are escaped.
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
             location: None,
-            path: path.into(),
-            message: message.into(),
+            path: printable(&path.into()),
+            message: printable(&message.into()),
             hint: None,
         }
     }
@@ -58,7 +76,7 @@ impl Diagnostic {
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(printable(&hint.into()));
         self
     }
 

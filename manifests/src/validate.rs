@@ -93,7 +93,26 @@ impl Context {
 }
 
 /// Parses and validates Cluster YAML text. `Err` holds a report with at least one error.
+/// The largest Cluster file read (a real one is a few kilobytes).
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+fn too_large(file: &str, bytes: u64) -> Report {
+    Report {
+        file: file.to_owned(),
+        diagnostics: vec![
+            Diagnostic::error(
+                "",
+                format!("the file is {bytes} bytes; a Cluster file may be at most {MAX_FILE_BYTES} bytes (1 MiB)"),
+            )
+            .hint("a Cluster file describes hosts and settings in a few kilobytes; is this the right file?"),
+        ],
+    }
+}
+
 pub fn load_str(text: &str, ctx: &Context) -> Result<Loaded, Report> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(too_large(&ctx.file, text.len() as u64));
+    }
     let mut report = Report {
         file: ctx.file.clone(),
         diagnostics: Vec::new(),
@@ -166,9 +185,28 @@ pub fn load_str(text: &str, ctx: &Context) -> Result<Loaded, Report> {
 
 /// Reads and validates a Cluster file.
 pub fn load_file(path: &Path) -> Result<Loaded, Report> {
+    use std::io::Read as _;
     let ctx = Context::for_file(path);
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&text, &ctx),
+    // Read at most one byte past the cap: a huge file (or /dev/zero) is refused at once.
+    let read = std::fs::File::open(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    let read = read.and_then(|bytes| {
+        if bytes.len() > MAX_FILE_BYTES {
+            return Ok(Err(()));
+        }
+        String::from_utf8(bytes)
+            .map(Ok)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    });
+    match read {
+        Ok(Err(())) => {
+            let size = std::fs::metadata(path).map_or(MAX_FILE_BYTES as u64 + 1, |m| m.len());
+            Err(too_large(&ctx.file, size))
+        }
+        Ok(Ok(text)) => load_str(&text, &ctx),
         Err(e) => Err(Report {
             file: ctx.file.clone(),
             diagnostics: vec![
@@ -457,6 +495,7 @@ fn semantic_problems(c: &Cluster, doc: &LocatedValue, ctx: &Context) -> Vec<Diag
     check_version(c, &mut k);
     check_hosts(c, &mut k);
     check_network(c, &mut k);
+    check_ssh(c, &mut k);
     check_pki(c, ctx, &mut k);
     check_keys(c, ctx, &mut k);
     check_assets(c, &mut k);
@@ -611,6 +650,16 @@ fn check_hosts(c: &Cluster, k: &mut Checker<'_>) {
                 } else {
                     addresses.insert(key, i);
                 }
+                if let Some(ip) = a.ip() {
+                    let broadcast = matches!(ip, IpAddr::V4(v) if v.is_broadcast());
+                    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+                        k.error(
+                            &format!("{base}/address"),
+                            format!("{ip} is not the address of one host (unspecified, broadcast or multicast)"),
+                            "give the host's own unicast address",
+                        );
+                    }
+                }
                 if local && a.ip().is_none() {
                     k.error(
                         &format!("{base}/address"),
@@ -625,6 +674,23 @@ fn check_hosts(c: &Cluster, k: &mut Checker<'_>) {
                 "give the IP address or DNS name Strata reaches it at over SSH",
             ),
             None => {}
+        }
+        if RESERVED_HOST_NAMES.contains(&h.name.as_str()) {
+            k.error(
+                &format!("{base}/name"),
+                format!(
+                    "`{}` is a name the API server answers to; a node by that name would get \
+                     a serving certificate for it",
+                    h.name
+                ),
+                "choose another host name",
+            );
+        }
+        if let Some(port) = h.ssh.port {
+            check_ssh_port(port, &format!("{base}/ssh/port"), k);
+        }
+        if let Some(user) = &h.ssh.user {
+            check_ssh_user(user, &format!("{base}/ssh/user"), k);
         }
         if h.roles.is_empty() {
             k.error(
@@ -773,6 +839,49 @@ fn is_qualified_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Names of the API server itself (its certificate's names that are single DNS labels).
+const RESERVED_HOST_NAMES: [&str; 2] = ["kubernetes", "localhost"];
+
+fn check_ssh_port(port: u16, pointer: &str, k: &mut Checker<'_>) {
+    if port == 0 {
+        k.error(
+            pointer,
+            "port 0 is not a port SSH listens on".into(),
+            "use 22, or the host's SSH port",
+        );
+    }
+}
+
+/// A login name as useradd accepts it: letters, digits, `_`, `.`, `-`, not starting with
+/// `-`, at most 32 characters.
+fn check_ssh_user(user: &str, pointer: &str, k: &mut Checker<'_>) {
+    let valid = !user.is_empty()
+        && user.len() <= 32
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid {
+        k.error(
+            pointer,
+            format!("{user:?} is not a user name"),
+            "letters, digits, `_`, `.` and `-`, at most 32 characters, not starting with `-` (e.g. root, core)",
+        );
+    }
+}
+
+fn check_ssh(c: &Cluster, k: &mut Checker<'_>) {
+    let ssh = &c.spec.ssh;
+    check_ssh_port(ssh.port, "/spec/ssh/port", k);
+    check_ssh_user(&ssh.user, "/spec/ssh/user", k);
+    if let Some(b) = &ssh.bastion {
+        check_ssh_port(b.port, "/spec/ssh/bastion/port", k);
+        if let Some(user) = &b.user {
+            check_ssh_user(user, "/spec/ssh/bastion/user", k);
+        }
+    }
+}
+
 fn check_network(c: &Cluster, k: &mut Checker<'_>) {
     let n = &c.spec.network;
     let (pod, svc) = (n.pod_cidr.net(), n.service_cidr.net());
@@ -783,11 +892,51 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
             "pick disjoint ranges, e.g. podCIDR 10.244.0.0/16 and serviceCIDR 10.96.0.0/12",
         );
     }
-    // kube-apiserver refuses service ranges larger than /12 (IPv4) or /108 (IPv6).
-    let (max_svc, node_mask) = match svc {
-        ipnet::IpNet::V4(_) => (12, 24),
-        ipnet::IpNet::V6(_) => (108, 64),
+    // kube-apiserver refuses service ranges larger than /12 (IPv4) or /108 (IPv6); the range
+    // must hold the API server's (first) and cluster DNS's (tenth) addresses.
+    let (max_svc, min_svc) = match svc {
+        ipnet::IpNet::V4(_) => (12, 28),
+        ipnet::IpNet::V6(_) => (108, 124),
     };
+    if svc.prefix_len() > min_svc {
+        k.error(
+            "/spec/network/serviceCIDR",
+            format!(
+                "service CIDR {svc} is too small: it must hold the API server's address (the \
+                 first) and cluster DNS's (the tenth)"
+            ),
+            &format!("use a /{min_svc} or larger, e.g. 10.96.0.0/12"),
+        );
+    }
+    let node_mask = match pod {
+        ipnet::IpNet::V4(_) => 24,
+        ipnet::IpNet::V6(_) => 64,
+    };
+    if matches!(pod, ipnet::IpNet::V6(_)) && crate::catalog::Component::Overlay.enabled(c) {
+        k.error(
+            "/spec/network/podCIDR",
+            format!("pod CIDR {pod} is IPv6; Strata's overlay carries IPv4 pods only"),
+            "use an IPv4 pod range, or turn the overlay off (spec.addons.overlay.enabled: false) \
+             and install a CNI that routes IPv6",
+        );
+    }
+    if matches!(c.spec.platform, Platform::Local(_)) {
+        let machines: ipnet::IpNet =
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15)
+                .map_or(pod, ipnet::IpNet::V4);
+        for (range, field, what) in [(pod, "podCIDR", "pod"), (svc, "serviceCIDR", "service")] {
+            if range.contains(&machines.network()) || machines.contains(&range.network()) {
+                k.error(
+                    &format!("/spec/network/{field}"),
+                    format!(
+                        "{what} CIDR {range} overlaps {machines}, where local machines get \
+                         their addresses"
+                    ),
+                    "pick a range outside 198.18.0.0/15, e.g. 10.244.0.0/16 and 10.96.0.0/12",
+                );
+            }
+        }
+    }
     if svc.prefix_len() < max_svc {
         k.error(
             "/spec/network/serviceCIDR",
@@ -847,6 +996,21 @@ fn check_pki(c: &Cluster, ctx: &Context, k: &mut Checker<'_>) {
     }
     if p.cert_validity.0.is_zero() || p.ca_validity.0.is_zero() {
         k.error("/spec/pki", "validity must be longer than 0".into(), "");
+    }
+    for (field, d) in [
+        ("caValidity", &p.ca_validity),
+        ("certValidity", &p.cert_validity),
+    ] {
+        let ends = jiff::SignedDuration::try_from(d.0)
+            .ok()
+            .and_then(|d| jiff::Timestamp::now().checked_add(d).ok());
+        if ends.is_none() {
+            k.error(
+                &format!("/spec/pki/{field}"),
+                format!("{d} from now ends after the year 9999, which certificates cannot express"),
+                "use a shorter validity, e.g. 87600h (10 years)",
+            );
+        }
     }
     if let Some(ca) = &p.ca {
         for (field, file) in [("cert", &ca.cert), ("key", &ca.key)] {

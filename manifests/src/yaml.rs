@@ -19,6 +19,13 @@ use crate::diagnostic::{Diagnostic, Location};
 
 /// Upper bound on values produced, aliases expanded included ("billion laughs" guard).
 const MAX_NODES: usize = 100_000;
+/// Upper bound on the bytes of scalars and keys produced, aliases expanded included (a few
+/// aliases of one long scalar are as bad as many aliases of small ones).
+const MAX_BYTES: usize = 8 << 20;
+/// Upper bound on one value's JSON pointer (its ancestors' keys joined): keys are short.
+const MAX_POINTER: usize = 16 << 10;
+/// Upper bound on all recorded pointers together (locations are kept per pointer).
+const MAX_POINTER_BYTES: usize = 32 << 20;
 /// Upper bound on nesting depth.
 const MAX_DEPTH: usize = 64;
 
@@ -101,6 +108,10 @@ struct Builder {
     out: LocatedValue,
     diagnostics: Vec<Diagnostic>,
     nodes: usize,
+    /// Scalar and key bytes produced so far.
+    bytes: usize,
+    /// Bytes of the pointers recorded in `out`.
+    pointer_bytes: usize,
     root: Option<Value>,
 }
 
@@ -116,6 +127,16 @@ fn count_nodes(v: &Value) -> usize {
         Value::Array(a) => 1 + a.iter().map(count_nodes).sum::<usize>(),
         Value::Object(m) => 1 + m.values().map(count_nodes).sum::<usize>(),
         _ => 1,
+    }
+}
+
+/// The bytes of the scalars and keys in `v`.
+fn count_bytes(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => a.iter().map(count_bytes).sum(),
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + count_bytes(v)).sum(),
+        Value::String(s) => s.len(),
+        _ => 8,
     }
 }
 
@@ -261,13 +282,14 @@ impl Builder {
                     return Ok(());
                 }
                 self.count(at)?;
+                self.count_bytes(text.len(), at)?;
                 let v = if style == ScalarStyle::Plain {
                     resolve_plain(&text)
                 } else {
                     Value::String(text.into_owned())
                 };
                 if let Some(p) = self.next_value_pointer() {
-                    self.out.values.insert(p, at);
+                    self.record(p, at)?;
                 }
                 self.push_value(v, anchor, at);
             }
@@ -275,11 +297,17 @@ impl Builder {
                 if self.in_complex_key() {
                     return Ok(());
                 }
-                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.nodes += count_nodes(&v);
+                let (nodes, bytes) = self
+                    .anchors
+                    .get(&id)
+                    .map_or((0, 0), |v| (count_nodes(v), count_bytes(v)));
+                // Counted before the copy is made.
+                self.nodes += nodes;
                 self.count(at)?;
+                self.count_bytes(bytes, at)?;
+                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
                 if let Some(p) = self.next_value_pointer() {
-                    self.out.values.insert(p, at);
+                    self.record(p, at)?;
                 }
                 self.push_value(v, 0, at);
             }
@@ -315,7 +343,7 @@ impl Builder {
                     .at(at));
                 }
                 let p = self.next_value_pointer().unwrap_or_default();
-                self.out.values.insert(p.clone(), at);
+                self.record(p.clone(), at)?;
                 let seg = p[self.pointer().len()..].to_owned();
                 self.path.push(seg);
                 self.stack.push(if is_map {
@@ -379,6 +407,37 @@ impl Builder {
         Ok(())
     }
 
+    fn count_bytes(&mut self, bytes: usize, at: Location) -> Result<(), Diagnostic> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MAX_BYTES {
+            return Err(Diagnostic::error(
+                String::new(),
+                format!("document expands to more than {MAX_BYTES} bytes of text"),
+            )
+            .at(at)
+            .hint("a Cluster file is small; check for runaway anchors and aliases"));
+        }
+        Ok(())
+    }
+
+    /// Records where the value at `pointer` starts, within the pointer budgets.
+    fn record(&mut self, pointer: String, at: Location) -> Result<(), Diagnostic> {
+        self.pointer_bytes = self.pointer_bytes.saturating_add(pointer.len());
+        if pointer.len() > MAX_POINTER || self.pointer_bytes > MAX_POINTER_BYTES {
+            return Err(Diagnostic::error(
+                String::new(),
+                format!(
+                    "the document nests keys more than {MAX_POINTER} bytes deep (or all paths \
+                     together exceed {MAX_POINTER_BYTES} bytes)"
+                ),
+            )
+            .at(at)
+            .hint("a Cluster file's keys are short field names; check for runaway keys"));
+        }
+        self.out.values.insert(pointer, at);
+        Ok(())
+    }
+
     fn count(&mut self, at: Location) -> Result<(), Diagnostic> {
         self.nodes += 1;
         if self.nodes > MAX_NODES {
@@ -420,6 +479,8 @@ pub fn parse(text: &str) -> (Option<LocatedValue>, Vec<Diagnostic>) {
         out: LocatedValue::default(),
         diagnostics: Vec::new(),
         nodes: 0,
+        bytes: 0,
+        pointer_bytes: 0,
         root: None,
     };
     for item in Parser::new_from_str(text) {
