@@ -569,6 +569,13 @@ spec:
     );
     assert_eq!(fleetlock("steady-state", "zincati-1"), "200");
     assert!(lock_holders(&kc).is_empty());
+    // A FleetLock host that never comes back: an operator frees its slot.
+    assert_eq!(fleetlock("pre-reboot", "zincati-gone"), "200");
+    ok(
+        &strata(d, &["updates", "release", "fleetlock/zincati-gone"]),
+        "updates release",
+    );
+    assert!(lock_holders(&kc).is_empty());
     let metrics = on_machine(
         NAME,
         "cp1",

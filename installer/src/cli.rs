@@ -128,6 +128,14 @@ pub enum UpdatesCommand {
     Pause(UpdatesPolicyArgs),
     /// Grant reboots again.
     Resume(UpdatesPolicyArgs),
+    /// Free a slot of a policy's reboot lock whose holder will never give it back (a
+    /// FleetLock host that is gone, e.g. `fleetlock/<id>`).
+    Release {
+        #[command(flatten)]
+        policy: UpdatesPolicyArgs,
+        /// The holder, as `strata updates status` lists it.
+        holder: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! `strata updates`: the update operator's state at a glance, and pause/resume.
+//! `strata updates`: the update operator's state at a glance, pause/resume, and freeing an
+//! abandoned slot of a reboot lock.
 
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
         UpdatesCommand::Status(args) => status(args),
         UpdatesCommand::Pause(args) => set_paused(args, true),
         UpdatesCommand::Resume(args) => set_paused(args, false),
+        UpdatesCommand::Release { policy, holder } => release(policy, holder),
     }
 }
 
@@ -155,5 +157,56 @@ fn set_paused(args: &UpdatesPolicyArgs, paused: bool) -> Result<ExitCode> {
             }
         );
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Removes `holder` from the policy's lock, replacing the lock's status with the
+/// resourceVersion read (as the operator does), so a concurrent change is never overwritten.
+fn release(args: &UpdatesPolicyArgs, holder: &str) -> Result<ExitCode> {
+    crate::runtime()?.block_on(async {
+        let cs = load(&args.state)?;
+        let client = admin_client(&cs).await?;
+        let api: Api<RebootLock> = Api::all(client);
+        let name = &args.policy;
+        for _ in 0..5 {
+            let mut lock = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading RebootLock {name}"))?;
+            let status = lock.status.get_or_insert_with(Default::default);
+            let before = status.holders.len();
+            status.holders.retain(|h| h.node != holder);
+            if status.holders.len() == before {
+                let held: Vec<&str> = status.holders.iter().map(|h| h.node.as_str()).collect();
+                anyhow::bail!(
+                    "RebootLock {name} has no holder {holder}; its holders: {}",
+                    if held.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        held.join(", ")
+                    }
+                );
+            }
+            let now = strata_update_api::Time::now();
+            status.history.push(format!(
+                "{now} {holder} released: by strata updates release"
+            ));
+            status.last_release = Some(now);
+            match api
+                .replace_status(name, &kube::api::PostParams::default(), &lock)
+                .await
+            {
+                Ok(_) => {
+                    outln!("RebootLock {name}: released {holder}'s slot");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("RebootLock {name}: releasing {holder}"));
+                }
+            }
+        }
+        anyhow::bail!("RebootLock {name} kept changing; run the command again")
     })
 }

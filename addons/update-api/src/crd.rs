@@ -379,6 +379,9 @@ pub struct Holder {
     pub acquired_at: Time,
     #[serde(default)]
     pub phase: HolderPhase,
+    /// FleetLock: the node whose address took the slot; only a request from it releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_node: Option<String>,
 }
 
 /// The durable reboot semaphore of one policy (same name as the policy).

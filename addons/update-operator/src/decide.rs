@@ -310,6 +310,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
                 node: n.name.clone(),
                 acquired_at: Time(now),
                 phase: HolderPhase::Granted,
+                from_node: None,
             });
             ev(
                 &n.name,
@@ -856,6 +857,7 @@ mod tests {
             node: "zincati-1".into(),
             acquired_at: time(NOW),
             phase: HolderPhase::FleetLock,
+            from_node: None,
         }];
         let d = w.at(NOW);
         assert_eq!(names(&d.holders), ["zincati-1"], "the one slot is taken");

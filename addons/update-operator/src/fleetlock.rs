@@ -4,15 +4,24 @@
 //! `POST /v1/pre-reboot` and `POST /v1/steady-state`, header `fleet-lock-protocol: true`, body
 //! `{"client_params":{"id":..,"group":..}}`. The group names the UpdatePolicy (and its lock);
 //! a client holds its slot as `fleetlock/<id>` so it can never be mistaken for a node.
+//!
+//! FleetLock clients (Zincati) send no credentials, only a base URL. So a request is accepted
+//! only from a node's address (one of its Node's addresses, or the gateway address of its
+//! pod range, which host-to-local-pod traffic leaves with); a pod's address is refused. A
+//! slot is bound to the node that took it and released only by a request from that node;
+//! `strata updates release` frees one whose host is gone.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
@@ -95,20 +104,77 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<ClientParams, Refusal> {
     Ok(b.client_params)
 }
 
+/// The node `ip` belongs to: one of its addresses, or the first address of its pod range
+/// (the bridge gateway a host's own requests to a pod on it come from).
+pub fn node_of(nodes: &[Node], ip: IpAddr) -> Option<String> {
+    nodes.iter().find_map(|n| {
+        let name = n.metadata.name.clone()?;
+        let listed = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .is_some_and(|a| a.iter().any(|a| a.address.parse::<IpAddr>() == Ok(ip)));
+        let gateway = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(gateway_of)
+            .is_some_and(|g| g == ip);
+        (listed || gateway).then_some(name)
+    })
+}
+
+/// The first host address of a CIDR (`10.244.1.0/24` -> `10.244.1.1`).
+fn gateway_of(cidr: &str) -> Option<IpAddr> {
+    let (net, _) = cidr.split_once('/')?;
+    match net.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v) => Some(IpAddr::V4((u32::from(v) + 1).into())),
+        IpAddr::V6(v) => Some(IpAddr::V6((u128::from(v) + 1).into())),
+    }
+}
+
+/// The node a request came from, or the refusal to send.
+async fn source_node(s: &Shared, from: SocketAddr) -> Result<String, Response> {
+    let nodes: Api<Node> = Api::all(s.client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()))?;
+    // An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
+    let ip = match from.ip() {
+        IpAddr::V6(v) => v.to_ipv4_mapped().map_or(IpAddr::V6(v), IpAddr::V4),
+        v4 => v4,
+    };
+    node_of(&list.items, ip).ok_or_else(|| {
+        tracing::warn!(%ip, "FleetLock request refused: not from a node's address");
+        reply(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "FleetLock is answered for the cluster's nodes only; {ip} is not a node's address"
+            ),
+        )
+    })
+}
+
 async fn pre_reboot(
     State(s): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let r = match parse(&headers, &body) {
-        Ok(p) => take(&s, &p).await,
+        Ok(p) => match source_node(&s, from).await {
+            Ok(node) => take(&s, &p, &node).await,
+            Err(refusal) => refusal,
+        },
         Err((code, kind, why)) => reply(code, kind, why),
     };
     count(&s, "pre-reboot", r.status());
     r
 }
 
-async fn take(s: &Shared, p: &ClientParams) -> Response {
+async fn take(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
     let policies: Api<UpdatePolicy> = Api::all(s.client.clone());
     let locks: Api<RebootLock> = Api::all(s.client.clone());
     let policy = match policies.get_opt(&p.group).await {
@@ -127,9 +193,22 @@ async fn take(s: &Shared, p: &ClientParams) -> Response {
     let held = match locks.get_opt(&p.group).await {
         Ok(l) => l
             .and_then(|l| l.status)
-            .is_some_and(|st| st.holders.iter().any(|h| h.node == holder)),
+            .and_then(|st| st.holders.into_iter().find(|h| h.node == holder)),
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
     };
+    if let Some(h) = &held
+        && h.from_node.as_deref() != Some(from_node)
+    {
+        return reply(
+            StatusCode::CONFLICT,
+            "failed_lock",
+            format!(
+                "{holder} is held from node {}",
+                h.from_node.as_deref().unwrap_or("(unknown)")
+            ),
+        );
+    }
+    let held = held.is_some();
     if !held {
         let degraded = policy.status.as_ref().is_some_and(|st| {
             st.conditions
@@ -150,7 +229,15 @@ async fn take(s: &Shared, p: &ClientParams) -> Response {
             return reply(StatusCode::CONFLICT, "failed_lock", why);
         }
     }
-    match lock::try_acquire(&locks, &p.group, &holder, HolderPhase::FleetLock, Time(now)).await {
+    let taken = lock::try_acquire(
+        &locks,
+        &p.group,
+        &holder,
+        HolderPhase::FleetLock,
+        Some(from_node),
+        Time(now),
+    );
+    match taken.await {
         Ok(true) => reply(
             StatusCode::OK,
             "ok",
@@ -163,28 +250,54 @@ async fn take(s: &Shared, p: &ClientParams) -> Response {
 
 async fn steady_state(
     State(s): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let r = match parse(&headers, &body) {
-        Ok(p) => {
-            let locks: Api<RebootLock> = Api::all(s.client.clone());
-            let holder = format!("{HOLDER_PREFIX}{}", p.id);
-            let now = Time::now();
-            match lock::release(&locks, &p.group, &holder, "steady state (FleetLock)", now).await {
-                // Releasing what is not held is fine: the client's goal holds.
-                Ok(_) => reply(
-                    StatusCode::OK,
-                    "ok",
-                    format!("{holder} holds no slot of {}", p.group),
-                ),
-                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "lock_error", e.to_string()),
-            }
-        }
+        Ok(p) => match source_node(&s, from).await {
+            Ok(node) => give_back(&s, &p, &node).await,
+            Err(refusal) => refusal,
+        },
         Err((code, kind, why)) => reply(code, kind, why),
     };
     count(&s, "steady-state", r.status());
     r
+}
+
+async fn give_back(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
+    let locks: Api<RebootLock> = Api::all(s.client.clone());
+    let holder = format!("{HOLDER_PREFIX}{}", p.id);
+    let held_from = match locks.get_opt(&p.group).await {
+        Ok(l) => l
+            .and_then(|l| l.status)
+            .and_then(|st| st.holders.into_iter().find(|h| h.node == holder))
+            .map(|h| h.from_node),
+        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
+    };
+    if let Some(owner) = held_from
+        && owner.as_deref() != Some(from_node)
+    {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{holder} was taken from node {}; only that node releases it (or an \
+                 operator, with strata updates release)",
+                owner.as_deref().unwrap_or("(unknown)")
+            ),
+        );
+    }
+    let now = Time::now();
+    match lock::release(&locks, &p.group, &holder, "steady state (FleetLock)", now).await {
+        // Releasing what is not held is fine: the client's goal holds.
+        Ok(_) => reply(
+            StatusCode::OK,
+            "ok",
+            format!("{holder} holds no slot of {}", p.group),
+        ),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "lock_error", e.to_string()),
+    }
 }
 
 fn count(s: &Shared, op: &str, code: StatusCode) {
@@ -212,4 +325,29 @@ pub fn router(client: Client, metrics: Arc<Metrics>) -> Router {
         .route("/metrics", get(self::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Shared { client, metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_known_by_its_addresses_and_its_pod_gateway() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "w1"},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.3"}]},
+        }))
+        .expect("node");
+        let nodes = [node];
+        let at = |ip: &str| node_of(&nodes, ip.parse().expect("ip"));
+        assert_eq!(at("198.18.0.3").as_deref(), Some("w1"));
+        assert_eq!(
+            at("10.244.1.1").as_deref(),
+            Some("w1"),
+            "the host's own bridge address"
+        );
+        assert_eq!(at("10.244.1.7"), None, "a pod");
+        assert_eq!(at("198.18.0.9"), None, "not a node");
+    }
 }

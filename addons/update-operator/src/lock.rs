@@ -105,13 +105,14 @@ pub fn record_release(status: &mut RebootLockStatus, now: Time, node: &str, reas
     status.last_release = Some(now);
 }
 
-/// Takes a slot for `holder` if one is free (or it already holds one). `limit` may refuse
-/// beyond the lock's own maxHolders (e.g. nodes already unavailable). Ok(true) when held.
+/// Takes a slot for `holder` if one is free (or it already holds one), recording the node
+/// a FleetLock request came from. Ok(true) when held.
 pub async fn try_acquire(
     api: &Api<RebootLock>,
     name: &str,
     holder: &str,
     phase: HolderPhase,
+    from_node: Option<&str>,
     now: Time,
 ) -> Result<bool, LockError> {
     for _ in 0..ATTEMPTS {
@@ -131,6 +132,7 @@ pub async fn try_acquire(
             node: holder.into(),
             acquired_at: now,
             phase,
+            from_node: from_node.map(str::to_owned),
         });
         if write(api, &lock, status).await?.is_some() {
             return Ok(true);

@@ -103,6 +103,8 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             tokio::spawn(async move {
+                // The peer's address: FleetLock answers nodes only.
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "HTTP endpoint (metrics, FleetLock) stopped");
                 }

@@ -205,6 +205,7 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
                     "race",
                     &format!("r{round}-n{i}"),
                     Default::default(),
+                    None,
                     strata_update_operator::crd::Time::now(),
                 )
                 .await
@@ -477,10 +478,21 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let app = fleetlock::router(admin.clone(), metrics.clone());
+    let app = fleetlock::router(admin.clone(), metrics.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let curl = |path: &'static str, id: &'static str, header: bool| async move {
+    // n1 and n2 are at 127.0.0.1 and 127.0.0.2 (loopback: requests come from there).
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for (n, ip) in [("n1", "127.0.0.1"), ("n2", "127.0.0.2")] {
+        let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
+        nodes
+            .patch_status(n, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("node address");
+    }
+    let curl_from = |from: &'static str, path: &'static str, id: &'static str, header: bool| async move {
         let mut c = tokio::process::Command::new("curl");
+        c.args(["--interface", from]);
         c.args([
             "-sS",
             "--max-time",
@@ -503,6 +515,15 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         let out = c.output().await.expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let curl = |path: &'static str, id: &'static str, header: bool| {
+        curl_from("127.0.0.1", path, id, header)
+    };
+    assert_eq!(
+        curl_from("127.0.0.9", "/v1/pre-reboot", "z1", true).await,
+        "403",
+        "not a node's address (a pod's would be refused the same way)"
+    );
+    assert!(holders(&admin, "default").await.is_empty());
     assert_eq!(
         curl("/v1/pre-reboot", "z1", false).await,
         "400",
@@ -524,6 +545,17 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     report(&agent_n2, "n2", waiting("n2-boot-2")).await;
     op.reconcile().await.expect("reconcile");
     assert_eq!(holders(&admin, "default").await, ["fleetlock/z1"]);
+    assert_eq!(
+        curl_from("127.0.0.2", "/v1/pre-reboot", "z1", true).await,
+        "409",
+        "z1 is held from n1"
+    );
+    assert_eq!(
+        curl_from("127.0.0.2", "/v1/steady-state", "z1", true).await,
+        "403",
+        "only n1 releases z1"
+    );
+    assert_eq!(holders(&admin, "default").await, ["fleetlock/z1"]);
     assert_eq!(curl("/v1/steady-state", "z1", true).await, "200");
     assert!(
         holders(&admin, "default").await.is_empty() || holders(&admin, "default").await == ["n2"]
@@ -537,7 +569,7 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     let m = metrics.render();
     assert!(
         m.contains(
-            "strata_update_fleetlock_requests_total{operation=\"pre-reboot\",code=\"409\"} 1"
+            "strata_update_fleetlock_requests_total{operation=\"pre-reboot\",code=\"409\"} 2"
         ),
         "{m}"
     );
