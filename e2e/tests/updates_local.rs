@@ -576,6 +576,27 @@ spec:
         "updates release",
     );
     assert!(lock_holders(&kc).is_empty());
+    // From a pod (a web pod's network namespace, on whichever worker has one): refused.
+    let from_pod = ["w1", "w2", "w3"]
+        .iter()
+        .map(|w| {
+            on_machine(
+                NAME,
+                w,
+                &format!(
+                    "host=$(readlink /proc/1/ns/net); for p in $(pgrep pause); do \
+                     [ \"$(readlink /proc/$p/ns/net)\" = \"$host\" ] && continue; \
+                     exec nsenter --net=/proc/$p/ns/net curl -sS --max-time 10 -o /dev/null \
+                     -w '%{{http_code}}' -X POST -H 'fleet-lock-protocol: true' \
+                     -d '{{\"client_params\":{{\"id\":\"from-a-pod\",\"group\":\"default\"}}}}' \
+                     http://{ip}/v1/pre-reboot; done; echo none"
+                ),
+            )
+        })
+        .find(|r| r.trim() != "none")
+        .expect("a pod on some worker");
+    assert_eq!(from_pod.trim(), "403", "a pod took a FleetLock slot");
+    assert!(lock_holders(&kc).is_empty());
     let metrics = on_machine(
         NAME,
         "cp1",
