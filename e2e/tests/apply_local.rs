@@ -208,6 +208,55 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         before.contains(&cidr) && before.contains(&underlay),
         "{cidr} {underlay}: {before}"
     );
+    // w2's underlay annotation rewritten to an address that is not w2's (what any overlay
+    // agent's token could do): w1 stops sending w2's pod traffic there and says why; put
+    // back, w2 is a peer again.
+    let annotate = |ip: &str| {
+        ok(
+            &kubectl(
+                kubeconfig,
+                &[
+                    "annotate",
+                    "node",
+                    "w2",
+                    "--overwrite",
+                    &format!("overlay.strata.dev/underlay-ip={ip}"),
+                ],
+            ),
+            "annotate w2",
+        )
+    };
+    let forged = "198.18.0.99";
+    annotate(forged);
+    wait_for("w2 no longer a peer of w1", Duration::from_secs(30), || {
+        let now = entries();
+        !now.contains(&cidr) && !now.contains(forged)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", entries()));
+    let logs = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "logs",
+                "-n",
+                "strata-system",
+                "-l",
+                "app.kubernetes.io/name=strata-overlay",
+                "--tail=-1",
+            ],
+        ),
+        "overlay logs",
+    );
+    assert!(
+        logs.contains(&format!("not programming peer w2: its published underlay address {forged} is none of its Node's addresses")),
+        "{logs}"
+    );
+    annotate(&underlay);
+    wait_for("w2 a peer of w1 again", Duration::from_secs(30), || {
+        let now = entries();
+        now.contains(&cidr) && now.contains(&underlay)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", entries()));
     on("w2", "systemctl stop kubelet");
     ok(
         &kubectl(kubeconfig, &["delete", "node", "w2"]),

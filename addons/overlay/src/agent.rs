@@ -38,6 +38,63 @@ pub fn node_info(n: &Node) -> Option<NodeInfo> {
     })
 }
 
+/// Why a Node is not programmed as a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAPeer {
+    /// No pod subnet, VTEP MAC or underlay address published yet.
+    Incomplete,
+    /// The published underlay address is none of the addresses its kubelet reports: whoever
+    /// wrote the annotation (any overlay agent may annotate any Node) is not trusted to
+    /// redirect that node's pod traffic elsewhere.
+    ForeignUnderlay {
+        published: Ipv4Addr,
+        addresses: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for NotAPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAPeer::Incomplete => f.write_str("not published yet"),
+            NotAPeer::ForeignUnderlay {
+                published,
+                addresses,
+            } => write!(
+                f,
+                "its published underlay address {published} is none of its Node's addresses ({})",
+                if addresses.is_empty() {
+                    "none reported".to_owned()
+                } else {
+                    addresses.join(", ")
+                }
+            ),
+        }
+    }
+}
+
+/// The Node as a peer: complete, and with an underlay address its own kubelet reports (the
+/// Node's status, which only that node's identity may write).
+pub fn peer(n: &Node) -> Result<NodeInfo, NotAPeer> {
+    let info = node_info(n).ok_or(NotAPeer::Incomplete)?;
+    let addresses: Vec<String> = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| a.iter().map(|a| a.address.clone()).collect())
+        .unwrap_or_default();
+    if addresses
+        .iter()
+        .any(|a| a.parse::<IpAddr>() == Ok(IpAddr::V4(info.underlay)))
+    {
+        Ok(info)
+    } else {
+        Err(NotAPeer::ForeignUnderlay {
+            published: info.underlay,
+            addresses,
+        })
+    }
+}
+
 /// The node's first IPv4 InternalIP.
 fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
     n.status
@@ -114,6 +171,7 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
     );
 
     let mut known: BTreeMap<String, NodeInfo> = BTreeMap::new();
+    let mut refused: BTreeMap<String, NotAPeer> = BTreeMap::new();
     let mut events = watcher(nodes.clone(), watcher::Config::default()).boxed();
     let mut resync = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -122,9 +180,21 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
                 match ev {
                     Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => {
                         if let Some(name) = n.metadata.name.clone() {
-                            match node_info(&n) {
-                                Some(i) => { known.insert(name, i); }
-                                None => { known.remove(&name); }
+                            match peer(&n) {
+                                Ok(i) => {
+                                    refused.remove(&name);
+                                    known.insert(name, i);
+                                }
+                                Err(why) => {
+                                    known.remove(&name);
+                                    // Said once per change, not at every event.
+                                    if why != NotAPeer::Incomplete
+                                        && refused.get(&name) != Some(&why)
+                                    {
+                                        eprintln!("strata-overlay: not programming peer {name}: {why}");
+                                    }
+                                    refused.insert(name, why);
+                                }
                             }
                         }
                     }
@@ -179,5 +249,23 @@ mod tests {
         let i = node_info(&n).expect("complete");
         assert_eq!(i.underlay, Ipv4Addr::new(198, 18, 0, 3));
         assert_eq!(i.pod_cidr.to_string(), "10.244.1.0/24");
+        // Its kubelet reports another address: not a peer, and why.
+        n.status = serde_json::from_value(serde_json::json!(
+            {"addresses": [{"type": "InternalIP", "address": "198.18.0.4"}]}
+        ))
+        .expect("status");
+        let why = peer(&n).expect_err("foreign underlay");
+        assert_eq!(
+            why.to_string(),
+            "its published underlay address 198.18.0.3 is none of its Node's addresses (198.18.0.4)"
+        );
+        n.status = serde_json::from_value(serde_json::json!(
+            {"addresses": [{"type": "InternalIP", "address": "198.18.0.3"}]}
+        ))
+        .expect("status");
+        assert_eq!(
+            peer(&n).map(|p| p.underlay),
+            Ok(Ipv4Addr::new(198, 18, 0, 3))
+        );
     }
 }
