@@ -135,6 +135,10 @@ pub enum UpdatesCommand {
         policy: UpdatesPolicyArgs,
         /// The holder, as `strata updates status` lists it.
         holder: String,
+        /// Also release a node's slot (the operator would then grant past maxUnavailable
+        /// while that node may still be rebooting).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -780,7 +780,8 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     let minor = cx.cluster().spec.kubernetes.version.minor();
     for h in &cx.hosts {
         let want = pod_security::taints_of(&h.host, minor);
-        set_control_plane_taints(&api, h.name(), &want).await?;
+        let user: Vec<&str> = h.host.taints.iter().map(|t| t.key.as_str()).collect();
+        set_control_plane_taints(&api, h.name(), &want, &user).await?;
     }
     let overlay = Component::Overlay.enabled(cx.cluster());
     let cx = &*cx;
@@ -831,7 +832,12 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
 /// Strata manages, leaving every other taint alone: read, change, replace with the
 /// resourceVersion read (taints are one list to server-side apply, so it would replace
 /// taints others set, such as the node controller's).
-async fn set_control_plane_taints(api: &Api<Node>, name: &str, want: &[&str]) -> Result<()> {
+async fn set_control_plane_taints(
+    api: &Api<Node>,
+    name: &str,
+    want: &[&str],
+    user_taints: &[&str],
+) -> Result<()> {
     for _ in 0..5 {
         let mut node = api
             .get(name)
@@ -840,9 +846,13 @@ async fn set_control_plane_taints(api: &Api<Node>, name: &str, want: &[&str]) ->
         let spec = node.spec.get_or_insert_with(Default::default);
         let taints = spec.taints.get_or_insert_with(Vec::new);
         let before = taints.clone();
+        // Only (key, NoSchedule) pairs of Strata's keys are managed here; a taint the
+        // Cluster file lists for the host stays (the kubelet registered it).
         taints.retain(|t| {
-            !pod_security::CONTROL_PLANE_TAINT_KEYS.contains(&t.key.as_str())
-                || want.contains(&t.key.as_str())
+            let managed = pod_security::CONTROL_PLANE_TAINT_KEYS.contains(&t.key.as_str())
+                && t.effect == "NoSchedule"
+                && !user_taints.contains(&t.key.as_str());
+            !managed || want.contains(&t.key.as_str())
         });
         for key in want {
             if !taints

@@ -18,7 +18,11 @@ pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
         UpdatesCommand::Status(args) => status(args),
         UpdatesCommand::Pause(args) => set_paused(args, true),
         UpdatesCommand::Resume(args) => set_paused(args, false),
-        UpdatesCommand::Release { policy, holder } => release(policy, holder),
+        UpdatesCommand::Release {
+            policy,
+            holder,
+            force,
+        } => release(policy, holder, *force),
     }
 }
 
@@ -162,7 +166,14 @@ fn set_paused(args: &UpdatesPolicyArgs, paused: bool) -> Result<ExitCode> {
 
 /// Removes `holder` from the policy's lock, replacing the lock's status with the
 /// resourceVersion read (as the operator does), so a concurrent change is never overwritten.
-fn release(args: &UpdatesPolicyArgs, holder: &str) -> Result<ExitCode> {
+fn release(args: &UpdatesPolicyArgs, holder: &str, force: bool) -> Result<ExitCode> {
+    if !holder.starts_with("fleetlock/") && !force {
+        anyhow::bail!(
+            "{holder} is a node: the operator gives its slot back when it is back, or keeps it \
+             when its reboot failed (the policy is Degraded). Releasing it lets another node \
+             reboot while this one may still be down; add --force if that is what you want"
+        );
+    }
     crate::runtime()?.block_on(async {
         let cs = load(&args.state)?;
         let client = admin_client(&cs).await?;
@@ -191,6 +202,9 @@ fn release(args: &UpdatesPolicyArgs, holder: &str) -> Result<ExitCode> {
             status.history.push(format!(
                 "{now} {holder} released: by strata updates release"
             ));
+            // The operator keeps the last 20 releases; so does this.
+            let extra = status.history.len().saturating_sub(20);
+            status.history.drain(..extra);
             status.last_release = Some(now);
             match api
                 .replace_status(name, &kube::api::PostParams::default(), &lock)

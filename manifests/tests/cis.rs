@@ -1135,7 +1135,7 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
         (
             "5.7.3",
             "security contexts applied to pods and containers",
-            Holds(|c| psp_restricted(c, "rule: MustRunAs")),
+            Holds(|c| psp_restricted(c, "rule: MustRunAs\n")),
         ),
         (
             "5.7.4",

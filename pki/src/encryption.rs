@@ -133,6 +133,14 @@ pub(crate) fn ensure(
         out.push("encryption-keys", Action::Kept);
         return Ok(());
     }
+    // The last apply encrypted the Secrets with a key that is now gone: a new key would
+    // leave them unreadable.
+    if let Some(key) = recorded_key(dir) {
+        return Err(unreadable(
+            dir,
+            format!("missing, but the cluster's Secrets are encrypted with key {key} (state.json)"),
+        ));
+    }
     save(
         dir,
         &EncryptionKeys {
@@ -141,6 +149,16 @@ pub(crate) fn ensure(
     )?;
     out.push("encryption-keys", Action::Created);
     Ok(())
+}
+
+/// The key the last apply rewrote every Secret with, as `state.json` records it.
+fn recorded_key(dir: &StateDir) -> Option<String> {
+    let text = store::read_optional(dir, &dir.file("state.json")).ok()??;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("secretsKey")?
+        .as_str()
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
 }
 
 /// Puts a new key first; the old ones stay for reading. Returns the new key's name.
@@ -211,6 +229,21 @@ mod tests {
 
         assert_eq!(prune(&dir).expect("prune"), [first.keys[0].name.clone()]);
         assert_eq!(load(&dir).expect("load").expect("keys").keys.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_file_is_not_replaced_once_secrets_use_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(root.path());
+        dir.ensure_dir("pki").expect("dir");
+        std::fs::write(dir.file("state.json"), r#"{"secretsKey": "key-1"}"#).expect("state");
+        let err = ensure(&dir, OffsetDateTime::UNIX_EPOCH, &mut Outcome::default())
+            .expect_err("a new key would orphan the Secrets");
+        assert!(
+            err.to_string().contains("encrypted with key key-1"),
+            "{err}"
+        );
+        assert!(!dir.file(FILE).exists());
     }
 
     #[test]

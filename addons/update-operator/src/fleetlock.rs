@@ -196,8 +196,9 @@ async fn take(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
             .and_then(|st| st.holders.into_iter().find(|h| h.node == holder)),
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
     };
+    // A slot taken before slots were bound to nodes (no fromNode) is any node's.
     if let Some(h) = &held
-        && h.from_node.as_deref() != Some(from_node)
+        && h.from_node.as_deref().is_some_and(|n| n != from_node)
     {
         return reply(
             StatusCode::CONFLICT,
@@ -276,7 +277,7 @@ async fn give_back(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
     };
     if let Some(owner) = held_from
-        && owner.as_deref() != Some(from_node)
+        && owner.as_deref().is_some_and(|n| n != from_node)
     {
         return reply(
             StatusCode::FORBIDDEN,
