@@ -4,6 +4,7 @@
 //! memory: the test process's peak resident set is checked after each case.
 
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use strata_manifests::validate::MAX_FILE_BYTES;
 use strata_manifests::{Context, Report, load_str};
 
@@ -40,12 +41,25 @@ fn refused(text: &str) -> Report {
     report
 }
 
+/// Loads `text` and checks the peak resident set it cost. One measurement at a time (the
+/// tests of this file run on parallel threads of one process), each from a reset peak.
 fn bounded(text: &str) {
+    let _one_at_a_time = MEASURING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    reset_peak();
     if let Err(r) = load_str(text, &ctx()) {
         let _ = r.to_string();
     }
     let peak = peak_kb();
     assert!(peak < PEAK_LIMIT_KB, "peak resident set {peak} kB");
+}
+
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Resets this process's VmHWM to its current resident set (Linux 4.0+, own process).
+fn reset_peak() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident set");
 }
 
 /// A valid local cluster with `spec` lines replaced or added.
@@ -211,62 +225,84 @@ fn control_characters_are_never_echoed_raw() {
     assert!(shown.contains("\\u{1b}"), "{shown}");
 }
 
-fn config() -> ProptestConfig {
-    // Each case is up to a megabyte of YAML: few cases, whatever PROPTEST_CASES says.
-    ProptestConfig {
+/// Runs generated inputs through [`bounded`]. A runner of its own, not the `proptest!` macro:
+/// the macro lets `PROPTEST_CASES` override the count (CI raises it for the cheap property
+/// tests), and each case here is up to a megabyte of YAML. Few shrink steps: a failing case
+/// is already small enough to read from its parameters.
+fn generated<S>(strategy: S, text: impl Fn(S::Value) -> String)
+where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = TestRunner::new(ProptestConfig {
         cases: 24,
+        max_shrink_iters: 16,
         failure_persistence: None,
         ..ProptestConfig::default()
+    });
+    let result = runner.run(&strategy, |value| {
+        bounded(&text(value));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn alias_bombs(depth in 1usize..16, fanout in 2usize..12) {
+#[test]
+fn alias_bombs() {
+    generated((1usize..16, 2usize..12), |(depth, fanout)| {
         let mut text = format!("a0: &a0 [{}]\n", vec!["x"; fanout].join(", "));
         for i in 1..depth {
             let p = i - 1;
             let refs = vec![format!("*a{p}"); fanout].join(", ");
             text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
         }
-        bounded(&text);
-    }
+        text
+    });
+}
 
-    #[test]
-    fn long_scalar_aliases(len in 1usize..300_000, count in 1usize..400) {
+#[test]
+fn long_scalar_aliases() {
+    generated((1usize..300_000, 1usize..400), |(len, count)| {
         let mut text = format!("s: &s \"{}\"\nl:\n", "z".repeat(len));
         for _ in 0..count {
             text.push_str("- *s\n");
         }
-        bounded(&text);
-    }
+        text
+    });
+}
 
-    #[test]
-    fn long_key_nests(key_len in 1usize..40_000, depth in 1usize..80) {
+#[test]
+fn long_key_nests() {
+    generated((1usize..40_000, 1usize..80), |(key_len, depth)| {
         let mut text = String::new();
         for d in 0..depth {
             let indent = " ".repeat(d * 2);
-            text.push_str(&format!("{indent}? {}{d}\n{indent}:\n", "k".repeat(key_len)));
+            text.push_str(&format!(
+                "{indent}? {}{d}\n{indent}:\n",
+                "k".repeat(key_len)
+            ));
             if text.len() > MAX_FILE_BYTES * 2 {
                 break;
             }
         }
         text.push_str(&" ".repeat(depth * 2));
         text.push_str("leaf\n");
-        bounded(&text);
-    }
+        text
+    });
+}
 
-    #[test]
-    fn deep_flow_nesting(depth in 1usize..20_000) {
-        let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-        bounded(&text);
-    }
+#[test]
+fn deep_flow_nesting() {
+    generated(1usize..20_000, |depth| {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    });
+}
 
-    #[test]
-    fn huge_scalars(len in 1usize..(MAX_FILE_BYTES + 4096)) {
-        let text = format!("apiVersion: \"{}\"\n", "v".repeat(len));
-        bounded(&text);
-    }
+#[test]
+fn huge_scalars() {
+    generated(1usize..(MAX_FILE_BYTES + 4096), |len| {
+        format!("apiVersion: \"{}\"\n", "v".repeat(len))
+    });
 }
