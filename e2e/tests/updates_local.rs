@@ -242,20 +242,53 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
 
-    // RBAC, with w1's own identity as its agent uses it.
-    let agent_kc = d.join(NAME).join("kubeconfigs/update-agent-w1.conf");
-    let can = |args: &[&str]| {
-        let mut a = vec!["auth", "can-i"];
-        a.extend_from_slice(args);
-        String::from_utf8_lossy(&kubectl(&agent_kc, &a).stdout)
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(can(&["patch", "nodes/w1"]), "yes");
-    assert_eq!(can(&["patch", "nodes/w2"]), "no");
-    let refused = kubectl(&agent_kc, &["cordon", "w2"]);
-    assert!(!refused.status.success(), "w1's agent cordoned w2");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
+    // RBAC, with each node's own identity as its agent uses it: its own Node read, its own
+    // NodeUpdate status written, no write on Nodes, Pods or evictions.
+    for node in ["cp1", "w1", "w2", "w3"] {
+        let agent_kc = d
+            .join(NAME)
+            .join(format!("kubeconfigs/update-agent-{node}.conf"));
+        let can = |args: &[&str]| {
+            let mut a = vec!["auth", "can-i"];
+            a.extend_from_slice(args);
+            String::from_utf8_lossy(&kubectl(&agent_kc, &a).stdout)
+                .trim()
+                .to_owned()
+        };
+        let own = format!("nodes/{node}");
+        assert_eq!(can(&["get", &own]), "yes", "{node}");
+        let status = format!("nodeupdates.update.strata.dev/{node}");
+        assert_eq!(can(&["patch", &status, "--subresource=status"]), "yes");
+        for verb in ["create", "update", "patch", "delete"] {
+            for what in [own.as_str(), "nodes", "pods"] {
+                assert_eq!(can(&[verb, what, "-A"]), "no", "{node}: {verb} {what}");
+            }
+        }
+        assert_eq!(
+            can(&["create", "pods", "--subresource=eviction", "-A"]),
+            "no",
+            "{node}: evictions"
+        );
+        let refused = kubectl(&agent_kc, &["cordon", node]);
+        assert!(!refused.status.success(), "{node}'s agent cordoned itself");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
+    }
+    // The operator runs beside the control plane only.
+    let pods = json(
+        &kc,
+        &[
+            "pods",
+            "-n",
+            "strata-system",
+            "-l",
+            "app.kubernetes.io/name=strata-update-operator",
+        ],
+    );
+    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    assert!(!pods.is_empty(), "no operator pod");
+    for p in pods {
+        assert_eq!(p["spec"]["nodeName"], "cp1", "the operator's pod: {p}");
+    }
 
     // A workload whose budget allows no disruption at first.
     apply_yaml(
@@ -333,7 +366,7 @@ spec:
             break;
         }
         for (name, u) in &updates {
-            let blocked = u["status"]["drain"]["blockedBy"]
+            let blocked = u["spec"]["drain"]["blockedBy"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();

@@ -270,8 +270,8 @@ fn host_path(name: &str, path: &str, kind: &str) -> Volume {
 /// The update operator's objects (none when `spec.addons.updateOperator.enabled` is false):
 /// CRDs, the operator (Deployment, leader Lease, Service for metrics and FleetLock), the
 /// agent (DaemonSet; each node's agent speaks as `strata:update-agent:<node>`, allowed to
-/// change only its own Node and NodeUpdate), and the `default` UpdatePolicy from the Cluster
-/// file.
+/// read its own Node and write its own NodeUpdate's status, nothing else), and the `default`
+/// UpdatePolicy from the Cluster file.
 pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     let addon = &c.spec.addons.update_operator;
     if !addon.enabled {
@@ -297,9 +297,11 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     let role = ClusterRole {
         metadata: meta("strata:update-operator"),
         rules: Some(vec![
+            // Gate labels, cordons and uncordons.
             rule(&[""], &["nodes"], &["get", "list", "watch", "patch"], &[]),
-            // Forced drains (drain.onTimeout: Force) only.
+            // Drains: the pods on a node, their evictions; deletes for drain.onTimeout: Force.
             rule(&[""], &["pods"], &["get", "list", "delete"], &[]),
+            rule(&[""], &["pods/eviction"], &["create"], &[]),
             rule(
                 &[g],
                 &["updatepolicies", "nodeupdates", "rebootlocks"],
@@ -454,45 +456,15 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     out.push(object("update-operator-7-deployment.yaml", &deployment)?);
     out.push(object("update-operator-8-service.yaml", &service)?);
 
-    // The agents: what every agent may do (read, evict), then per node what only that
-    // node's agent may change.
-    let agents = "strata:update-agents";
-    let agent_role = ClusterRole {
-        metadata: meta("strata:update-agent"),
-        rules: Some(vec![
-            rule(&[""], &["pods"], &["get", "list"], &[]),
-            rule(&[""], &["pods/eviction"], &["create"], &[]),
-            rule(&[g], &["updatepolicies"], &["get"], &[]),
-        ]),
-        ..ClusterRole::default()
-    };
-    let mut agent_binding = binding(
-        "strata:update-agent",
-        "strata:update-agent",
-        "Group",
-        agents,
-    );
-    agent_binding.subjects = Some(vec![Subject {
-        kind: "Group".into(),
-        name: agents.into(),
-        api_group: Some("rbac.authorization.k8s.io".into()),
-        ..Subject::default()
-    }]);
-    out.push(object(
-        "update-operator-9-agent-clusterrole.yaml",
-        &agent_role,
-    )?);
-    out.push(object(
-        "update-operator-9-agent-clusterrolebinding.yaml",
-        &agent_binding,
-    )?);
+    // The agents: per node, what only that node's agent may read and write. No write on
+    // Nodes, Pods or evictions: the operator cordons, drains and uncordons.
     for h in &c.spec.hosts {
         let node = h.name.as_str();
         let role_name = format!("strata:update-agent:{node}");
         let r = ClusterRole {
             metadata: meta(&role_name),
             rules: Some(vec![
-                rule(&[""], &["nodes"], &["get", "patch"], &[node]),
+                rule(&[""], &["nodes"], &["get"], &[node]),
                 rule(&[g], &["nodeupdates"], &["get"], &[node]),
                 rule(
                     &[g],

@@ -1,8 +1,9 @@
 //! The three resources of group `update.strata.dev`, version `v1alpha1`, all cluster-scoped.
 //!
 //! - [`UpdatePolicy`]: which nodes, how many at once, when, how to drain, what failure means.
-//! - [`NodeUpdate`]: one per node (same name, owned by the Node). The agent writes its status;
-//!   the operator writes its spec (the approval).
+//! - [`NodeUpdate`]: one per node (same name, owned by the Node). The agent writes its status
+//!   (what it sees on its node); the operator writes its spec (the approval, and the cordon
+//!   and drain it does itself: agents have no write on Nodes, Pods or evictions).
 //! - [`RebootLock`]: one per policy, the durable semaphore. Only the operator writes it, always
 //!   with the resourceVersion it read, so two writers can never both take the last slot.
 //!
@@ -274,7 +275,8 @@ impl Phase {
     }
 }
 
-/// One node's update. Spec: the operator's approval; status: the agent's report.
+/// One node's update. Spec: the operator's side (approval, cordon, drain); status: the agent's
+/// report.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "update.strata.dev",
@@ -297,7 +299,7 @@ pub struct NodeUpdateSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy: String,
     /// Set by the operator once the node holds a slot of the policy's RebootLock and its
-    /// before-reboot gates passed: the agent may drain and reboot.
+    /// before-reboot gates passed: the operator cordons and drains the node.
     #[serde(default)]
     pub approved: bool,
     /// The boot id the node had when approved; a different one after the reboot proves it.
@@ -306,6 +308,20 @@ pub struct NodeUpdateSpec {
     /// With `drain.onTimeout: Force`: the operator removed the pods that blocked the drain.
     #[serde(default)]
     pub force_drain: bool,
+    /// True while the node is cordoned by the operator for this update (and only then does
+    /// the operator uncordon it: a node cordoned by someone else stays cordoned).
+    #[serde(default)]
+    pub cordoned: bool,
+    /// The operator's drain of the node, while approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainProgress>,
+    /// The drain is complete: the agent may reboot the node.
+    #[serde(default)]
+    pub drained: bool,
+    /// The last drain was aborted at this time (`drain.onTimeout: Abort`); the node waits a
+    /// drain timeout before it is granted a slot again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_abort: Option<Time>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -342,15 +358,6 @@ pub struct NodeUpdateStatus {
     /// How many reboots this agent has completed on the node.
     #[serde(default)]
     pub reboots: u32,
-    /// True while the node is cordoned by the agent (and only then will it uncordon it).
-    #[serde(default)]
-    pub cordoned_by_agent: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain: Option<DrainProgress>,
-    /// The last drain aborted at this time; the node waits a drain timeout before it asks
-    /// again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_abort: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
 }

@@ -1,6 +1,7 @@
 //! The node agent (one per node, a DaemonSet pod). It speaks with the identity of its own node
-//! (`strata:update-agent:<node>`), which RBAC lets change that node's Node and NodeUpdate
-//! status and nothing else of the kind.
+//! (`strata:update-agent:<node>`), which RBAC lets read that node's Node and NodeUpdate and
+//! write that NodeUpdate's status, nothing else: no write on Nodes, Pods or evictions. The
+//! operator cordons, drains and uncordons; root on a node can at most lie about that node.
 //!
 //! It reads the host through one directory, `/run/strata/update-agent` on the host: the host's
 //! `strata-reboot-required.path` unit mirrors `/run/reboot-required` there (and the
@@ -10,21 +11,18 @@
 //! `systemctl reboot`. The agent needs no privilege, no host PID namespace, no D-Bus.
 //!
 //! Phases (written to its NodeUpdate status): Idle -> RebootRequired -> WaitingForLock ->
-//! (approved by the operator) Draining -> Rebooting -> (new boot id) Verifying -> Done.
+//! (approved by the operator) Draining -> (drained by the operator) Rebooting -> (new boot id)
+//! Verifying -> (Ready) Done.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
-use serde_json::json;
 
-use crate::crd::{
-    DrainProgress, NodeUpdate, NodeUpdateStatus, OnDrainTimeout, Phase, Time, UpdatePolicy,
-};
-use crate::drain::{self, DrainOptions};
+use crate::crd::{NodeUpdate, NodeUpdateStatus, Phase, Time};
 
 /// The file the host's path unit mirrors `/run/reboot-required` to.
 pub const SENTINEL: &str = "reboot-required";
@@ -41,8 +39,6 @@ pub enum AgentError {
         #[source]
         source: kube::Error,
     },
-    #[error(transparent)]
-    Drain(#[from] drain::DrainError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -62,7 +58,6 @@ pub struct Agent {
     pub node: String,
     /// The host's /run/strata/update-agent, mounted.
     pub dir: PathBuf,
-    pub eviction_version: String,
 }
 
 impl std::fmt::Debug for Agent {
@@ -80,19 +75,6 @@ impl Agent {
 
     fn updates(&self) -> Api<NodeUpdate> {
         Api::all(self.client.clone())
-    }
-
-    async fn set_unschedulable(&self, on: bool) -> Result<(), AgentError> {
-        let patch = json!({"spec": {"unschedulable": on}});
-        self.nodes()
-            .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(api(format!(
-                "{} node {}",
-                if on { "cordoning" } else { "uncordoning" },
-                self.node
-            )))?;
-        Ok(())
     }
 
     /// Writes the status; Ok(false) on a conflict (the operator changed the spec: next pass).
@@ -173,20 +155,12 @@ impl Agent {
                         "no reboot is required any more".into(),
                     );
                 } else if approved_now {
-                    st.cordoned_by_agent = !view.unschedulable;
-                    st.drain = Some(DrainProgress {
-                        started_at: Some(Time(now)),
-                        ..Default::default()
-                    });
-                    to(&mut st, Phase::Draining, "Approved", "draining".into());
-                    // Recorded before cordoning: a crash in between leaves a note to undo it.
-                    if !self.write(&nu, st).await? {
-                        return Ok(old.phase);
-                    }
-                    if !view.unschedulable {
-                        self.set_unschedulable(true).await?;
-                    }
-                    return Ok(Phase::Draining);
+                    to(
+                        &mut st,
+                        Phase::Draining,
+                        "Approved",
+                        "the operator cordons and drains the node".into(),
+                    );
                 } else {
                     to(
                         &mut st,
@@ -198,79 +172,25 @@ impl Agent {
             }
             Phase::Draining => {
                 if !spec.approved {
-                    self.abort(
-                        &mut st,
-                        view.unschedulable,
-                        "ApprovalWithdrawn",
-                        "the operator withdrew the approval".into(),
-                        now,
-                    )
-                    .await?;
                     to(
                         &mut st,
                         Phase::RebootRequired,
                         "ApprovalWithdrawn",
                         "the operator withdrew the approval".into(),
                     );
-                } else {
-                    if st.cordoned_by_agent && !view.unschedulable {
-                        self.set_unschedulable(true).await?;
+                } else if spec.drained && approved_now {
+                    to(
+                        &mut st,
+                        Phase::Rebooting,
+                        "Drained",
+                        "rebooting through systemd".into(),
+                    );
+                    // Recorded first: the new boot is then told from a crash before it.
+                    if !self.write(&nu, st).await? {
+                        return Ok(old.phase);
                     }
-                    let policy = self.policy(&spec.policy).await?;
-                    let o = DrainOptions {
-                        eviction_version: self.eviction_version.clone(),
-                        grace_period_seconds: policy.drain.grace_period_seconds,
-                        delete_empty_dir_data: policy.drain.delete_empty_dir_data,
-                    };
-                    let p = drain::drain_pass(&self.client, &self.node, &o).await?;
-                    let started = st
-                        .drain
-                        .as_ref()
-                        .and_then(|d| d.started_at)
-                        .map_or(now, |t| t.0);
-                    let timeout = policy.drain.timeout.0;
-                    let timed_out =
-                        now.duration_since(started).as_secs() >= timeout.as_secs() as i64;
-                    st.drain = Some(DrainProgress {
-                        pods_remaining: p.remaining,
-                        blocked_by: p.blocked.clone(),
-                        started_at: Some(Time(started)),
-                    });
-                    if p.remaining == 0 {
-                        to(
-                            &mut st,
-                            Phase::Rebooting,
-                            "Drained",
-                            "rebooting through systemd".into(),
-                        );
-                        if !self.write(&nu, st).await? {
-                            return Ok(old.phase);
-                        }
-                        self.request_reboot(&view.boot_id)?;
-                        return Ok(Phase::Rebooting);
-                    }
-                    if timed_out && policy.drain.on_timeout == OnDrainTimeout::Abort {
-                        let why = format!(
-                            "drain timed out after {} with {} pod(s) left: {}",
-                            policy.drain.timeout,
-                            p.remaining,
-                            p.blocked.join("; ")
-                        );
-                        self.abort(
-                            &mut st,
-                            view.unschedulable,
-                            "DrainTimedOut",
-                            why.clone(),
-                            now,
-                        )
-                        .await?;
-                        to(&mut st, Phase::RebootRequired, "DrainTimedOut", why);
-                    } else if timed_out {
-                        st.reason = "DrainTimedOut".into();
-                        st.message = "waiting for the operator to delete the remaining pods (onTimeout: Force)".into();
-                    } else {
-                        st.message = format!("{} pod(s) left", p.remaining);
-                    }
+                    self.request_reboot(&view.boot_id)?;
+                    return Ok(Phase::Rebooting);
                 }
             }
             Phase::Rebooting => {
@@ -300,15 +220,10 @@ impl Agent {
             }
             Phase::Verifying => {
                 if view.ready {
-                    if st.cordoned_by_agent && view.unschedulable {
-                        self.set_unschedulable(false).await?;
-                    }
-                    st.cordoned_by_agent = false;
-                    st.drain = None;
                     to(
                         &mut st,
                         Phase::Done,
-                        "Uncordoned",
+                        "Ready",
                         format!("back with boot id {}", view.boot_id),
                     );
                 }
@@ -320,34 +235,6 @@ impl Agent {
             self.write(&nu, st).await?;
         }
         Ok(phase)
-    }
-
-    async fn policy(&self, name: &str) -> Result<crate::crd::UpdatePolicySpec, AgentError> {
-        let api_: Api<UpdatePolicy> = Api::all(self.client.clone());
-        Ok(api_
-            .get(name)
-            .await
-            .map_err(api(format!("reading UpdatePolicy {name}")))?
-            .spec)
-    }
-
-    /// Gives up a drain: uncordons what the agent cordoned and notes the time, after which the
-    /// operator releases the slot.
-    async fn abort(
-        &self,
-        st: &mut NodeUpdateStatus,
-        unschedulable: bool,
-        reason: &str,
-        why: String,
-        now: Timestamp,
-    ) -> Result<(), AgentError> {
-        if st.cordoned_by_agent && unschedulable {
-            self.set_unschedulable(false).await?;
-        }
-        tracing::warn!(node = %self.node, %reason, %why, "update failed");
-        st.cordoned_by_agent = false;
-        st.last_abort = Some(Time(now));
-        Ok(())
     }
 
     /// Runs passes every `interval` until the process is stopped.

@@ -3,8 +3,8 @@
 //! be (a [`Decision`]). The operator's loop only reads, calls [`decide`] and writes; so a
 //! restarted operator derives the same answer from the same objects and never grants twice.
 //!
-//! A holder's life: `Granted` (before-reboot gates) -> `Approved` (the agent drains and
-//! reboots) -> `Verifying` (after-reboot gates) -> released. A node not back in time turns
+//! A holder's life: `Granted` (before-reboot gates) -> `Approved` (the operator cordons and
+//! drains, then the agent reboots) -> `Verifying` (after-reboot gates) -> released. A node not back in time turns
 //! `Failed` and keeps its slot; enough failures make the policy Degraded, which stops granting.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,8 +13,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{
-    Condition, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
-    UpdatePolicySpec, UpdatePolicyStatus,
+    Condition, DrainProgress, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus,
+    OnDrainTimeout, Phase, Time, UpdatePolicySpec, UpdatePolicyStatus,
 };
 use crate::window::{Window, WindowError, allowed};
 
@@ -87,8 +87,15 @@ pub struct Decision {
     pub holders: Vec<Holder>,
     /// Nodes released in this decision, with the reason (for the lock's history).
     pub released: Vec<(String, String)>,
-    /// The spec each of the policy's nodes' NodeUpdate should have.
+    /// The spec each of the policy's nodes' NodeUpdate should have (the drain's pod counts
+    /// are filled in by the drain pass of [`Decision::drains`]).
     pub approvals: BTreeMap<String, NodeUpdateSpec>,
+    /// Nodes to cordon (`true`) or uncordon (`false`) in this pass. A cordon is recorded in
+    /// the NodeUpdate (`spec.cordoned`) before it is made, an uncordon made before the record
+    /// is dropped: a crash in between leaves a note to finish the job.
+    pub cordons: BTreeMap<String, bool>,
+    /// Nodes whose pods the operator evicts in this pass.
+    pub drains: BTreeSet<String>,
     /// Gate labels each node should carry (`Some("true")`) or not (`None`).
     pub labels: BTreeMap<String, BTreeMap<&'static str, Option<&'static str>>>,
     pub status: UpdatePolicyStatus,
@@ -138,10 +145,10 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-/// The node came back: Ready, uncordoned by its agent, Done, with a boot id other than the
-/// one it had when approved.
+/// The node came back: Ready, Done, with a boot id other than the one it had when approved.
+/// (Still cordoned by the operator: it is uncordoned in the same pass.)
 fn back(node: &NodeView, spec: &NodeUpdateSpec, st: &NodeUpdateStatus) -> bool {
-    node.available()
+    node.ready
         && st.phase == Phase::Done
         && !st.boot_id.is_empty()
         && spec.approved_boot_id.as_deref() != Some(st.boot_id.as_str())
@@ -149,6 +156,16 @@ fn back(node: &NodeView, spec: &NodeUpdateSpec, st: &NodeUpdateStatus) -> bool {
 
 fn waiting(st: &NodeUpdateStatus) -> bool {
     matches!(st.phase, Phase::RebootRequired | Phase::WaitingForLock)
+}
+
+/// The drain has run for the policy's timeout without finishing.
+fn drain_timed_out(spec: &NodeUpdateSpec, now: Timestamp, timeout: Duration) -> bool {
+    !spec.drained
+        && spec
+            .drain
+            .as_ref()
+            .and_then(|d| d.started_at)
+            .is_some_and(|t| now >= plus(t.0, timeout))
 }
 
 /// Decides for one policy. An invalid policy is an error (the operator reports it on the
@@ -162,6 +179,7 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
     let update = |name: &str| s.updates.get(name).unwrap_or(&empty);
     let mut events = Vec::new();
     let mut released = Vec::new();
+    let mut aborted: BTreeSet<String> = BTreeSet::new();
     let mut holders: Vec<Holder> = Vec::new();
     let mut ev = |node: &str, reason: &'static str, message: String, warning: bool| {
         events.push(Event {
@@ -199,7 +217,6 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         let release = match h.phase {
             HolderPhase::Granted | HolderPhase::FleetLock => None,
             HolderPhase::Approved => {
-                let aborted = st.last_abort.map(|t| t.0).is_some_and(|t| t >= acquired);
                 if st.phase == Phase::Failed {
                     h.phase = HolderPhase::Failed;
                     ev(
@@ -209,7 +226,26 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
                         true,
                     );
                     None
-                } else if waiting(st) && aborted {
+                } else if st.phase == Phase::Draining
+                    && s.policy.drain.on_timeout == OnDrainTimeout::Abort
+                    && drain_timed_out(spec, now, d.drain)
+                {
+                    let left = spec.drain.as_ref().map_or(0, |d| d.pods_remaining);
+                    let blocked = spec
+                        .drain
+                        .as_ref()
+                        .map(|d| d.blocked_by.join("; "))
+                        .unwrap_or_default();
+                    ev(
+                        &h.node,
+                        "DrainTimedOut",
+                        format!(
+                            "drain timed out after {} with {left} pod(s) left: {blocked}",
+                            s.policy.drain.timeout
+                        ),
+                        true,
+                    );
+                    aborted.insert(h.node.clone());
                     Some("drain aborted".to_owned())
                 } else if st.phase == Phase::Idle {
                     Some("reboot no longer required".to_owned())
@@ -275,24 +311,32 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         Some(now)
     };
     let soaked = last_release.is_none_or(|t| now >= plus(t, d.soak));
+    let held: BTreeSet<String> = holders.iter().map(|h| h.node.clone()).collect();
+    // Unavailable nodes use a slot, except those the operator cordoned for an update it no
+    // longer holds: they are uncordoned in this pass.
     let mut busy: BTreeSet<String> = s
         .nodes
         .iter()
-        .filter(|n| !n.available())
+        .filter(|n| {
+            let uncordoning =
+                n.unschedulable && update(&n.name).0.cordoned && !held.contains(&n.name);
+            let about_to_be_available = n.ready && uncordoning;
+            !(n.available() || about_to_be_available)
+        })
         .map(|n| n.name.clone())
         .collect();
-    busy.extend(holders.iter().map(|h| h.node.clone()));
-    let held: BTreeSet<String> = holders.iter().map(|h| h.node.clone()).collect();
+    busy.extend(held.iter().cloned());
     let candidates: Vec<&NodeView> = s
         .nodes
         .iter()
         .filter(|n| !held.contains(&n.name))
         .filter(|n| {
-            let st = &update(&n.name).1;
-            let recently_aborted = st
-                .last_abort
-                .map(|t| t.0)
-                .is_some_and(|t| now < plus(t, d.drain));
+            let (spec, st) = update(&n.name);
+            let recently_aborted = aborted.contains(&n.name)
+                || spec
+                    .last_abort
+                    .map(|t| t.0)
+                    .is_some_and(|t| now < plus(t, d.drain));
             waiting(st) && !recently_aborted
         })
         .collect();
@@ -332,16 +376,18 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             ev(
                 &h.node,
                 "Approved",
-                "the agent may drain and reboot".into(),
+                "the operator cordons and drains the node, then its agent reboots it".into(),
                 false,
             );
         }
     }
 
-    // 4. Approvals and gate labels follow the holders.
+    // 4. Approvals, cordons, drains and gate labels follow the holders.
     let phase_of: BTreeMap<&str, HolderPhase> =
         holders.iter().map(|h| (h.node.as_str(), h.phase)).collect();
     let mut approvals = BTreeMap::new();
+    let mut cordons = BTreeMap::new();
+    let mut drains = BTreeSet::new();
     let mut labels = BTreeMap::new();
     for n in s.nodes {
         let (spec, st) = update(&n.name);
@@ -358,18 +404,67 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         } else {
             None
         };
-        let drain_started = st.drain.as_ref().and_then(|d| d.started_at).map(|t| t.0);
+        // The agent took the approval of this boot: drain until done.
+        let draining = approved
+            && st.phase == Phase::Draining
+            && st.boot_id == approved_boot_id.clone().unwrap_or_default();
+        let drain = if !approved {
+            None
+        } else if draining && spec.drain.is_none() {
+            Some(DrainProgress {
+                started_at: Some(Time(now)),
+                ..DrainProgress::default()
+            })
+        } else {
+            spec.drain.clone()
+        };
+        let drained = approved && spec.drained;
+        let next = NodeUpdateSpec {
+            approved,
+            approved_boot_id,
+            drain,
+            drained,
+            ..spec.clone()
+        };
+        if draining && !drained && phase == Some(HolderPhase::Approved) {
+            drains.insert(n.name.clone());
+        }
+        // Cordoned from the drain until the agent reports the node back (a node that does
+        // not come back stays cordoned).
+        let want_cordon = approved
+            && matches!(
+                st.phase,
+                Phase::Draining | Phase::Rebooting | Phase::Verifying | Phase::Failed
+            );
+        let cordoned = match (want_cordon, spec.cordoned, n.unschedulable) {
+            // Someone else's cordon: not ours to make or lift.
+            (true, false, true) => false,
+            (true, _, false) => {
+                cordons.insert(n.name.clone(), true);
+                true
+            }
+            (true, true, true) => true,
+            (false, true, true) => {
+                cordons.insert(n.name.clone(), false);
+                false
+            }
+            (false, _, _) => false,
+        };
         let force_drain = approved
             && s.policy.drain.on_timeout == OnDrainTimeout::Force
             && st.phase == Phase::Draining
-            && drain_started.is_some_and(|t| now >= plus(t, d.drain));
+            && drain_timed_out(&next, now, d.drain);
         approvals.insert(
             n.name.clone(),
             NodeUpdateSpec {
-                policy: spec.policy.clone(),
-                approved,
-                approved_boot_id,
+                cordoned,
                 force_drain,
+                last_abort: if aborted.contains(&n.name) {
+                    Some(Time(now))
+                } else {
+                    spec.last_abort
+                },
+                ..next
             },
         );
         let before = phase == Some(HolderPhase::Granted);
@@ -486,6 +581,8 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         holders,
         released,
         approvals,
+        cordons,
+        drains,
         labels,
         status,
         events,
@@ -589,6 +686,9 @@ mod tests {
             for (n, spec) in &d.approvals {
                 self.updates.entry(n.clone()).or_default().0 = spec.clone();
             }
+            for (n, on) in &d.cordons {
+                self.node_mut(n).unschedulable = *on;
+            }
             if !d.released.is_empty() {
                 self.last_release = Some(t(NOW));
             }
@@ -677,8 +777,8 @@ mod tests {
         assert_eq!(d.released, [("a".to_owned(), "rebooted".to_owned())]);
         assert_eq!(names(&d.holders), ["b"]);
         assert!(!d.approvals["a"].approved);
-        // Still cordoned: not back yet.
-        w.node_mut("a").unschedulable = true;
+        // Not Ready yet: not back.
+        w.node_mut("a").ready = false;
         assert_eq!(names(&w.at(NOW).holders), ["a"]);
     }
 
@@ -811,6 +911,97 @@ mod tests {
         assert_eq!(names(&d.holders), ["b"]);
     }
 
+    /// The agent's status for a node of `w` that took the approval of its current boot.
+    fn agent(w: &World, name: &str, phase: Phase) -> NodeUpdateStatus {
+        let boot_id = w
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node")
+            .boot_id
+            .clone();
+        NodeUpdateStatus {
+            boot_id,
+            ..status(phase)
+        }
+    }
+
+    #[test]
+    fn the_operator_cordons_drains_and_uncordons() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        let d = w.at(NOW);
+        assert!(d.approvals["a"].approved);
+        assert!(
+            d.cordons.is_empty() && d.drains.is_empty(),
+            "the agent has not taken it yet"
+        );
+        w.apply(&d);
+        // The agent took the approval: cordon (recorded), drain, with the time it started.
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Draining);
+        let d = w.at(NOW);
+        assert_eq!(d.cordons, BTreeMap::from([("a".to_owned(), true)]));
+        assert_eq!(d.drains, BTreeSet::from(["a".to_owned()]));
+        let spec = &d.approvals["a"];
+        assert!(spec.cordoned && !spec.drained);
+        assert_eq!(
+            spec.drain.as_ref().and_then(|d| d.started_at),
+            Some(time(NOW))
+        );
+        w.apply(&d);
+        assert!(w.node_mut("a").unschedulable);
+        // Cordoned and recorded: no second cordon; still draining.
+        let d = w.at("2026-11-26T10:05:10Z");
+        assert!(d.cordons.is_empty());
+        assert!(d.drains.contains("a"));
+        // Someone uncordons it mid-update: cordoned again.
+        w.node_mut("a").unschedulable = false;
+        assert_eq!(w.at(NOW).cordons.get("a"), Some(&true));
+        w.node_mut("a").unschedulable = true;
+        // Drained (the drain pass found no pod left): no more drain passes.
+        w.updates.get_mut("a").expect("a").0.drained = true;
+        let d = w.at(NOW);
+        assert!(d.drains.is_empty());
+        assert!(d.approvals["a"].drained);
+        // Rebooting, then back with a new boot id: released and uncordoned in the same pass.
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Rebooting);
+        assert!(w.at(NOW).cordons.is_empty(), "cordoned through the reboot");
+        w.node_mut("a").boot_id = "a-boot-2".into();
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Done);
+        let d = w.at(NOW);
+        assert_eq!(d.released, [("a".to_owned(), "rebooted".to_owned())]);
+        assert_eq!(d.cordons, BTreeMap::from([("a".to_owned(), false)]));
+        let spec = &d.approvals["a"];
+        assert!(!spec.approved && !spec.cordoned && !spec.drained && spec.drain.is_none());
+    }
+
+    #[test]
+    fn a_node_cordoned_by_someone_else_stays_cordoned() {
+        let mut w = World::new(&["a", "b"]);
+        w.wants("a");
+        w.policy.max_unavailable = IntOrPercent::Count(2);
+        w.node_mut("a").unschedulable = true;
+        let d = w.at(NOW);
+        w.apply(&d);
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Draining);
+        let d = w.at(NOW);
+        assert!(
+            d.cordons.is_empty(),
+            "already cordoned, not by the operator"
+        );
+        assert!(!d.approvals["a"].cordoned);
+        assert!(d.drains.contains("a"));
+        w.apply(&d);
+        w.node_mut("a").boot_id = "a-boot-2".into();
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Done);
+        let d = w.at(NOW);
+        assert_eq!(d.released[0].1, "rebooted");
+        assert!(
+            d.cordons.is_empty(),
+            "its cordon is not the operator's to lift"
+        );
+    }
+
     #[test]
     fn an_aborted_drain_gives_the_slot_back_and_waits_before_asking_again() {
         let mut w = World::new(&["a", "b"]);
@@ -819,16 +1010,36 @@ mod tests {
         w.policy.drain.timeout = GoDuration::minutes(10);
         let d = w.at(NOW);
         w.apply(&d);
-        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
-            last_abort: Some(time("2026-11-26T10:06:00Z")),
-            ..status(Phase::RebootRequired)
-        };
-        let d = w.at("2026-11-26T10:06:01Z");
-        assert_eq!(d.released[0].1, "drain aborted");
-        assert_eq!(names(&d.holders), ["b"], "b goes next, a waits");
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Draining);
+        let d = w.at(NOW);
         w.apply(&d);
+        w.updates.get_mut("a").expect("a").0.drain = Some(DrainProgress {
+            pods_remaining: 1,
+            blocked_by: vec!["default/web-1: Cannot evict pod".into()],
+            started_at: Some(time(NOW)),
+        });
+        assert!(w.at("2026-11-26T10:14:59Z").released.is_empty());
+        let d = w.at("2026-11-26T10:15:00Z");
+        assert_eq!(d.released[0].1, "drain aborted");
+        assert!(
+            d.events.iter().any(|e| e.reason == "DrainTimedOut"
+                && e.message.contains("1 pod(s) left: default/web-1"))
+        );
+        assert_eq!(names(&d.holders), ["b"], "b goes next, a waits");
+        let spec = &d.approvals["a"];
+        assert!(!spec.approved && !spec.cordoned);
+        assert_eq!(spec.last_abort, Some(time("2026-11-26T10:15:00Z")));
+        assert_eq!(d.cordons.get("a"), Some(&false), "uncordoned");
+        w.apply(&d);
+        // The agent saw the approval withdrawn.
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::RebootRequired);
         w.holders.clear();
-        assert_eq!(names(&w.at("2026-11-26T10:17:00Z").holders), ["a"]);
+        w.updates.remove("b");
+        assert!(
+            w.at("2026-11-26T10:24:59Z").holders.is_empty(),
+            "waits a drain timeout"
+        );
+        assert_eq!(names(&w.at("2026-11-26T10:25:00Z").holders), ["a"]);
     }
 
     #[test]
@@ -838,15 +1049,13 @@ mod tests {
         w.policy.drain.on_timeout = OnDrainTimeout::Force;
         let d = w.at(NOW);
         w.apply(&d);
-        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
-            drain: Some(DrainProgress {
-                started_at: Some(time("2026-11-26T10:05:00Z")),
-                ..Default::default()
-            }),
-            ..status(Phase::Draining)
-        };
+        w.updates.get_mut("a").expect("a").1 = agent(&w, "a", Phase::Draining);
+        let d = w.at(NOW);
+        w.apply(&d);
         assert!(!w.at("2026-11-26T10:10:00Z").approvals["a"].force_drain);
-        assert!(w.at("2026-11-26T10:16:00Z").approvals["a"].force_drain);
+        let d = w.at("2026-11-26T10:16:00Z");
+        assert!(d.approvals["a"].force_drain);
+        assert!(d.released.is_empty(), "Force keeps the slot");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use strata_update_operator::{agent, crd, drain, fleetlock, metrics, operator};
+use strata_update_operator::{agent, crd, fleetlock, metrics, operator};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -49,7 +49,8 @@ enum Command {
 }
 
 /// A client from the pod's environment (in-cluster, or KUBECONFIG). No automatic retries of
-/// 429: a refused eviction is the answer the agent needs to see, not something to wait out.
+/// 429: a refused eviction is the answer the operator's drain needs to see, not something to
+/// wait out.
 async fn client() -> Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
@@ -117,14 +118,8 @@ async fn main() -> Result<()> {
             interval,
         } => {
             let client = client().await?;
-            let eviction_version = drain::eviction_version(&client).await?;
-            tracing::info!(%node, %eviction_version, "agent started");
-            let a = agent::Agent {
-                client,
-                node,
-                dir,
-                eviction_version,
-            };
+            tracing::info!(%node, "agent started");
+            let a = agent::Agent { client, node, dir };
             tokio::select! {
                 () = a.run(Duration::from_secs(interval)) => {}
                 () = terminated() => {}

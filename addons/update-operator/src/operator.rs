@@ -1,8 +1,9 @@
 //! The operator's loop: while it holds the leader Lease, it reads Nodes, NodeUpdates,
 //! UpdatePolicies and RebootLocks from stores its watches keep current (a pass lists nothing),
 //! calls [`decide`] per policy and writes the result: first the lock (with the resourceVersion
-//! it read), then approvals, gate labels, forced drains, the policy's status, Events and
-//! metrics. Any change to the watched objects, or 5 s, triggers the next pass.
+//! it read), then approvals, cordons, drains (through the Eviction API), gate labels, forced
+//! drains, the policy's status, Events and metrics. The operator is the only writer of Nodes'
+//! schedulability and the only evicter: node agents have no such rights. Any change to the watched objects, or 5 s, triggers the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -91,6 +92,8 @@ pub struct Operator {
     client: Client,
     metrics: Arc<Metrics>,
     events: Events,
+    /// `policy/v1` or `policy/v1beta1`, asked of the server at the first drain.
+    eviction_version: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -105,6 +108,7 @@ impl Operator {
             events: Events::new(client.clone(), NAME, identity),
             client,
             metrics,
+            eviction_version: Arc::default(),
         }
     }
 
@@ -354,21 +358,42 @@ impl Operator {
     ) -> Result<(), OperatorError> {
         let updates_api: Api<NodeUpdate> = Api::all(self.client.clone());
         let nodes_api: Api<Node> = Api::all(self.client.clone());
-        for (node, spec) in &d.approvals {
-            let current = updates.get(node).map(|u| &u.spec);
-            if current == Some(spec) {
-                continue;
+        let write = |node: String, spec: NodeUpdateSpec| {
+            let updates_api = updates_api.clone();
+            let patch = json!({"spec": spec_patch(&p.name_any(), &spec)});
+            async move {
+                updates_api
+                    .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(api(format!("NodeUpdate {node} approval")))
             }
-            let patch = json!({"spec": {
-                "policy": p.name_any(),
-                "approved": spec.approved,
-                "approvedBootId": spec.approved_boot_id,
-                "forceDrain": spec.force_drain,
-            }});
-            updates_api
-                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(api(format!("NodeUpdate {node} approval")))?;
+        };
+        for (node, decided) in &d.approvals {
+            let current = updates.get(node).map(|u| &u.spec);
+            let mut spec = decided.clone();
+            let mut written = current.cloned();
+            match d.cordons.get(node) {
+                Some(true) => {
+                    // Recorded before it is made.
+                    if written.as_ref() != Some(&spec) {
+                        write(node.clone(), spec.clone()).await?;
+                        written = Some(spec.clone());
+                    }
+                    self.set_unschedulable(&nodes_api, node, true).await?;
+                }
+                Some(false) => self.set_unschedulable(&nodes_api, node, false).await?,
+                None => {}
+            }
+            if d.drains.contains(node) {
+                let progress = self.drain_pass(p, node).await?;
+                let drain = spec.drain.get_or_insert_default();
+                drain.pods_remaining = progress.remaining;
+                drain.blocked_by = progress.blocked;
+                spec.drained = progress.remaining == 0;
+            }
+            if written.as_ref() != Some(&spec) {
+                write(node.clone(), spec.clone()).await?;
+            }
             if spec.force_drain && !current.is_some_and(|c| c.force_drain) {
                 self.force_drain(node).await?;
             }
@@ -393,6 +418,44 @@ impl Operator {
             }
         }
         Ok(())
+    }
+
+    async fn set_unschedulable(
+        &self,
+        nodes: &Api<Node>,
+        node: &str,
+        on: bool,
+    ) -> Result<(), OperatorError> {
+        let patch = json!({"spec": {"unschedulable": on}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api(format!(
+                "{} node {node}",
+                if on { "cordoning" } else { "uncordoning" }
+            )))?;
+        Ok(())
+    }
+
+    /// Asks to evict every pod still on `node`, as the policy's drain settings say.
+    async fn drain_pass(
+        &self,
+        p: &UpdatePolicy,
+        node: &str,
+    ) -> Result<drain::Progress, OperatorError> {
+        let version = self
+            .eviction_version
+            .get_or_try_init(|| drain::eviction_version(&self.client))
+            .await
+            .map_err(|e| OperatorError::Drain(e.to_string()))?;
+        let o = drain::DrainOptions {
+            eviction_version: version.clone(),
+            grace_period_seconds: p.spec.drain.grace_period_seconds,
+            delete_empty_dir_data: p.spec.drain.delete_empty_dir_data,
+        };
+        drain::drain_pass(&self.client, node, &o)
+            .await
+            .map_err(|e| OperatorError::Drain(e.to_string()))
     }
 
     /// `drain.onTimeout: Force`: deletes the pods still on the node after the drain timeout.
@@ -469,6 +532,20 @@ impl Operator {
                 .set(count as i64);
         }
     }
+}
+
+/// A NodeUpdate's spec as a merge patch: fields that are unset are removed (null).
+fn spec_patch(policy: &str, spec: &NodeUpdateSpec) -> serde_json::Value {
+    json!({
+        "policy": policy,
+        "approved": spec.approved,
+        "approvedBootId": spec.approved_boot_id,
+        "forceDrain": spec.force_drain,
+        "cordoned": spec.cordoned,
+        "drain": spec.drain,
+        "drained": spec.drained,
+        "lastAbort": spec.last_abort,
+    })
 }
 
 /// Whether `d` approves a node (or changes its approval) that its NodeUpdate does not show.

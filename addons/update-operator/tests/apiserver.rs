@@ -119,7 +119,8 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     }
 
     mark("RBAC: each agent");
-    // --- RBAC: each agent may change only its own node's objects.
+    // --- RBAC: each agent may read its own Node and write its own NodeUpdate's status; no
+    // write on Nodes, Pods or evictions (the operator cordons and drains).
     let kc2 = s.agent_kubeconfig("n2");
     let can = |args: &[&str]| {
         let mut a = vec!["auth", "can-i"];
@@ -128,9 +129,14 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
             .trim()
             .to_owned()
     };
-    assert_eq!(can(&["patch", "nodes/n2"]), "yes");
-    assert_eq!(can(&["patch", "nodes/n1"]), "no");
-    assert_eq!(can(&["delete", "nodes/n2"]), "no");
+    assert_eq!(can(&["get", "nodes/n2"]), "yes");
+    for verb in ["patch", "update", "delete"] {
+        assert_eq!(can(&[verb, "nodes/n2"]), "no", "{verb} its own Node");
+        assert_eq!(can(&[verb, "nodes/n1"]), "no", "{verb} another Node");
+        assert_eq!(can(&[verb, "pods", "-n", "default"]), "no", "{verb} pods");
+    }
+    assert_eq!(can(&["create", "pods", "-n", "default"]), "no");
+    assert_eq!(can(&["list", "pods", "-A"]), "no");
     assert_eq!(
         can(&[
             "update",
@@ -162,17 +168,18 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     );
     assert_eq!(
         can(&["create", "pods", "--subresource=eviction", "-n", "default"]),
-        "yes"
+        "no"
     );
-    assert_eq!(can(&["delete", "pods", "-n", "default"]), "no");
     let nodes_as_n2: Api<Node> = Api::all(agent_n2.clone());
     let cordon = json!({"spec": {"unschedulable": true}});
-    match nodes_as_n2
-        .patch("n1", &PatchParams::default(), &Patch::Merge(&cordon))
-        .await
-    {
-        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
-        other => panic!("n2's agent cordoned n1: {other:?}"),
+    for node in ["n1", "n2"] {
+        match nodes_as_n2
+            .patch(node, &PatchParams::default(), &Patch::Merge(&cordon))
+            .await
+        {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+            other => panic!("n2's agent cordoned {node}: {other:?}"),
+        }
     }
 
     mark("Many writers racing");
@@ -386,7 +393,7 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     assert!(pdb.status.success(), "{}", text(&pdb));
     let run_dir = tempfile::tempdir().expect("run dir");
     std::fs::write(run_dir.path().join(SENTINEL), "").expect("sentinel");
-    let eviction_version = drain::eviction_version(&agent_n3).await.expect("discovery");
+    let eviction_version = drain::eviction_version(&admin).await.expect("discovery");
     assert_eq!(
         eviction_version, "policy/v1beta1",
         "Kubernetes 1.20 serves Eviction as v1beta1"
@@ -395,60 +402,78 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         client: agent_n3.clone(),
         node: "n3".into(),
         dir: run_dir.path().to_path_buf(),
-        eviction_version,
     };
+    // The agent takes the approval; the operator cordons and drains.
     assert_eq!(agent.step().await.expect("step"), Phase::Draining);
     let nodes: Api<Node> = Api::all(admin.clone());
+    let n3 = nodes.get("n3").await.expect("n3");
+    assert_ne!(
+        n3.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "the agent does not cordon"
+    );
+    op.reconcile().await.expect("reconcile");
     let n3 = nodes.get("n3").await.expect("n3");
     assert_eq!(
         n3.spec.and_then(|s| s.unschedulable),
         Some(true),
-        "cordoned"
+        "cordoned by the operator"
+    );
+    let spec = updates.get("n3").await.expect("nu").spec;
+    assert!(spec.cordoned && !spec.drained, "{spec:?}");
+    let blocked = spec.drain.expect("progress").blocked_by;
+    assert!(
+        blocked.iter().any(|b| b.starts_with("default/web:")),
+        "the PDB holds the drain: {blocked:?}"
     );
     assert_eq!(
         agent.step().await.expect("step"),
         Phase::Draining,
-        "the PDB holds the drain"
+        "no reboot before the drain is done"
     );
-    let st = updates.get("n3").await.expect("nu").status.expect("status");
-    let blocked = st.drain.expect("progress").blocked_by;
-    assert!(
-        blocked.iter().any(|b| b.starts_with("default/web:")),
-        "{blocked:?}"
-    );
-    assert!(st.cordoned_by_agent);
+    assert!(!run_dir.path().join(REBOOT_REQUEST).exists());
     let del = s.kubectl(&["delete", "pdb", "web"]);
     assert!(del.status.success(), "{}", text(&del));
-    let mut phase = Phase::Draining;
-    for _ in 0..10 {
-        phase = agent.step().await.expect("step");
-        if phase == Phase::Rebooting {
+    let mut drained = false;
+    for _ in 0..20 {
+        op.reconcile().await.expect("reconcile");
+        if updates.get("n3").await.expect("nu").spec.drained {
+            drained = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(phase, Phase::Rebooting, "evicted once the budget allows it");
-    assert!(
-        run_dir.path().join(REBOOT_REQUEST).exists(),
-        "reboot requested from the host"
-    );
+    assert!(drained, "evicted once the budget allows it");
     assert!(
         !text(&s.kubectl(&["get", "pods"])).contains("web"),
         "the pod was evicted"
+    );
+    assert_eq!(agent.step().await.expect("step"), Phase::Rebooting);
+    assert!(
+        run_dir.path().join(REBOOT_REQUEST).exists(),
+        "reboot requested from the host"
     );
     // The host reboots: /run is empty again and the kubelet reports a new boot id.
     std::fs::remove_file(run_dir.path().join(REBOOT_REQUEST)).expect("rm");
     std::fs::remove_file(run_dir.path().join(SENTINEL)).expect("rm");
     set_boot_id(&admin, "n3", "n3-boot-2").await;
     assert_eq!(agent.step().await.expect("step"), Phase::Verifying);
+    op.reconcile().await.expect("reconcile");
+    let n3 = nodes.get("n3").await.expect("n3");
+    assert_eq!(
+        n3.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "cordoned until its agent reports it back"
+    );
     assert_eq!(agent.step().await.expect("step"), Phase::Done);
+    op.reconcile().await.expect("reconcile");
     let n3 = nodes.get("n3").await.expect("n3");
     assert_ne!(
         n3.spec.and_then(|s| s.unschedulable),
         Some(true),
-        "uncordoned by its agent"
+        "uncordoned by the operator"
     );
-    op.reconcile().await.expect("reconcile");
+    assert!(!updates.get("n3").await.expect("nu").spec.cordoned);
     assert!(holders(&admin, "default").await.is_empty());
     assert!(approved(&admin).await.is_empty());
 
