@@ -183,8 +183,9 @@ fn measure_throughput(kubeconfig: &Path) {
     );
 }
 
-/// w2 leaves the cluster (its kubelet stopped, its Node deleted): w1's overlay agent removes
-/// w2's route, neighbour and forwarding entry by itself.
+/// A forged underlay address is not programmed; w2 leaves the cluster (its kubelet stopped,
+/// its Node deleted): w1's overlay agent removes w2's route, neighbour and forwarding entry
+/// by itself.
 fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
     let get = |path: &str| {
         ok(
@@ -196,7 +197,19 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         )
     };
     let cidr = get("{.spec.podCIDR}");
-    let underlay = get("{.metadata.annotations.overlay\\.strata\\.dev/underlay-ip}");
+    let underlay = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "overlaynode",
+                "w2",
+                "-o",
+                "jsonpath={.spec.underlay}",
+            ],
+        ),
+        "w2's OverlayNode",
+    );
     let entries = || {
         on(
             "w1",
@@ -208,22 +221,23 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         before.contains(&cidr) && before.contains(&underlay),
         "{cidr} {underlay}: {before}"
     );
-    // w2's underlay annotation rewritten to an address that is not w2's (what any overlay
-    // agent's token could do): w1 stops sending w2's pod traffic there and says why; put
+    // w2's published underlay rewritten (by an administrator: no agent but w2's may) to an
+    // address that is not w2's: w1 stops sending w2's pod traffic there and says why; put
     // back, w2 is a peer again.
     let annotate = |ip: &str| {
         ok(
             &kubectl(
                 kubeconfig,
                 &[
-                    "annotate",
-                    "node",
+                    "patch",
+                    "overlaynode",
                     "w2",
-                    "--overwrite",
-                    &format!("overlay.strata.dev/underlay-ip={ip}"),
+                    "--type=merge",
+                    "-p",
+                    &format!(r#"{{"spec":{{"underlay":"{ip}"}}}}"#),
                 ],
             ),
-            "annotate w2",
+            "patch w2's OverlayNode",
         )
     };
     let forged = "198.18.0.99";
@@ -840,16 +854,16 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
     ];
     ok(&kubectl(kubeconfig, &ds), "the overlay DaemonSet");
     wait_for(
-        "every Node's VTEP annotation",
+        "every node's VTEP MAC published",
         Duration::from_secs(60),
         || {
             let o = kubectl(
                 kubeconfig,
                 &[
                     "get",
-                    "nodes",
+                    "overlaynodes",
                     "-o",
-                    "jsonpath={.items[*].metadata.annotations.overlay\\.strata\\.dev/vtep-mac}",
+                    "jsonpath={.items[*].spec.vtepMac}",
                 ],
             );
             String::from_utf8_lossy(&o.stdout)
@@ -858,7 +872,7 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
                 == 3
         },
     )
-    .expect("annotations");
+    .expect("OverlayNodes");
     let ping = || {
         kubectl(
             kubeconfig,
@@ -1027,6 +1041,105 @@ fn kubelets_are_their_own_nodes(dir: &Path) {
             && err.contains(r#"node "w1" is not allowed to modify node "w2""#),
         "{err}"
     );
+}
+
+/// Each overlay agent speaks as its own node: w1's overlay identity may write w1's
+/// OverlayNode and nothing else (not w2's, no Node at all), and the agents use no shared
+/// service account token.
+fn overlay_agents_are_their_own_nodes(dir: &Path, kubeconfig: &Path) {
+    let w1 = dir.join("e2e-apply/kubeconfigs/overlay-w1.conf");
+    let can = |args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        String::from_utf8_lossy(&kubectl(&w1, &a).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(can(&["patch", "overlaynodes.overlay.strata.dev/w1"]), "yes");
+    assert_eq!(can(&["patch", "overlaynodes.overlay.strata.dev/w2"]), "no");
+    assert_eq!(can(&["list", "nodes"]), "yes");
+    for verb in ["patch", "update", "delete"] {
+        for node in ["nodes/w1", "nodes/w2"] {
+            assert_eq!(can(&[verb, node]), "no", "{verb} {node}");
+        }
+    }
+    let refused = |args: &[&str], what: &str| {
+        let o = kubectl(&w1, args);
+        assert!(!o.status.success(), "w1's overlay identity could {what}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("forbidden"), "{what}: {err}");
+    };
+    refused(
+        &[
+            "patch",
+            "overlaynode",
+            "w2",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"underlay":"198.18.0.99"}}"#,
+        ],
+        "write w2's overlay data",
+    );
+    refused(
+        &[
+            "annotate",
+            "node",
+            "w2",
+            "e2e.strata.dev/x=1",
+            "--overwrite",
+        ],
+        "annotate w2",
+    );
+    refused(
+        &[
+            "annotate",
+            "node",
+            "w1",
+            "e2e.strata.dev/x=1",
+            "--overwrite",
+        ],
+        "annotate its own Node",
+    );
+    // (`kubectl cordon` exits 0 when its patch is refused: the patch itself.)
+    let cordon = r#"{"spec":{"unschedulable":true}}"#;
+    refused(&["patch", "node", "w2", "-p", cordon], "cordon w2");
+    refused(
+        &["patch", "node", "w1", "-p", cordon],
+        "cordon its own Node",
+    );
+    let own = kubectl(
+        &w1,
+        &[
+            "patch",
+            "overlaynode",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"e2e.strata.dev/own":"yes"}}}"#,
+        ],
+    );
+    assert!(
+        own.status.success(),
+        "w1's overlay identity may write its own OverlayNode: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let pods = ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "strata-system",
+                "-l",
+                "app.kubernetes.io/name=strata-overlay",
+                "-o",
+                "jsonpath={.items[*].spec.automountServiceAccountToken}",
+            ],
+        ),
+        "overlay pods",
+    );
+    assert_eq!(pods.split_whitespace().collect::<Vec<_>>(), ["false"; 3]);
 }
 
 /// A file and a unit Strata wrote earlier but renders no more (as after a role was removed)
@@ -1349,6 +1462,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     pods_cannot_take_the_control_plane(&kubeconfig);
     secrets_are_encrypted_at_rest(dir.path(), &kubeconfig);
     kubelets_are_their_own_nodes(dir.path());
+    overlay_agents_are_their_own_nodes(dir.path(), &kubeconfig);
     changed_host_key_is_refused(dir.path());
     measure_throughput(&kubeconfig);
     a_removed_node_leaves_the_overlay(&kubeconfig);

@@ -269,7 +269,9 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
             "no",
             "{node}: evictions"
         );
-        let refused = kubectl(&agent_kc, &["cordon", node]);
+        // (`kubectl cordon` exits 0 when its patch is refused: the patch itself.)
+        let cordon = r#"{"spec":{"unschedulable":true}}"#;
+        let refused = kubectl(&agent_kc, &["patch", "node", node, "-p", cordon]);
         assert!(!refused.status.success(), "{node}'s agent cordoned itself");
         assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
     }

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use strata_overlay_api::{OverlayNode, OverlayNodeSpec};
 use strata_update_api::{UpdatePolicyApply, UpdatePolicyApplySpec, WindowSpec};
 
 use crate::images::StrataImage;
@@ -55,58 +56,81 @@ fn namespaced(name: &str) -> ObjectMeta {
     }
 }
 
-/// `extra`, plus the API server's own address for in-cluster clients of a host-network pod
-/// that the pod network depends on: the `kubernetes` Service's address works only once
-/// kube-proxy has programmed it, which on a fresh node can take half a minute.
-fn api_server_env(c: &Cluster, extra: EnvVar) -> Vec<EnvVar> {
-    let mut env = vec![extra];
-    if let Some((host, port)) = c.api_endpoint().as_deref().and_then(|e| e.rsplit_once(':')) {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        for (name, value) in [
-            ("KUBERNETES_SERVICE_HOST", host),
-            ("KUBERNETES_SERVICE_PORT", port),
-        ] {
-            env.push(EnvVar {
-                name: name.into(),
-                value: Some(value.into()),
-                ..EnvVar::default()
-            });
-        }
-    }
-    env
-}
+/// Where each node's overlay agent finds its own identity (a kubeconfig with the node's
+/// `strata:overlay:<node>` certificate).
+pub const OVERLAY_DIR: &str = "/etc/strata/overlay";
 
-/// The overlay's objects (none when `spec.addons.overlay.enabled` is false).
+/// The overlay's objects (none when `spec.addons.overlay.enabled` is false): the OverlayNode
+/// CRD and one OverlayNode per host (empty: its agent publishes into it), read access for
+/// every agent, per node the right to write only that node's OverlayNode, and the DaemonSet.
+/// No agent may write Nodes.
 pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     if !c.spec.addons.overlay.enabled {
         return Ok(Vec::new());
     }
     let name = "strata-overlay";
+    let g = "overlay.strata.dev";
     let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
-    let sa = ServiceAccount {
-        metadata: namespaced(name),
-        // Its pods read Nodes with it.
-        automount_service_account_token: Some(true),
-        ..ServiceAccount::default()
-    };
-    // Nodes only: read them all (peers), patch (its own annotations).
+    let (crd_name, crd) = strata_overlay_api::crd();
+    let mut out = vec![custom(
+        "overlay-1-crd.yaml",
+        format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}"),
+        &crd,
+    )?];
+    // Every agent reads Nodes (pod subnets, addresses) and every node's overlay data.
+    let agents = "strata:overlays";
     let role = ClusterRole {
         metadata: meta("strata:overlay"),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["nodes".into()]),
-            verbs: ["get", "list", "watch", "patch"].map(String::from).to_vec(),
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            rule(&[""], &["nodes"], &["get", "list", "watch"], &[]),
+            rule(&[g], &["overlaynodes"], &["get", "list", "watch"], &[]),
+        ]),
         ..ClusterRole::default()
     };
-    let mut role_binding = binding("strata:overlay", "strata:overlay", "ServiceAccount", name);
+    let mut role_binding = binding("strata:overlay", "strata:overlay", "Group", agents);
     role_binding.subjects = Some(vec![Subject {
-        kind: "ServiceAccount".into(),
-        name: name.into(),
-        namespace: Some(NAMESPACE.into()),
+        kind: "Group".into(),
+        name: agents.into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
         ..Subject::default()
     }]);
+    out.push(object("overlay-3-clusterrole.yaml", &role)?);
+    out.push(object("overlay-4-clusterrolebinding.yaml", &role_binding)?);
+    for h in &c.spec.hosts {
+        let node = h.name.as_str();
+        let role_name = format!("strata:overlay:{node}");
+        let r = ClusterRole {
+            metadata: meta(&role_name),
+            rules: Some(vec![rule(
+                &[g],
+                &["overlaynodes"],
+                &["get", "update", "patch"],
+                &[node],
+            )]),
+            ..ClusterRole::default()
+        };
+        let mut b = binding(&role_name, &role_name, "User", &role_name);
+        b.subjects = Some(vec![Subject {
+            kind: "User".into(),
+            name: role_name.clone(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Subject::default()
+        }]);
+        out.push(object(&format!("overlay-6-{node}.clusterrole.yaml"), &r)?);
+        out.push(object(
+            &format!("overlay-6-{node}.clusterrolebinding.yaml"),
+            &b,
+        )?);
+        // Made here, empty: RBAC cannot limit `create` to a name.
+        out.push(custom(
+            &format!("overlay-7-{node}.overlaynode.yaml"),
+            format!(
+                "/apis/{}/overlaynodes/{node}",
+                strata_overlay_api::API_VERSION
+            ),
+            &OverlayNode::new(node, OverlayNodeSpec::default()),
+        )?);
+    }
     let net = &c.spec.network.overlay;
     let container = Container {
         name: "agent".into(),
@@ -127,12 +151,27 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             ]
             .to_vec(),
         ),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "cni".into(),
-            mount_path: crate::render::CNI_DIR.into(),
-            ..VolumeMount::default()
-        }]),
-        env: Some(api_server_env(c, pod_env("NODE_NAME", "spec.nodeName"))),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "cni".into(),
+                mount_path: crate::render::CNI_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "identity".into(),
+                mount_path: OVERLAY_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        env: Some(vec![
+            pod_env("NODE_NAME", "spec.nodeName"),
+            EnvVar {
+                name: "KUBECONFIG".into(),
+                value: Some(format!("{OVERLAY_DIR}/kubeconfig")),
+                ..EnvVar::default()
+            },
+        ]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -169,19 +208,20 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
                 }),
                 spec: Some(PodSpec {
                     host_network: Some(true),
-                    service_account_name: Some(name.into()),
+                    // It speaks as its node (the kubeconfig on the host), not as a service
+                    // account every node's pod would share.
+                    automount_service_account_token: Some(false),
                     // Every node, control plane and tainted ones included.
                     tolerations: Some(vec![Toleration {
                         operator: Some("Exists".into()),
                         ..Toleration::default()
                     }]),
                     containers: vec![container],
-                    // Where it writes the node's CNI configuration.
-                    volumes: Some(vec![host_path(
-                        "cni",
-                        crate::render::CNI_DIR,
-                        "DirectoryOrCreate",
-                    )]),
+                    // Where it writes the node's CNI configuration; its identity.
+                    volumes: Some(vec![
+                        host_path("cni", crate::render::CNI_DIR, "DirectoryOrCreate"),
+                        host_path("identity", OVERLAY_DIR, "Directory"),
+                    ]),
                     ..PodSpec::default()
                 }),
             },
@@ -189,12 +229,8 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         }),
         ..DaemonSet::default()
     };
-    Ok(vec![
-        object("overlay-2-serviceaccount.yaml", &sa)?,
-        object("overlay-3-clusterrole.yaml", &role)?,
-        object("overlay-4-clusterrolebinding.yaml", &role_binding)?,
-        object("overlay-5-daemonset.yaml", &ds)?,
-    ])
+    out.push(object("overlay-5-daemonset.yaml", &ds)?);
+    Ok(out)
 }
 
 /// Where each node's update agent finds its own identity (a kubeconfig with the node's

@@ -266,8 +266,17 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
                     pod_masquerade_unit(&cluster.spec.network.pod_cidr.net().to_string()),
                 ),
                 Component::UpdateAgentHost => update_agent_files(&ctx, h, &mut t)?,
+                Component::Overlay => t.add(
+                    Component::Overlay,
+                    format!("{}/kubeconfig", crate::addons::OVERLAY_DIR),
+                    0o600,
+                    ctx.read(
+                        ctx.state
+                            .file(&format!("kubeconfigs/overlay-{}.conf", h.name)),
+                    )?,
+                ),
                 // Cluster objects only (see objects::cluster_objects).
-                Component::Overlay | Component::UpdateOperator => {}
+                Component::UpdateOperator => {}
             }
         }
         hosts.push(t);

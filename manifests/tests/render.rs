@@ -18,6 +18,7 @@ fn is_kubeconfig(path: &str) -> bool {
         && path.ends_with(".conf")
         && path.matches('/').count() == 3)
         || path == "/etc/strata/update-agent/kubeconfig"
+        || path == "/etc/strata/overlay/kubeconfig"
 }
 
 /// The rendering as text, with keys, certificates and kubeconfigs (random) redacted.
@@ -506,8 +507,11 @@ fn plan_compares_with_what_was_applied() {
         [
             "~ w1 /etc/systemd/system/kubelet.service",
             "restart w1 kubelet.service",
-            // w2's own update-agent identity is pruned from the cluster.
+            // w2's own overlay data and agents' identities are pruned from the cluster.
+            "delete cluster /apis/overlay.strata.dev/v1alpha1/overlaynodes/w2",
+            "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/strata:overlay:w2",
             "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/strata:update-agent:w2",
+            "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterroles/strata:overlay:w2",
             "delete cluster /apis/rbac.authorization.k8s.io/v1/clusterroles/strata:update-agent:w2",
         ]
     );

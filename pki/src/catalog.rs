@@ -330,8 +330,8 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         }
         s.nodes.push(n.name.clone());
         out.push(s);
-        // The update agent on this node: RBAC lets this identity change this node's Node
-        // and NodeUpdate and nothing else of the kind (see manifests' addons).
+        // The update agent on this node: RBAC lets this identity read this node's Node and
+        // NodeUpdate and write that NodeUpdate's status, nothing else (see manifests' addons).
         let user = format!("strata:update-agent:{}", n.name);
         let mut a = CertSpec::new(
             format!("update-agent/{}", n.name),
@@ -343,6 +343,19 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         .kubeconfig(format!("kubeconfigs/update-agent-{}.conf", n.name), user);
         a.nodes.push(n.name.clone());
         out.push(a);
+        // The overlay agent on this node: RBAC lets this identity write this node's
+        // OverlayNode and read Nodes, nothing else.
+        let user = format!("strata:overlay:{}", n.name);
+        let mut o = CertSpec::new(
+            format!("overlay/{}", n.name),
+            CaId::Kubernetes,
+            user.clone(),
+        )
+        .org("strata:overlays")
+        .client()
+        .kubeconfig(format!("kubeconfigs/overlay-{}.conf", n.name), user);
+        o.nodes.push(n.name.clone());
+        out.push(o);
     }
     out
 }

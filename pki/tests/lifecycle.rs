@@ -19,7 +19,7 @@ fn second_run_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = StateDir::new(dir.path());
     let first = generate(&three_hosts(), &state, now()).expect("generate");
-    assert_eq!(first.created().count(), 36, "{first:?}");
+    assert_eq!(first.created().count(), 42, "{first:?}");
     let before = snapshot(dir.path());
     let second = generate(&three_hosts(), &state, now()).expect("again");
     assert_eq!(second.created().count(), 0);
@@ -43,11 +43,14 @@ fn adding_a_worker_touches_only_its_own_files() {
         changed(&before, &snapshot(dir.path())),
         [
             "kubeconfigs/kubelet-w3.conf",
+            "kubeconfigs/overlay-w3.conf",
             "kubeconfigs/update-agent-w3.conf",
             "pki/kubelet/w3-serving.crt",
             "pki/kubelet/w3-serving.key",
             "pki/kubelet/w3.crt",
             "pki/kubelet/w3.key",
+            "pki/overlay/w3.crt",
+            "pki/overlay/w3.key",
             "pki/update-agent/w3.crt",
             "pki/update-agent/w3.key"
         ]
@@ -68,6 +71,7 @@ fn adding_a_control_plane_host_reissues_the_apiserver_certificate() {
     assert_eq!(reissued, [("apiserver", "SANs changed (+cp2 +198.18.0.6)")]);
     let mut expect = vec![
         "kubeconfigs/kubelet-cp2.conf",
+        "kubeconfigs/overlay-cp2.conf",
         "kubeconfigs/update-agent-cp2.conf",
         "pki/apiserver.crt",
         "pki/etcd/peer-cp2.crt",
@@ -78,6 +82,8 @@ fn adding_a_control_plane_host_reissues_the_apiserver_certificate() {
         "pki/kubelet/cp2-serving.key",
         "pki/kubelet/cp2.crt",
         "pki/kubelet/cp2.key",
+        "pki/overlay/cp2.crt",
+        "pki/overlay/cp2.key",
         "pki/update-agent/cp2.crt",
         "pki/update-agent/cp2.key",
     ];
@@ -110,6 +116,9 @@ fn changing_an_address_reissues_what_carries_it() {
             "kubeconfigs/kubelet-cp1.conf",
             "kubeconfigs/kubelet-w1.conf",
             "kubeconfigs/kubelet-w2.conf",
+            "kubeconfigs/overlay-cp1.conf",
+            "kubeconfigs/overlay-w1.conf",
+            "kubeconfigs/overlay-w2.conf",
             "kubeconfigs/scheduler.conf",
             "kubeconfigs/update-agent-cp1.conf",
             "kubeconfigs/update-agent-w1.conf",
@@ -169,7 +178,7 @@ fn expired_or_foreign_leaves_are_reissued() {
         .reissued()
         .filter(|(_, why)| why.starts_with("expired on"))
         .count();
-    assert_eq!(expired, 20, "{out:?}");
+    assert_eq!(expired, 23, "{out:?}");
 
     // A leaf signed by another cluster's CA is re-issued by ours.
     let other = tempfile::tempdir().expect("tempdir");
@@ -246,8 +255,8 @@ fn renew_changes_serials_and_dates_but_not_keys_or_cas() {
     let all = renew(&inputs, &state, later, &Selection::All).expect("all");
     assert_eq!(
         all.reissued().count(),
-        20 + 10,
-        "20 leaves and 10 kubeconfigs"
+        23 + 13,
+        "23 leaves and 13 kubeconfigs"
     );
     assert_eq!(
         all.items
@@ -293,7 +302,7 @@ fn changing_the_key_algorithm_reissues_leaves_with_new_keys() {
         out.reissued()
             .filter(|(_, w)| w.contains("key algorithm changed to rsa-2048"))
             .count(),
-        20
+        23
     );
     let after = snapshot(dir.path());
     assert_ne!(

@@ -1,35 +1,35 @@
 //! The agent's loop on one node: find its own Node (pod subnet, underlay address), create
 //! the VXLAN device, write the node's CNI configuration (its pod subnet, the overlay's MTU),
-//! publish its VTEP MAC and underlay address as annotations on its Node,
-//! then keep the kernel's peer entries equal to what the Node objects say (a watch, plus a
-//! full resync every minute). Restarting it changes nothing that is already right.
+//! publish its VTEP MAC and underlay address in its node's `OverlayNode` (the only object its
+//! identity, `strata:overlay:<node>`, may write), then keep the kernel's peer entries equal to
+//! what the Nodes and OverlayNodes say (watches into stores, plus a full pass every minute).
+//! Restarting it changes nothing that is already right.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use strata_overlay_api::{OverlayNode, OverlayNodeSpec, Underlay, VtepMac};
+use tokio::sync::Notify;
 
 use crate::netlink::{Device, connect, ensure_device, reconcile};
 use crate::plan::{Mac, NodeInfo, desired, gateway};
 
-/// Annotation holding a node's VTEP MAC.
-pub const VTEP_MAC: &str = "overlay.strata.dev/vtep-mac";
-/// Annotation holding a node's underlay address.
-pub const UNDERLAY: &str = "overlay.strata.dev/underlay-ip";
-
-/// What the overlay needs of a Node, when it has all of it.
-pub fn node_info(n: &Node) -> Option<NodeInfo> {
+/// What the overlay needs of a Node and its OverlayNode, when they have all of it.
+pub fn node_info(n: &Node, endpoint: Option<&OverlayNode>) -> Option<NodeInfo> {
     let name = n.metadata.name.clone()?;
     let pod_cidr = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
-    let ann = n.metadata.annotations.as_ref()?;
-    let vtep_mac: Mac = ann.get(VTEP_MAC)?.parse().ok()?;
-    let underlay: Ipv4Addr = ann.get(UNDERLAY)?.parse().ok()?;
+    let spec = &endpoint?.spec;
+    let vtep_mac: Mac = spec.vtep_mac.as_ref()?.0.parse().ok()?;
+    let underlay = spec.underlay?.0;
     Some(NodeInfo {
         name,
         pod_cidr,
@@ -44,7 +44,7 @@ pub enum NotAPeer {
     /// No pod subnet, VTEP MAC or underlay address published yet.
     Incomplete,
     /// The published underlay address is none of the addresses its kubelet reports: whoever
-    /// wrote the annotation (any overlay agent may annotate any Node) is not trusted to
+    /// wrote it (the OverlayNode's own identity, or an administrator) is not trusted to
     /// redirect that node's pod traffic elsewhere.
     ForeignUnderlay {
         published: Ipv4Addr,
@@ -74,8 +74,8 @@ impl std::fmt::Display for NotAPeer {
 
 /// The Node as a peer: complete, and with an underlay address its own kubelet reports (the
 /// Node's status, which only that node's identity may write).
-pub fn peer(n: &Node) -> Result<NodeInfo, NotAPeer> {
-    let info = node_info(n).ok_or(NotAPeer::Incomplete)?;
+pub fn peer(n: &Node, endpoint: Option<&OverlayNode>) -> Result<NodeInfo, NotAPeer> {
+    let info = node_info(n, endpoint).ok_or(NotAPeer::Incomplete)?;
     let addresses: Vec<String> = n
         .status
         .as_ref()
@@ -109,15 +109,44 @@ fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
         })
 }
 
+/// A store of `K` kept current by a watch; each change wakes `notify`.
+fn watched<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(async move {
+        let mut events = reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .boxed();
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => eprintln!("strata-overlay: watching {}: {e}; retrying", K::plural(&())),
+            }
+        }
+    });
+    store
+}
+
 /// Runs until the process is stopped.
 pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let endpoints: Api<OverlayNode> = Api::all(client);
     // Our own Node, once the controller-manager gave it a pod subnet.
-    // The API may not be reachable yet when the node starts (kube-proxy still programming the
-    // Service address): wait rather than exit and be restarted with a back-off.
+    // The API may not be reachable yet when the node starts: wait rather than exit and be
+    // restarted with a back-off.
     let (pod_cidr, underlay) = loop {
         let me = match nodes.get(node).await {
             Ok(me) => me,
@@ -154,69 +183,61 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
             crate::cni::FILE
         );
     }
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        VTEP_MAC: st.mac.to_string(),
-        UNDERLAY: underlay.to_string(),
-    }}});
-    while let Err(e) = nodes
-        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        eprintln!("strata-overlay: annotating Node {node}: {e}; retrying");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
     eprintln!(
         "strata-overlay: {node}: {device} {} on {underlay}, pod subnet {pod_cidr}, mtu {}",
         st.mac, st.mtu
     );
+    let mine = OverlayNodeSpec {
+        underlay: Some(Underlay(underlay)),
+        vtep_mac: Some(VtepMac(st.mac.to_string())),
+    };
 
-    let mut known: BTreeMap<String, NodeInfo> = BTreeMap::new();
+    let notify = Arc::new(Notify::new());
+    let node_store = watched(nodes, notify.clone());
+    let endpoint_store = watched(endpoints.clone(), notify.clone());
+    node_store
+        .wait_until_ready()
+        .await
+        .context("the Node watch")?;
+    endpoint_store
+        .wait_until_ready()
+        .await
+        .context("the OverlayNode watch")?;
     let mut refused: BTreeMap<String, NotAPeer> = BTreeMap::new();
-    let mut events = watcher(nodes.clone(), watcher::Config::default()).boxed();
-    let mut resync = tokio::time::interval(Duration::from_secs(60));
     loop {
-        tokio::select! {
-            ev = events.next() => {
-                match ev {
-                    Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => {
-                        if let Some(name) = n.metadata.name.clone() {
-                            match peer(&n) {
-                                Ok(i) => {
-                                    refused.remove(&name);
-                                    known.insert(name, i);
-                                }
-                                Err(why) => {
-                                    known.remove(&name);
-                                    // Said once per change, not at every event.
-                                    if why != NotAPeer::Incomplete
-                                        && refused.get(&name) != Some(&why)
-                                    {
-                                        eprintln!("strata-overlay: not programming peer {name}: {why}");
-                                    }
-                                    refused.insert(name, why);
-                                }
-                            }
-                        }
+        // Ours as it should be (again, if the object was re-created or changed).
+        let published = endpoint_store.get(&ObjectRef::new(node));
+        if published.as_deref().map(|e| &e.spec) != Some(&mine) {
+            let patch = serde_json::json!({ "spec": mine });
+            match endpoints
+                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => eprintln!("strata-overlay: {node}: published {underlay} {}", st.mac),
+                Err(e) => eprintln!("strata-overlay: publishing OverlayNode {node}: {e}; retrying"),
+            }
+        }
+        let mut peers = Vec::new();
+        for n in node_store.state() {
+            let Some(name) = n.metadata.name.clone() else {
+                continue;
+            };
+            let endpoint = endpoint_store.get(&ObjectRef::new(&name));
+            match peer(&n, endpoint.as_deref()) {
+                Ok(i) => {
+                    refused.remove(&name);
+                    peers.push(i);
+                }
+                Err(why) => {
+                    // Said once per change, not at every pass.
+                    if why != NotAPeer::Incomplete && refused.get(&name) != Some(&why) {
+                        eprintln!("strata-overlay: not programming peer {name}: {why}");
                     }
-                    Some(Ok(watcher::Event::Delete(n))) => {
-                        if let Some(name) = n.metadata.name.as_ref() {
-                            known.remove(name);
-                        }
-                    }
-                    Some(Ok(watcher::Event::Init)) => known.clear(),
-                    Some(Ok(watcher::Event::InitDone)) => {}
-                    Some(Err(e)) => {
-                        eprintln!("strata-overlay: watching Nodes: {e}; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        continue;
-                    }
-                    None => bail!("the Node watch ended"),
+                    refused.insert(name, why);
                 }
             }
-            _ = resync.tick() => {}
         }
-        let all: Vec<NodeInfo> = known.values().cloned().collect();
-        match reconcile(&h, st.index, &desired(node, &all)).await {
+        match reconcile(&h, st.index, &desired(node, &peers)).await {
             Ok(c) => {
                 for what in &c.added {
                     eprintln!("strata-overlay: added {what}");
@@ -227,6 +248,9 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
             }
             Err(e) => eprintln!("strata-overlay: {e}; retrying at the next change or resync"),
         }
+        let _ = tokio::time::timeout(Duration::from_secs(60), notify.notified()).await;
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -234,19 +258,28 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
 mod tests {
     use super::*;
 
+    fn endpoint(underlay: Option<&str>, mac: Option<&str>) -> OverlayNode {
+        OverlayNode::new(
+            "w1",
+            OverlayNodeSpec {
+                underlay: underlay.map(|u| Underlay(u.parse().expect("ip"))),
+                vtep_mac: mac.map(|m| VtepMac(m.into())),
+            },
+        )
+    }
+
     #[test]
     fn a_node_counts_once_it_has_subnet_mac_and_underlay() {
         let mut n: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "w1", "annotations": {VTEP_MAC: "0a:58:00:00:00:01"}},
+            "metadata": {"name": "w1"},
             "spec": {"podCIDR": "10.244.1.0/24"},
         }))
         .expect("node");
-        assert_eq!(node_info(&n), None, "no underlay yet");
-        n.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(UNDERLAY.into(), "198.18.0.3".into());
-        let i = node_info(&n).expect("complete");
+        assert_eq!(node_info(&n, None), None, "nothing published");
+        let partial = endpoint(None, Some("0a:58:00:00:00:01"));
+        assert_eq!(node_info(&n, Some(&partial)), None, "no underlay yet");
+        let full = endpoint(Some("198.18.0.3"), Some("0a:58:00:00:00:01"));
+        let i = node_info(&n, Some(&full)).expect("complete");
         assert_eq!(i.underlay, Ipv4Addr::new(198, 18, 0, 3));
         assert_eq!(i.pod_cidr.to_string(), "10.244.1.0/24");
         // Its kubelet reports another address: not a peer, and why.
@@ -254,7 +287,7 @@ mod tests {
             {"addresses": [{"type": "InternalIP", "address": "198.18.0.4"}]}
         ))
         .expect("status");
-        let why = peer(&n).expect_err("foreign underlay");
+        let why = peer(&n, Some(&full)).expect_err("foreign underlay");
         assert_eq!(
             why.to_string(),
             "its published underlay address 198.18.0.3 is none of its Node's addresses (198.18.0.4)"
@@ -264,8 +297,9 @@ mod tests {
         ))
         .expect("status");
         assert_eq!(
-            peer(&n).map(|p| p.underlay),
+            peer(&n, Some(&full)).map(|p| p.underlay),
             Ok(Ipv4Addr::new(198, 18, 0, 3))
         );
+        assert_eq!(peer(&n, None), Err(NotAPeer::Incomplete));
     }
 }
