@@ -1047,6 +1047,17 @@ fn kubelets_are_their_own_nodes(dir: &Path) {
 /// OverlayNode and nothing else (not w2's, no Node at all), and the agents use no shared
 /// service account token.
 fn overlay_agents_are_their_own_nodes(dir: &Path, kubeconfig: &Path) {
+    for host in ["cp1", "w1", "w2"] {
+        let modes = on(
+            host,
+            "stat -c '%a %U' /etc/strata/overlay/kubeconfig /etc/strata/update-agent/kubeconfig",
+        );
+        assert_eq!(
+            modes.trim(),
+            "600 root\n600 root",
+            "{host}'s agent identities"
+        );
+    }
     let w1 = dir.join("e2e-apply/kubeconfigs/overlay-w1.conf");
     let can = |args: &[&str]| {
         let mut a = vec!["auth", "can-i"];
@@ -1222,6 +1233,14 @@ fn changed_host_key_is_refused(dir: &Path) {
 /// process of Strata's runs on it.
 fn nothing_left(before: &[(&str, String)]) {
     for (host, snapshot) in before {
+        // No credential of any kind where Strata puts them: keys, certificates, kubeconfigs,
+        // the agents' identities, the Secrets' encryption key.
+        let credentials = on(
+            host,
+            "find /etc/kubernetes /etc/strata /etc/etcd /var/lib/kubelet /var/lib/etcd \
+             -type f 2>/dev/null; true",
+        );
+        assert_eq!(credentials.trim(), "", "{host} after reset");
         let diff = snapshot_diff(snapshot, &host_snapshot("e2e-apply", host));
         assert!(diff.is_empty(), "{host} after reset:\n{}", diff.join("\n"));
         let running = on(

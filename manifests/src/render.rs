@@ -1106,12 +1106,20 @@ fn pod_masquerade_unit(pod_cidr: &str) -> String {
     )
 }
 
-/// Writes the rendering below `out`: `hosts/<host>/<absolute path>` and `cluster/<file>`.
 /// Writes a rendering below `out` (`hosts/<host>/<path>`, `cluster/<file>`): directories
 /// 0700 (the tree holds private keys), each file a new one with its mode, renamed into
 /// place. Refuses when anything below `out` on the way is a symbolic link: a link planted
-/// there could send a private key anywhere its creator chose.
+/// there could send a private key anywhere its creator chose, and an existing `out` that
+/// another user owns or every user may write.
 pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
+    // Another user's directory (or one everyone may write) could have its entries swapped
+    // between the checks below and the writes.
+    if let Some(why) = strata_pki::files::unsafe_dir(out, rustix::process::geteuid().as_raw())? {
+        return Err(std::io::Error::other(format!(
+            "{}: {why}; refusing to write keys there (render into a directory of your own)",
+            out.display()
+        )));
+    }
     let files = r
         .hosts
         .iter()

@@ -385,6 +385,12 @@ fn write_out_refuses_planted_links_and_keeps_keys_private() {
     let err = write_out(&f.rendered, out.path()).expect_err("a planted directory link");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_dir(elsewhere.path()).expect("dir").count(), 0);
+    // An existing directory every user may write (without /tmp's sticky bit): refused.
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = write_out(&f.rendered, out.path()).expect_err("a directory anyone may write");
+    assert!(err.to_string().contains("writable by every user"), "{err}");
+    assert_eq!(std::fs::read_dir(out.path()).expect("dir").count(), 0);
     // A fresh directory: keys 0600, directories 0700.
     let out = tempfile::tempdir().expect("tempdir");
     write_out(&f.rendered, out.path()).expect("written");

@@ -38,6 +38,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     written
 }
 
+/// Whether every user may write into this (a directory without the sticky bit that /tmp has).
+pub fn writable_by_all(m: &fs::Metadata) -> bool {
+    m.permissions().mode() & 0o1002 == 0o002
+}
+
+/// Why an existing directory is no place for secrets: another user owns it (or, through a
+/// symbolic link, its target), or every user may write into it. None when it is safe or
+/// does not exist yet.
+pub fn unsafe_dir(path: &Path, me: u32) -> io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let link = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let target = fs::metadata(path)?;
+    if !target.is_dir() {
+        return Ok(Some("not a directory".into()));
+    }
+    if let Some(owner) = [link.uid(), target.uid()].into_iter().find(|o| *o != me) {
+        return Ok(Some(format!(
+            "owned by uid {owner}, not by this user (uid {me})"
+        )));
+    }
+    if writable_by_all(&target) {
+        return Ok(Some("writable by every user".into()));
+    }
+    Ok(None)
+}
+
 /// [`write_atomic`] with mode 0600, for anything that holds a secret.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, bytes, 0o600)

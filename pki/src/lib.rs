@@ -103,6 +103,13 @@ pub enum PkiError {
         path.display()
     )]
     StateDirOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "state directory {}: writable by every user; anyone could replace the cluster's keys. \
+         Run `chmod o-w {}` or choose another with --state-dir",
+        path.display(),
+        path.display()
+    )]
+    StateDirWritable { path: PathBuf },
     #[error("{name}: missing; run `strata certs generate` first")]
     NotGenerated { name: String },
 }
@@ -238,6 +245,11 @@ impl StateDir {
                     me,
                 });
             }
+        }
+        if files::writable_by_all(&target) {
+            return Err(PkiError::StateDirWritable {
+                path: self.root.clone(),
+            });
         }
         Ok(())
     }

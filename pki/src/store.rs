@@ -141,6 +141,13 @@ mod tests {
         // Not there yet: created by this user, 0700.
         let absent = StateDir::new(root.path().join("absent"));
         assert!(absent.check_owner_is(me + 1).is_ok());
+        // Ours, but every user may write into it: refused; with /tmp's sticky bit: fine.
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = state.check_owner_is(me).expect_err("world-writable");
+        assert!(err.to_string().contains("writable by every user"), "{err}");
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert!(state.check_owner_is(me).is_ok());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::crd::{HolderPhase, RebootLock, Time, UpdatePolicy};
 use crate::decide;
-use crate::lock;
+use crate::lock::{self, SlotOutcome};
 use crate::metrics::{Metrics, labels};
 use crate::window::allowed;
 
@@ -193,23 +193,9 @@ async fn take(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
     let held = match locks.get_opt(&p.group).await {
         Ok(l) => l
             .and_then(|l| l.status)
-            .and_then(|st| st.holders.into_iter().find(|h| h.node == holder)),
+            .is_some_and(|st| st.holders.iter().any(|h| h.node == holder)),
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
     };
-    // A slot taken before slots were bound to nodes (no fromNode) is any node's.
-    if let Some(h) = &held
-        && h.from_node.as_deref().is_some_and(|n| n != from_node)
-    {
-        return reply(
-            StatusCode::CONFLICT,
-            "failed_lock",
-            format!(
-                "{holder} is held from node {}",
-                h.from_node.as_deref().unwrap_or("(unknown)")
-            ),
-        );
-    }
-    let held = held.is_some();
     if !held {
         let degraded = policy.status.as_ref().is_some_and(|st| {
             st.conditions
@@ -239,12 +225,19 @@ async fn take(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
         Time(now),
     );
     match taken.await {
-        Ok(true) => reply(
+        Ok(SlotOutcome::Done) => reply(
             StatusCode::OK,
             "ok",
             format!("{holder} holds a slot of {}", p.group),
         ),
-        Ok(false) => reply(StatusCode::CONFLICT, "failed_lock", "every slot is taken"),
+        Ok(SlotOutcome::Unavailable) => {
+            reply(StatusCode::CONFLICT, "failed_lock", "every slot is taken")
+        }
+        Ok(SlotOutcome::HeldFrom(owner)) => reply(
+            StatusCode::CONFLICT,
+            "failed_lock",
+            format!("{holder} is held from node {owner}"),
+        ),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "lock_error", e.to_string()),
     }
 }
@@ -269,33 +262,29 @@ async fn steady_state(
 async fn give_back(s: &Shared, p: &ClientParams, from_node: &str) -> Response {
     let locks: Api<RebootLock> = Api::all(s.client.clone());
     let holder = format!("{HOLDER_PREFIX}{}", p.id);
-    let held_from = match locks.get_opt(&p.group).await {
-        Ok(l) => l
-            .and_then(|l| l.status)
-            .and_then(|st| st.holders.into_iter().find(|h| h.node == holder))
-            .map(|h| h.from_node),
-        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "api_error", e.to_string()),
-    };
-    if let Some(owner) = held_from
-        && owner.as_deref().is_some_and(|n| n != from_node)
-    {
-        return reply(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{holder} was taken from node {}; only that node releases it (or an \
-                 operator, with strata updates release)",
-                owner.as_deref().unwrap_or("(unknown)")
-            ),
-        );
-    }
     let now = Time::now();
-    match lock::release(&locks, &p.group, &holder, "steady state (FleetLock)", now).await {
+    let released = lock::release(
+        &locks,
+        &p.group,
+        &holder,
+        "steady state (FleetLock)",
+        Some(from_node),
+        now,
+    );
+    match released.await {
         // Releasing what is not held is fine: the client's goal holds.
-        Ok(_) => reply(
+        Ok(SlotOutcome::Done | SlotOutcome::Unavailable) => reply(
             StatusCode::OK,
             "ok",
             format!("{holder} holds no slot of {}", p.group),
+        ),
+        Ok(SlotOutcome::HeldFrom(owner)) => reply(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{holder} was taken from node {owner}; only that node releases it (or an \
+                 operator, with strata updates release)"
+            ),
         ),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "lock_error", e.to_string()),
     }

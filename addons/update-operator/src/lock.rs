@@ -105,8 +105,29 @@ pub fn record_release(status: &mut RebootLockStatus, now: Time, node: &str, reas
     status.last_release = Some(now);
 }
 
-/// Takes a slot for `holder` if one is free (or it already holds one), recording the node
-/// a FleetLock request came from. Ok(true) when held.
+/// What [`try_acquire`] and [`release`] found, decided on the same copy of the lock they
+/// write (so a slot's owner cannot change between the check and the write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// `holder` holds a slot (acquire) or no longer holds one (release).
+    Done,
+    /// Acquire: every slot is taken. Release: `holder` held no slot.
+    Unavailable,
+    /// The slot of `holder` was taken from another node, which alone may use or release it.
+    HeldFrom(String),
+}
+
+/// Whether a slot bound to `owner` may be used by a request from `from` (a slot taken before
+/// slots were bound to nodes, or a request not from a node, is not checked).
+fn owned_elsewhere(owner: Option<&str>, from: Option<&str>) -> Option<String> {
+    match (owner, from) {
+        (Some(o), Some(f)) if o != f => Some(o.to_owned()),
+        _ => None,
+    }
+}
+
+/// Takes a slot for `holder` if one is free (or it already holds one from the same node),
+/// recording the node a FleetLock request came from.
 pub async fn try_acquire(
     api: &Api<RebootLock>,
     name: &str,
@@ -114,7 +135,7 @@ pub async fn try_acquire(
     phase: HolderPhase,
     from_node: Option<&str>,
     now: Time,
-) -> Result<bool, LockError> {
+) -> Result<SlotOutcome, LockError> {
     for _ in 0..ATTEMPTS {
         let lock = api
             .get_opt(name)
@@ -122,11 +143,14 @@ pub async fn try_acquire(
             .map_err(api_err(name))?
             .ok_or_else(|| LockError::Missing { name: name.into() })?;
         let mut status = lock.status.clone().unwrap_or_default();
-        if status.holders.iter().any(|h| h.node == holder) {
-            return Ok(true);
+        if let Some(h) = status.holders.iter().find(|h| h.node == holder) {
+            return Ok(match owned_elsewhere(h.from_node.as_deref(), from_node) {
+                Some(owner) => SlotOutcome::HeldFrom(owner),
+                None => SlotOutcome::Done,
+            });
         }
         if status.holders.len() >= lock.spec.max_holders as usize {
-            return Ok(false);
+            return Ok(SlotOutcome::Unavailable);
         }
         status.holders.push(Holder {
             node: holder.into(),
@@ -135,33 +159,36 @@ pub async fn try_acquire(
             from_node: from_node.map(str::to_owned),
         });
         if write(api, &lock, status).await?.is_some() {
-            return Ok(true);
+            return Ok(SlotOutcome::Done);
         }
     }
     Err(LockError::Contended { name: name.into() })
 }
 
-/// Gives `holder`'s slot back. Ok(true) when it held one.
+/// Gives `holder`'s slot back, unless it was taken from another node than `from_node`.
 pub async fn release(
     api: &Api<RebootLock>,
     name: &str,
     holder: &str,
     reason: &str,
+    from_node: Option<&str>,
     now: Time,
-) -> Result<bool, LockError> {
+) -> Result<SlotOutcome, LockError> {
     for _ in 0..ATTEMPTS {
         let Some(lock) = api.get_opt(name).await.map_err(api_err(name))? else {
-            return Ok(false);
+            return Ok(SlotOutcome::Unavailable);
         };
         let mut status = lock.status.clone().unwrap_or_default();
-        let before = status.holders.len();
-        status.holders.retain(|h| h.node != holder);
-        if status.holders.len() == before {
-            return Ok(false);
+        let Some(h) = status.holders.iter().find(|h| h.node == holder) else {
+            return Ok(SlotOutcome::Unavailable);
+        };
+        if let Some(owner) = owned_elsewhere(h.from_node.as_deref(), from_node) {
+            return Ok(SlotOutcome::HeldFrom(owner));
         }
+        status.holders.retain(|h| h.node != holder);
         record_release(&mut status, now, holder, reason);
         if write(api, &lock, status).await?.is_some() {
-            return Ok(true);
+            return Ok(SlotOutcome::Done);
         }
     }
     Err(LockError::Contended { name: name.into() })
@@ -170,6 +197,22 @@ pub async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_bound_to_a_node_is_that_nodes_only() {
+        assert_eq!(owned_elsewhere(Some("w1"), Some("w2")), Some("w1".into()));
+        assert_eq!(owned_elsewhere(Some("w1"), Some("w1")), None);
+        assert_eq!(
+            owned_elsewhere(None, Some("w2")),
+            None,
+            "unbound (older) slot"
+        );
+        assert_eq!(
+            owned_elsewhere(Some("w1"), None),
+            None,
+            "not a FleetLock request"
+        );
+    }
 
     #[test]
     fn history_keeps_the_last_entries() {
