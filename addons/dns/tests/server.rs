@@ -1,0 +1,253 @@
+//! The server over real sockets on loopback: the cluster zone over UDP and TCP, negative
+//! answers with the SOA, forwarding to an upstream (another DNS server on loopback) with a
+//! cache that ages TTLs, truncation without EDNS and the full answer over TCP, and recursion
+//! refused to clients outside the allowed networks.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use strata_dns::forward::Forwarder;
+use strata_dns::index::{Index, Kind, Port, ServiceEntry};
+use strata_dns::records::Zone;
+use strata_dns::server::Handler;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// The stand-in upstream: `example.com` A 192.0.2.1 (TTL 60), `big.example` 40 TXT
+/// records (more than 512 bytes), NXDOMAIN otherwise; counts the questions it gets.
+#[derive(Debug, Clone, Default)]
+struct Upstream {
+    asked: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Upstream {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let q = request.request_info().expect("query").query.clone();
+        let name = q.name().to_string();
+        let mut md = hickory_proto::op::Metadata::response_from_request(&request.metadata);
+        let records: Vec<Record> = match name.as_str() {
+            "example.com." => vec![Record::from_rdata(
+                Name::from_ascii("example.com.").expect("name"),
+                60,
+                RData::A(A(Ipv4Addr::new(192, 0, 2, 1))),
+            )],
+            "big.example." => (0..40)
+                .map(|i| {
+                    Record::from_rdata(
+                        Name::from_ascii("big.example.").expect("name"),
+                        60,
+                        RData::TXT(TXT::new(vec![format!("record number {i} of a big answer")])),
+                    )
+                })
+                .collect(),
+            _ => {
+                md.response_code = ResponseCode::NXDomain;
+                Vec::new()
+            }
+        };
+        let mut b = MessageResponseBuilder::from_message_request(request);
+        let edns;
+        if let Some(e) = &request.edns {
+            let mut x = Edns::new();
+            x.set_max_payload(e.max_payload().max(512));
+            edns = x;
+            b.edns(&edns);
+        }
+        let r = b.build(md, records.iter(), [].iter(), [].iter(), [].iter());
+        response.send_response(r).await.expect("send")
+    }
+}
+
+async fn serve<H: RequestHandler>(handler: H) -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let addr = udp.local_addr().expect("addr");
+    let tcp = TcpListener::bind(addr).await.expect("tcp");
+    let mut server = Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5), 16);
+    tokio::spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    addr
+}
+
+fn question(name: &str, rtype: RecordType, edns: bool) -> Message {
+    let mut m = Message::new(4242, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m
+}
+
+async fn udp_from(from: IpAddr, server: SocketAddr, q: &Message) -> Message {
+    let sock = UdpSocket::bind(SocketAddr::new(from, 0))
+        .await
+        .expect("bind");
+    sock.send_to(&q.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("recv");
+    Message::from_vec(&buf[..n]).expect("decode")
+}
+
+async fn udp(server: SocketAddr, q: &Message) -> Message {
+    udp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), server, q).await
+}
+
+async fn tcp(server: SocketAddr, q: &Message) -> Message {
+    let mut s = TcpStream::connect(server).await.expect("connect");
+    let bytes = q.to_vec().expect("encode");
+    s.write_all(&(bytes.len() as u16).to_be_bytes())
+        .await
+        .expect("len");
+    s.write_all(&bytes).await.expect("write");
+    let n = s.read_u16().await.expect("len");
+    let mut body = vec![0u8; n as usize];
+    s.read_exact(&mut body).await.expect("body");
+    Message::from_vec(&body).expect("decode")
+}
+
+fn first_a(m: &Message) -> Option<Ipv4Addr> {
+    m.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn serves_the_zone_and_forwards_with_a_cache() {
+    let upstream = Upstream::default();
+    let up = serve(upstream.clone()).await;
+    let mut index = Index::default();
+    index.insert(
+        "default",
+        "kubernetes",
+        ServiceEntry {
+            kind: Kind::ClusterIp(vec!["10.96.0.1".parse().expect("ip")]),
+            ports: vec![Port {
+                name: "https".into(),
+                protocol: "tcp".into(),
+                port: 443,
+            }],
+        },
+    );
+    let handler = Handler {
+        zone: Zone {
+            name: "cluster.local".into(),
+            reverse: vec!["10.96.0.0/12".parse().expect("net")],
+        },
+        index: Arc::new(RwLock::new(Arc::new(index))),
+        forwarder: Forwarder::new(vec![up]),
+        recursion_for: vec!["127.0.0.1/32".parse().expect("net")],
+    };
+    let dns = serve(handler).await;
+
+    // The cluster zone, over UDP and TCP, authoritative.
+    let q = question("kubernetes.default.svc.cluster.local.", RecordType::A, true);
+    for m in [udp(dns, &q).await, tcp(dns, &q).await] {
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.metadata.id, 4242);
+        assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 1)));
+        assert_eq!(m.answers[0].ttl, 5);
+    }
+    // A name that does not exist: NXDOMAIN with the zone's SOA for negative caching.
+    let m = udp(
+        dns,
+        &question("nothing.default.svc.cluster.local.", RecordType::A, true),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(
+        m.authorities.first().map(|r| &r.data),
+        Some(RData::SOA(_))
+    ));
+    // No data of that type: NOERROR, empty, SOA.
+    let m = udp(
+        dns,
+        &question(
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::AAAA,
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert!(matches!(
+        m.authorities.first().map(|r| &r.data),
+        Some(RData::SOA(_))
+    ));
+    assert_eq!(
+        upstream.asked.load(Ordering::SeqCst),
+        0,
+        "the zone never goes upstream"
+    );
+
+    // Outside the zone: forwarded once, then from the cache with its TTL aging.
+    let q = question("Example.COM.", RecordType::A, true);
+    let m = udp(dns, &q).await;
+    assert_eq!(first_a(&m), Some(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(m.metadata.recursion_available);
+    assert_eq!(m.answers[0].ttl, 60);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = tcp(dns, &q).await;
+    assert_eq!(first_a(&m), Some(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(m.answers[0].ttl < 60, "aged: {}", m.answers[0].ttl);
+    assert_eq!(
+        upstream.asked.load(Ordering::SeqCst),
+        1,
+        "served from the cache"
+    );
+    // Negative answers from upstream pass through.
+    let m = udp(dns, &question("missing.example.", RecordType::A, true)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+    // A big answer: truncated over UDP without EDNS (512 bytes), whole over TCP.
+    let q = question("big.example.", RecordType::TXT, false);
+    let m = udp(dns, &q).await;
+    assert!(m.metadata.truncation, "TC set");
+    let m = tcp(dns, &q).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 40);
+
+    // A client outside the allowed networks: the zone yes, recursion no.
+    let stranger = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let m = udp_from(
+        stranger,
+        dns,
+        &question("example.com.", RecordType::A, true),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(!m.metadata.recursion_available);
+    let m = udp_from(
+        stranger,
+        dns,
+        &question("kubernetes.default.svc.cluster.local.", RecordType::A, true),
+    )
+    .await;
+    assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 1)));
+}
