@@ -145,23 +145,32 @@ fn measure_throughput(kubeconfig: &Path) {
     );
     let netns = |host: &str| format!("strata-e2e-apply-{host}");
     let pod_to_pod = || {
-        throughput::iperf_bps(&ok(
-            &kubectl(
-                kubeconfig,
-                &[
-                    "exec",
-                    "iperf-w1",
-                    "--",
-                    "/usr/bin/iperf3",
-                    "-c",
-                    &server_ip,
-                    "-t",
-                    "5",
-                    "-J",
-                ],
-            ),
-            "iperf3 pod to pod",
-        ))
+        // An exec stream that ends without output (seen once on the loaded 2-core machine)
+        // is retried; a report that says something else fails the test.
+        for attempt in 1..=3 {
+            let report = ok(
+                &kubectl(
+                    kubeconfig,
+                    &[
+                        "exec",
+                        "iperf-w1",
+                        "--",
+                        "/usr/bin/iperf3",
+                        "-c",
+                        &server_ip,
+                        "-t",
+                        "5",
+                        "-J",
+                    ],
+                ),
+                "iperf3 pod to pod",
+            );
+            if !report.trim().is_empty() {
+                return throughput::iperf_bps(&report);
+            }
+            println!("iperf3 pod to pod: no report (attempt {attempt}); again");
+        }
+        panic!("iperf3 pod to pod: no report in three attempts");
     };
     let host_to_host = || throughput::between_namespaces(&netns("w1"), &netns("w2"), &w2_host, 5);
     println!(
@@ -297,9 +306,10 @@ fn images_from_a_registry(dir: &Path) -> Registry {
         format!("{}/strata/{name}@{digest}", registry.address)
     };
     let images = format!(
-        "  images:\n    pause: {pause}\n    overlay: {}\n    updateOperator: {}\n",
+        "  images:\n    pause: {pause}\n    overlay: {}\n    updateOperator: {}\n    dns: {}\n",
         by_digest("overlay"),
-        by_digest("update-operator")
+        by_digest("update-operator"),
+        by_digest("dns")
     );
     for host in ["cp1", "w1", "w2"] {
         let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
@@ -319,8 +329,9 @@ fn images_were_pulled_from(registry: &Registry, kubeconfig: &Path) {
                 &[
                     "get",
                     "pods",
-                    "-n",
-                    "strata-system",
+                    "--all-namespaces",
+                    "-l",
+                    "app.kubernetes.io/name in (strata-overlay,strata-update-agent,strata-update-operator,strata-dns)",
                     "-o",
                     "jsonpath={range .items[*]}{.metadata.name} {.status.phase} \
                      {.status.containerStatuses[0].ready} {.status.containerStatuses[0].imageID}{\"\\n\"}{end}",
@@ -329,10 +340,10 @@ fn images_were_pulled_from(registry: &Registry, kubeconfig: &Path) {
             "addon pods",
         )
     };
-    // The overlay agents (3), the update agents (3) and the operator.
+    // The overlay agents (3), the update agents (3), the operator and cluster DNS (2).
     wait_for("addon pods ready", Duration::from_secs(120), || {
         let text = pods();
-        text.lines().count() == 7 && text.lines().all(|l| l.contains(" Running true "))
+        text.lines().count() == 9 && text.lines().all(|l| l.contains(" Running true "))
     })
     .unwrap_or_else(|e| panic!("{e}: {}", pods()));
     for line in pods().lines() {
@@ -417,7 +428,7 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
     )
     .expect("busybox");
     for tool in [
-        "sh", "sleep", "hostname", "cat", "echo", "ping", "httpd", "nc", "mkdir",
+        "sh", "sleep", "hostname", "cat", "echo", "ping", "httpd", "nc", "mkdir", "nslookup",
     ] {
         spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
             .expect("link");
@@ -524,6 +535,7 @@ spec:
         assert_eq!(e.trim(), pod);
     }
     overlay_joins_the_workers_pods(kubeconfig, &rows);
+    cluster_dns_answers_pods(kubeconfig, &rows[0][0]);
     ok(
         &kubectl(
             kubeconfig,
@@ -835,6 +847,57 @@ fn pods_cannot_take_the_control_plane(kubeconfig: &Path) {
         &kubectl(kubeconfig, &["delete", "namespace", "team", "--wait=false"]),
         "delete team",
     );
+}
+
+/// Cluster DNS from a pod (busybox's nslookup through the kubelet's clusterDNS, the
+/// `kube-dns` Service): a Service's A record, a named port's SRV record, the PTR of its
+/// cluster IP, and a name that does not exist.
+fn cluster_dns_answers_pods(kubeconfig: &Path, pod: &str) {
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "-n",
+                "kube-system",
+                "rollout",
+                "status",
+                "deployment/strata-dns",
+                "--timeout=120s",
+            ],
+        ),
+        "cluster DNS",
+    );
+    let lookup = |args: &[&str]| {
+        let mut a = vec!["exec", pod, "--", "nslookup"];
+        a.extend_from_slice(args);
+        let o = kubectl(kubeconfig, &a);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let a = lookup(&["kubernetes.default.svc.cluster.local"]);
+    assert!(a.contains("Address: 10.96.0.1"), "{a}");
+    assert!(
+        a.contains("10.96.0.10"),
+        "answered by the kube-dns Service: {a}"
+    );
+    let srv = lookup(&[
+        "-type=srv",
+        "_https._tcp.kubernetes.default.svc.cluster.local",
+    ]);
+    assert!(
+        srv.contains("443 kubernetes.default.svc.cluster.local"),
+        "{srv}"
+    );
+    let ptr = lookup(&["10.96.0.1"]);
+    assert!(
+        ptr.contains("kubernetes.default.svc.cluster.local"),
+        "{ptr}"
+    );
+    let none = lookup(&["nothing.default.svc.cluster.local"]);
+    assert!(none.contains("NXDOMAIN"), "{none}");
 }
 
 /// The overlay (the strata-overlay DaemonSet that apply installed, its image imported into

@@ -12,10 +12,10 @@ use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -54,6 +54,213 @@ fn namespaced(name: &str) -> ObjectMeta {
         namespace: Some(NAMESPACE.into()),
         ..meta(name)
     }
+}
+
+/// The namespace, Service name and pod label cluster DNS keeps, as kubeadm does for CoreDNS
+/// (tools, NodeLocal DNSCache and some e2e tests look for them).
+pub const DNS_NAMESPACE: &str = "kube-system";
+pub const DNS_SERVICE: &str = "kube-dns";
+/// The port strata-dns listens on in its pod (unprivileged: it runs as nobody); the Service
+/// maps port 53 to it.
+pub const DNS_POD_PORT: i32 = 1053;
+
+/// Cluster DNS (none when `spec.addons.dns.enabled` is false): strata-dns as a Deployment of
+/// two replicas spread across nodes, the `kube-dns` Service at the tenth address of the
+/// service range, a PodDisruptionBudget, and RBAC to watch Services, Endpoints and Nodes.
+pub fn dns(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+    if !c.spec.addons.dns.enabled {
+        return Ok(Vec::new());
+    }
+    let name = "strata-dns";
+    let in_ns = |n: &str| ObjectMeta {
+        namespace: Some(DNS_NAMESPACE.into()),
+        ..meta(n)
+    };
+    let labels: BTreeMap<String, String> = [
+        ("k8s-app".to_owned(), DNS_SERVICE.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
+    ]
+    .into();
+    let selector: BTreeMap<String, String> =
+        [("k8s-app".to_owned(), DNS_SERVICE.to_owned())].into();
+    let sa = ServiceAccount {
+        metadata: in_ns(name),
+        // Its pods watch Services, Endpoints and Nodes with it.
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+    let role = ClusterRole {
+        metadata: meta("strata:dns"),
+        rules: Some(vec![rule(
+            &[""],
+            &["services", "endpoints", "nodes"],
+            &["list", "watch"],
+            &[],
+        )]),
+        ..ClusterRole::default()
+    };
+    let mut role_binding = binding("strata:dns", "strata:dns", "ServiceAccount", name);
+    role_binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(DNS_NAMESPACE.into()),
+        ..Subject::default()
+    }]);
+    let net = &c.spec.network;
+    let mut args = vec![
+        "--zone".to_owned(),
+        net.cluster_domain.to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{DNS_POD_PORT}"),
+        "--reverse".into(),
+        net.service_cidr.net().to_string(),
+        "--reverse".into(),
+        net.pod_cidr.net().to_string(),
+        "--recursion-for".into(),
+        net.pod_cidr.net().to_string(),
+    ];
+    for u in &net.dns.upstreams {
+        args.push("--upstream".into());
+        args.push(u.to_string());
+    }
+    let port = |name: &str, port: i32, protocol: &str| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some(protocol.into()),
+        ..ContainerPort::default()
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(8080),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "dns".into(),
+        image: Some(StrataImage::Dns.reference(c)),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/strata-dns".into()]),
+        args: Some(args),
+        ports: Some(vec![
+            port("dns", DNS_POD_PORT, "UDP"),
+            port("dns-tcp", DNS_POD_PORT, "TCP"),
+            port("http", 8080, "TCP"),
+        ]),
+        readiness_probe: Some(probe("/ready")),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(10),
+            failure_threshold: Some(5),
+            ..probe("/health")
+        }),
+        security_context: Some(locked_down(65534)),
+        resources: Some(small("128Mi")),
+        ..Container::default()
+    };
+    let mut tolerations = crate::pod_security::control_plane_tolerations();
+    tolerations.push(Toleration {
+        key: Some("CriticalAddonsOnly".into()),
+        operator: Some("Exists".into()),
+        ..Toleration::default()
+    });
+    let pod = PodSpec {
+        service_account_name: Some(name.into()),
+        priority_class_name: Some("system-cluster-critical".into()),
+        // The nodes' resolv.conf: the upstreams, never itself.
+        dns_policy: Some("Default".into()),
+        // Spread, but a one-host cluster still runs both.
+        affinity: Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(selector.clone()),
+                                ..LabelSelector::default()
+                            }),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..PodAffinityTerm::default()
+                        },
+                    },
+                ]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
+        tolerations: Some(tolerations),
+        containers: vec![container],
+        termination_grace_period_seconds: Some(5),
+        ..PodSpec::default()
+    };
+    let deployment = deployment(
+        in_ns(name),
+        2,
+        &selector,
+        labels.clone(),
+        // One at a time: a rollout never leaves the cluster without DNS.
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
+                max_unavailable: Some(IntOrString::Int(1)),
+                max_surge: Some(IntOrString::Int(0)),
+            }),
+        },
+        pod,
+    );
+    let service_port = |name: &str, protocol: &str| ServicePort {
+        name: Some(name.into()),
+        port: 53,
+        protocol: Some(protocol.into()),
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    };
+    let mut service_meta = in_ns(DNS_SERVICE);
+    service_meta.labels.get_or_insert_default().extend([
+        ("k8s-app".to_owned(), DNS_SERVICE.to_owned()),
+        ("kubernetes.io/name".to_owned(), "strata-dns".to_owned()),
+    ]);
+    let service = Service {
+        metadata: service_meta,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(crate::render::cluster_dns_address(c).to_string()),
+            selector: Some(selector.clone()),
+            ports: Some(vec![
+                service_port("dns", "UDP"),
+                service_port("dns-tcp", "TCP"),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let pdb_version = if crate::versions::uses(
+        crate::versions::Item::PodDisruptionBudgetV1,
+        c.spec.kubernetes.version.minor(),
+    ) {
+        "policy/v1"
+    } else {
+        "policy/v1beta1"
+    };
+    let pdb = serde_json::json!({
+        "apiVersion": pdb_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": in_ns(name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    });
+    Ok(vec![
+        object("dns-1-serviceaccount.yaml", &sa)?,
+        object("dns-2-clusterrole.yaml", &role)?,
+        object("dns-3-clusterrolebinding.yaml", &role_binding)?,
+        object("dns-4-deployment.yaml", &deployment)?,
+        object("dns-5-service.yaml", &service)?,
+        custom(
+            "dns-6-poddisruptionbudget.yaml",
+            format!("/apis/{pdb_version}/namespaces/{DNS_NAMESPACE}/poddisruptionbudgets/{name}"),
+            &pdb,
+        )?,
+    ])
 }
 
 /// Where each node's overlay agent finds its own identity (a kubeconfig with the node's
@@ -292,6 +499,37 @@ fn small(memory_limit: &str) -> ResourceRequirements {
     }
 }
 
+/// A Deployment of `replicas` pods from `pod`, selected by `selector`, labelled `labels`.
+fn deployment(
+    metadata: ObjectMeta,
+    replicas: i32,
+    selector: &BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    strategy: DeploymentStrategy,
+    pod: PodSpec,
+) -> Deployment {
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(strategy),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
 fn host_path(name: &str, path: &str, kind: &str) -> Volume {
     Volume {
         name: name.into(),
@@ -427,42 +665,31 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         resources: Some(small("64Mi")),
         ..Container::default()
     };
-    let deployment = Deployment {
-        metadata: namespaced(name),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            // Never two at once by choice; the Lease guards against it anyway.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..DeploymentStrategy::default()
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.into()),
-                    // Beside the control plane it is part of, never on a worker whose root
-                    // could read its token.
-                    node_selector: Some(BTreeMap::from([(
-                        crate::pod_security::CONTROL_PLANE_LABEL.to_owned(),
-                        String::new(),
-                    )])),
-                    tolerations: Some(crate::pod_security::control_plane_tolerations()),
-                    containers: vec![operator],
-                    termination_grace_period_seconds: Some(10),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
+    let pod = PodSpec {
+        service_account_name: Some(name.into()),
+        // Beside the control plane it is part of, never on a worker whose root
+        // could read its token.
+        node_selector: Some(BTreeMap::from([(
+            crate::pod_security::CONTROL_PLANE_LABEL.to_owned(),
+            String::new(),
+        )])),
+        tolerations: Some(crate::pod_security::control_plane_tolerations()),
+        containers: vec![operator],
+        termination_grace_period_seconds: Some(10),
+        ..PodSpec::default()
     };
+    let deployment = deployment(
+        namespaced(name),
+        1,
+        &labels,
+        labels.clone(),
+        // Never two at once by choice; the Lease guards against it anyway.
+        DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            ..DeploymentStrategy::default()
+        },
+        pod,
+    );
     let service = Service {
         metadata: namespaced(name),
         spec: Some(ServiceSpec {

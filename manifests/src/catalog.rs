@@ -34,10 +34,12 @@ pub enum Component {
     Overlay,
     /// The update operator addon (CRDs, operator Deployment, agent DaemonSet).
     UpdateOperator,
+    /// Cluster DNS (Deployment and Service kube-dns in kube-system).
+    Dns,
 }
 
 /// How many components there are (the catalogue has one entry each).
-pub const COMPONENTS: usize = 12;
+pub const COMPONENTS: usize = 13;
 
 /// Which hosts run a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,6 +318,15 @@ pub const CATALOG: &[Spec] = &[
             StartPhase::Addons,
         )
     },
+    Spec {
+        health: Health::PodsRunning,
+        ..base(
+            Component::Dns,
+            "dns",
+            Placement::EveryNode,
+            StartPhase::Addons,
+        )
+    },
 ];
 
 impl Component {
@@ -340,6 +351,7 @@ impl Component {
             Component::UpdateOperator | Component::UpdateAgentHost => {
                 addons.update_operator.enabled
             }
+            Component::Dns => addons.dns.enabled,
             _ => true,
         }
     }

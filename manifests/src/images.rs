@@ -14,10 +14,12 @@ pub enum StrataImage {
     Overlay,
     /// The update operator and its agent.
     UpdateOperator,
+    /// Cluster DNS.
+    Dns,
 }
 
 impl StrataImage {
-    pub const ALL: [StrataImage; 3] = [Self::Pause, Self::Overlay, Self::UpdateOperator];
+    pub const ALL: [StrataImage; 4] = [Self::Pause, Self::Overlay, Self::UpdateOperator, Self::Dns];
 
     /// The image's archive in the assets' images/ directory (`.ci/build-assets`).
     pub fn archive(self) -> &'static str {
@@ -25,6 +27,7 @@ impl StrataImage {
             Self::Pause => "pause.tar",
             Self::Overlay => "overlay.tar",
             Self::UpdateOperator => "update-operator.tar",
+            Self::Dns => "dns.tar",
         }
     }
 
@@ -39,6 +42,7 @@ impl StrataImage {
             Self::Pause => "spec.images.pause",
             Self::Overlay => "spec.images.overlay",
             Self::UpdateOperator => "spec.images.updateOperator",
+            Self::Dns => "spec.images.dns",
         }
     }
 
@@ -49,6 +53,7 @@ impl StrataImage {
             Self::Pause => i.pause.as_ref(),
             Self::Overlay => i.overlay.as_ref(),
             Self::UpdateOperator => i.update_operator.as_ref(),
+            Self::Dns => i.dns.as_ref(),
         }
     }
 
@@ -58,6 +63,7 @@ impl StrataImage {
             Self::Pause => true,
             Self::Overlay => c.spec.addons.overlay.enabled,
             Self::UpdateOperator => c.spec.addons.update_operator.enabled,
+            Self::Dns => c.spec.addons.dns.enabled,
         }
     }
 
@@ -75,6 +81,7 @@ impl StrataImage {
             Self::Pause => versions::pause_image(c.spec.kubernetes.version.minor()),
             Self::Overlay => format!("strata.dev/overlay:{version}"),
             Self::UpdateOperator => format!("strata.dev/update-operator:{version}"),
+            Self::Dns => format!("strata.dev/dns:{version}"),
         }
     }
 

@@ -495,6 +495,18 @@ pub struct Network {
     pub cluster_domain: DnsName,
     #[serde(default)]
     pub overlay: OverlayNetwork,
+    #[serde(default)]
+    pub dns: ClusterDns,
+}
+
+/// Cluster DNS settings (the server is `spec.addons.dns`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterDns {
+    /// DNS servers that answer names outside the cluster (port 53). Default: the
+    /// nameservers of the nodes' resolv.conf, loopback ones skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<IpAddr>,
 }
 
 fn default_pod_cidr() -> Cidr {
@@ -520,6 +532,7 @@ impl Default for Network {
             service_cidr: default_service_cidr(),
             cluster_domain: default_cluster_domain(),
             overlay: OverlayNetwork::default(),
+            dns: ClusterDns::default(),
         }
     }
 }
@@ -653,6 +666,9 @@ pub struct Images {
     /// strata.dev/update-operator image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_operator: Option<ImageReference>,
+    /// Cluster DNS. Default: the assets' strata.dev/dns image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<ImageReference>,
 }
 
 impl Images {
@@ -668,6 +684,22 @@ pub struct Addons {
     pub overlay: OverlayAddon,
     #[serde(default)]
     pub update_operator: UpdateOperatorAddon,
+    #[serde(default)]
+    pub dns: DnsAddon,
+}
+
+/// Cluster DNS (`strata-dns`, Service `kube-dns` in kube-system).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsAddon {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for DnsAddon {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

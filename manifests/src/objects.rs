@@ -149,5 +149,6 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
     .chain(crate::pod_security::objects(cluster)?)
     .chain(crate::addons::overlay(cluster)?)
     .chain(crate::addons::update_operator(cluster)?)
+    .chain(crate::addons::dns(cluster)?)
     .collect())
 }

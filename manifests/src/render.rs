@@ -276,7 +276,7 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
                     )?,
                 ),
                 // Cluster objects only (see objects::cluster_objects).
-                Component::UpdateOperator => {}
+                Component::UpdateOperator | Component::Dns => {}
             }
         }
         hosts.push(t);
@@ -770,15 +770,18 @@ fn containerd_config(ctx: &Ctx<'_>) -> String {
     )
 }
 
+/// Cluster DNS's Service address: the tenth of the service range (validation makes sure
+/// the range holds it).
+pub fn cluster_dns_address(c: &Cluster) -> IpAddr {
+    match first_address(c.spec.network.service_cidr.net()) {
+        IpAddr::V4(v) => IpAddr::V4((u32::from(v) + 9).into()),
+        IpAddr::V6(v) => IpAddr::V6((u128::from(v) + 9).into()),
+    }
+}
+
 fn kubelet_config(ctx: &Ctx<'_>) -> String {
     let net = &ctx.cluster.spec.network;
-    let dns = {
-        let base = first_address(net.service_cidr.net());
-        match base {
-            IpAddr::V4(v) => IpAddr::V4((u32::from(v) + 9).into()),
-            IpAddr::V6(v) => IpAddr::V6((u128::from(v) + 9).into()),
-        }
-    };
+    let dns = cluster_dns_address(ctx.cluster);
     let mut s = format!(
         "# kubelet configuration. Written by Strata.\n\
          apiVersion: kubelet.config.k8s.io/v1beta1\n\

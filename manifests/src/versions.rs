@@ -42,6 +42,9 @@ pub enum Item {
     /// Pod Security admission (`pod-security.admission.config.k8s.io/v1` defaults given to the
     /// API server): from 1.25, the first release with the v1 configuration.
     PodSecurityAdmission,
+    /// PodDisruptionBudget as `policy/v1` (GA in 1.21; `policy/v1beta1` before, removed in
+    /// 1.25).
+    PodDisruptionBudgetV1,
 }
 
 /// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
@@ -59,6 +62,7 @@ pub const TABLE: &[(Item, u32, Option<u32>)] = &[
     (Item::ControlPlaneTaintControlPlane, 24, None),
     (Item::PodSecurityPolicy, 20, Some(24)),
     (Item::PodSecurityAdmission, 25, None),
+    (Item::PodDisruptionBudgetV1, 21, None),
 ];
 
 /// Whether release 1.`minor` uses `item`.

@@ -406,6 +406,7 @@ fn registry_references_replace_the_images_strata_builds() {
     let text = format!(
         "{ONE_HOST}  images:\n    pause: 10.0.0.1:5000/strata/pause:3.2\n    \
          overlay: 10.0.0.1:5000/strata/overlay:1\n    \
+         dns: 10.0.0.1:5000/strata/dns:1\n    \
          updateOperator: 10.0.0.1:5000/strata/update-operator@sha256:{}\n",
         "0a".repeat(32)
     );
@@ -430,6 +431,7 @@ fn registry_references_replace_the_images_strata_builds() {
     assert_eq!(
         images(&built.rendered),
         [
+            format!("image: strata.dev/dns:{version}"),
             format!("image: strata.dev/overlay:{version}"),
             format!("image: strata.dev/update-operator:{version}"),
             format!("image: strata.dev/update-operator:{version}"),
@@ -438,6 +440,7 @@ fn registry_references_replace_the_images_strata_builds() {
     assert_eq!(
         images(&named.rendered),
         [
+            "image: 10.0.0.1:5000/strata/dns:1".to_string(),
             "image: 10.0.0.1:5000/strata/overlay:1".to_string(),
             format!(
                 "image: 10.0.0.1:5000/strata/update-operator@sha256:{}",

@@ -2,10 +2,10 @@
 //! without locks or API requests. A new index is built from the watch stores after each
 //! change (a burst of changes makes one), and swapped in whole.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{EndpointSubset, Endpoints, Service};
+use k8s_openapi::api::core::v1::{EndpointSubset, Endpoints, Node, Service};
 
 /// A port of a Service or an endpoint, as the spec names it in SRV records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub struct Index {
     namespaces: BTreeSet<String>,
     /// PTR targets by address, relative to the zone (`<svc>.<ns>.svc`).
     reverse: HashMap<IpAddr, Vec<String>>,
+    /// The Nodes' addresses: host-network pods and the hosts themselves ask from these.
+    node_addresses: HashSet<IpAddr>,
 }
 
 impl Index {
@@ -84,6 +86,21 @@ impl Index {
     /// PTR targets of `ip`, relative to the zone.
     pub fn reverse(&self, ip: IpAddr) -> &[String] {
         self.reverse.get(&ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `ip` is one of the Nodes' addresses.
+    pub fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.node_addresses.contains(&ip)
+    }
+
+    /// Records the Nodes' addresses (see [`Index::is_node_address`]).
+    pub fn set_nodes<'a>(&mut self, nodes: impl IntoIterator<Item = &'a Node>) {
+        self.node_addresses = nodes
+            .into_iter()
+            .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+            .flatten()
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
     }
 
     pub fn len(&self) -> usize {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -40,8 +40,8 @@ struct Args {
     /// Address ranges whose reverse names are the cluster's (service and pod ranges).
     #[arg(long = "reverse")]
     reverse: Vec<ipnet::IpNet>,
-    /// Clients that may ask for names outside the cluster (pod and node networks); others
-    /// are refused.
+    /// Clients that may ask for names outside the cluster besides the Nodes' addresses (the
+    /// pod network); others are refused.
     #[arg(long = "recursion-for")]
     recursion_for: Vec<ipnet::IpNet>,
     /// Where /health and /ready are served.
@@ -162,7 +162,8 @@ async fn run(args: Args) -> Result<()> {
         .context("connecting to the API server")?;
     let notify = Arc::new(Notify::new());
     let services = watched(Api::<Service>::all(client.clone()), notify.clone());
-    let endpoints = watched(Api::<Endpoints>::all(client), notify.clone());
+    let endpoints = watched(Api::<Endpoints>::all(client.clone()), notify.clone());
+    let nodes = watched(Api::<Node>::all(client), notify.clone());
     // Answers only from a full view of the cluster.
     services
         .wait_until_ready()
@@ -172,10 +173,12 @@ async fn run(args: Args) -> Result<()> {
         .wait_until_ready()
         .await
         .context("the Endpoints watch")?;
+    nodes.wait_until_ready().await.context("the Node watch")?;
     let rebuild = |services: &Store<Service>, endpoints: &Store<Endpoints>| {
         let s = services.state();
         let e = endpoints.state();
-        let next = Index::build(s.iter().map(|x| &**x), e.iter().map(|x| &**x));
+        let mut next = Index::build(s.iter().map(|x| &**x), e.iter().map(|x| &**x));
+        next.set_nodes(nodes.state().iter().map(|n| &**n));
         let n = next.len();
         *index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         n

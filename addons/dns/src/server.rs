@@ -27,7 +27,7 @@ pub struct Handler {
     pub zone: Zone,
     pub index: SharedIndex,
     pub forwarder: Forwarder,
-    /// Clients that may use the forwarder (the pod and node networks).
+    /// Clients that may use the forwarder besides the Nodes' own addresses (the pod network).
     pub recursion_for: Vec<ipnet::IpNet>,
 }
 
@@ -83,12 +83,13 @@ impl Handler {
         Some(Record::from_rdata(name(&rr.name)?, TTL, data))
     }
 
-    fn may_recurse(&self, ip: IpAddr) -> bool {
+    /// Recursion for the pod network (and any other network configured) and the Nodes.
+    fn may_recurse(&self, index: &Index, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v) => v.to_ipv4_mapped().map_or(IpAddr::V6(v), IpAddr::V4),
             v => v,
         };
-        self.recursion_for.iter().any(|n| n.contains(&ip))
+        self.recursion_for.iter().any(|n| n.contains(&ip)) || index.is_node_address(ip)
     }
 
     /// The current index (a cheap clone of an Arc).
@@ -131,7 +132,8 @@ impl RequestHandler for Handler {
             builder.edns(e);
         }
         let mut metadata = Metadata::response_from_request(&request.metadata);
-        let allowed = self.may_recurse(request.src().ip());
+        let index = self.index();
+        let allowed = self.may_recurse(&index, request.src().ip());
         metadata.recursion_available = allowed;
         let bad_version = edns.as_ref().is_some_and(|(_, bad)| *bad);
         let query = match request.request_info() {
@@ -158,9 +160,7 @@ impl RequestHandler for Handler {
             }
         };
         let qname = query.name().to_string();
-        let answer = self
-            .zone
-            .answer(&self.index(), &qname, qtype(query.query_type()));
+        let answer = self.zone.answer(&index, &qname, qtype(query.query_type()));
         let soa: Vec<Record> = self.soa().into_iter().collect();
         let (answers, additionals, authority): (Vec<Record>, Vec<Record>, &[Record]) = match answer
         {
