@@ -134,7 +134,7 @@ impl Assets {
                 Some(i) => i.from_assets(c),
                 None => true,
             });
-        for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
+        for i in StrataImage::OWN {
             let carried = self.images().any(|(_, img)| img.strata == Some(i));
             if i.from_assets(c) && !carried {
                 bail!(
@@ -541,6 +541,7 @@ mod tests {
         let d = dir_with(
             &[
                 ("bin/kubelet", b"k"),
+                ("images/dns.tar", b"d"),
                 ("images/overlay.tar", b"o"),
                 ("images/pause.tar", b"p"),
                 ("images/update-operator.tar", b"u"),
@@ -553,6 +554,7 @@ mod tests {
         assert_eq!(
             archives(&all),
             [
+                "dns.tar",
                 "extra.tar",
                 "overlay.tar",
                 "pause.tar",
@@ -562,8 +564,8 @@ mod tests {
         let named = load()
             .for_cluster(
                 &cluster(
-                    "  images: {overlay: 10.0.0.1:5000/o:1, pause: 10.0.0.1:5000/p:1}\n  \
-                     addons: {updateOperator: {enabled: false}}\n",
+                    "  images: {overlay: 10.0.0.1:5000/o:1, pause: 10.0.0.1:5000/p:1, \
+                     dns: 10.0.0.1:5000/d:1}\n  addons: {updateOperator: {enabled: false}}\n",
                 ),
                 "dir",
             )
@@ -586,7 +588,10 @@ mod tests {
         );
         let ok = load()
             .for_cluster(
-                &cluster("  images: {overlay: r.example/o:1, updateOperator: r.example/u:1}\n"),
+                &cluster(
+                    "  images: {overlay: r.example/o:1, updateOperator: r.example/u:1, \
+                     dns: r.example/d:1}\n",
+                ),
                 "upstream",
             )
             .expect("both named; pause falls back on its upstream name");

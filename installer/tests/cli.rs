@@ -348,7 +348,7 @@ fn plan_on_a_fresh_cluster_file_writes_nothing_and_lists_every_action() {
         &file,
         "apiVersion: strata.dev/v1alpha1\nkind: Cluster\nmetadata: {name: fresh}\nspec:\n  \
          hosts:\n  - {name: cp1, address: 198.18.0.2, roles: [etcd, control-plane, worker]}\n  \
-         addons: {overlay: {enabled: false}, updateOperator: {enabled: false}}\n  \
+         addons: {overlay: {enabled: false}, updateOperator: {enabled: false}, dns: {enabled: false}}\n  \
          assets: {source: assets}\n",
     )
     .expect("write");

@@ -20,6 +20,9 @@ pub enum StrataImage {
 
 impl StrataImage {
     pub const ALL: [StrataImage; 4] = [Self::Pause, Self::Overlay, Self::UpdateOperator, Self::Dns];
+    /// The images only Strata's assets or a registry the Cluster file names can provide (the
+    /// pause image has its upstream name to fall back on).
+    pub const OWN: [StrataImage; 3] = [Self::Overlay, Self::UpdateOperator, Self::Dns];
 
     /// The image's archive in the assets' images/ directory (`.ci/build-assets`).
     pub fn archive(self) -> &'static str {

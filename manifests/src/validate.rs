@@ -551,7 +551,7 @@ fn check_assets(c: &Cluster, k: &mut Checker<'_>) {
     }
     // The official downloads carry none of Strata's own images.
     if a.source == "upstream" {
-        for i in [StrataImage::Overlay, StrataImage::UpdateOperator] {
+        for i in StrataImage::OWN {
             if i.from_assets(c) {
                 k.error(
                     "/spec/assets/source",

@@ -311,10 +311,15 @@ fn asset_downloads_must_be_pinned_and_encrypted() {
         s.contains("carries no update-operator image and spec.images.updateOperator names none"),
         "{s}"
     );
+    assert!(
+        s.contains("carries no dns image and spec.images.dns names none"),
+        "{s}"
+    );
     check(&minimal(
         host,
         "  assets: {source: upstream, mirror: \"https://mirror.example/releases\"}\n  \
-         images: {overlay: r.example/strata/overlay:1}\n  addons: {updateOperator: {enabled: false}}\n",
+         images: {overlay: r.example/strata/overlay:1}\n  \
+         addons: {updateOperator: {enabled: false}, dns: {enabled: false}}\n",
     ))
     .expect("official releases through a mirror, Strata's image from a registry");
     let r = check(&minimal(
