@@ -1,13 +1,17 @@
 //! Local machines as `strata local up` makes them: reachable over real SSH with the
 //! cluster's key, host keys pinned from the machines' own disks (a wrong key is refused),
-//! a reboot from inside comes back with a new boot id, and `down` leaves nothing behind.
+//! a reboot from inside comes back with a new boot id, and `down` leaves nothing behind;
+//! a cluster whose processes died (a restarted computer, a killed session) does not keep
+//! another from the address range, and one that runs is named.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use strata_e2e::{keygen, local_address, require_root, wait_for};
-use strata_platforms::local::cluster::{self, LocalHost, Paths};
+use strata_platforms::local::Bridge;
+use strata_platforms::local::Machine;
+use strata_platforms::local::cluster::{self, LocalError, LocalHost, Paths};
 
 const CLUSTER: &str = "e2e-machines";
 
@@ -136,4 +140,84 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     assert!(!mounts.contains(&format!("/machines/{CLUSTER}/")));
     assert!(!paths.machines.join(CLUSTER).exists());
+}
+
+#[test]
+fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let paths = Paths {
+        machines: dir.path().join("machines"),
+        ..Paths::default()
+    };
+    let old = [LocalHost {
+        name: "o1".into(),
+        address: local_address(0),
+    }];
+    let new = [LocalHost {
+        name: "n1".into(),
+        address: local_address(1),
+    }];
+    cluster::up("e2e-old", &old, &public, &paths).expect("up e2e-old");
+
+    // While e2e-old runs, a second cluster on the range is refused, naming it.
+    let err = cluster::up("e2e-new", &new, &public, &paths).expect_err("range in use");
+    assert!(
+        matches!(&err, LocalError::RangeInUse { namespaces, .. } if namespaces == "strata-e2e-old-o1"),
+        "{err}"
+    );
+    assert!(!paths.machines.join("e2e-new").exists());
+
+    // e2e-old's processes die as a stopped session's do (supervisor first, so that nothing
+    // tidies up): its bridge, veth and namespace stay, its PID files name dead processes.
+    let m = Machine::new(&paths.machines, "e2e-old", "o1", old[0].address);
+    let leader = m.leader().expect("o1 runs");
+    for pid_file in ["supervisor.pid", "nspawn.pid"] {
+        let pid = std::fs::read_to_string(m.dir.join(pid_file)).expect("pid file");
+        kill(pid.trim());
+    }
+    kill(&leader.to_string());
+    wait_for("o1 gone", Duration::from_secs(30), || {
+        !cluster::running("e2e-old", "o1", &paths)
+    })
+    .expect("o1 stops");
+    assert!(link_exists(&Bridge::for_cluster("e2e-old").name));
+
+    let up = cluster::up("e2e-new", &new, &public, &paths).expect("up e2e-new");
+    assert_eq!(up[0].address, new[0].address, "n1 answered SSH");
+    assert!(
+        !link_exists(&Bridge::for_cluster("e2e-old").name),
+        "the dead cluster's bridge was removed"
+    );
+
+    assert_eq!(cluster::down("e2e-new", &paths).expect("down new"), ["n1"]);
+    assert_eq!(cluster::down("e2e-old", &paths).expect("down old"), ["o1"]);
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let listed = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !listed.contains("e2e-old") && !listed.contains("e2e-new"),
+        "{listed}"
+    );
+}
+
+fn kill(pid: &str) {
+    let out = Command::new("kill")
+        .args(["-KILL", pid])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill {pid}");
+}
+
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .expect("ip")
+        .status
+        .success()
 }

@@ -1,5 +1,6 @@
 //! A local cluster's machines as a whole: `strata local up | down | list`.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -51,13 +52,23 @@ pub enum LocalError {
     Machine(#[from] MachineError),
     #[error("network: {0}")]
     Network(#[from] super::cmd::CommandError),
-    #[error("host {host}: {what} within {secs}s; see {log}")]
+    #[error("host {host}: {what} within {secs}s; see {log}{tail}")]
     Timeout {
         host: String,
         what: String,
         secs: u64,
         log: String,
+        /// The end of the console log, so that the error alone tells what happened.
+        tail: String,
     },
+    #[error(
+        "another local cluster runs on the same address range (bridge {bridge}, machines in network namespaces {namespaces}); stop it first with `strata local down` and that cluster's file"
+    )]
+    RangeInUse { bridge: String, namespaces: String },
+    #[error(
+        "network interface {device} holds the local range's gateway address and is not a Strata bridge; remove that address or the interface"
+    )]
+    RangeHeld { device: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -110,11 +121,87 @@ fn wait(
                 what: what.into(),
                 secs: limit.as_secs(),
                 log: log.display().to_string(),
+                tail: console_tail(log),
             });
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     Ok(())
+}
+
+/// The last lines of a console log, indented under a heading ("" when there is none).
+fn console_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let last = &lines[lines.len().saturating_sub(20)..];
+    if last.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("; its last lines:");
+    for l in last {
+        out.push_str("\n  ");
+        out.push_str(l);
+    }
+    out
+}
+
+/// Another local cluster's bridge may still hold the range, its machines gone with a
+/// restarted computer or a killed session: the host would route the range there and never
+/// reach this cluster's machines. Such a leftover network is removed; one that a running
+/// machine still uses is refused, naming it.
+fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
+    let rivals = bridge.rivals()?;
+    if rivals.is_empty() {
+        return Ok(());
+    }
+    let booted = booted_namespaces();
+    for rival in rivals {
+        if !rival.name.starts_with("stb-") {
+            return Err(LocalError::RangeHeld { device: rival.name });
+        }
+        let live: Vec<String> = rival
+            .ports()?
+            .into_iter()
+            .filter_map(|(_, netns)| netns)
+            .filter(|n| booted.contains(n))
+            .collect();
+        if !live.is_empty() {
+            return Err(LocalError::RangeInUse {
+                bridge: rival.name,
+                namespaces: live.join(", "),
+            });
+        }
+        rival.delete_with_ports()?;
+    }
+    Ok(())
+}
+
+/// The network namespaces (names under /run/netns) that a running systemd-nspawn boots a
+/// machine in.
+fn booted_namespaces() -> BTreeSet<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter_map(|cmdline| {
+            let text = String::from_utf8_lossy(&cmdline).into_owned();
+            let mut args = text.split('\0');
+            let program = args.next()?;
+            if !program.ends_with("systemd-nspawn") {
+                return None;
+            }
+            args.find_map(|a| a.strip_prefix("--network-namespace-path=/run/netns/"))
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Reads the host key the machine generated and waits until sshd accepts connections.
@@ -149,6 +236,7 @@ pub fn up(
     }
     let base = BaseImage::ensure(&paths.cache)?;
     let bridge = Bridge::for_cluster(cluster);
+    free_range(&bridge)?;
     bridge.ensure()?;
     let mut machines = Vec::new();
     for h in hosts {

@@ -137,13 +137,22 @@ impl Machine {
         self.dir.join(name)
     }
 
+    /// The process recorded in `name`, if it still runs and is this machine's: a PID file
+    /// left by a computer that restarted (or a killed session) may name an unrelated process
+    /// now, which must be neither taken for the machine nor signalled.
     fn read_pid(&self, name: &str) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.pid_file(name))
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        // Both the supervisor's script and nspawn's arguments name a path under the
+        // machine's directory ("<dir>/", so that w1 is not taken for w10).
+        let dir = format!("{}/", self.dir.display());
+        String::from_utf8_lossy(&cmdline)
+            .contains(&dir)
+            .then_some(pid)
     }
 
     pub fn is_running(&self) -> bool {

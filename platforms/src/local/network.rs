@@ -59,6 +59,60 @@ impl Bridge {
         }
         Ok(())
     }
+
+    /// Removes the bridge and every link attached to it (the host ends of machines' veth
+    /// pairs).
+    pub fn delete_with_ports(&self) -> Result<(), CommandError> {
+        if !exists_link(&self.name) {
+            return Ok(());
+        }
+        for (port, netns) in self.ports()? {
+            ip(&["link", "del", &port])?;
+            if let Some(ns) = netns.filter(|n| n.starts_with("strata-")) {
+                ip(&["netns", "del", &ns])?;
+            }
+        }
+        self.delete()
+    }
+
+    /// The links attached to the bridge, each with the network namespace of its peer.
+    pub fn ports(&self) -> Result<Vec<(String, Option<String>)>, CommandError> {
+        let shown = ip(&["-o", "link", "show", "master", &self.name])?;
+        Ok(ports_of(&String::from_utf8_lossy(&shown.stdout)))
+    }
+
+    /// The other bridges on this computer that hold the local range's gateway address: the
+    /// host would route the range to whichever came first, so only one may hold it.
+    pub fn rivals(&self) -> Result<Vec<Bridge>, CommandError> {
+        let shown = ip(&["-o", "-4", "addr", "show"])?;
+        let addr = format!("{GATEWAY}/{PREFIX}");
+        let mut names: Vec<Bridge> = String::from_utf8_lossy(&shown.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == addr))
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .filter(|n| *n != self.name)
+            .map(|name| Bridge { name })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+/// Ports from `ip -o link show master BRIDGE` ("7: stv-1234@if6: <...> ... link-netns NS"):
+/// each link's name and the network namespace its peer lives in.
+fn ports_of(text: &str) -> Vec<(String, Option<String>)> {
+    text.lines()
+        .filter_map(|l| {
+            let name = l.split(':').nth(1)?.trim().split('@').next()?.to_owned();
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let netns = words
+                .iter()
+                .position(|w| *w == "link-netns")
+                .and_then(|i| words.get(i + 1))
+                .map(|n| (*n).to_owned());
+            (!name.is_empty()).then_some((name, netns))
+        })
+        .collect()
 }
 
 /// One host's network namespace, with `eth0` on the bridge.
@@ -148,5 +202,22 @@ mod tests {
         assert_ne!(a.veth, b.veth);
         assert!(Bridge::for_cluster("x").name.len() <= 15);
         assert_eq!(Bridge::for_cluster("x"), Bridge::for_cluster("x"));
+    }
+
+    #[test]
+    fn ports_come_with_their_peers_namespace() {
+        let shown = "299: stv-06077454@if298: <BROADCAST,UP> mtu 1500 master stb-5e0eb86e state UP\\    link/ether d6:07:91:cf:65:b4 brd ff:ff:ff:ff:ff:ff link-netns strata-e2e-updates-cp1\n\
+                     301: stv-87a4967a: <BROADCAST> mtu 1500 master stb-5e0eb86e\n";
+        assert_eq!(
+            ports_of(shown),
+            [
+                (
+                    "stv-06077454".to_owned(),
+                    Some("strata-e2e-updates-cp1".to_owned())
+                ),
+                ("stv-87a4967a".to_owned(), None)
+            ]
+        );
+        assert!(ports_of("").is_empty());
     }
 }
