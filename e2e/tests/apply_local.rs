@@ -898,6 +898,48 @@ fn cluster_dns_answers_pods(kubeconfig: &Path, pod: &str) {
     );
     let none = lookup(&["nothing.default.svc.cluster.local"]);
     assert!(none.contains("NXDOMAIN"), "{none}");
+
+    // Every DNS pod's /metrics (fetched from the same pod): together they counted the
+    // questions above, by type and code.
+    let ips = kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "k8s-app=kube-dns",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ],
+    );
+    let ips = String::from_utf8_lossy(&ips.stdout).into_owned();
+    let mut counted = std::collections::BTreeMap::<String, f64>::new();
+    for ip in ips.split_whitespace() {
+        let url = format!("http://{ip}:8080/metrics");
+        let o = kubectl(kubeconfig, &["exec", pod, "--", "wget", "-qO-", &url]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{url}: {text}");
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("strata_dns_queries_total{"))
+        {
+            if let Some((labels, n)) = l.rsplit_once(' ') {
+                *counted.entry(labels.to_owned()).or_default() += n.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    for labels in [
+        r#"strata_dns_queries_total{type="SRV",rcode="NOERROR",source="cluster"}"#,
+        r#"strata_dns_queries_total{type="PTR",rcode="NOERROR",source="cluster"}"#,
+        r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="cluster"}"#,
+    ] {
+        assert!(
+            counted.get(labels).is_some_and(|n| *n >= 1.0),
+            "{labels} not counted by the DNS pods at {ips}: {counted:?}"
+        );
+    }
 }
 
 /// The overlay (the strata-overlay DaemonSet that apply installed, its image imported into

@@ -222,6 +222,15 @@ pub fn dns(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         ("k8s-app".to_owned(), DNS_SERVICE.to_owned()),
         ("kubernetes.io/name".to_owned(), "strata-dns".to_owned()),
     ]);
+    // Where a Prometheus that discovers by annotation finds /metrics (as kubeadm marks
+    // CoreDNS's Service).
+    service_meta.annotations = Some(
+        [
+            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+            ("prometheus.io/port".to_owned(), "8080".to_owned()),
+        ]
+        .into(),
+    );
     let service = Service {
         metadata: service_meta,
         spec: Some(ServiceSpec {

@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
+
+use crate::metrics::Metrics;
 
 /// How long one upstream gets before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +50,7 @@ struct Entry {
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<(Name, RecordType), Entry>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -59,10 +62,11 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+    pub fn new(upstreams: Vec<SocketAddr>, metrics: Arc<Metrics>) -> Self {
         Self {
             upstreams,
             cache: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -74,8 +78,10 @@ impl Forwarder {
     pub async fn resolve(&self, name: &Name, rtype: RecordType) -> Result<Upstream, ForwardError> {
         let key = (name.to_lowercase(), rtype);
         if let Some(hit) = self.cached(&key) {
+            self.metrics.cache_hits.inc();
             return Ok(hit);
         }
+        self.metrics.cache_misses.inc();
         if self.upstreams.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
@@ -97,7 +103,10 @@ impl Forwarder {
                     self.store(key, &answer);
                     return Ok(answer);
                 }
-                Err(e) => last = format!("{up}: {e}"),
+                Err(e) => {
+                    self.metrics.upstream_failed(up);
+                    last = format!("{up}: {e}");
+                }
             }
         }
         Err(ForwardError::Failed(last))
@@ -248,4 +257,35 @@ async fn ask(up: SocketAddr, name: &Name, rtype: RecordType) -> Result<Message, 
     })
     .await
     .map_err(|_| "timed out over TCP".to_owned())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_upstream_that_fails_is_counted_and_the_next_asked() {
+        // A UDP port nobody listens on: the kernel refuses at once (no timeout to wait for).
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port");
+        let metrics = Arc::new(Metrics::default());
+        let f = Forwarder::new(vec![closed, closed], metrics.clone());
+        let name = Name::from_ascii("example.com.").expect("name");
+        let err = f
+            .resolve(&name, RecordType::A)
+            .await
+            .expect_err("no upstream answers");
+        assert!(err.to_string().contains(&closed.to_string()), "{err}");
+        let text = metrics.encode();
+        let line = format!(r#"strata_dns_upstream_errors_total{{upstream="{closed}"}} 2"#);
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+        assert!(
+            text.contains("strata_dns_forward_cache_misses_total 1"),
+            "{text}"
+        );
+    }
 }

@@ -1,25 +1,17 @@
 //! `strata-dns`: serves the cluster zone from watches on Services and Endpoints and forwards
-//! other names upstream. Ready (`/ready`) once the first full list of both kinds is in; live
-//! (`/health`) while it serves.
+//! other names upstream. Ready (`/ready`) once the first full list of each kind is in; live
+//! (`/health`) while it serves; Prometheus metrics at `/metrics`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client};
-use strata_dns::forward::Forwarder;
-use strata_dns::index::Index;
-use strata_dns::records::Zone;
-use strata_dns::server::{Handler, SharedIndex};
-use tokio::sync::Notify;
+use kube::Client;
+use strata_dns::metrics::Metrics;
+use strata_dns::serve::{Options, serve};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -44,7 +36,7 @@ struct Args {
     /// pod network); others are refused.
     #[arg(long = "recursion-for")]
     recursion_for: Vec<ipnet::IpNet>,
-    /// Where /health and /ready are served.
+    /// Where /health, /ready and /metrics are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http: SocketAddr,
 }
@@ -67,37 +59,8 @@ fn upstream(s: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, 53))
 }
 
-fn watched<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    tokio::spawn(async move {
-        let mut events = reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .boxed();
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying")
-                }
-            }
-        }
-    });
-    store
-}
-
-async fn serve_http(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<()> {
-    use axum::http::StatusCode;
+async fn serve_http(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Result<()> {
+    use axum::http::{StatusCode, header};
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -111,6 +74,21 @@ async fn serve_http(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<()> {
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "syncing\n")
                     }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
                 }
             }),
         );
@@ -137,77 +115,28 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     tracing::info!(zone = %args.zone, ?upstreams, "starting");
-    let index: SharedIndex = Arc::new(RwLock::new(Arc::new(Index::default())));
-    let handler = Handler {
-        zone: Zone {
-            name: args.zone.trim_end_matches('.').to_ascii_lowercase(),
-            reverse: args.reverse.clone(),
-        },
-        index: index.clone(),
-        forwarder: Forwarder::new(upstreams),
-        recursion_for: args.recursion_for.clone(),
-    };
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
     tokio::spawn({
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         async move {
-            if let Err(e) = serve_http(args.http, ready).await {
+            if let Err(e) = serve_http(args.http, ready, metrics).await {
                 tracing::error!(error = %format!("{e:#}"), "health endpoint stopped");
             }
         }
     });
-
     let client = Client::try_default()
         .await
         .context("connecting to the API server")?;
-    let notify = Arc::new(Notify::new());
-    let services = watched(Api::<Service>::all(client.clone()), notify.clone());
-    let endpoints = watched(Api::<Endpoints>::all(client.clone()), notify.clone());
-    let nodes = watched(Api::<Node>::all(client), notify.clone());
-    // Answers only from a full view of the cluster.
-    services
-        .wait_until_ready()
-        .await
-        .context("the Service watch")?;
-    endpoints
-        .wait_until_ready()
-        .await
-        .context("the Endpoints watch")?;
-    nodes.wait_until_ready().await.context("the Node watch")?;
-    let rebuild = |services: &Store<Service>, endpoints: &Store<Endpoints>| {
-        let s = services.state();
-        let e = endpoints.state();
-        let mut next = Index::build(s.iter().map(|x| &**x), e.iter().map(|x| &**x));
-        next.set_nodes(nodes.state().iter().map(|n| &**n));
-        let n = next.len();
-        *index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        n
-    };
-    let n = rebuild(&services, &endpoints);
-    tracing::info!(services = n, "synced");
-
-    let mut server = hickory_server::server::Server::new(handler);
-    let udp = tokio::net::UdpSocket::bind(args.listen)
-        .await
-        .with_context(|| format!("binding UDP {}", args.listen))?;
-    let tcp = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding TCP {}", args.listen))?;
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 64);
-    ready.store(true, Ordering::Relaxed);
-
-    let index_task = async {
-        loop {
-            notify.notified().await;
-            // Let a burst of changes settle into one index.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            rebuild(&services, &endpoints);
-        }
+    let options = Options {
+        zone: args.zone,
+        listen: args.listen,
+        upstreams,
+        reverse: args.reverse,
+        recursion_for: args.recursion_for,
     };
     tokio::select! {
-        () = index_task => Ok(()),
-        r = server.block_until_done() => r.context("the DNS server stopped"),
+        r = serve(client, options, ready, metrics) => r.context("serving DNS"),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

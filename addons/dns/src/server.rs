@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
@@ -14,6 +15,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 
 use crate::forward::Forwarder;
 use crate::index::Index;
+use crate::metrics::{Metrics, Source};
 use crate::records::{Answer, Data, QType, Rr, Zone};
 
 /// TTL of the cluster zone's records and of its negative answers (as CoreDNS's default).
@@ -29,6 +31,7 @@ pub struct Handler {
     pub forwarder: Forwarder,
     /// Clients that may use the forwarder besides the Nodes' own addresses (the pod network).
     pub recursion_for: Vec<ipnet::IpNet>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn qtype(t: RecordType) -> QType {
@@ -43,6 +46,36 @@ fn qtype(t: RecordType) -> QType {
         RecordType::NS => QType::Ns,
         RecordType::ANY => QType::Any,
         _ => QType::Other,
+    }
+}
+
+/// The label a question's type is counted under (a fixed set: no label per unknown type).
+fn type_label(t: QType) -> &'static str {
+    match t {
+        QType::A => "A",
+        QType::Aaaa => "AAAA",
+        QType::Srv => "SRV",
+        QType::Ptr => "PTR",
+        QType::Txt => "TXT",
+        QType::Cname => "CNAME",
+        QType::Soa => "SOA",
+        QType::Ns => "NS",
+        QType::Any => "ANY",
+        QType::Other => "other",
+    }
+}
+
+/// The label a response code is counted under, as dig names it.
+fn rcode_label(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
     }
 }
 
@@ -116,8 +149,27 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
+        let start = Instant::now();
+        let (info, qtype, source) = self.respond(request, response).await;
+        self.metrics.answered(
+            qtype.map_or("none", type_label),
+            rcode_label(info.response_code),
+            source,
+            start.elapsed().as_secs_f64(),
+        );
+        info
+    }
+}
+
+impl Handler {
+    /// Answers `request`: what was sent, the question's type and where the answer came from.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> (ResponseInfo, Option<QType>, Source) {
         // EDNS: the client's buffer size (at least 512), version 0 only.
         let mut edns = None;
         if let Some(req) = &request.edns {
@@ -153,14 +205,21 @@ impl RequestHandler for Handler {
                     ResponseCode::FormErr
                 };
                 let r = builder.build_no_records(metadata);
-                return response
+                let info = response
                     .send_response(r)
                     .await
                     .unwrap_or_else(|_| failed(request, metadata.response_code));
+                return (info, None, Source::None);
             }
         };
         let qname = query.name().to_string();
-        let answer = self.zone.answer(&index, &qname, qtype(query.query_type()));
+        let qt = qtype(query.query_type());
+        let answer = self.zone.answer(&index, &qname, qt);
+        let source = match answer {
+            Answer::NotOurs if allowed => Source::Forward,
+            Answer::NotOurs => Source::None,
+            _ => Source::Cluster,
+        };
         let soa: Vec<Record> = self.soa().into_iter().collect();
         let (answers, additionals, authority): (Vec<Record>, Vec<Record>, &[Record]) = match answer
         {
@@ -200,10 +259,11 @@ impl RequestHandler for Handler {
                             [].iter(),
                             up.additionals.iter(),
                         );
-                        return response
+                        let info = response
                             .send_response(r)
                             .await
                             .unwrap_or_else(|_| failed(request, ResponseCode::ServFail));
+                        return (info, Some(qt), source);
                     }
                     Err(e) => {
                         tracing::debug!(%qname, error = %e, "forwarding failed");
@@ -220,9 +280,10 @@ impl RequestHandler for Handler {
             authority.iter(),
             additionals.iter(),
         );
-        response
+        let info = response
             .send_response(r)
             .await
-            .unwrap_or_else(|_| failed(request, ResponseCode::ServFail))
+            .unwrap_or_else(|_| failed(request, ResponseCode::ServFail));
+        (info, Some(qt), source)
     }
 }

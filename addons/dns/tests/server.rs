@@ -3,12 +3,14 @@
 //! cache that ages TTLs, truncation without EDNS and the full answer over TCP, and recursion
 //! refused to clients outside the allowed networks.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -16,10 +18,12 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use strata_dns::forward::Forwarder;
 use strata_dns::index::{Index, Kind, Port, ServiceEntry};
+use strata_dns::metrics::Metrics;
 use strata_dns::records::Zone;
 use strata_dns::server::Handler;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
+
+use common::{question, tcp, udp, udp_from};
 
 /// The stand-in upstream: `example.com` A 192.0.2.1 (TTL 60), `big.example` 40 TXT
 /// records (more than 512 bytes), NXDOMAIN otherwise; counts the questions it gets.
@@ -85,50 +89,6 @@ async fn serve<H: RequestHandler>(handler: H) -> SocketAddr {
     addr
 }
 
-fn question(name: &str, rtype: RecordType, edns: bool) -> Message {
-    let mut m = Message::new(4242, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
-    if edns {
-        let mut e = Edns::new();
-        e.set_max_payload(1232);
-        m.set_edns(e);
-    }
-    m
-}
-
-async fn udp_from(from: IpAddr, server: SocketAddr, q: &Message) -> Message {
-    let sock = UdpSocket::bind(SocketAddr::new(from, 0))
-        .await
-        .expect("bind");
-    sock.send_to(&q.to_vec().expect("encode"), server)
-        .await
-        .expect("send");
-    let mut buf = vec![0u8; 65535];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-        .await
-        .expect("answer in time")
-        .expect("recv");
-    Message::from_vec(&buf[..n]).expect("decode")
-}
-
-async fn udp(server: SocketAddr, q: &Message) -> Message {
-    udp_from(IpAddr::V4(Ipv4Addr::LOCALHOST), server, q).await
-}
-
-async fn tcp(server: SocketAddr, q: &Message) -> Message {
-    let mut s = TcpStream::connect(server).await.expect("connect");
-    let bytes = q.to_vec().expect("encode");
-    s.write_all(&(bytes.len() as u16).to_be_bytes())
-        .await
-        .expect("len");
-    s.write_all(&bytes).await.expect("write");
-    let n = s.read_u16().await.expect("len");
-    let mut body = vec![0u8; n as usize];
-    s.read_exact(&mut body).await.expect("body");
-    Message::from_vec(&body).expect("decode")
-}
-
 fn first_a(m: &Message) -> Option<Ipv4Addr> {
     m.answers.iter().find_map(|r| match &r.data {
         RData::A(a) => Some(a.0),
@@ -140,6 +100,7 @@ fn first_a(m: &Message) -> Option<Ipv4Addr> {
 async fn serves_the_zone_and_forwards_with_a_cache() {
     let upstream = Upstream::default();
     let up = serve(upstream.clone()).await;
+    let metrics = Arc::new(Metrics::default());
     let mut index = Index::default();
     index.insert(
         "default",
@@ -159,8 +120,9 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
             reverse: vec!["10.96.0.0/12".parse().expect("net")],
         },
         index: Arc::new(RwLock::new(Arc::new(index))),
-        forwarder: Forwarder::new(vec![up]),
+        forwarder: Forwarder::new(vec![up], metrics.clone()),
         recursion_for: vec!["127.0.0.1/32".parse().expect("net")],
+        metrics: metrics.clone(),
     };
     let dns = serve(handler).await;
 
@@ -250,4 +212,28 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
     )
     .await;
     assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 1)));
+
+    // Every answer above was counted, by type, code and source; the cache's hits and misses.
+    let text = metrics.encode();
+    for line in [
+        r#"strata_dns_queries_total{type="A",rcode="NOERROR",source="cluster"} 3"#,
+        r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="cluster"} 1"#,
+        r#"strata_dns_queries_total{type="AAAA",rcode="NOERROR",source="cluster"} 1"#,
+        r#"strata_dns_queries_total{type="A",rcode="NOERROR",source="forward"} 2"#,
+        r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="forward"} 1"#,
+        r#"strata_dns_queries_total{type="TXT",rcode="NOERROR",source="forward"} 2"#,
+        r#"strata_dns_queries_total{type="A",rcode="REFUSED",source="none"} 1"#,
+        r#"strata_dns_query_duration_seconds_count{source="cluster"} 5"#,
+        "strata_dns_forward_cache_hits_total 2",
+        "strata_dns_forward_cache_misses_total 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("strata_dns_upstream_errors_total{"),
+        "{text}"
+    );
 }

@@ -23,7 +23,7 @@ use strata_update_operator::metrics::Metrics;
 use strata_update_operator::operator::Operator;
 use strata_update_operator::{drain, fleetlock, lock};
 
-use common::ApiServer;
+use common::{ApiServer, CLUSTER};
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -109,11 +109,11 @@ async fn report(agent: &Client, node: &str, st: NodeUpdateStatus) {
 async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     let t0 = std::time::Instant::now();
     let mark = |what: &str| eprintln!("{:>6.1}s {what}", t0.elapsed().as_secs_f64());
-    let s = ApiServer::start();
+    let s = ApiServer::start(CLUSTER);
     s.apply_cluster_objects();
     let admin = s.admin().await;
-    let agent_n2 = s.client(&s.agent_kubeconfig("n2")).await;
-    let agent_n3 = s.client(&s.agent_kubeconfig("n3")).await;
+    let agent_n2 = s.client(&s.kubeconfig("update-agent-n2")).await;
+    let agent_n3 = s.client(&s.kubeconfig("update-agent-n3")).await;
     for n in ["n1", "n2", "n3"] {
         make_node(&admin, n, &format!("{n}-boot-1")).await;
     }
@@ -121,7 +121,7 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
     mark("RBAC: each agent");
     // --- RBAC: each agent may read its own Node and write its own NodeUpdate's status; no
     // write on Nodes, Pods or evictions (the operator cordons and drains).
-    let kc2 = s.agent_kubeconfig("n2");
+    let kc2 = s.kubeconfig("update-agent-n2");
     let can = |args: &[&str]| {
         let mut a = vec!["auth", "can-i"];
         a.extend_from_slice(args);
