@@ -305,6 +305,20 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("kubectl (package kubernetes-client)")
 }
 
+/// Imports an OCI image archive into the containerd of each of `hosts` (`imagePullPolicy:
+/// Never` pods then run it).
+pub fn import_image(cluster: &str, hosts: &[&str], name: &str, archive: &[u8]) {
+    for host in hosts {
+        let m = Machine::new(Path::new(MACHINES), cluster, host, local_address(0));
+        std::fs::write(m.root().join(format!("var/tmp/{name}.tar")), archive).expect("copy image");
+        on_machine(
+            cluster,
+            host,
+            &format!("/opt/strata/bin/ctr -n k8s.io images import /var/tmp/{name}.tar >/dev/null"),
+        );
+    }
+}
+
 /// A shell script run inside a machine of a local cluster; its stdout.
 pub fn on_machine(cluster: &str, host: &str, script: &str) -> String {
     let m = Machine::new(Path::new(MACHINES), cluster, host, local_address(0));

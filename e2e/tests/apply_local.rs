@@ -367,14 +367,7 @@ fn images_were_pulled_from(registry: &Registry, kubeconfig: &Path) {
 
 /// Imports an image archive into w1's and w2's containerd (namespace k8s.io).
 fn import_on_workers(name: &str, archive: &[u8]) {
-    for host in ["w1", "w2"] {
-        let m = Machine::new(Path::new(MACHINES), "e2e-apply", host, local_address(0));
-        std::fs::write(m.root().join(format!("var/tmp/{name}.tar")), archive).expect("copy image");
-        on(
-            host,
-            &format!("/opt/strata/bin/ctr -n k8s.io images import /var/tmp/{name}.tar >/dev/null"),
-        );
-    }
+    strata_e2e::import_image("e2e-apply", &["w1", "w2"], name, archive);
 }
 
 /// A shell script run inside one of the cluster's machines; its stdout.
@@ -429,6 +422,7 @@ fn workload_runs_on_every_worker(kubeconfig: &Path) {
     .expect("busybox");
     for tool in [
         "sh", "sleep", "hostname", "cat", "echo", "ping", "httpd", "nc", "mkdir", "nslookup",
+        "wget",
     ] {
         spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
             .expect("link");
@@ -920,7 +914,11 @@ fn cluster_dns_answers_pods(kubeconfig: &Path, pod: &str) {
         let url = format!("http://{ip}:8080/metrics");
         let o = kubectl(kubeconfig, &["exec", pod, "--", "wget", "-qO-", &url]);
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(o.status.success(), "{url}: {text}");
+        assert!(
+            o.status.success(),
+            "{url}: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         for l in text
             .lines()
             .filter(|l| l.starts_with("strata_dns_queries_total{"))

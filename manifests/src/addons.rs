@@ -89,14 +89,32 @@ pub fn dns(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         automount_service_account_token: Some(true),
         ..ServiceAccount::default()
     };
+    let slices = crate::versions::uses(
+        crate::versions::Item::EndpointSliceV1,
+        c.spec.kubernetes.version.minor(),
+    );
+    // Endpoints from EndpointSlices where they are GA, core/v1 Endpoints before: one or the
+    // other, never both.
     let role = ClusterRole {
         metadata: meta("strata:dns"),
-        rules: Some(vec![rule(
-            &[""],
-            &["services", "endpoints", "nodes"],
-            &["list", "watch"],
-            &[],
-        )]),
+        rules: Some(if slices {
+            vec![
+                rule(&[""], &["services", "nodes"], &["list", "watch"], &[]),
+                rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["list", "watch"],
+                    &[],
+                ),
+            ]
+        } else {
+            vec![rule(
+                &[""],
+                &["services", "endpoints", "nodes"],
+                &["list", "watch"],
+                &[],
+            )]
+        }),
         ..ClusterRole::default()
     };
     let mut role_binding = binding("strata:dns", "strata:dns", "ServiceAccount", name);
@@ -119,6 +137,9 @@ pub fn dns(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
         "--recursion-for".into(),
         net.pod_cidr.net().to_string(),
     ];
+    if slices {
+        args.push("--endpoint-slices".into());
+    }
     for u in &net.dns.upstreams {
         args.push("--upstream".into());
         args.push(u.to_string());

@@ -45,6 +45,9 @@ pub enum Item {
     /// PodDisruptionBudget as `policy/v1` (GA in 1.21; `policy/v1beta1` before, removed in
     /// 1.25).
     PodDisruptionBudgetV1,
+    /// Endpoints read from `discovery.k8s.io/v1` EndpointSlices (GA in 1.21; core/v1
+    /// Endpoints, read before, are deprecated from 1.33).
+    EndpointSliceV1,
 }
 
 /// `(item, first minor, last minor)`: the item is used from `first` to `last` inclusive.
@@ -63,6 +66,7 @@ pub const TABLE: &[(Item, u32, Option<u32>)] = &[
     (Item::PodSecurityPolicy, 20, Some(24)),
     (Item::PodSecurityAdmission, 25, None),
     (Item::PodDisruptionBudgetV1, 21, None),
+    (Item::EndpointSliceV1, 21, None),
 ];
 
 /// Whether release 1.`minor` uses `item`.

@@ -356,6 +356,45 @@ fn pod_security_follows_the_version_table() {
     }
 }
 
+/// Cluster DNS per release: endpoints from EndpointSlices (argument and RBAC) from 1.21,
+/// core/v1 Endpoints before, never both; its PodDisruptionBudget as policy/v1 from 1.21.
+#[test]
+fn cluster_dns_follows_the_version_table() {
+    for minor in strata_manifests::versions::SUPPORTED_MINORS {
+        let text = THREE_HOSTS.replace("1.20.2", &format!("1.{minor}.0"));
+        let f = fixture(&text);
+        let object = |path: &str| {
+            f.rendered
+                .objects
+                .iter()
+                .find(|o| o.api_path.ends_with(path))
+                .unwrap_or_else(|| panic!("1.{minor}: no {path}"))
+                .yaml
+                .clone()
+        };
+        let role = object("/clusterroles/strata:dns");
+        let deployment = object("/deployments/strata-dns");
+        let slices = minor >= 21;
+        assert_eq!(role.contains("endpointslices"), slices, "1.{minor}: {role}");
+        assert_eq!(role.contains("- endpoints\n"), !slices, "1.{minor}: {role}");
+        assert_eq!(
+            deployment.contains("--endpoint-slices"),
+            slices,
+            "1.{minor}"
+        );
+        let pdb = object("/poddisruptionbudgets/strata-dns");
+        let version = if slices {
+            "policy/v1\n"
+        } else {
+            "policy/v1beta1\n"
+        };
+        assert!(
+            pdb.contains(&format!("apiVersion: {version}")),
+            "1.{minor}: {pdb}"
+        );
+    }
+}
+
 #[test]
 fn write_out_refuses_planted_links_and_keeps_keys_private() {
     use std::os::unix::fs::symlink;

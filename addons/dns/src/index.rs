@@ -1,11 +1,16 @@
-//! What the cluster's Services and Endpoints say, as an immutable index that queries read
-//! without locks or API requests. A new index is built from the watch stores after each
-//! change (a burst of changes makes one), and swapped in whole.
+//! What the cluster's Services and their endpoints say, as an immutable index that queries
+//! read without locks or API requests. A new index is built from the watch stores after each
+//! change (a burst of changes makes one), and swapped in whole. Endpoints come from core/v1
+//! Endpoints (Kubernetes 1.20) or discovery.k8s.io/v1 EndpointSlices (from 1.21).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{EndpointSubset, Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A port of a Service or an endpoint, as the spec names it in SRV records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +157,52 @@ impl Index {
                 ))
             })
             .collect();
+        Self::build_with(services, |ns, name, publish| {
+            endpoints
+                .get(&(ns, name))
+                .and_then(|e| e.subsets.as_ref())
+                .map(|subsets| endpoints_of(subsets, publish))
+                .unwrap_or_default()
+        })
+    }
+
+    /// The index of these Services and EndpointSlices (discovery.k8s.io/v1): a Service's
+    /// slices are those labelled with its name; FQDN slices are not addresses.
+    pub fn build_from_slices<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            let Some(ns) = slice.metadata.namespace.as_deref() else {
+                continue;
+            };
+            let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            if matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                by_service.entry((ns, service)).or_default().push(slice);
+            }
+        }
+        Self::build_with(services, |ns, name, publish| {
+            by_service
+                .get(&(ns, name))
+                .map(|slices| endpoints_of_slices(slices, publish))
+                .unwrap_or_default()
+        })
+    }
+
+    /// The index of `services`, a headless one's endpoints from `endpoints(namespace, name,
+    /// publish_not_ready)`.
+    fn build_with<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        endpoints: impl Fn(&str, &str, bool) -> Vec<Endpoint>,
+    ) -> Self {
         let mut index = Index::default();
         for s in services {
             let (Some(ns), Some(name)) =
@@ -159,7 +210,7 @@ impl Index {
             else {
                 continue;
             };
-            if let Some(entry) = entry_of(s, endpoints.get(&(ns, name)).copied()) {
+            if let Some(entry) = entry_of(s, |publish| endpoints(ns, name, publish)) {
                 index.insert(ns, name, entry);
             }
         }
@@ -179,7 +230,7 @@ fn port_of(name: Option<&str>, protocol: Option<&str>, port: i32) -> Option<Port
     })
 }
 
-fn entry_of(s: &Service, endpoints: Option<&Endpoints>) -> Option<ServiceEntry> {
+fn entry_of(s: &Service, endpoints: impl FnOnce(bool) -> Vec<Endpoint>) -> Option<ServiceEntry> {
     let spec = s.spec.as_ref()?;
     let ports: Vec<Port> = spec
         .ports
@@ -200,12 +251,8 @@ fn entry_of(s: &Service, endpoints: Option<&Endpoints>) -> Option<ServiceEntry> 
     };
     if cluster_ips.first() == Some(&"None") {
         let publish = spec.publish_not_ready_addresses == Some(true);
-        let eps = endpoints
-            .and_then(|e| e.subsets.as_ref())
-            .map(|subsets| endpoints_of(subsets, publish))
-            .unwrap_or_default();
         return Some(ServiceEntry {
-            kind: Kind::Headless(eps),
+            kind: Kind::Headless(endpoints(publish)),
             ports,
         });
     }
@@ -236,20 +283,56 @@ fn endpoints_of(subsets: &[EndpointSubset], publish_not_ready: bool) -> Vec<Endp
             .flatten()
             .filter(|_| publish_not_ready);
         for a in ready.chain(not_ready) {
-            let Ok(ip) = a.ip.parse::<IpAddr>() else {
+            add_endpoint(&mut out, &a.ip, a.hostname.as_deref(), &ports);
+        }
+    }
+    out
+}
+
+/// Adds `ip` (with `hostname`) serving `ports`; an address already listed gains the ports.
+fn add_endpoint(out: &mut Vec<Endpoint>, ip: &str, hostname: Option<&str>, ports: &[Port]) {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return;
+    };
+    let hostname = hostname.filter(|h| !h.is_empty()).map(str::to_owned);
+    match out
+        .iter_mut()
+        .find(|e| e.ip == ip && e.hostname == hostname)
+    {
+        Some(e) => {
+            for p in ports {
+                if !e.ports.contains(p) {
+                    e.ports.push(p.clone());
+                }
+            }
+        }
+        None => out.push(Endpoint {
+            ip,
+            hostname,
+            ports: ports.to_vec(),
+        }),
+    }
+}
+
+/// The endpoints of a Service's slices: ready ones (a missing condition counts as ready, as
+/// the API documents), and the others when the Service publishes them. A slice port without
+/// a number stands for every port and names none for SRV.
+fn endpoints_of_slices(slices: &[&EndpointSlice], publish_not_ready: bool) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for slice in slices {
+        let ports: Vec<Port> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| port_of(p.name.as_deref(), p.protocol.as_deref(), p.port?))
+            .collect();
+        for e in &slice.endpoints {
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready && !publish_not_ready {
                 continue;
-            };
-            let hostname = a.hostname.clone().filter(|h| !h.is_empty());
-            match out
-                .iter_mut()
-                .find(|e| e.ip == ip && e.hostname == hostname)
-            {
-                Some(e) => e.ports.extend(ports.iter().cloned()),
-                None => out.push(Endpoint {
-                    ip,
-                    hostname,
-                    ports: ports.clone(),
-                }),
+            }
+            for ip in &e.addresses {
+                add_endpoint(&mut out, ip, e.hostname.as_deref(), &ports);
             }
         }
     }

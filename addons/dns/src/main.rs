@@ -36,6 +36,10 @@ struct Args {
     /// pod network); others are refused.
     #[arg(long = "recursion-for")]
     recursion_for: Vec<ipnet::IpNet>,
+    /// Read endpoints from discovery.k8s.io/v1 EndpointSlices (Kubernetes 1.21 and later)
+    /// instead of core/v1 Endpoints.
+    #[arg(long)]
+    endpoint_slices: bool,
     /// Where /health, /ready and /metrics are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http: SocketAddr,
@@ -134,6 +138,7 @@ async fn run(args: Args) -> Result<()> {
         upstreams,
         reverse: args.reverse,
         recursion_for: args.recursion_for,
+        endpoint_slices: args.endpoint_slices,
     };
     tokio::select! {
         r = serve(client, options, ready, metrics) => r.context("serving DNS"),

@@ -1,6 +1,7 @@
-//! The running server: reflector stores on Services, Endpoints and Nodes feed the index the
-//! handler answers from (rebuilt whole, a burst of changes at a time); DNS is served over
-//! UDP and TCP only once every store holds a full list.
+//! The running server: reflector stores on Services, their endpoints (core/v1 Endpoints, or
+//! EndpointSlices from Kubernetes 1.21) and Nodes feed the index the handler answers from
+//! (rebuilt whole, a burst of changes at a time); DNS is served over UDP and TCP only once
+//! every store holds a full list.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -33,6 +35,44 @@ pub struct Options {
     pub reverse: Vec<ipnet::IpNet>,
     /// Clients that may ask for names outside the cluster besides the Nodes' addresses.
     pub recursion_for: Vec<ipnet::IpNet>,
+    /// Endpoints from discovery.k8s.io/v1 EndpointSlices (Kubernetes 1.21 and later) rather
+    /// than core/v1 Endpoints.
+    pub endpoint_slices: bool,
+}
+
+/// Where headless Services' endpoints are read from.
+enum EndpointStore {
+    Endpoints(Store<Endpoints>),
+    Slices(Store<EndpointSlice>),
+}
+
+impl EndpointStore {
+    async fn wait_until_ready(&self) -> Result<(), ServeError> {
+        match self {
+            Self::Endpoints(s) => s
+                .wait_until_ready()
+                .await
+                .map_err(|source| ServeError::Sync {
+                    kind: "Endpoints",
+                    source,
+                }),
+            Self::Slices(s) => s
+                .wait_until_ready()
+                .await
+                .map_err(|source| ServeError::Sync {
+                    kind: "EndpointSlice",
+                    source,
+                }),
+        }
+    }
+
+    fn index(&self, services: &[Arc<Service>]) -> Index {
+        let services = services.iter().map(|x| &**x);
+        match self {
+            Self::Endpoints(s) => Index::build(services, s.state().iter().map(|x| &**x)),
+            Self::Slices(s) => Index::build_from_slices(services, s.state().iter().map(|x| &**x)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,20 +145,25 @@ pub async fn serve(
     };
     let notify = Arc::new(Notify::new());
     let services = watched(Api::<Service>::all(client.clone()), notify.clone());
-    let endpoints = watched(Api::<Endpoints>::all(client.clone()), notify.clone());
+    let endpoints = if options.endpoint_slices {
+        EndpointStore::Slices(watched(
+            Api::<EndpointSlice>::all(client.clone()),
+            notify.clone(),
+        ))
+    } else {
+        EndpointStore::Endpoints(watched(
+            Api::<Endpoints>::all(client.clone()),
+            notify.clone(),
+        ))
+    };
     let nodes = watched(Api::<Node>::all(client), notify.clone());
     // Answers only from a full view of the cluster.
     let sync = |kind| move |source| ServeError::Sync { kind, source };
     services.wait_until_ready().await.map_err(sync("Service"))?;
-    endpoints
-        .wait_until_ready()
-        .await
-        .map_err(sync("Endpoints"))?;
+    endpoints.wait_until_ready().await?;
     nodes.wait_until_ready().await.map_err(sync("Node"))?;
     let rebuild = || {
-        let s = services.state();
-        let e = endpoints.state();
-        let mut next = Index::build(s.iter().map(|x| &**x), e.iter().map(|x| &**x));
+        let mut next = endpoints.index(&services.state());
         next.set_nodes(nodes.state().iter().map(|n| &**n));
         let n = next.len();
         *index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);

@@ -182,6 +182,7 @@ async fn answers_from_a_real_api_server_and_follows_its_changes() {
             "10.244.0.0/16".parse().expect("net"),
         ],
         recursion_for: Vec::new(),
+        endpoint_slices: false,
     };
     let server = tokio::spawn(serve(client, options, ready.clone(), metrics.clone()));
     let start = Instant::now();

@@ -1,9 +1,12 @@
 //! The specification as a table: questions and the answers the cluster zone gives, from real
-//! core/v1 Service and Endpoints objects (the same conversion the server's watches use).
+//! core/v1 Service objects and their endpoints, as core/v1 Endpoints (Kubernetes 1.20) and as
+//! discovery.k8s.io/v1 EndpointSlices (from 1.21): the same table for both (the same
+//! conversion the server's watches use).
 
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use strata_dns::index::Index;
 use strata_dns::records::{Answer, Data, QType, Rr, Zone};
@@ -20,8 +23,8 @@ fn endpoints(v: serde_json::Value) -> Endpoints {
 /// http/tcp and dns/udp), db (headless StatefulSet: db-0 ready with hostname, one ready pod
 /// without, one not ready), db-all (headless, publishNotReadyAddresses), empty (headless, no
 /// endpoints), ext (ExternalName).
-fn cluster() -> (Zone, Index) {
-    let services = [
+fn services() -> Vec<Service> {
+    vec![
         service(
             json!({"metadata": {"name": "kubernetes", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
@@ -40,7 +43,21 @@ fn cluster() -> (Zone, Index) {
             "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}})),
         service(json!({"metadata": {"name": "ext", "namespace": "shop"},
             "spec": {"type": "ExternalName", "externalName": "Example.COM."}})),
-    ];
+    ]
+}
+
+fn zone() -> Zone {
+    Zone {
+        name: "cluster.local".into(),
+        reverse: vec![
+            "10.96.0.0/12".parse().expect("net"),
+            "10.244.0.0/16".parse().expect("net"),
+        ],
+    }
+}
+
+/// The cluster with core/v1 Endpoints.
+fn cluster() -> (Zone, Index) {
     let subset = json!({
         "addresses": [
             {"ip": "10.244.1.5", "hostname": "db-0"},
@@ -56,14 +73,58 @@ fn cluster() -> (Zone, Index) {
         ),
         endpoints(json!({"metadata": {"name": "empty", "namespace": "shop"}, "subsets": []})),
     ];
-    let zone = Zone {
-        name: "cluster.local".into(),
-        reverse: vec![
-            "10.96.0.0/12".parse().expect("net"),
-            "10.244.0.0/16".parse().expect("net"),
-        ],
+    (zone(), Index::build(&services(), &eps))
+}
+
+fn slice(v: serde_json::Value) -> EndpointSlice {
+    serde_json::from_value(v).expect("endpoint slice")
+}
+
+/// The same cluster with EndpointSlices: db's endpoints split over two slices (one of them
+/// without conditions, which counts as ready), an FQDN slice and a slice of no Service that
+/// are not addresses of anything.
+fn cluster_from_slices() -> (Zone, Index) {
+    let meta = |name: &str, service: &str| {
+        json!({"name": name, "namespace": "shop",
+               "labels": {"kubernetes.io/service-name": service}})
     };
-    (zone, Index::build(&services, &eps))
+    let ports = json!([{"name": "pg", "port": 5432, "protocol": "TCP"}]);
+    let first = json!([{"addresses": ["10.244.1.5"], "hostname": "db-0"}]);
+    let rest = json!([
+        {"addresses": ["10.244.2.7"], "conditions": {"ready": true}},
+        {"addresses": ["10.244.2.9"], "hostname": "db-1", "conditions": {"ready": false}}
+    ]);
+    let slices = [
+        slice(
+            json!({"metadata": meta("db-a", "db"), "addressType": "IPv4",
+                     "endpoints": first, "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": meta("db-b", "db"), "addressType": "IPv4",
+                     "endpoints": rest, "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": meta("db-all-a", "db-all"), "addressType": "IPv4",
+                     "endpoints": first, "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": meta("db-all-b", "db-all"), "addressType": "IPv4",
+                     "endpoints": rest, "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": meta("empty-a", "empty"), "addressType": "IPv4",
+                     "endpoints": [], "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": meta("empty-fqdn", "empty"), "addressType": "FQDN",
+                     "endpoints": [{"addresses": ["db.example.com"]}], "ports": ports}),
+        ),
+        slice(
+            json!({"metadata": {"name": "stray", "namespace": "shop"}, "addressType": "IPv4",
+                     "endpoints": [{"addresses": ["10.244.9.9"]}]}),
+        ),
+    ];
+    (zone(), Index::build_from_slices(&services(), &slices))
 }
 
 fn rr(name: &str, data: Data) -> Rr {
@@ -108,6 +169,17 @@ fn with(v: Vec<Rr>, additionals: Vec<Rr>) -> Answer {
 #[test]
 fn the_specification_as_a_table() {
     let (zone, index) = cluster();
+    check(&zone, &index);
+}
+
+#[test]
+fn the_same_answers_from_endpoint_slices() {
+    let (zone, index) = cluster_from_slices();
+    check(&zone, &index);
+    assert!(index.reverse("10.244.9.9".parse().expect("ip")).is_empty());
+}
+
+fn check(zone: &Zone, index: &Index) {
     let k = "kubernetes.default.svc.cluster.local";
     let web = "web.shop.svc.cluster.local";
     let db = "db.shop.svc.cluster.local";
@@ -339,7 +411,7 @@ fn the_specification_as_a_table() {
     ];
     let mut wrong = Vec::new();
     for (name, qtype, want) in &table {
-        let got = zone.answer(&index, name, *qtype);
+        let got = zone.answer(index, name, *qtype);
         if &got != want {
             wrong.push(format!(
                 "{name} {qtype:?}:\n  want {want:?}\n  got  {got:?}"
