@@ -107,9 +107,16 @@ where
 {
     let (store, writer) = reflector::store();
     tokio::spawn(async move {
+        // What the index never reads is dropped before the object is stored: managed
+        // fields and annotations (kubectl's last-applied copy) are most of an object's size.
         let mut events = reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(|o| {
+                    o.meta_mut().managed_fields = None;
+                    o.meta_mut().annotations = None;
+                }),
         )
         .boxed();
         while let Some(ev) = events.next().await {
@@ -133,16 +140,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
 ) -> Result<(), ServeError> {
     let index: SharedIndex = Arc::new(RwLock::new(Arc::new(Index::default())));
-    let handler = Handler {
-        zone: Zone {
+    let handler = Handler::new(
+        Zone {
             name: options.zone.trim_end_matches('.').to_ascii_lowercase(),
             reverse: options.reverse.clone(),
         },
-        index: index.clone(),
-        forwarder: Forwarder::new(options.upstreams.clone(), metrics.clone()),
-        recursion_for: options.recursion_for.clone(),
-        metrics: metrics.clone(),
-    };
+        index.clone(),
+        Forwarder::new(options.upstreams.clone(), metrics.clone()),
+        options.recursion_for.clone(),
+        metrics.clone(),
+    );
     let notify = Arc::new(Notify::new());
     let services = watched(Api::<Service>::all(client.clone()), notify.clone());
     let endpoints = if options.endpoint_slices {
@@ -174,7 +181,6 @@ pub async fn serve(
     let n = rebuild();
     tracing::info!(services = n, "synced");
 
-    let mut server = hickory_server::server::Server::new(handler);
     let bind = |protocol| {
         move |source| ServeError::Bind {
             protocol,
@@ -188,8 +194,9 @@ pub async fn serve(
     let tcp = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(bind("TCP"))?;
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 64);
+    let handler = Arc::new(handler);
+    let udp = tokio::spawn(crate::server::serve_udp(handler.clone(), udp));
+    let tcp = tokio::spawn(crate::server::serve_tcp(handler, tcp));
     ready.store(true, Ordering::Relaxed);
 
     let index_task = async {
@@ -200,8 +207,16 @@ pub async fn serve(
             rebuild();
         }
     };
+    let stopped = |r: Result<std::io::Result<()>, tokio::task::JoinError>| {
+        ServeError::Stopped(match r {
+            Ok(Ok(())) => std::io::Error::other("the server loop ended"),
+            Ok(Err(e)) => e,
+            Err(e) => std::io::Error::other(e.to_string()),
+        })
+    };
     tokio::select! {
         () = index_task => Ok(()),
-        r = server.block_until_done() => r.map_err(|e| ServeError::Stopped(std::io::Error::other(e.to_string()))),
+        r = udp => Err(stopped(r)),
+        r = tcp => Err(stopped(r)),
     }
 }

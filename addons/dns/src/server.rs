@@ -1,17 +1,22 @@
-//! The DNS server: hickory's UDP and TCP listeners with one request handler that answers the
-//! cluster zone from the current [`Index`] (no API request on the query path) and forwards
-//! every other name upstream for clients of the cluster's networks (others are refused).
+//! The DNS server: one handler that answers the cluster zone from the current [`Index`] (no
+//! API request on the query path) and forwards every other name upstream for clients of the
+//! cluster's networks (others are refused), served over UDP and TCP by loops of its own.
+//!
+//! UDP is answered in the receiving loop itself (one buffer, no task per question); only a
+//! question that goes upstream gets a task, and at most [`MAX_FORWARDS`] at a time. Answers
+//! too big for the client's buffer (512 bytes, or its EDNS size) are truncated to the question
+//! with TC set, and the client asks again over TCP.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::forward::Forwarder;
 use crate::index::Index;
@@ -20,18 +25,26 @@ use crate::records::{Answer, Data, QType, Rr, Zone};
 
 /// TTL of the cluster zone's records and of its negative answers (as CoreDNS's default).
 pub const TTL: u32 = 5;
+/// Questions being forwarded at one time over UDP; more get SERVFAIL at once.
+pub const MAX_FORWARDS: usize = 1024;
+/// TCP connections served at one time; more are closed at once.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// A TCP connection that sends nothing for this long is closed.
+pub const TCP_IDLE: Duration = Duration::from_secs(5);
 
 /// The index the handler answers from, replaced whole when the cluster changes.
 pub type SharedIndex = Arc<RwLock<Arc<Index>>>;
 
 #[derive(Debug)]
 pub struct Handler {
-    pub zone: Zone,
-    pub index: SharedIndex,
-    pub forwarder: Forwarder,
+    zone: Zone,
+    index: SharedIndex,
+    forwarder: Forwarder,
     /// Clients that may use the forwarder besides the Nodes' own addresses (the pod network).
-    pub recursion_for: Vec<ipnet::IpNet>,
-    pub metrics: Arc<Metrics>,
+    recursion_for: Vec<ipnet::IpNet>,
+    metrics: Arc<Metrics>,
+    /// The zone's SOA record, made once (negative answers carry it).
+    soa: Option<Record>,
 }
 
 fn qtype(t: RecordType) -> QType {
@@ -83,19 +96,37 @@ fn name(s: &str) -> Option<Name> {
     Name::from_ascii(format!("{s}.")).ok()
 }
 
+/// The SOA record of `zone`.
+fn soa_record(zone: &Zone) -> Option<Record> {
+    let soa = SOA::new(
+        name(&zone.ns())?,
+        name(&format!("hostmaster.{}", zone.name))?,
+        1,
+        7200,
+        1800,
+        86400,
+        TTL,
+    );
+    Some(Record::from_rdata(name(&zone.name)?, TTL, RData::SOA(soa)))
+}
+
 impl Handler {
-    fn soa(&self) -> Option<Record> {
-        let zone = name(&self.zone.name)?;
-        let soa = SOA::new(
-            name(&self.zone.ns())?,
-            name(&format!("hostmaster.{}", self.zone.name))?,
-            1,
-            7200,
-            1800,
-            86400,
-            TTL,
-        );
-        Some(Record::from_rdata(zone, TTL, RData::SOA(soa)))
+    pub fn new(
+        zone: Zone,
+        index: SharedIndex,
+        forwarder: Forwarder,
+        recursion_for: Vec<ipnet::IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let soa = soa_record(&zone);
+        Self {
+            zone,
+            index,
+            forwarder,
+            recursion_for,
+            metrics,
+            soa,
+        }
     }
 
     fn record(&self, rr: &Rr) -> Option<Record> {
@@ -111,7 +142,7 @@ impl Handler {
             Data::Cname(t) => RData::CNAME(CNAME(name(t)?)),
             Data::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
             Data::Ns(t) => RData::NS(NS(name(t)?)),
-            Data::Soa => return self.soa(),
+            Data::Soa => return self.soa.clone(),
         };
         Some(Record::from_rdata(name(&rr.name)?, TTL, data))
     }
@@ -131,159 +162,285 @@ impl Handler {
     }
 }
 
-fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
-    let mut metadata = Metadata::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    metadata.response_code = code;
-    ResponseInfo::from(Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    })
+/// A question the zone does not hold, to be asked upstream: the response so far (header,
+/// question, EDNS) and what to ask.
+#[derive(Debug)]
+pub struct Pending {
+    response: Message,
+    name: Name,
+    rtype: RecordType,
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> ResponseInfo {
-        let start = Instant::now();
-        let (info, qtype, source) = self.respond(request, response).await;
-        self.metrics.answered(
-            qtype.map_or("none", type_label),
-            rcode_label(info.response_code),
-            source,
-            start.elapsed().as_secs_f64(),
-        );
-        info
-    }
+/// What the handler made of a request.
+#[derive(Debug)]
+pub enum Step {
+    /// The response, complete.
+    Done(Message),
+    /// The name must be asked upstream first ([`Handler::forward`]).
+    Forward(Pending),
+}
+
+/// What a request is counted as in the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    pub qtype: Option<QType>,
+    pub source: Source,
 }
 
 impl Handler {
-    /// Answers `request`: what was sent, the question's type and where the answer came from.
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> (ResponseInfo, Option<QType>, Source) {
+    /// Answers `request` from `client` when the zone holds the answer (or the request is
+    /// refused or malformed); otherwise says what to forward.
+    pub fn answer(&self, client: IpAddr, request: &Message) -> (Step, Counted) {
+        let mut response = Message::new(
+            request.metadata.id,
+            MessageType::Response,
+            request.metadata.op_code,
+        );
+        response.metadata = Metadata::response_from_request(&request.metadata);
+        response.queries = request.queries.clone();
         // EDNS: the client's buffer size (at least 512), version 0 only.
-        let mut edns = None;
+        let mut bad_version = false;
         if let Some(req) = &request.edns {
             let mut e = Edns::new();
             e.set_max_payload(req.max_payload().max(512));
             e.set_version(0);
             e.set_dnssec_ok(req.flags().dnssec_ok);
-            edns = Some((e, req.version() > 0));
+            response.set_edns(e);
+            bad_version = req.version() > 0;
         }
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some((e, _)) = &edns {
-            builder.edns(e);
-        }
-        let mut metadata = Metadata::response_from_request(&request.metadata);
         let index = self.index();
-        let allowed = self.may_recurse(&index, request.src().ip());
-        metadata.recursion_available = allowed;
-        let bad_version = edns.as_ref().is_some_and(|(_, bad)| *bad);
-        let query = match request.request_info() {
-            Ok(info)
-                if request.metadata.message_type == MessageType::Query
-                    && request.metadata.op_code == OpCode::Query
-                    && !bad_version =>
-            {
-                info.query
-            }
+        let allowed = self.may_recurse(&index, client);
+        response.metadata.recursion_available = allowed;
+        let none = Counted {
+            qtype: None,
+            source: Source::None,
+        };
+        let query = match request.queries.as_slice() {
+            [q] if request.metadata.op_code == OpCode::Query && !bad_version => q,
             _ => {
-                metadata.response_code = if bad_version {
+                response.metadata.response_code = if bad_version {
                     ResponseCode::BADVERS
                 } else if request.metadata.op_code != OpCode::Query {
                     ResponseCode::NotImp
                 } else {
                     ResponseCode::FormErr
                 };
-                let r = builder.build_no_records(metadata);
-                let info = response
-                    .send_response(r)
-                    .await
-                    .unwrap_or_else(|_| failed(request, metadata.response_code));
-                return (info, None, Source::None);
+                return (Step::Done(response), none);
             }
         };
-        let qname = query.name().to_string();
         let qt = qtype(query.query_type());
-        let answer = self.zone.answer(&index, &qname, qt);
-        let source = match answer {
-            Answer::NotOurs if allowed => Source::Forward,
-            Answer::NotOurs => Source::None,
-            _ => Source::Cluster,
+        let qname = query.name().to_string();
+        let counted = |source| Counted {
+            qtype: Some(qt),
+            source,
         };
-        let soa: Vec<Record> = self.soa().into_iter().collect();
-        let (answers, additionals, authority): (Vec<Record>, Vec<Record>, &[Record]) = match answer
-        {
+        match self.zone.answer(&index, &qname, qt) {
             Answer::Records {
                 answers,
                 additionals,
             } => {
-                metadata.authoritative = true;
-                (
-                    answers.iter().filter_map(|r| self.record(r)).collect(),
-                    additionals.iter().filter_map(|r| self.record(r)).collect(),
-                    &[],
-                )
+                response.metadata.authoritative = true;
+                response.answers = answers.iter().filter_map(|r| self.record(r)).collect();
+                response.additionals = additionals.iter().filter_map(|r| self.record(r)).collect();
             }
             Answer::NoData => {
-                metadata.authoritative = true;
-                (Vec::new(), Vec::new(), &soa)
+                response.metadata.authoritative = true;
+                response.authorities = self.soa.iter().cloned().collect();
             }
             Answer::NxDomain => {
-                metadata.authoritative = true;
-                metadata.response_code = ResponseCode::NXDomain;
-                (Vec::new(), Vec::new(), &soa)
+                response.metadata.authoritative = true;
+                response.metadata.response_code = ResponseCode::NXDomain;
+                response.authorities = self.soa.iter().cloned().collect();
             }
             Answer::NotOurs if !allowed => {
-                metadata.response_code = ResponseCode::Refused;
-                (Vec::new(), Vec::new(), &[])
+                response.metadata.response_code = ResponseCode::Refused;
+                return (Step::Done(response), counted(Source::None));
             }
             Answer::NotOurs => {
-                let asked = query.original().name().clone();
-                match self.forwarder.resolve(&asked, query.query_type()).await {
-                    Ok(up) => {
-                        metadata.response_code = up.response_code;
-                        let r = builder.build(
-                            metadata,
-                            up.answers.iter(),
-                            up.authorities.iter(),
-                            [].iter(),
-                            up.additionals.iter(),
-                        );
-                        let info = response
-                            .send_response(r)
-                            .await
-                            .unwrap_or_else(|_| failed(request, ResponseCode::ServFail));
-                        return (info, Some(qt), source);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%qname, error = %e, "forwarding failed");
-                        metadata.response_code = ResponseCode::ServFail;
-                        (Vec::new(), Vec::new(), &[])
-                    }
-                }
+                let pending = Pending {
+                    response,
+                    name: query.name().clone(),
+                    rtype: query.query_type(),
+                };
+                return (Step::Forward(pending), counted(Source::Forward));
+            }
+        }
+        (Step::Done(response), counted(Source::Cluster))
+    }
+
+    /// Completes a response with the upstream's answer (SERVFAIL when none answers).
+    pub async fn forward(&self, pending: Pending) -> Message {
+        let Pending {
+            mut response,
+            name,
+            rtype,
+        } = pending;
+        match self.forwarder.resolve(&name, rtype).await {
+            Ok(up) => {
+                response.metadata.response_code = up.response_code;
+                response.answers = up.answers;
+                response.authorities = up.authorities;
+                response.additionals = up.additionals;
+            }
+            Err(e) => {
+                tracing::debug!(%name, error = %e, "forwarding failed");
+                response.metadata.response_code = ResponseCode::ServFail;
+            }
+        }
+        response
+    }
+
+    /// Counts one answered request.
+    fn count(&self, response: &Message, counted: Counted, start: Instant) {
+        self.metrics.answered(
+            counted.qtype.map_or("none", type_label),
+            rcode_label(response.metadata.response_code),
+            counted.source,
+            start.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+/// The biggest UDP answer `request` takes: its EDNS buffer size, or 512 bytes without EDNS.
+fn udp_limit(request: &Message) -> usize {
+    request
+        .edns
+        .as_ref()
+        .map_or(512, |e| usize::from(e.max_payload().max(512)))
+}
+
+/// `response` as bytes of at most `limit`: when the whole does not fit, the header and the
+/// question with TC set (the client asks again over TCP); SERVFAIL if it cannot be encoded.
+pub fn encode(response: &Message, limit: usize) -> Vec<u8> {
+    if let Ok(bytes) = response.to_vec()
+        && bytes.len() <= limit
+    {
+        return bytes;
+    }
+    let mut short = Message::new(
+        response.metadata.id,
+        MessageType::Response,
+        response.metadata.op_code,
+    );
+    short.metadata = response.metadata;
+    short.queries = response.queries.clone();
+    short.edns = response.edns.clone();
+    if response.to_vec().is_ok() {
+        short.metadata.truncation = true;
+    } else {
+        short.metadata.response_code = ResponseCode::ServFail;
+    }
+    short.to_vec().unwrap_or_default()
+}
+
+/// Serves DNS over UDP on `socket` until it fails.
+pub async fn serve_udp(handler: Arc<Handler>, socket: UdpSocket) -> std::io::Result<()> {
+    let socket = Arc::new(socket);
+    let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A datagram-level error (an ICMP report, say) says nothing about the socket.
+                tracing::debug!(error = %e, "receiving over UDP");
+                continue;
             }
         };
-        let r = builder.build(
-            metadata,
-            answers.iter(),
-            [].iter(),
-            authority.iter(),
-            additionals.iter(),
-        );
-        let info = response
-            .send_response(r)
+        let start = Instant::now();
+        // Not a DNS message, or a response: no answer (never a loop between servers).
+        let Ok(request) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if request.metadata.message_type != MessageType::Query {
+            continue;
+        }
+        let limit = udp_limit(&request);
+        match handler.answer(client.ip(), &request) {
+            (Step::Done(response), counted) => {
+                send_udp(&socket, &encode(&response, limit), client).await;
+                handler.count(&response, counted, start);
+            }
+            (Step::Forward(pending), counted) => {
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    let mut response = pending.response;
+                    response.metadata.response_code = ResponseCode::ServFail;
+                    send_udp(&socket, &encode(&response, limit), client).await;
+                    handler.count(&response, counted, start);
+                    continue;
+                };
+                let (handler, socket) = (handler.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let response = handler.forward(pending).await;
+                    send_udp(&socket, &encode(&response, limit), client).await;
+                    handler.count(&response, counted, start);
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+async fn send_udp(socket: &UdpSocket, bytes: &[u8], client: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, client).await {
+        tracing::debug!(%client, error = %e, "answering over UDP");
+    }
+}
+
+/// Serves DNS over TCP on `listener` (RFC 7766: several questions per connection, in turn)
+/// until it fails.
+pub async fn serve_tcp(handler: Arc<Handler>, listener: TcpListener) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "accepting over TCP");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_connection(&handler, stream, client).await {
+                tracing::debug!(%client, error = %e, "TCP connection");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(
+    handler: &Handler,
+    mut stream: TcpStream,
+    client: SocketAddr,
+) -> std::io::Result<()> {
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
+            return Ok(());
+        };
+        let mut body = vec![0u8; usize::from(len)];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut body))
             .await
-            .unwrap_or_else(|_| failed(request, ResponseCode::ServFail));
-        (info, Some(qt), source)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let start = Instant::now();
+        let request = match Message::from_vec(&body) {
+            Ok(r) if r.metadata.message_type == MessageType::Query => r,
+            _ => return Ok(()),
+        };
+        let (response, counted) = match handler.answer(client.ip(), &request) {
+            (Step::Done(r), c) => (r, c),
+            (Step::Forward(p), c) => (handler.forward(p).await, c),
+        };
+        let bytes = encode(&response, usize::from(u16::MAX));
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).await?;
+        handler.count(&response, counted, start);
     }
 }

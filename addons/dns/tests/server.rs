@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -89,6 +89,17 @@ async fn serve<H: RequestHandler>(handler: H) -> SocketAddr {
     addr
 }
 
+/// strata-dns's own UDP and TCP loops on one loopback port.
+async fn serve_strata(handler: Handler) -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let addr = udp.local_addr().expect("addr");
+    let tcp = TcpListener::bind(addr).await.expect("tcp");
+    let handler = Arc::new(handler);
+    tokio::spawn(strata_dns::server::serve_udp(handler.clone(), udp));
+    tokio::spawn(strata_dns::server::serve_tcp(handler, tcp));
+    addr
+}
+
 fn first_a(m: &Message) -> Option<Ipv4Addr> {
     m.answers.iter().find_map(|r| match &r.data {
         RData::A(a) => Some(a.0),
@@ -114,17 +125,17 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
             }],
         },
     );
-    let handler = Handler {
-        zone: Zone {
+    let handler = Handler::new(
+        Zone {
             name: "cluster.local".into(),
             reverse: vec!["10.96.0.0/12".parse().expect("net")],
         },
-        index: Arc::new(RwLock::new(Arc::new(index))),
-        forwarder: Forwarder::new(vec![up], metrics.clone()),
-        recursion_for: vec!["127.0.0.1/32".parse().expect("net")],
-        metrics: metrics.clone(),
-    };
-    let dns = serve(handler).await;
+        Arc::new(RwLock::new(Arc::new(index))),
+        Forwarder::new(vec![up], metrics.clone()),
+        vec!["127.0.0.1/32".parse().expect("net")],
+        metrics.clone(),
+    );
+    let dns = serve_strata(handler).await;
 
     // The cluster zone, over UDP and TCP, authoritative.
     let q = question("kubernetes.default.svc.cluster.local.", RecordType::A, true);
@@ -212,6 +223,47 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
     )
     .await;
     assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 96, 0, 1)));
+
+    // Not a standard query: NOTIMP; a response: no answer at all (no loops between servers).
+    let mut status = question(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    );
+    status.metadata.op_code = OpCode::Status;
+    let m = udp(dns, &status).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    let mut reply = question(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    );
+    reply.metadata.message_type = MessageType::Response;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.send_to(&reply.to_vec().expect("encode"), dns)
+        .await
+        .expect("send");
+    let mut buf = [0u8; 512];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a response is never answered"
+    );
+    // Two questions in one message: FORMERR.
+    let mut two = question(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    );
+    two.add_query(Query::query(
+        Name::from_ascii("web.default.svc.cluster.local.").expect("name"),
+        RecordType::A,
+    ));
+    assert_eq!(
+        udp(dns, &two).await.metadata.response_code,
+        ResponseCode::FormErr
+    );
 
     // Every answer above was counted, by type, code and source; the cache's hits and misses.
     let text = metrics.encode();

@@ -143,6 +143,12 @@ impl ApiServer {
         s
     }
 
+    /// The process ids of etcd and the API server (a benchmark pauses them while it
+    /// measures something else).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
