@@ -103,6 +103,8 @@ impl LocalCluster {
 
         let base = BaseImage::ensure(Path::new(CACHE)).expect("base image");
         let bridge = Bridge::for_cluster(cluster.name());
+        // A dead cluster's bridge would keep the range's route (as `strata local up` sees to).
+        strata_platforms::local::cluster::free_range(&bridge).expect("the local range");
         bridge.ensure().expect("bridge");
         let bin = assets_bin();
         let mut machines = Vec::new();

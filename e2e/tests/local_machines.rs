@@ -152,6 +152,8 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
         machines: dir.path().join("machines"),
         ..Paths::default()
     };
+    // Declared after `dir`, dropped before it: the machines go before their directory.
+    let _down = Down(&paths);
     let old = [LocalHost {
         name: "o1".into(),
         address: local_address(0),
@@ -183,14 +185,28 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
         !cluster::running("e2e-old", "o1", &paths)
     })
     .expect("o1 stops");
+    // The kernel ends the machine's other processes once its init is gone.
+    wait_for(
+        "no process left in o1's namespace",
+        Duration::from_secs(30),
+        || {
+            Command::new("ip")
+                .args(["netns", "pids", "strata-e2e-old-o1"])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+        },
+    )
+    .expect("o1's processes end");
     assert!(link_exists(&Bridge::for_cluster("e2e-old").name));
 
     let up = cluster::up("e2e-new", &new, &public, &paths).expect("up e2e-new");
     assert_eq!(up[0].address, new[0].address, "n1 answered SSH");
+    let dead = strata_platforms::local::HostNetwork::new("e2e-old", "o1", old[0].address);
     assert!(
         !link_exists(&Bridge::for_cluster("e2e-old").name),
         "the dead cluster's bridge was removed"
     );
+    assert!(!Path::new(&dead.netns_path()).exists(), "and its namespace");
 
     assert_eq!(cluster::down("e2e-new", &paths).expect("down new"), ["n1"]);
     assert_eq!(cluster::down("e2e-old", &paths).expect("down old"), ["o1"]);
@@ -203,6 +219,17 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
         !listed.contains("e2e-old") && !listed.contains("e2e-new"),
         "{listed}"
     );
+}
+
+/// Removes both clusters' machines when dropped (also when the test panics).
+struct Down<'a>(&'a Paths);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        for c in ["e2e-new", "e2e-old"] {
+            let _ = cluster::down(c, self.0);
+        }
+    }
 }
 
 fn kill(pid: &str) {

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::forward::Forwarder;
 use crate::index::Index;
@@ -95,7 +96,7 @@ pub enum ServeError {
 }
 
 /// A store kept current by a watch on `api`; `notify` hears of every change.
-fn watched<K>(api: Api<K>, notify: Arc<Notify>) -> Store<K>
+fn watched<K>(api: Api<K>, notify: Arc<Notify>, tasks: &mut JoinSet<()>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -106,7 +107,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         // What the index never reads is dropped before the object is stored: managed
         // fields and annotations (kubectl's last-applied copy) are most of an object's size.
         let mut events = reflector(
@@ -151,19 +152,27 @@ pub async fn serve(
         metrics.clone(),
     );
     let notify = Arc::new(Notify::new());
-    let services = watched(Api::<Service>::all(client.clone()), notify.clone());
+    // Every task of the server ends with it (a JoinSet aborts its tasks when dropped).
+    let mut watches = JoinSet::new();
+    let services = watched(
+        Api::<Service>::all(client.clone()),
+        notify.clone(),
+        &mut watches,
+    );
     let endpoints = if options.endpoint_slices {
         EndpointStore::Slices(watched(
             Api::<EndpointSlice>::all(client.clone()),
             notify.clone(),
+            &mut watches,
         ))
     } else {
         EndpointStore::Endpoints(watched(
             Api::<Endpoints>::all(client.clone()),
             notify.clone(),
+            &mut watches,
         ))
     };
-    let nodes = watched(Api::<Node>::all(client), notify.clone());
+    let nodes = watched(Api::<Node>::all(client), notify.clone(), &mut watches);
     // Answers only from a full view of the cluster.
     let sync = |kind| move |source| ServeError::Sync { kind, source };
     services.wait_until_ready().await.map_err(sync("Service"))?;
@@ -195,8 +204,9 @@ pub async fn serve(
         .await
         .map_err(bind("TCP"))?;
     let handler = Arc::new(handler);
-    let udp = tokio::spawn(crate::server::serve_udp(handler.clone(), udp));
-    let tcp = tokio::spawn(crate::server::serve_tcp(handler, tcp));
+    let mut servers = JoinSet::new();
+    servers.spawn(crate::server::serve_udp(handler.clone(), udp));
+    servers.spawn(crate::server::serve_tcp(handler, tcp));
     ready.store(true, Ordering::Relaxed);
 
     let index_task = async {
@@ -207,16 +217,12 @@ pub async fn serve(
             rebuild();
         }
     };
-    let stopped = |r: Result<std::io::Result<()>, tokio::task::JoinError>| {
-        ServeError::Stopped(match r {
-            Ok(Ok(())) => std::io::Error::other("the server loop ended"),
-            Ok(Err(e)) => e,
-            Err(e) => std::io::Error::other(e.to_string()),
-        })
-    };
     tokio::select! {
         () = index_task => Ok(()),
-        r = udp => Err(stopped(r)),
-        r = tcp => Err(stopped(r)),
+        r = servers.join_next() => Err(ServeError::Stopped(match r {
+            Some(Ok(Err(e))) => e,
+            Some(Err(e)) => std::io::Error::other(e.to_string()),
+            Some(Ok(Ok(()))) | None => std::io::Error::other("the server loop ended"),
+        })),
     }
 }

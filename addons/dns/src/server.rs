@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -25,6 +25,9 @@ use crate::records::{Answer, Data, QType, Rr, Zone};
 
 /// TTL of the cluster zone's records and of its negative answers (as CoreDNS's default).
 pub const TTL: u32 = 5;
+/// The biggest UDP answer sent, whatever buffer a client announces (the size DNS Flag Day
+/// 2020 settled on: no fragmentation, little amplification); also what the server announces.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Questions being forwarded at one time over UDP; more get SERVFAIL at once.
 pub const MAX_FORWARDS: usize = 1024;
 /// TCP connections served at one time; more are closed at once.
@@ -198,11 +201,11 @@ impl Handler {
         );
         response.metadata = Metadata::response_from_request(&request.metadata);
         response.queries = request.queries.clone();
-        // EDNS: the client's buffer size (at least 512), version 0 only.
+        // EDNS: version 0 only; the server's own buffer size announced.
         let mut bad_version = false;
         if let Some(req) = &request.edns {
             let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
+            e.set_max_payload(MAX_UDP_PAYLOAD);
             e.set_version(0);
             e.set_dnssec_ok(req.flags().dnssec_ok);
             response.set_edns(e);
@@ -228,6 +231,13 @@ impl Handler {
                 return (Step::Done(response), none);
             }
         };
+        // The cluster zone is class IN; zone transfers are not served (nor forwarded).
+        if query.query_class() != DNSClass::IN
+            || matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
+        {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return (Step::Done(response), none);
+        }
         let qt = qtype(query.query_type());
         let qname = query.name().to_string();
         let counted = |source| Counted {
@@ -301,12 +311,30 @@ impl Handler {
     }
 }
 
-/// The biggest UDP answer `request` takes: its EDNS buffer size, or 512 bytes without EDNS.
+/// The biggest UDP answer `request` takes: its EDNS buffer size within 512 and
+/// [`MAX_UDP_PAYLOAD`], or 512 bytes without EDNS.
 fn udp_limit(request: &Message) -> usize {
-    request
-        .edns
-        .as_ref()
-        .map_or(512, |e| usize::from(e.max_payload().max(512)))
+    request.edns.as_ref().map_or(512, |e| {
+        usize::from(e.max_payload().clamp(512, MAX_UDP_PAYLOAD))
+    })
+}
+
+/// FORMERR for a datagram that is a query by its header but cannot be read as a whole (RFC
+/// 6891 §6.1.1: two OPT records, say): the header's id and opcode, nothing else. None for
+/// anything shorter than a header or that is a response.
+fn format_error(datagram: &[u8]) -> Option<Vec<u8>> {
+    let header: [u8; 4] = datagram.get(..4)?.try_into().ok()?;
+    if datagram.len() < 12 || header[2] & 0x80 != 0 {
+        return None;
+    }
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    let mut m = Message::new(
+        id,
+        MessageType::Response,
+        OpCode::from_u8((header[2] >> 3) & 0x0f),
+    );
+    m.metadata.response_code = ResponseCode::FormErr;
+    m.to_vec().ok()
 }
 
 /// `response` as bytes of at most `limit`: when the whole does not fit, the header and the
@@ -333,7 +361,7 @@ pub fn encode(response: &Message, limit: usize) -> Vec<u8> {
     short.to_vec().unwrap_or_default()
 }
 
-/// Serves DNS over UDP on `socket` until it fails.
+/// Serves DNS over UDP on `socket`; returns only when the socket fails.
 pub async fn serve_udp(handler: Arc<Handler>, socket: UdpSocket) -> std::io::Result<()> {
     let socket = Arc::new(socket);
     let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
@@ -341,15 +369,16 @@ pub async fn serve_udp(handler: Arc<Handler>, socket: UdpSocket) -> std::io::Res
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
-            Err(e) => {
-                // A datagram-level error (an ICMP report, say) says nothing about the socket.
-                tracing::debug!(error = %e, "receiving over UDP");
-                continue;
-            }
+            // A datagram-level error (an ICMP report, say) says nothing about the socket.
+            Err(e) if transient(&e) => continue,
+            Err(e) => return Err(e),
         };
         let start = Instant::now();
         // Not a DNS message, or a response: no answer (never a loop between servers).
         let Ok(request) = Message::from_vec(&buf[..n]) else {
+            if let Some(bytes) = format_error(&buf[..n]) {
+                send_udp(&socket, &bytes, client).await;
+            }
             continue;
         };
         if request.metadata.message_type != MessageType::Query {
@@ -381,24 +410,36 @@ pub async fn serve_udp(handler: Arc<Handler>, socket: UdpSocket) -> std::io::Res
     }
 }
 
+/// Errors of one datagram or one connection, after which the socket still works.
+fn transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{
+        ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted, WouldBlock,
+    };
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | ConnectionAborted | Interrupted | WouldBlock
+    ) || e.raw_os_error() == Some(24) // EMFILE: too many open files, for a moment
+}
+
 async fn send_udp(socket: &UdpSocket, bytes: &[u8], client: SocketAddr) {
     if let Err(e) = socket.send_to(bytes, client).await {
         tracing::debug!(%client, error = %e, "answering over UDP");
     }
 }
 
-/// Serves DNS over TCP on `listener` (RFC 7766: several questions per connection, in turn)
-/// until it fails.
+/// Serves DNS over TCP on `listener` (RFC 7766: several questions per connection, in turn);
+/// returns only when the listener fails.
 pub async fn serve_tcp(handler: Arc<Handler>, listener: TcpListener) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(c) => c,
-            Err(e) => {
+            Err(e) if transient(&e) => {
                 tracing::debug!(error = %e, "accepting over TCP");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            Err(e) => return Err(e),
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
@@ -440,7 +481,10 @@ async fn tcp_connection(
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&bytes);
-        stream.write_all(&framed).await?;
+        // A client that does not read its answers loses its connection.
+        tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         handler.count(&response, counted, start);
     }
 }

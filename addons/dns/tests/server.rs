@@ -23,7 +23,7 @@ use strata_dns::records::Zone;
 use strata_dns::server::Handler;
 use tokio::net::{TcpListener, UdpSocket};
 
-use common::{question, tcp, udp, udp_from};
+use common::{question, tcp, tcp_many, udp, udp_from};
 
 /// The stand-in upstream: `example.com` A 192.0.2.1 (TTL 60), `big.example` 40 TXT
 /// records (more than 512 bytes), NXDOMAIN otherwise; counts the questions it gets.
@@ -198,10 +198,20 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
     let m = udp(dns, &question("missing.example.", RecordType::A, true)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
 
-    // A big answer: truncated over UDP without EDNS (512 bytes), whole over TCP.
+    // A big answer: truncated over UDP without EDNS (512 bytes) and with a 4096-byte EDNS
+    // buffer (the server sends at most 1232), the question alone; whole over TCP.
     let q = question("big.example.", RecordType::TXT, false);
     let m = udp(dns, &q).await;
     assert!(m.metadata.truncation, "TC set");
+    assert!(m.answers.is_empty() && m.queries.len() == 1);
+    assert!(m.to_vec().expect("encode").len() <= 512);
+    let mut big = question("big.example.", RecordType::TXT, true);
+    if let Some(e) = big.edns.as_mut() {
+        e.set_max_payload(4096);
+    }
+    let m = udp(dns, &big).await;
+    assert!(m.metadata.truncation, "TC set above 1232 bytes");
+    assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
     let m = tcp(dns, &q).await;
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 40);
@@ -264,19 +274,83 @@ async fn serves_the_zone_and_forwards_with_a_cache() {
         udp(dns, &two).await.metadata.response_code,
         ResponseCode::FormErr
     );
+    // A header and then bytes that are no question: FORMERR with the request's id.
+    let mut garbage = question(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    )
+    .to_vec()
+    .expect("encode");
+    garbage.truncate(16);
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.send_to(&garbage, dns).await.expect("send");
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("recv");
+    let m = Message::from_vec(&buf[..n]).expect("decode");
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (4242, ResponseCode::FormErr)
+    );
+    // EDNS version 1: BADVERS. Class CH, and zone transfers: NOTIMP.
+    let mut v1 = question("kubernetes.default.svc.cluster.local.", RecordType::A, true);
+    if let Some(e) = v1.edns.as_mut() {
+        e.set_version(1);
+    }
+    // 16 is BADVERS in an answer with OPT (hickory names the shared code BADSIG).
+    assert_eq!(u16::from(udp(dns, &v1).await.metadata.response_code), 16);
+    let mut chaos = question("version.bind.", RecordType::TXT, false);
+    chaos.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    assert_eq!(
+        udp(dns, &chaos).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
+    let axfr = question("cluster.local.", RecordType::AXFR, false);
+    assert_eq!(
+        tcp(dns, &axfr).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
+    // Several questions on one TCP connection, answered in turn.
+    let answers = tcp_many(
+        dns,
+        &[
+            question("kubernetes.default.svc.cluster.local.", RecordType::A, true),
+            question("nothing.default.svc.cluster.local.", RecordType::A, true),
+            question(
+                "kubernetes.default.svc.cluster.local.",
+                RecordType::AAAA,
+                true,
+            ),
+        ],
+    )
+    .await;
+    let codes: Vec<ResponseCode> = answers.iter().map(|m| m.metadata.response_code).collect();
+    assert_eq!(
+        codes,
+        [
+            ResponseCode::NoError,
+            ResponseCode::NXDomain,
+            ResponseCode::NoError
+        ]
+    );
+    assert_eq!(first_a(&answers[0]), Some(Ipv4Addr::new(10, 96, 0, 1)));
 
     // Every answer above was counted, by type, code and source; the cache's hits and misses.
     let text = metrics.encode();
     for line in [
-        r#"strata_dns_queries_total{type="A",rcode="NOERROR",source="cluster"} 3"#,
-        r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="cluster"} 1"#,
-        r#"strata_dns_queries_total{type="AAAA",rcode="NOERROR",source="cluster"} 1"#,
+        r#"strata_dns_queries_total{type="A",rcode="NOERROR",source="cluster"} 4"#,
+        r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="cluster"} 2"#,
+        r#"strata_dns_queries_total{type="AAAA",rcode="NOERROR",source="cluster"} 2"#,
         r#"strata_dns_queries_total{type="A",rcode="NOERROR",source="forward"} 2"#,
         r#"strata_dns_queries_total{type="A",rcode="NXDOMAIN",source="forward"} 1"#,
-        r#"strata_dns_queries_total{type="TXT",rcode="NOERROR",source="forward"} 2"#,
+        r#"strata_dns_queries_total{type="TXT",rcode="NOERROR",source="forward"} 3"#,
         r#"strata_dns_queries_total{type="A",rcode="REFUSED",source="none"} 1"#,
-        r#"strata_dns_query_duration_seconds_count{source="cluster"} 5"#,
-        "strata_dns_forward_cache_hits_total 2",
+        r#"strata_dns_queries_total{type="none",rcode="BADVERS",source="none"} 1"#,
+        r#"strata_dns_queries_total{type="none",rcode="NOTIMP",source="none"} 3"#,
+        r#"strata_dns_query_duration_seconds_count{source="cluster"} 8"#,
+        "strata_dns_forward_cache_hits_total 3",
         "strata_dns_forward_cache_misses_total 3",
     ] {
         assert!(

@@ -99,8 +99,15 @@ impl ApiServer {
             ],
         );
         let pki = |f: &str| state.root.join("pki").join(f).display().to_string();
+        // Owned (killed on drop) before anything else can fail.
+        let mut s = Self {
+            state: state.clone(),
+            cluster,
+            children: vec![etcd],
+            dir,
+        };
         let apiserver = spawn(
-            dir.path(),
+            s.dir.path(),
             "kube-apiserver",
             &bin.join("kube-apiserver"),
             &[
@@ -118,15 +125,10 @@ impl ApiServer {
                 "--authorization-mode=Node,RBAC".into(),
                 "--enable-admission-plugins=NodeRestriction".into(),
                 "--anonymous-auth=false".into(),
-                format!("--cert-dir={}", dir.path().join("certs").display()),
+                format!("--cert-dir={}", s.dir.path().join("certs").display()),
             ],
         );
-        let s = Self {
-            dir,
-            state,
-            cluster,
-            children: vec![etcd, apiserver],
-        };
+        s.children.push(apiserver);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let out = s.kubectl(&["get", "--raw", "/readyz"]);

@@ -1,6 +1,5 @@
 //! A local cluster's machines as a whole: `strata local up | down | list`.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -69,6 +68,10 @@ pub enum LocalError {
         "network interface {device} holds the local range's gateway address and is not a Strata bridge; remove that address or the interface"
     )]
     RangeHeld { device: String },
+    #[error(
+        "bridge {bridge} holds the local range's gateway address and has a port Strata did not make ({port}); remove the port or the bridge"
+    )]
+    ForeignPort { bridge: String, port: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -147,24 +150,34 @@ fn console_tail(log: &Path) -> String {
 
 /// Another local cluster's bridge may still hold the range, its machines gone with a
 /// restarted computer or a killed session: the host would route the range there and never
-/// reach this cluster's machines. Such a leftover network is removed; one that a running
-/// machine still uses is refused, naming it.
-fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
+/// reach this cluster's machines. Such a leftover network is removed; one that any process
+/// still uses (a machine, its supervisor between two boots) is refused, naming it, and so is
+/// a bridge with a port Strata did not make.
+pub fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
     let rivals = bridge.rivals()?;
     if rivals.is_empty() {
         return Ok(());
     }
-    let booted = booted_namespaces();
     for rival in rivals {
         if !rival.name.starts_with("stb-") {
             return Err(LocalError::RangeHeld { device: rival.name });
         }
-        let live: Vec<String> = rival
-            .ports()?
-            .into_iter()
-            .filter_map(|(_, netns)| netns)
-            .filter(|n| booted.contains(n))
-            .collect();
+        let ports = rival.ports()?;
+        let mut namespaces = Vec::new();
+        for (port, netns) in &ports {
+            match netns {
+                Some(n) if port.starts_with("stv-") && n.starts_with("strata-") => {
+                    namespaces.push(n.clone());
+                }
+                _ => {
+                    return Err(LocalError::ForeignPort {
+                        bridge: rival.name,
+                        port: port.clone(),
+                    });
+                }
+            }
+        }
+        let live: Vec<String> = namespaces.into_iter().filter(|n| in_use(n)).collect();
         if !live.is_empty() {
             return Err(LocalError::RangeInUse {
                 bridge: rival.name,
@@ -176,11 +189,18 @@ fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
     Ok(())
 }
 
-/// The network namespaces (names under /run/netns) that a running systemd-nspawn boots a
-/// machine in.
-fn booted_namespaces() -> BTreeSet<String> {
+/// Whether a process runs in the network namespace `/run/netns/<netns>` or names it to boot
+/// a machine in it (nspawn, or the supervisor that boots the machine again after a reboot).
+fn in_use(netns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = format!("/run/netns/{netns}");
+    let Ok(ns) = std::fs::metadata(&path) else {
+        return false;
+    };
+    let named = format!("--network-namespace-path={path}");
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return BTreeSet::new();
+        // Cannot tell: count it as used rather than remove a live machine's network.
+        return true;
     };
     procs
         .filter_map(Result::ok)
@@ -190,18 +210,28 @@ fn booted_namespaces() -> BTreeSet<String> {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter_map(|cmdline| {
-            let text = String::from_utf8_lossy(&cmdline).into_owned();
-            let mut args = text.split('\0');
-            let program = args.next()?;
-            if !program.ends_with("systemd-nspawn") {
-                return None;
-            }
-            args.find_map(|a| a.strip_prefix("--network-namespace-path=/run/netns/"))
-                .map(str::to_owned)
+        .any(|e| {
+            let inside = std::fs::metadata(e.path().join("ns/net"))
+                .is_ok_and(|m| m.dev() == ns.dev() && m.ino() == ns.ino());
+            inside
+                || std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&named))
         })
-        .collect()
+}
+
+/// The local platform's lock (one `up` or `down` at a time on this computer), held while
+/// the returned file is open.
+fn lock(paths: &Paths) -> Result<std::fs::File, LocalError> {
+    std::fs::create_dir_all(&paths.machines).map_err(io(&paths.machines))?;
+    let path = paths.machines.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    file.lock().map_err(io(&path))?;
+    Ok(file)
 }
 
 /// Reads the host key the machine generated and waits until sshd accepts connections.
@@ -234,6 +264,7 @@ pub fn up(
     if !is_root() {
         return Err(LocalError::NotRoot);
     }
+    let _lock = lock(paths)?;
     let base = BaseImage::ensure(&paths.cache)?;
     let bridge = Bridge::for_cluster(cluster);
     free_range(&bridge)?;
@@ -283,6 +314,7 @@ pub fn down(cluster: &str, paths: &Paths) -> Result<Vec<String>, LocalError> {
     if !is_root() {
         return Err(LocalError::NotRoot);
     }
+    let _lock = lock(paths)?;
     let names = existing(cluster, paths);
     for n in &names {
         Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()?;

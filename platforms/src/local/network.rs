@@ -60,13 +60,16 @@ impl Bridge {
         Ok(())
     }
 
-    /// Removes the bridge and every link attached to it (the host ends of machines' veth
-    /// pairs).
+    /// Removes the bridge and the machines' veth pairs attached to it (`stv-*`, with their
+    /// `strata-*` namespaces); any other port is only detached, with the bridge.
     pub fn delete_with_ports(&self) -> Result<(), CommandError> {
         if !exists_link(&self.name) {
             return Ok(());
         }
         for (port, netns) in self.ports()? {
+            if !port.starts_with("stv-") {
+                continue;
+            }
             ip(&["link", "del", &port])?;
             if let Some(ns) = netns.filter(|n| n.starts_with("strata-")) {
                 ip(&["netns", "del", &ns])?;

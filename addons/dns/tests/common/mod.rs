@@ -41,14 +41,32 @@ pub async fn udp(server: SocketAddr, q: &Message) -> Message {
 }
 
 pub async fn tcp(server: SocketAddr, q: &Message) -> Message {
-    let mut s = TcpStream::connect(server).await.expect("connect");
-    let bytes = q.to_vec().expect("encode");
-    s.write_all(&(bytes.len() as u16).to_be_bytes())
+    tcp_many(server, std::slice::from_ref(q))
         .await
-        .expect("len");
-    s.write_all(&bytes).await.expect("write");
-    let n = s.read_u16().await.expect("len");
-    let mut body = vec![0u8; n as usize];
-    s.read_exact(&mut body).await.expect("body");
-    Message::from_vec(&body).expect("decode")
+        .pop()
+        .expect("an answer")
+}
+
+/// Several questions on one TCP connection, sent at once; the answers in order.
+pub async fn tcp_many(server: SocketAddr, questions: &[Message]) -> Vec<Message> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = TcpStream::connect(server).await.expect("connect");
+        let mut out = Vec::new();
+        for q in questions {
+            let bytes = q.to_vec().expect("encode");
+            out.extend_from_slice(&u16::try_from(bytes.len()).expect("size").to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        s.write_all(&out).await.expect("write");
+        let mut answers = Vec::new();
+        for _ in questions {
+            let n = s.read_u16().await.expect("len");
+            let mut body = vec![0u8; usize::from(n)];
+            s.read_exact(&mut body).await.expect("body");
+            answers.push(Message::from_vec(&body).expect("decode"));
+        }
+        answers
+    })
+    .await
+    .expect("answers over TCP in time")
 }
