@@ -70,6 +70,7 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
         })
         .collect();
 
+    let _down = Down(&paths, &[CLUSTER]);
     let up = cluster::up(CLUSTER, &hosts, &public, &paths).expect("up");
     assert_eq!(up.len(), 2);
     assert_ne!(
@@ -86,7 +87,8 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
         &key,
         &known,
         &a,
-        "hostname; cat /proc/sys/kernel/random/boot_id; systemctl is-system-running --wait",
+        "hostname; cat /proc/sys/kernel/random/boot_id; systemctl is-system-running --wait; \
+         systemctl --failed --no-legend --plain; journalctl -b --no-pager -p warning | tail -40",
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -115,6 +117,28 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
+    // Each machine has cgroups of its own: a unit of one is never the same cgroup as the
+    // same unit of another (which would let one machine's systemd kill the other's
+    // processes).
+    let b_known = known_hosts(dir.path(), &b, &up[1].host_key);
+    let init_cgroup = |host: &LocalHost| {
+        let m = Machine::new(&paths.machines, CLUSTER, &host.name, host.address);
+        let pid = m.leader().expect("machine runs");
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        text.lines()
+            .find(|l| l.contains(":name=systemd:") || l.starts_with("0::"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{}'s init cgroup: {text}", host.name))
+    };
+    let (ca, cb) = (init_cgroup(&hosts[0]), init_cgroup(&hosts[1]));
+    assert_ne!(ca, cb, "m1 and m2 share their cgroups");
+    let m2_before = ssh(
+        &key,
+        &b_known,
+        &b,
+        "systemctl show -p MainPID,NRestarts ssh",
+    );
+
     // A reboot from inside: the machine comes back by itself with a new boot id.
     let _ = ssh(&key, &known, &a, "systemctl reboot");
     let t = wait_for("m1 back after reboot", Duration::from_secs(90), || {
@@ -128,6 +152,18 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
     eprintln!(
         "m1 rebooted and answered SSH again after {:.1}s",
         t.as_secs_f64()
+    );
+    // m2 did not notice: its sshd is the same process, never restarted, nothing failed.
+    let m2_after = ssh(
+        &key,
+        &b_known,
+        &b,
+        "systemctl show -p MainPID,NRestarts ssh; systemctl is-system-running",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&m2_after.stdout),
+        format!("{}running\n", String::from_utf8_lossy(&m2_before.stdout)),
+        "m2's services after m1's reboot"
     );
 
     let removed = cluster::down(CLUSTER, &paths).expect("down");
@@ -153,7 +189,7 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
         ..Paths::default()
     };
     // Declared after `dir`, dropped before it: the machines go before their directory.
-    let _down = Down(&paths);
+    let _down = Down(&paths, &["e2e-new", "e2e-old"]);
     let old = [LocalHost {
         name: "o1".into(),
         address: local_address(0),
@@ -221,12 +257,12 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
     );
 }
 
-/// Removes both clusters' machines when dropped (also when the test panics).
-struct Down<'a>(&'a Paths);
+/// Removes the clusters' machines when dropped (also when the test panics).
+struct Down<'a>(&'a Paths, &'a [&'a str]);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        for c in ["e2e-new", "e2e-old"] {
+        for c in self.1 {
             let _ = cluster::down(c, self.0);
         }
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::cgroup::{CgroupError, MachineCgroups};
 use super::cmd::{CommandError, run};
 use super::image::BaseImage;
 use super::network::HostNetwork;
@@ -29,6 +30,12 @@ pub enum MachineError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("machine {host}: cgroups: {source}")]
+    Cgroup {
+        host: String,
+        #[source]
+        source: CgroupError,
     },
     #[error("machine {host}: {what} (console log: {log})")]
     Boot {
@@ -73,6 +80,31 @@ impl Machine {
             path: path.display().to_string(),
             source,
         }
+    }
+
+    fn cgroup(&self, source: CgroupError) -> MachineError {
+        MachineError::Cgroup {
+            host: self.host.clone(),
+            source,
+        }
+    }
+
+    /// Where the machine's cgroups are recorded (the caller of a later `down` may be in
+    /// other cgroups than the caller of `up`).
+    fn cgroups_file(&self) -> PathBuf {
+        self.dir.join("cgroups")
+    }
+
+    /// The machine's own cgroups: those recorded at its first boot, or new ones below this
+    /// process's cgroups.
+    fn cgroups(&self) -> Result<MachineCgroups, MachineError> {
+        if let Some(c) = MachineCgroups::load(&self.cgroups_file()) {
+            return Ok(c);
+        }
+        let c = MachineCgroups::below_self(&format!("strata-{}-{}", self.cluster, self.host))
+            .map_err(|e| self.cgroup(e))?;
+        c.save(&self.cgroups_file()).map_err(|e| self.cgroup(e))?;
+        Ok(c)
     }
 
     fn cmd(&self, source: CommandError) -> MachineError {
@@ -165,8 +197,21 @@ impl Machine {
             return Ok(());
         }
         let root = self.root();
+        let cgroups = self.cgroups()?;
+        cgroups.create().map_err(|e| self.cgroup(e))?;
+        let join: String = cgroups
+            .procs_files()
+            .iter()
+            .map(|f| {
+                format!(
+                    "echo $$ > '{f}' 2>>'{log}' || {{ echo 'strata: cannot join {f}' >>'{log}'; exit 1; }}\n",
+                    f = f.display(),
+                    log = self.console_log().display()
+                )
+            })
+            .collect();
         let script = format!(
-            "echo $$ > '{sup}'\n\
+            "{join}echo $$ > '{sup}'\n\
              while :; do\n  \
                SYSTEMD_SECCOMP=0 SYSTEMD_NSPAWN_API_VFS_WRITABLE=1 systemd-nspawn -D '{root}' --boot \
              --register=no --keep-unit --network-namespace-path='{netns}' --capability=all \
@@ -264,6 +309,16 @@ impl Machine {
     /// Stops the machine and removes its root, network namespace and files.
     pub fn destroy(&self) -> Result<(), MachineError> {
         self.stop(Duration::from_secs(30))?;
+        if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
+            // The kernel ends the machine's last processes just after its init.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = cgroups.remove() {
+                if Instant::now() > deadline {
+                    return Err(self.cgroup(e));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         if self.mounted() {
             run(Command::new("umount").arg(self.root())).map_err(|e| self.cmd(e))?;
         }

@@ -5,12 +5,14 @@
 //! platforms/README.md) is handled here: /dev/kmsg, writable cgroup hierarchies, CNI plugins
 //! in /usr/lib/cni, and reboots (nspawn exits 133; the supervisor boots the machine again).
 
+mod cgroup;
 pub mod cluster;
 mod cmd;
 pub mod image;
 pub mod machine;
 pub mod network;
 
+pub use cgroup::{CgroupError, MachineCgroups};
 pub use cmd::CommandError;
 pub use image::BaseImage;
 pub use machine::Machine;
