@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 pub enum CgroupError {
     #[error("no cgroup hierarchy found in /proc/self/mountinfo (machines need cgroups)")]
     NoHierarchy,
+    #[error("processes {pids:?} are still in {dir} after SIGKILL")]
+    Busy { dir: String, pids: Vec<u32> },
+    #[error("kill: {0}")]
+    Kill(std::io::Error),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -143,6 +147,48 @@ impl MachineCgroups {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// Every process in the cgroups or below them.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for d in &self.dirs {
+            collect_pids(d, &mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills (SIGKILL) every process left in the machine's cgroups: what its init did not
+    /// end, such as container processes whose shims are gone, or an init left behind when
+    /// nspawn itself was killed. Waits until the cgroups are empty (at most `timeout`).
+    pub fn kill_all(&self, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pids = self.processes();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(CgroupError::Busy {
+                    dir: self
+                        .dirs
+                        .first()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    pids,
+                });
+            }
+            // A process may end between the listing and the signal: kill's status is moot.
+            std::process::Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().map(u32::to_string))
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map_err(CgroupError::Kill)?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Removes the cgroups and whatever the machine's systemd made below them, deepest
     /// first. Call once the machine's processes are gone; a cgroup that still holds one
     /// stays (and is named in the error).
@@ -156,6 +202,19 @@ impl MachineCgroups {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
+            }
+        }
     }
 }
 
@@ -244,6 +303,17 @@ mod tests {
         c.save(&file).expect("save");
         assert_eq!(MachineCgroups::load(&file), Some(c));
         assert_eq!(MachineCgroups::load(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn processes_are_read_from_every_level() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let top = dir.path().join("strata-a-b");
+        std::fs::create_dir_all(top.join("payload/kubepods")).expect("mkdir");
+        std::fs::write(top.join("cgroup.procs"), "12\n").expect("write");
+        std::fs::write(top.join("payload/kubepods/cgroup.procs"), "40\n12\n").expect("write");
+        let c = MachineCgroups { dirs: vec![top] };
+        assert_eq!(c.processes(), [12, 40]);
     }
 
     #[test]

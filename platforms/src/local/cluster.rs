@@ -316,8 +316,17 @@ pub fn down(cluster: &str, paths: &Paths) -> Result<Vec<String>, LocalError> {
     }
     let _lock = lock(paths)?;
     let names = existing(cluster, paths);
+    // One machine that cannot be removed does not keep the others running.
+    let mut first_error = None;
     for n in &names {
-        Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()?;
+        if let Err(e) = Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()
+            && first_error.is_none()
+        {
+            first_error = Some(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e.into());
     }
     Bridge::for_cluster(cluster).delete()?;
     let _ = std::fs::remove_dir(paths.machines.join(cluster));

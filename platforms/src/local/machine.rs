@@ -301,6 +301,12 @@ impl Machine {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+        // Whatever outlived the machine's init (or an init whose nspawn was killed) goes too.
+        if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
+            cgroups
+                .kill_all(Duration::from_secs(10))
+                .map_err(|e| self.cgroup(e))?;
+        }
         let _ = std::fs::remove_file(self.pid_file("nspawn.pid"));
         let _ = std::fs::remove_file(self.pid_file("supervisor.pid"));
         Ok(())
