@@ -5,6 +5,7 @@
 //! Everything is torn down on drop: machines, network namespaces, the bridge.
 #![forbid(unsafe_code)]
 
+pub mod conformance;
 pub mod registry;
 pub mod throughput;
 

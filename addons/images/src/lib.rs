@@ -89,8 +89,17 @@ impl ImageSpec {
     /// shared library it loads (as `ldd` resolves them) and the dynamic loader, each at its
     /// own path: the image then runs it without a distribution inside.
     pub fn program_with_libraries(&mut self, host_path: &str) -> Result<(), ImageError> {
+        self.program_with_libraries_at(host_path, host_path)
+    }
+
+    /// As [`Self::program_with_libraries`], the program itself at `image_path`.
+    pub fn program_with_libraries_at(
+        &mut self,
+        host_path: &str,
+        image_path: &str,
+    ) -> Result<(), ImageError> {
         let read = |p: &str| std::fs::read(p).map_err(|e| ImageError::Host(p.into(), e));
-        self.file(host_path, read(host_path)?, 0o755)?;
+        self.file(image_path, read(host_path)?, 0o755)?;
         for lib in libraries(host_path)? {
             if !self.entries.contains_key(&normalise(&lib)?) {
                 self.file(&lib, read(&lib)?, 0o755)?;
