@@ -5,6 +5,9 @@
 # kubernetes_make TREE LOG ARGS...    runs `make ARGS` in TREE (GOPATH mode, static binaries).
 # kubernetes_go TREE LOG ARGS...      runs `go ARGS` from the tree's GOPATH path.
 
+# kubernetes_source runs inside $(...): without this a failing step there would not stop it.
+shopt -s inherit_errexit
+
 kubernetes_source_version() {
   case "$1" in
     1.20.2) echo "1.20.5+really1.20.2-1.1+deb12u1" ;;

@@ -12,15 +12,16 @@
 # the [Serial] ones on one. Prints `N passed, M failed` and the failures; JUnit reports and
 # e2e.log in the results directory (default ./conformance-results).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# Paths given as arguments are the caller's: only the builds run from the repository.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata/cargo-target}"
-bash .ci/prepare >&2
-STRATA_KUBERNETES_BIN="$(bash .ci/build-kubernetes 1.20.2)"
+bash "$repo/.ci/prepare" >&2
+STRATA_KUBERNETES_BIN="$(bash "$repo/.ci/build-kubernetes" 1.20.2)"
 export STRATA_KUBERNETES_BIN
-bash .ci/build-assets 1.20.2 >/dev/null   # also the static strata-pause (the pause image)
-STRATA_CONFORMANCE="$(bash .ci/build-conformance 1.20.2)"
+bash "$repo/.ci/build-assets" 1.20.2 >/dev/null   # also the static strata-pause (the pause image)
+STRATA_CONFORMANCE="$(bash "$repo/.ci/build-conformance" 1.20.2)"
 export STRATA_CONFORMANCE
-cargo build --locked -q -p strata -p strata-e2e --bin strata --bin strata-conformance
+(cd "$repo" && cargo build --locked -q -p strata -p strata-e2e --bin strata --bin strata-conformance)
 export STRATA_BIN="$CARGO_TARGET_DIR/debug/strata"
 export STRATA_PAUSE_BIN="$CARGO_TARGET_DIR/release/strata-pause"
 exec "$CARGO_TARGET_DIR/debug/strata-conformance" "$@"

@@ -273,6 +273,38 @@ pub fn images(suite: &Suite, assets: &Path, pause: &Path) -> Result<Vec<ImageSpe
     Ok(out)
 }
 
+/// Kubelets collect unused images once their image filesystem is 85% full (capacity minus
+/// available, as they count it), and would delete the loaded test images in the middle of a
+/// run (seen: pods of later tests failing to pull busybox). The local machines' containerd
+/// keeps its images on this computer's disk: refuse to start above 80%.
+pub fn check_disk(path: &Path) -> Result<(), String> {
+    let out = Command::new("df")
+        .args(["--output=size,avail", "-B1"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("df: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [size, avail] = numbers[..] else {
+        return Err(format!("df {}: {text}", path.display()));
+    };
+    let used = 100.0 * (1.0 - avail / size);
+    if used > 80.0 {
+        return Err(format!(
+            "{} is {used:.0}% full as the kubelets count it (size minus available): at 85% they \
+             delete unused images, the test images among them; free some space first",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Builds the images and imports them into the containerd of each of `hosts` of the local
 /// cluster `cluster` (the tests' pods then run them without a registry).
 pub fn load_images(
@@ -282,6 +314,7 @@ pub fn load_images(
     assets_bin: &Path,
     pause: &Path,
 ) -> Result<(), String> {
+    check_disk(Path::new(crate::MACHINES))?;
     for (i, spec) in images(suite, assets_bin, pause)?.iter().enumerate() {
         let built = strata_images::build(spec).map_err(|e| format!("{}: {e}", spec.reference))?;
         eprintln!(
@@ -420,25 +453,64 @@ impl Focus {
         )
     }
 
-    /// The -focus of the parallel part and of the serial one (None: nothing to run).
-    fn parts(&self) -> [Option<String>; 2] {
+    /// The names of the tests the run takes: a list as it is, a regular expression as
+    /// the suite resolves it (a dry run with the run's -skip).
+    pub fn resolve(&self, suite: &Suite, run: &Run) -> Result<Vec<String>, String> {
         match self {
-            Self::Regex(f) => [
-                Some(f.clone()),
-                Some(format!("(?:{f}).*(?:{SERIAL})|(?:{SERIAL}).*(?:{f})")),
-            ],
-            Self::Names(names) => {
-                let (serial, parallel): (Vec<&String>, Vec<&String>) = names
-                    .iter()
-                    .partition(|n| n.contains("[Serial]") || n.contains("[Disruptive]"));
-                [exact(&parallel), exact(&serial)]
+            Self::Names(names) => Ok(names.clone()),
+            Self::Regex(focus) => {
+                let dir = run.results.join("dry-run");
+                reset_dir(&dir)?;
+                let mut cmd = Command::new(suite.bin("e2e.test"));
+                cmd.arg("--ginkgo.dryRun")
+                    .arg("--ginkgo.noColor")
+                    .arg(format!("--ginkgo.focus={focus}"));
+                if !run.skip.is_empty() {
+                    cmd.arg(format!("--ginkgo.skip={}", run.skip));
+                }
+                let out = cmd
+                    .arg("--provider=skeleton")
+                    .arg(format!("--kubeconfig={}", run.kubeconfig.display()))
+                    .arg(format!("--report-dir={}", dir.display()))
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("{}: {e}", suite.bin("e2e.test").display()))?;
+                // A dry run reports the tests it would run as passed, the others as skipped.
+                let listed = Summary::from_dir(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                let names = listed?.passed;
+                if !out.status.success() || names.is_empty() {
+                    return Err(format!(
+                        "-focus {focus:?} selects no test ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout)
+                            .lines()
+                            .rev()
+                            .take(5)
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    ));
+                }
+                Ok(names)
             }
         }
     }
 }
 
-/// Tests that must run alone.
-const SERIAL: &str = r"\[Serial\]|\[Disruptive\]";
+/// The -focus of the parallel part and of the serial one (None: nothing to run there).
+pub fn partition(names: &[String]) -> [Option<String>; 2] {
+    let (serial, parallel): (Vec<&String>, Vec<&String>) = names
+        .iter()
+        .partition(|n| n.contains("[Serial]") || n.contains("[Disruptive]"));
+    [exact(&parallel), exact(&serial)]
+}
+
+fn reset_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
 
 /// A regular expression matching exactly the tests named (ginkgo matches it against the
 /// name, which may be preceded by a space).
@@ -492,40 +564,45 @@ impl Default for Run {
 pub fn run(suite: &Suite, run: &Run) -> Result<(Summary, Duration), String> {
     let start = Instant::now();
     std::fs::create_dir_all(&run.results).map_err(|e| format!("{}: {e}", run.results.display()))?;
-    let [parallel, serial] = run.focus.parts();
-    let parallel_skip = if run.skip.is_empty() {
-        SERIAL.to_owned()
-    } else {
-        format!("{}|{SERIAL}", run.skip)
-    };
-    let parts = [
-        ("parallel", run.nodes, parallel, parallel_skip),
-        ("serial", 1, serial, run.skip.clone()),
-    ];
-    for (name, nodes, focus, skip) in parts {
+    let names = run.focus.resolve(suite, run)?;
+    let [parallel, serial] = partition(&names);
+    let parts = [("parallel", run.nodes, parallel), ("serial", 1, serial)];
+    for (name, nodes, focus) in parts {
         let dir = run.results.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         if let Some(focus) = focus {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            ginkgo(suite, run, &dir, nodes, &focus, &skip)?;
+            reset_dir(&dir)?;
+            ginkgo(suite, run, &dir, nodes, &focus)?;
         }
     }
     let summary = Summary::from_dir(&run.results)?;
     let file = run.results.join("summary.txt");
     std::fs::write(&file, summary.render()).map_err(|e| format!("{}: {e}", file.display()))?;
+    // A ginkgo node that died takes its tests' reports with it: every test must be there.
+    let reported: std::collections::HashSet<&str> = summary
+        .passed
+        .iter()
+        .map(String::as_str)
+        .chain(summary.failed.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !reported.contains(n.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} test(s) ran without a report (a ginkgo node died? see the e2e.log files in {}): {missing:?}\n{}",
+            missing.len(),
+            run.results.display(),
+            summary.render()
+        ));
+    }
     Ok((summary, start.elapsed()))
 }
 
-fn ginkgo(
-    suite: &Suite,
-    run: &Run,
-    dir: &Path,
-    nodes: u32,
-    focus: &str,
-    skip: &str,
-) -> Result<(), String> {
+fn ginkgo(suite: &Suite, run: &Run, dir: &Path, nodes: u32, focus: &str) -> Result<(), String> {
     let log_path = dir.join("e2e.log");
     let log =
         std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -536,8 +613,8 @@ fn ginkgo(
     cmd.arg(format!("-nodes={nodes}"))
         .arg("-noColor")
         .arg(format!("-focus={focus}"));
-    if !skip.is_empty() {
-        cmd.arg(format!("-skip={skip}"));
+    if !run.skip.is_empty() {
+        cmd.arg(format!("-skip={}", run.skip));
     }
     cmd.arg(suite.bin("e2e.test"))
         .arg("--")
@@ -568,13 +645,16 @@ fn ginkgo(
         .map_err(|e| format!("{}: {e}", suite.bin("ginkgo").display()))?;
     let mut reports = Vec::new();
     collect_reports(dir, &mut reports)?;
-    if reports.is_empty() {
+    let failures = Summary::from_dir(dir).map(|s| s.failed.len()).unwrap_or(0);
+    if reports.is_empty() || (!status.success() && failures == 0) {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(format!(
-            "ginkgo ({status}) wrote no JUnit report in {}; the end of its log:\n{}",
+            "ginkgo failed ({status}) in {} with {} JUnit report(s) and no failed test in them; \
+             the end of its log:\n{}",
             dir.display(),
+            reports.len(),
             tail.join("\n")
         ));
     }
@@ -622,7 +702,10 @@ mod tests {
              [sig-apps] Job should run a job to completion (a+b)?\n\
              [sig-apps] Daemon set [Serial] should rollback  [Conformance]\n",
         );
-        let [parallel, serial] = focus.parts();
+        let Focus::Names(names) = focus else {
+            panic!("a list")
+        };
+        let [parallel, serial] = partition(&names);
         assert_eq!(
             parallel.as_deref(),
             Some(
@@ -635,7 +718,7 @@ mod tests {
                 r"(?:^| )(?:\[sig-apps\] Daemon set \[Serial\] should rollback  \[Conformance\])$"
             )
         );
-        let [_, none] = Focus::names("[sig-node] Pods should run\n").parts();
+        let [_, none] = partition(&["[sig-node] Pods should run".to_owned()]);
         assert_eq!(none, None, "no serial part without serial tests");
     }
 
@@ -738,17 +821,5 @@ mod tests {
             "etcd's loader and libraries"
         );
         assert_eq!(find("k8s.gcr.io/pause:3.2").entrypoint, ["/pause"]);
-    }
-
-    #[test]
-    fn a_regular_expression_runs_serial_tests_whichever_marker_comes_first() {
-        let [parallel, serial] = Focus::Regex(r"\[Conformance\]".into()).parts();
-        assert_eq!(parallel.as_deref(), Some(r"\[Conformance\]"));
-        assert_eq!(
-            serial.as_deref(),
-            Some(
-                r"(?:\[Conformance\]).*(?:\[Serial\]|\[Disruptive\])|(?:\[Serial\]|\[Disruptive\]).*(?:\[Conformance\])"
-            )
-        );
     }
 }

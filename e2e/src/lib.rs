@@ -288,6 +288,17 @@ pub fn strata(dir: &Path, args: &[&str]) -> Output {
         .expect("run strata")
 }
 
+/// Runs `strata local down --yes` in a directory when dropped: a test's local cluster goes
+/// also when the test panics.
+#[derive(Debug)]
+pub struct LocalDown<'a>(pub &'a Path);
+
+impl Drop for LocalDown<'_> {
+    fn drop(&mut self) {
+        let _ = strata(self.0, &["local", "down", "--yes"]);
+    }
+}
+
 /// The stdout of a command that must have succeeded.
 pub fn ok(o: &Output, what: &str) -> String {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -1450,15 +1450,6 @@ fn an_addon_turned_off_is_removed(dir: &Path, kubeconfig: &Path) {
     );
 }
 
-/// Removes the cluster's machines when dropped (also when a test panics).
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = strata(self.0, &["local", "down", "--yes"]);
-    }
-}
-
 #[test]
 fn local_up_apply_converges_and_kubectl_works() {
     require_root();
@@ -1467,7 +1458,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     let _ = strata(dir.path(), &["local", "down", "--yes"]);
     // A failed assertion still removes the machines (the test's own `local down` at the end
     // is checked; this one is the safety net).
-    let _down = Down(dir.path());
+    let _down = strata_e2e::LocalDown(dir.path());
 
     ok(&strata(dir.path(), &["local", "up"]), "local up");
     let before: Vec<(&str, String)> = ["cp1", "w1", "w2"]

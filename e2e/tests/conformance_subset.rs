@@ -10,15 +10,8 @@ use strata_e2e::{CACHE, ok, require_root, strata};
 
 const FOCUS: &str = include_str!("../conformance/ci-focus.txt");
 const CLUSTER: &str = include_str!("../conformance/cluster.yaml");
-
-/// Removes the cluster's machines when dropped (also when the test panics).
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = strata(self.0, &["local", "down", "--yes"]);
-    }
-}
+/// Not `conformance`: a cluster kept by `strata-conformance --keep` is the user's.
+const NAME: &str = "e2e-conformance";
 
 #[test]
 fn the_ci_subset_of_the_conformance_suite_passes() {
@@ -28,14 +21,16 @@ fn the_ci_subset_of_the_conformance_suite_passes() {
         std::env::var_os("STRATA_PAUSE_BIN").expect("STRATA_PAUSE_BIN (set by .ci/e2e)"),
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
+    let text = CLUSTER.replace("{name: conformance}", &format!("{{name: {NAME}}}"));
+    assert_ne!(text, CLUSTER, "the cluster file names its cluster");
+    std::fs::write(dir.path().join("cluster.yaml"), text).expect("write");
     let _ = strata(dir.path(), &["local", "down", "--yes"]);
-    let _down = Down(dir.path());
+    let _down = strata_e2e::LocalDown(dir.path());
     ok(&strata(dir.path(), &["local", "up"]), "local up");
     ok(&strata(dir.path(), &["apply"]), "apply");
     conformance::load_images(
         &suite,
-        "conformance",
+        NAME,
         &["cp1", "w1", "w2"],
         Path::new(&format!("{CACHE}/assets/1.20.2/bin")),
         &pause,
@@ -48,7 +43,7 @@ fn the_ci_subset_of_the_conformance_suite_passes() {
     };
     let expected = names.len();
     let run = Run {
-        kubeconfig: dir.path().join("conformance/auth/kubeconfig"),
+        kubeconfig: dir.path().join(NAME).join("auth/kubeconfig"),
         // Kept for a look after a failure (replaced by the next run).
         results: PathBuf::from("/var/tmp/strata-conformance-subset"),
         focus,
@@ -66,4 +61,39 @@ fn the_ci_subset_of_the_conformance_suite_passes() {
         expected,
         "every test of the list ran (a name that matches nothing is a stale list)"
     );
+}
+
+#[test]
+fn a_focus_expression_is_resolved_by_the_suite_and_serial_tests_run_alone() {
+    let suite = Suite::locate().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A dry run reads no cluster: an empty kubeconfig will do.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+    )
+    .expect("write");
+    let run = |focus: &str, skip: &str| Run {
+        kubeconfig: kubeconfig.clone(),
+        results: dir.path().join("results"),
+        focus: Focus::Regex(focus.into()),
+        skip: skip.into(),
+        ..Run::default()
+    };
+    let r = run(
+        r"SchedulerPredicates \[Serial\].*\[Conformance\]",
+        "not matching",
+    );
+    let names = r.focus.resolve(&suite, &r).expect("resolve");
+    assert_eq!(names.len(), 4, "5 such tests, one skipped: {names:#?}");
+    let [parallel, serial] = conformance::partition(&names);
+    assert_eq!(parallel, None, "[Serial] tests never run in parallel");
+    assert!(serial.is_some());
+    let none = run("no test is called like this", "");
+    let err = none
+        .focus
+        .resolve(&suite, &none)
+        .expect_err("nothing selected");
+    assert!(err.contains("selects no test"), "{err}");
 }

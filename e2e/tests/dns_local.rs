@@ -81,15 +81,6 @@ metadata: {name: ext, namespace: default}
 spec: {type: ExternalName, externalName: outside.test}
 ";
 
-/// Removes the cluster's machines when dropped (also when the test panics).
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = strata(self.0, &["local", "down", "--yes"]);
-    }
-}
-
 /// dnsmasq in a network namespace of its own, joined to the cluster's bridge: it answers
 /// `outside.test` (and names below it) with 192.0.2.77 and logs every query.
 struct Upstream {
@@ -250,7 +241,7 @@ fn pods_resolve_the_cluster_and_the_world_through_strata_dns() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
     let _ = strata(dir.path(), &["local", "down", "--yes"]);
-    let _down = Down(dir.path());
+    let _down = strata_e2e::LocalDown(dir.path());
     ok(&strata(dir.path(), &["local", "up"]), "local up");
     let upstream = Upstream::start(dir.path());
     ok(&strata(dir.path(), &["apply"]), "apply");

@@ -15,15 +15,18 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use strata_e2e::conformance::{self, Focus, Run, Suite};
 
+const DEFAULT_CLUSTER: &str = include_str!("../../conformance/cluster.yaml");
+
 #[derive(Debug, Parser)]
 #[command(about = "Run Kubernetes' conformance suite against a Strata cluster")]
 struct Args {
     /// Run against this cluster instead of making a local one.
     #[arg(long, conflicts_with = "cluster")]
     kubeconfig: Option<PathBuf>,
-    /// The Cluster file of the local cluster to make (platform: local).
-    #[arg(long, default_value = "e2e/conformance/cluster.yaml")]
-    cluster: PathBuf,
+    /// The Cluster file of the local cluster to make (platform: local) [default: one
+    /// control-plane host and two workers, e2e/conformance/cluster.yaml].
+    #[arg(long)]
+    cluster: Option<PathBuf>,
     /// Ginkgo's -focus [default: \[Conformance\]].
     #[arg(long, conflicts_with = "focus_file")]
     focus: Option<String>,
@@ -79,10 +82,18 @@ impl Drop for Local {
 }
 
 fn local_cluster(args: &Args, suite: &Suite) -> Result<(Local, PathBuf)> {
-    let text = std::fs::read_to_string(&args.cluster)
-        .with_context(|| format!("reading {}", args.cluster.display()))?;
+    let (file, text) = match &args.cluster {
+        Some(f) => (
+            f.display().to_string(),
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        ),
+        None => (
+            "e2e/conformance/cluster.yaml".to_owned(),
+            DEFAULT_CLUSTER.to_owned(),
+        ),
+    };
     let ctx = strata_manifests::Context {
-        file: args.cluster.display().to_string(),
+        file,
         base_dir: PathBuf::from("."),
         home: None,
     };

@@ -67,8 +67,8 @@ pub fn current(mountinfo: &str, proc_cgroup: &str) -> Vec<PathBuf> {
             path
         } else {
             match path.strip_prefix(root) {
-                Some(rest) => rest,
-                None => continue,
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                _ => continue,
             }
         };
         let dir = Path::new(mount).join(relative.trim_start_matches('/'));
@@ -178,6 +178,13 @@ impl MachineCgroups {
                     pids,
                 });
             }
+            // cgroup v2 kills a whole cgroup at once, with no window for a PID to be reused.
+            for d in &self.dirs {
+                let kill = d.join("cgroup.kill");
+                if kill.exists() {
+                    std::fs::write(&kill, "1").map_err(io(&kill))?;
+                }
+            }
             // A process may end between the listing and the signal: kill's status is moot.
             std::process::Command::new("kill")
                 .arg("-KILL")
@@ -207,7 +214,12 @@ impl MachineCgroups {
 
 fn collect_pids(dir: &Path, out: &mut Vec<u32>) {
     if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        // 0 stands for a process outside this PID namespace: never a PID to signal.
+        out.extend(
+            text.lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .filter(|p| *p != 0),
+        );
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -274,6 +286,11 @@ mod tests {
 33 31 0:30 /lxc/box /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 ";
         let cgroup = "2:cpu,cpuacct:/user.slice\n1:memory:/lxc/box/inner\n";
+        // (A path that merely starts with the same letters is not below the root.)
+        assert_eq!(
+            current(mountinfo, "1:memory:/lxc/boxer\n"),
+            Vec::<PathBuf>::new()
+        );
         assert_eq!(
             current(mountinfo, cgroup),
             [
@@ -311,7 +328,7 @@ mod tests {
         let top = dir.path().join("strata-a-b");
         std::fs::create_dir_all(top.join("payload/kubepods")).expect("mkdir");
         std::fs::write(top.join("cgroup.procs"), "12\n").expect("write");
-        std::fs::write(top.join("payload/kubepods/cgroup.procs"), "40\n12\n").expect("write");
+        std::fs::write(top.join("payload/kubepods/cgroup.procs"), "40\n12\n0\n").expect("write");
         let c = MachineCgroups { dirs: vec![top] };
         assert_eq!(c.processes(), [12, 40]);
     }

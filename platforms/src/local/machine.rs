@@ -95,14 +95,25 @@ impl Machine {
         self.dir.join("cgroups")
     }
 
-    /// The machine's own cgroups: those recorded at its first boot, or new ones below this
-    /// process's cgroups.
-    fn cgroups(&self) -> Result<MachineCgroups, MachineError> {
-        if let Some(c) = MachineCgroups::load(&self.cgroups_file()) {
-            return Ok(c);
+    /// Fresh cgroups for a boot, below this process's own (so that limits set on the
+    /// caller hold): what an earlier boot left in the recorded ones is killed and they are
+    /// removed first. Named by cluster, host and machine directory, so that no two machines
+    /// share one (`:` is in neither name).
+    fn fresh_cgroups(&self) -> Result<MachineCgroups, MachineError> {
+        if let Some(old) = MachineCgroups::load(&self.cgroups_file()) {
+            old.kill_all(Duration::from_secs(10))
+                .map_err(|e| self.cgroup(e))?;
+            let _ = old.remove();
         }
-        let c = MachineCgroups::below_self(&format!("strata-{}-{}", self.cluster, self.host))
-            .map_err(|e| self.cgroup(e))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&self.dir, &mut h);
+        let name = format!(
+            "strata:{}:{}:{:08x}",
+            self.cluster,
+            self.host,
+            std::hash::Hasher::finish(&h) as u32
+        );
+        let c = MachineCgroups::below_self(&name).map_err(|e| self.cgroup(e))?;
         c.save(&self.cgroups_file()).map_err(|e| self.cgroup(e))?;
         Ok(c)
     }
@@ -197,7 +208,7 @@ impl Machine {
             return Ok(());
         }
         let root = self.root();
-        let cgroups = self.cgroups()?;
+        let cgroups = self.fresh_cgroups()?;
         cgroups.create().map_err(|e| self.cgroup(e))?;
         let join: String = cgroups
             .procs_files()
