@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod ha;
 pub mod registry;
 pub mod throughput;
 
@@ -307,6 +308,20 @@ pub fn ok(o: &Output, what: &str) -> String {
         "{what}: {out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    out
+}
+
+/// A copy of a component's kubeconfig from the state directory (its server: the node-local
+/// balancer on the hosts' loopback) that names the API server of `admin` instead, so that
+/// the workstation can act with that identity.
+pub fn from_workstation(identity: &Path, admin: &Path) -> PathBuf {
+    let admin_text = std::fs::read_to_string(admin).expect("admin kubeconfig");
+    let server =
+        strata_pki::kubeconfig_server(&admin_text).expect("server in the admin kubeconfig");
+    let text = std::fs::read_to_string(identity).expect("kubeconfig");
+    let out = identity.with_extension("workstation.conf");
+    std::fs::write(&out, strata_pki::kubeconfig_with_server(&text, server))
+        .expect("write kubeconfig");
     out
 }
 

@@ -1111,6 +1111,7 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
 fn kubelets_are_their_own_nodes(dir: &Path) {
     let w1 = dir.join("e2e-apply/kubeconfigs/kubelet-w1.conf");
     assert!(w1.exists(), "{}", w1.display());
+    let w1 = strata_e2e::from_workstation(&w1, &dir.join("e2e-apply/auth/kubeconfig"));
     let own = kubectl(
         &w1,
         &[
@@ -1160,7 +1161,10 @@ fn overlay_agents_are_their_own_nodes(dir: &Path, kubeconfig: &Path) {
             "{host}'s agent identities"
         );
     }
-    let w1 = dir.join("e2e-apply/kubeconfigs/overlay-w1.conf");
+    let w1 = strata_e2e::from_workstation(
+        &dir.join("e2e-apply/kubeconfigs/overlay-w1.conf"),
+        &dir.join("e2e-apply/auth/kubeconfig"),
+    );
     let can = |args: &[&str]| {
         let mut a = vec!["auth", "can-i"];
         a.extend_from_slice(args);

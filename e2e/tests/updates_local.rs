@@ -245,9 +245,11 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
     // RBAC, with each node's own identity as its agent uses it: its own Node read, its own
     // NodeUpdate status written, no write on Nodes, Pods or evictions.
     for node in ["cp1", "w1", "w2", "w3"] {
-        let agent_kc = d
-            .join(NAME)
-            .join(format!("kubeconfigs/update-agent-{node}.conf"));
+        let agent_kc = strata_e2e::from_workstation(
+            &d.join(NAME)
+                .join(format!("kubeconfigs/update-agent-{node}.conf")),
+            &kc,
+        );
         let can = |args: &[&str]| {
             let mut a = vec!["auth", "can-i"];
             a.extend_from_slice(args);

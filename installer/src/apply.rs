@@ -60,7 +60,7 @@ impl Apply<'_> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let c = crate::hosts::admin_client(&self.cs).await?;
+        let c = crate::hosts::install_client(&self.cs).await?;
         self.client = Some(c.clone());
         Ok(c)
     }

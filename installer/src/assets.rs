@@ -124,6 +124,52 @@ impl Assets {
         Ok(Self { files })
     }
 
+    /// Adds Strata's own host programs found in `dir` (beside the strata executable) that
+    /// the assets lack (assets of upstream releases carry none of them).
+    pub fn with_own_programs(mut self, dir: &Path) -> Result<Self> {
+        for name in OWN_PROGRAMS {
+            let remote = format!("{BIN_DIR}/{name}");
+            let local = dir.join(name);
+            if self.files.iter().any(|a| a.remote == remote) || !local.is_file() {
+                continue;
+            }
+            self.files.push(Asset {
+                sha256: sha256_file(&local)?,
+                local,
+                remote,
+                image: None,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Refused when the assets lack a program the cluster's components run or use.
+    pub fn check_programs(&self, c: &Cluster, source: &str) -> Result<()> {
+        let missing: BTreeSet<&str> = catalog::enabled(c)
+            .flat_map(|s| s.binaries.iter().chain(s.tools).copied())
+            .filter(|b| {
+                !self
+                    .files
+                    .iter()
+                    .any(|a| a.remote == format!("{BIN_DIR}/{b}"))
+            })
+            .collect();
+        if !missing.is_empty() {
+            let list: Vec<&str> = missing.into_iter().collect();
+            bail!(
+                "the assets ({source}) carry no bin/{}; the cluster's components run them: use \
+                 assets built by .ci/build-assets{}",
+                list.join(", bin/"),
+                if list.iter().any(|b| OWN_PROGRAMS.contains(b)) {
+                    ", or put Strata's own host programs beside the strata executable"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(())
+    }
+
     /// What cluster `c` takes from these assets: without the archives of Strata's images the
     /// cluster does not run or names a registry reference for (spec.images). Refused when
     /// the cluster runs one of Strata's images that neither the assets carry nor the Cluster
@@ -200,6 +246,17 @@ impl Assets {
     }
 }
 
+/// Strata's own programs that run on the hosts outside containers (.ci/build-assets puts
+/// them in bin/; a release ships them beside the strata executable).
+pub const OWN_PROGRAMS: [&str; 2] = ["strata-api-balancer", "strata-vip"];
+
+/// The directory of the running strata executable.
+fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
 /// The mode of every file of the assets on the hosts.
 pub const MODE: u32 = 0o755;
 
@@ -213,7 +270,13 @@ pub async fn for_apply(cs: &ClusterState) -> Result<Assets> {
         mirror.clone_from(&spec.mirror);
     }
     let dir = resolve(&src, &spec.sha256, &cs.state.root.join("assets")).await?;
-    Assets::load(&dir, &version)?.for_cluster(&cs.cluster, &dir.display().to_string())
+    let mut assets = Assets::load(&dir, &version)?;
+    if let Some(exe) = exe_dir() {
+        assets = assets.with_own_programs(&exe)?;
+    }
+    let source = dir.display().to_string();
+    assets.check_programs(&cs.cluster, &source)?;
+    assets.for_cluster(&cs.cluster, &source)
 }
 
 /// The cluster's assets for `strata plan`, which writes nothing: a local directory is read;
@@ -222,9 +285,15 @@ pub fn for_plan(cs: &ClusterState) -> Result<Option<Assets>> {
     let spec = &cs.cluster.spec.assets;
     let version = cs.cluster.spec.kubernetes.version.to_string();
     match source(&spec.source, &cs.ctx.base_dir, &version) {
-        Source::Dir(dir) => Ok(Some(
-            Assets::load(&dir, &version)?.for_cluster(&cs.cluster, &dir.display().to_string())?,
-        )),
+        Source::Dir(dir) => {
+            let mut assets = Assets::load(&dir, &version)?;
+            if let Some(exe) = exe_dir() {
+                assets = assets.with_own_programs(&exe)?;
+            }
+            Ok(Some(
+                assets.for_cluster(&cs.cluster, &dir.display().to_string())?,
+            ))
+        }
         _ => Ok(None),
     }
 }
@@ -534,6 +603,41 @@ mod tests {
         a.images()
             .map(|(f, _)| f.remote.rsplit('/').next().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn a_program_the_cluster_runs_must_be_in_the_assets_or_beside_strata() {
+        let mut files: Vec<(String, &[u8])> = catalog::enabled(&cluster(""))
+            .flat_map(|s| s.binaries.iter().chain(s.tools))
+            .filter(|b| !OWN_PROGRAMS.contains(b))
+            .map(|b| (format!("bin/{b}"), b"x".as_slice()))
+            .collect();
+        files.sort();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+        let d = dir_with(&refs, None);
+        let a = Assets::load(d.path(), "1.20.2").expect("load");
+        let e = a
+            .check_programs(&cluster(""), "dir")
+            .expect_err("no balancer");
+        assert!(
+            e.to_string().contains(
+                "carry no bin/strata-api-balancer; the cluster's components run them: use assets \
+                 built by .ci/build-assets, or put Strata's own host programs beside the strata \
+                 executable"
+            ),
+            "{e}"
+        );
+        let beside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(beside.path().join("strata-api-balancer"), b"lb").expect("write");
+        let a = Assets::load(d.path(), "1.20.2")
+            .expect("load")
+            .with_own_programs(beside.path())
+            .expect("own programs");
+        a.check_programs(&cluster(""), "dir").expect("complete");
+        assert!(
+            a.read("/opt/strata/bin/strata-api-balancer").expect("read") == b"lb",
+            "taken from beside strata"
+        );
     }
 
     #[test]

@@ -329,10 +329,36 @@ async fn ask_trust(
 
 /// The admin API client from the state directory's kubeconfig.
 pub async fn admin_client(cs: &ClusterState) -> Result<kube::Client> {
+    kube::Client::try_from(admin_config(cs).await?).context("API client")
+}
+
+async fn admin_config(cs: &ClusterState) -> Result<kube::Config> {
     let path = cs.state.file("auth/kubeconfig");
     let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .context("admin kubeconfig")?;
+        .context("admin kubeconfig")
+}
+
+/// The admin client against one API server (`host:port`).
+pub async fn client_at(cs: &ClusterState, server: &str) -> Result<kube::Client> {
+    let mut config = admin_config(cs).await?;
+    config.cluster_url = format!("https://{server}")
+        .parse()
+        .with_context(|| format!("API server address {server}"))?;
     kube::Client::try_from(config).context("API client")
+}
+
+/// The admin client apply installs with: with a virtual IP (held only once the control
+/// plane runs and its Lease is applied), the first control-plane host's API server;
+/// otherwise the cluster's endpoint.
+pub async fn install_client(cs: &ClusterState) -> Result<kube::Client> {
+    let c = &cs.cluster;
+    if c.spec.control_plane.vip.is_some()
+        && c.spec.control_plane.endpoint.0.is_empty()
+        && let Some(server) = c.first_api_server()
+    {
+        return client_at(cs, &server).await;
+    }
+    admin_client(cs).await
 }

@@ -1,7 +1,7 @@
 //! The phases of `strata apply`, in order. Each is a value the engine runs; which units,
 //! binaries, ports and restarts each host gets comes from the component catalogue.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
@@ -359,7 +359,7 @@ async fn check_containerd_2(h: &HostConn) -> Result<()> {
 
 /// Enables and starts the units of `specs` on a host (without waiting), restarting those
 /// of components with a pending restart (their files changed).
-async fn start_units(
+pub(crate) async fn start_units(
     cx: &Apply<'_>,
     h: &HostConn,
     phase: PhaseName,
@@ -433,58 +433,19 @@ fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
     cx.save_state()
 }
 
-/// etcd: every member starts at once (a new cluster needs a quorum), then each is healthy.
+/// etcd: a new cluster is formed by every member at once; a running one keeps running (its
+/// members restarted one at a time) and its membership follows the file a member at a
+/// time (see [`crate::etcd`]).
 async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
-    start_etcd(cx).await?;
+    crate::membership::run(cx).await?;
     restarted(cx, StartPhase::Etcd)
-}
-
-async fn start_etcd(cx: &Apply<'_>) -> Result<()> {
-    let phase = PhaseName::Etcd;
-    let members: Vec<&HostConn> = cx
-        .hosts
-        .iter()
-        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
-        .collect();
-    for h in &members {
-        start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Etcd)).await?;
-    }
-    let health = format!(
-        "ETCDCTL_API=3 {}/etcdctl --endpoints=https://127.0.0.1:{} \
-         --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
-         --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s endpoint health",
-        catalog::BIN_DIR,
-        catalog::ETCD_CLIENT_PORT
-    );
-    let health = health.as_str();
-    let waits = join_all(members.iter().map(|h| async move {
-        retry(
-            &format!("phase {phase}, host {}: etcd healthy", h.name()),
-            Duration::from_secs(120),
-            || async { h.sh(phase, health).await.map(drop) },
-        )
-        .await?;
-        cx.reporter.step(phase, h.name(), "healthy");
-        Ok::<_, anyhow::Error>(())
-    }))
-    .await;
-    waits.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(())
 }
 
 /// The API server, controller manager and scheduler on every control-plane host; done when
 /// the API answers `/readyz`.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::ControlPlane;
-    for h in &cx.hosts {
-        start_units(
-            cx,
-            h,
-            phase,
-            &cx.components(&h.host, StartPhase::ControlPlane),
-        )
-        .await?;
-    }
+    rolling_control_plane(cx).await?;
     restarted(cx, StartPhase::ControlPlane)?;
     let client = cx.client().await?;
     retry(
@@ -511,6 +472,120 @@ async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
         format!("ready at https://{}", cx.cs.inputs.api_endpoint),
     );
     Ok(())
+}
+
+/// Starts the control plane. An API server already running whose files changed is
+/// restarted one host at a time, each back (its /readyz) before the next goes down, so
+/// that a highly available control plane keeps answering through a change; API servers
+/// that were not running start all at once (a first install).
+async fn rolling_control_plane(cx: &Apply<'_>) -> Result<()> {
+    let phase = PhaseName::ControlPlane;
+    let pending = |h: &HostConn| {
+        let on = cx.components(&h.host, StartPhase::ControlPlane);
+        let p = cx.state.pending_restarts.get(h.name());
+        !catalog::restarts(&p.cloned().unwrap_or_default(), on.iter().copied()).is_empty()
+    };
+    let control_plane: Vec<&HostConn> = cx
+        .hosts
+        .iter()
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::KubeApiserver))
+        .collect();
+    // Which API servers run now.
+    let probed = join_all(control_plane.iter().map(|h| {
+        h.sh(
+            phase,
+            "systemctl is-active --quiet kube-apiserver.service && echo running || echo stopped",
+        )
+    }))
+    .await;
+    let mut running = BTreeSet::new();
+    for (h, r) in control_plane.iter().zip(probed) {
+        if r?.contains("running") {
+            running.insert(h.name().to_owned());
+        }
+    }
+    let rolling: Vec<&HostConn> = control_plane
+        .iter()
+        .filter(|h| running.contains(h.name()) && pending(h))
+        .copied()
+        .collect();
+    if control_plane.len() < 2 || rolling.is_empty() {
+        for h in &cx.hosts {
+            start_units(
+                cx,
+                h,
+                phase,
+                &cx.components(&h.host, StartPhase::ControlPlane),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    // New API servers first (more of them answer while the others restart).
+    for h in cx
+        .hosts
+        .iter()
+        .filter(|h| !rolling.iter().any(|r| r.name() == h.name()))
+    {
+        start_units(
+            cx,
+            h,
+            phase,
+            &cx.components(&h.host, StartPhase::ControlPlane),
+        )
+        .await?;
+    }
+    for h in rolling {
+        start_units(
+            cx,
+            h,
+            phase,
+            &cx.components(&h.host, StartPhase::ControlPlane),
+        )
+        .await?;
+        let client = crate::hosts::client_at(&cx.cs, &api_server_of(h)).await?;
+        // The restart is queued (--no-block): wait until the old process is gone, then
+        // until the new one answers.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        retry(
+            &format!(
+                "phase {phase}, host {}: API server back (/readyz)",
+                h.name()
+            ),
+            Duration::from_secs(180),
+            || {
+                let c = client.clone();
+                async move {
+                    let text = c
+                        .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                        .await?;
+                    if text.trim() == "ok" {
+                        Ok(())
+                    } else {
+                        bail!("{text}")
+                    }
+                }
+            },
+        )
+        .await?;
+        cx.reporter.step(
+            phase,
+            h.name(),
+            "API server restarted and ready (one host at a time)",
+        );
+    }
+    Ok(())
+}
+
+/// `host:port` of a control-plane host's API server.
+fn api_server_of(h: &HostConn) -> String {
+    match h.host.address.as_ref() {
+        Some(a) => match a.ip() {
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", catalog::API_PORT),
+            _ => format!("{}:{}", a.as_str(), catalog::API_PORT),
+        },
+        None => format!("{}:{}", h.name(), catalog::API_PORT),
+    }
 }
 
 /// containerd, kubelet, kube-proxy and every node's own units; the asset images imported.
@@ -770,12 +845,20 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
         has_pod_cidr,
     )
     .await?;
-    let control_plane = cx
-        .hosts
-        .iter()
-        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::KubeApiserver));
-    for h in control_plane {
-        label_control_plane(&client, h.name()).await?;
+    // Role labels, set through the API (NodeRestriction forbids the kubelet): the update
+    // operator knows control-plane and etcd nodes by them (one at a time, while the others
+    // are healthy).
+    for h in &cx.hosts {
+        let mut labels = Vec::new();
+        if catalog::runs(cx.cluster(), &h.host, Component::KubeApiserver) {
+            labels.push(pod_security::CONTROL_PLANE_LABEL);
+        }
+        if catalog::runs(cx.cluster(), &h.host, Component::Etcd) {
+            labels.push(strata_update_api::ETCD_NODE_LABEL);
+        }
+        if !labels.is_empty() {
+            label_roles(&client, h.name(), &labels).await?;
+        }
     }
     let minor = cx.cluster().spec.kubernetes.version.minor();
     for h in &cx.hosts {
@@ -882,14 +965,17 @@ async fn set_control_plane_taints(
     )
 }
 
-async fn label_control_plane(client: &kube::Client, name: &str) -> Result<()> {
+/// Gives node `name` exactly the role labels `labels` that this field manager sets.
+async fn label_roles(client: &kube::Client, name: &str, labels: &[&str]) -> Result<()> {
     let node = Node {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(
-                pod_security::CONTROL_PLANE_LABEL.to_owned(),
-                String::new(),
-            )])),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|l| ((*l).to_owned(), String::new()))
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         },
         ..Node::default()
@@ -924,6 +1010,44 @@ async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
 }
 
 async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {
+    let phase = PhaseName::Kubeconfig;
+    if let Some(vip) = cx.cluster().spec.control_plane.vip
+        && cx.cluster().spec.control_plane.endpoint.0.is_empty()
+    {
+        // The admin kubeconfig names the virtual IP: it answers before apply is done.
+        let client = crate::hosts::admin_client(&cx.cs).await?;
+        retry(
+            &format!("phase {phase}: the virtual IP {vip} answers (/readyz)"),
+            Duration::from_secs(90),
+            || {
+                let c = client.clone();
+                async move {
+                    let text = c
+                        .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                        .await?;
+                    if text.trim() == "ok" {
+                        Ok(())
+                    } else {
+                        bail!("{text}")
+                    }
+                }
+            },
+        )
+        .await?;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(client, "kube-system");
+        let holder = leases
+            .get(strata_manifests::objects::VIP_LEASE)
+            .await
+            .ok()
+            .and_then(|l| l.spec.and_then(|s| s.holder_identity))
+            .unwrap_or_default();
+        cx.reporter.step(
+            phase,
+            "api",
+            format!("virtual IP {vip} answers, held by {holder}"),
+        );
+    }
     let kubeconfig = cx.cs.state.file("auth/kubeconfig");
     cx.reporter.step(
         PhaseName::Kubeconfig,

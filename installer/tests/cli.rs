@@ -232,7 +232,7 @@ fn certs_generate_check_and_renew() {
     let out = strata(&["certs", "generate", "-f", &f], home.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let so = text(&out.stdout);
-    assert!(so.contains("42 created, 0 re-issued, 0 kept"), "{so}");
+    assert!(so.contains("43 created, 0 re-issued, 0 kept"), "{so}");
     // Default state directory: next to the file, named after the cluster.
     let state = dir.path().join("local");
     let mode = |p: &str| {
@@ -248,11 +248,11 @@ fn certs_generate_check_and_renew() {
     assert_eq!(mode(""), 0o700);
 
     let again = strata(&["certs", "generate", "-f", &f], home.path());
-    assert!(text(&again.stdout).contains("0 created, 0 re-issued, 42 kept"));
+    assert!(text(&again.stdout).contains("0 created, 0 re-issued, 43 kept"));
 
     let check = strata(&["certs", "check", "-f", &f], home.path());
     assert!(check.status.success(), "{}", text(&check.stdout));
-    assert!(text(&check.stdout).contains("all 26 certificates valid for at least 30 days"));
+    assert!(text(&check.stdout).contains("all 27 certificates valid for at least 30 days"));
     // Leaves live a year: asking for 400 days of margin fails and says what to do.
     let strict = strata(
         &["certs", "check", "-f", &f, "--within", "400d"],

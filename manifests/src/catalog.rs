@@ -21,6 +21,11 @@ pub enum Component {
     KubeApiserver,
     KubeControllerManager,
     KubeScheduler,
+    /// The node-local API load balancer: kubelet, kube-proxy and the host-network agents
+    /// reach the API servers through it.
+    ApiBalancer,
+    /// The control plane's virtual IP (`spec.controlPlane.vip`), on control-plane hosts.
+    Vip,
     Containerd,
     Kubelet,
     KubeProxy,
@@ -39,7 +44,7 @@ pub enum Component {
 }
 
 /// How many components there are (the catalogue has one entry each).
-pub const COMPONENTS: usize = 13;
+pub const COMPONENTS: usize = 15;
 
 /// Which hosts run a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +143,8 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// etcd's metrics and /health, on loopback.
 pub const ETCD_METRICS_PORT: u16 = 2381;
+/// The node-local API load balancer, on loopback (as Talos' KubePrism).
+pub const API_BALANCER_PORT: u16 = 7445;
 
 /// An entry with nothing on the hosts but its placement (the fields an entry leaves out).
 const fn base(
@@ -171,7 +178,8 @@ pub const CATALOG: &[Spec] = &[
         tools: &["etcdctl"],
         ports: &[ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_METRICS_PORT],
         health: Health::EtcdEndpoint,
-        run_paths: &["/var/lib/etcd"],
+        // The membership file apply writes when a member first starts (see render).
+        run_paths: &["/var/lib/etcd", "/etc/etcd/membership.env"],
         ..base(
             Component::Etcd,
             "etcd",
@@ -212,6 +220,27 @@ pub const CATALOG: &[Spec] = &[
             "kube-scheduler",
             Placement::Role(Role::ControlPlane),
             StartPhase::ControlPlane,
+        )
+    },
+    Spec {
+        units: &[started("strata-vip.service")],
+        binaries: &["strata-vip"],
+        ..base(
+            Component::Vip,
+            "vip",
+            Placement::Role(Role::ControlPlane),
+            StartPhase::ControlPlane,
+        )
+    },
+    Spec {
+        units: &[started("strata-api-balancer.service")],
+        binaries: &["strata-api-balancer"],
+        ports: &[API_BALANCER_PORT],
+        ..base(
+            Component::ApiBalancer,
+            "api-balancer",
+            Placement::EveryNode,
+            StartPhase::Nodes,
         )
     },
     Spec {
@@ -352,6 +381,7 @@ impl Component {
                 addons.update_operator.enabled
             }
             Component::Dns => addons.dns.enabled,
+            Component::Vip => c.spec.control_plane.vip.is_some(),
             _ => true,
         }
     }

@@ -372,6 +372,11 @@ pub struct ControlPlane {
     /// host:port of the API; empty means the first control-plane host, port 6443.
     #[serde(default = "default_endpoint")]
     pub endpoint: Endpoint,
+    /// A virtual IP on the control-plane hosts' network, held by one control-plane host whose
+    /// API server works at a time and moved with gratuitous ARP when that host dies: what
+    /// the admin kubeconfig and other clients off the cluster use when `endpoint` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// Extra IP addresses and DNS names for the API server certificate (a load balancer,
     /// a public name).
     #[serde(default, rename = "certSANs", skip_serializing_if = "Vec::is_empty")]
@@ -386,6 +391,7 @@ impl Default for ControlPlane {
     fn default() -> Self {
         Self {
             endpoint: default_endpoint(),
+            vip: None,
             cert_sans: Vec::new(),
         }
     }
@@ -841,11 +847,13 @@ impl Cluster {
         if !matches!(self.spec.platform, Platform::Local(_)) {
             return;
         }
+        // Taken: the hosts' own addresses and the virtual IP.
         let used: Vec<IpAddr> = self
             .spec
             .hosts
             .iter()
             .filter_map(|h| h.address.as_ref().and_then(HostAddress::ip))
+            .chain(self.spec.control_plane.vip.map(IpAddr::V4))
             .collect();
         let mut next = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2));
         for h in self.spec.hosts.iter_mut().filter(|h| h.address.is_none()) {
@@ -858,10 +866,24 @@ impl Cluster {
         }
     }
 
+    /// `host:port` of the first control-plane host's API server (what apply talks to while
+    /// it installs: a virtual IP is held only once the control plane runs).
+    pub fn first_api_server(&self) -> Option<String> {
+        let host = self.hosts_with(Role::ControlPlane).next()?;
+        let addr = host.address.as_ref()?;
+        Some(match addr.ip() {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", crate::catalog::API_PORT),
+            _ => format!("{}:{}", addr.as_str(), crate::catalog::API_PORT),
+        })
+    }
+
     /// `host:port` clients use to reach the API server.
     pub fn api_endpoint(&self) -> Option<String> {
         if !self.spec.control_plane.endpoint.0.is_empty() {
             return Some(self.spec.control_plane.endpoint.0.clone());
+        }
+        if let Some(vip) = self.spec.control_plane.vip {
+            return Some(format!("{vip}:{}", crate::catalog::API_PORT));
         }
         let host = self.hosts_with(Role::ControlPlane).next()?;
         let addr = host.address.as_ref()?;

@@ -8,6 +8,9 @@ use k8s_openapi::{Metadata, Resource};
 use crate::model::Cluster;
 use crate::render::{ClusterObject, RenderError, to_yaml};
 
+/// The Lease whose holder holds the control plane's virtual IP (kube-system).
+pub const VIP_LEASE: &str = "strata-vip";
+
 /// Label on everything Strata creates in the cluster.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "strata");
 
@@ -150,5 +153,53 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
     .chain(crate::addons::overlay(cluster)?)
     .chain(crate::addons::update_operator(cluster)?)
     .chain(crate::addons::dns(cluster)?)
+    .chain(vip_objects(cluster)?)
     .collect())
+}
+
+/// The Lease the virtual IP's holder renews, and the right of the control-plane hosts'
+/// agents to read and renew that Lease (and nothing else).
+fn vip_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    if cluster.spec.control_plane.vip.is_none() {
+        return Ok(Vec::new());
+    }
+    let namespaced = |name: &str| ObjectMeta {
+        namespace: Some("kube-system".into()),
+        ..meta(name)
+    };
+    let lease = Lease {
+        metadata: namespaced(VIP_LEASE),
+        spec: None,
+    };
+    let role = Role {
+        metadata: namespaced("strata:vip"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".into()]),
+            resources: Some(vec!["leases".into()]),
+            resource_names: Some(vec![VIP_LEASE.into()]),
+            verbs: vec!["get".into(), "update".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let role_binding = RoleBinding {
+        metadata: namespaced("strata:vip"),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "strata:vip".into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Group".into(),
+            name: "strata:vips".into(),
+            ..Subject::default()
+        }]),
+    };
+    Ok(vec![
+        object("vip.lease.yaml", &lease)?,
+        object("rbac-vip.role.yaml", &role)?,
+        object("rbac-vip.rolebinding.yaml", &role_binding)?,
+    ])
 }

@@ -60,6 +60,9 @@ pub fn inputs(c: &Cluster, ctx: &Context) -> Result<Inputs, PkiInputError> {
     Ok(Inputs {
         cluster_name: c.name().to_owned(),
         api_endpoint: c.api_endpoint().ok_or(PkiInputError::NoEndpoint)?,
+        same_host_api: format!("127.0.0.1:{}", catalog::API_PORT),
+        node_balancer: format!("127.0.0.1:{}", catalog::API_BALANCER_PORT),
+        vip: spec.control_plane.vip.map(IpAddr::V4),
         api_service_ip: first_address(spec.network.service_cidr.net()),
         cluster_domain: spec.network.cluster_domain.to_string(),
         nodes: spec
@@ -72,7 +75,13 @@ pub fn inputs(c: &Cluster, ctx: &Context) -> Result<Inputs, PkiInputError> {
                 control_plane: catalog::runs(c, h, Component::KubeApiserver),
             })
             .collect(),
-        extra_api_sans: spec.control_plane.cert_sans.iter().map(address).collect(),
+        extra_api_sans: spec
+            .control_plane
+            .cert_sans
+            .iter()
+            .map(address)
+            .chain(spec.control_plane.vip.map(|v| Address::Ip(IpAddr::V4(v))))
+            .collect(),
         key_algorithm: match spec.pki.key_algorithm {
             model::KeyAlgorithm::EcdsaP256 => KeyAlgorithm::EcdsaP256,
             model::KeyAlgorithm::Rsa2048 => KeyAlgorithm::Rsa2048,

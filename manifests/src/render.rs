@@ -14,7 +14,9 @@ use strata_pki::StateDir;
 use std::collections::BTreeSet;
 
 use crate::catalog::{self, Component};
-pub use crate::catalog::{API_PORT, BIN_DIR, CNI_BIN_DIR, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+pub use crate::catalog::{
+    API_BALANCER_PORT, API_PORT, BIN_DIR, CNI_BIN_DIR, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+};
 use crate::images::StrataImage;
 use crate::model::{Cluster, Host, Platform};
 use crate::objects;
@@ -74,6 +76,19 @@ impl HostTree {
         file.mode = mode;
         file.content = content.into();
         file.users.insert(by);
+    }
+
+    /// Adds a file its component watches and re-reads while it runs: a change restarts
+    /// nothing.
+    fn add_reloaded(&mut self, path: impl Into<String>, mode: u32, content: impl Into<Vec<u8>>) {
+        self.files.insert(
+            path.into(),
+            HostFile {
+                mode,
+                content: content.into(),
+                users: BTreeSet::new(),
+            },
+        );
     }
 
     /// The components that read any of `paths`.
@@ -255,6 +270,8 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
                 Component::KubeApiserver => apiserver_files(&ctx, h, &mut t)?,
                 Component::KubeControllerManager => controller_manager_files(&ctx, &mut t)?,
                 Component::KubeScheduler => scheduler_files(&ctx, &mut t)?,
+                Component::ApiBalancer => api_balancer_files(&ctx, &mut t)?,
+                Component::Vip => vip_files(&ctx, h, &mut t)?,
                 Component::Containerd => containerd_files(&ctx, &mut t),
                 Component::Kubelet => kubelet_files(&ctx, h, &mut t)?,
                 Component::KubeProxy => kube_proxy_files(&ctx, h, &mut t)?,
@@ -291,12 +308,13 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
 // ---------------------------------------------------------------------------------------
 // etcd
 
+/// The environment file with the membership an etcd member first starts with: written by
+/// apply when the member first starts (a new cluster, or a join), never rendered, so that a
+/// running cluster is never started again as a new one.
+pub const ETCD_MEMBERSHIP_ENV: &str = "/etc/etcd/membership.env";
+
 fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
-    let c = ctx.cluster;
     let me = url_host(h);
-    let initial: Vec<String> = catalog::hosts_running(c, Component::Etcd)
-        .map(|m| format!("{}=https://{}:{ETCD_PEER_PORT}", m.name, url_host(m)))
-        .collect();
     // Listen on the host's own address and loopback; a host known by name listens on all.
     let (listen_client, listen_peer) = match host_ip(h) {
         Some(_) => (
@@ -309,41 +327,44 @@ fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         ),
     };
     let etcd_pki = format!("{PKI_DIR}/etcd");
-    let config = format!(
-        "# etcd member {name} of cluster {cluster}. Written by Strata.\n\
-         name: {name}\n\
-         data-dir: /var/lib/etcd\n\
-         listen-client-urls: {listen_client}\n\
-         advertise-client-urls: https://{me}:{ETCD_CLIENT_PORT}\n\
-         listen-peer-urls: {listen_peer}\n\
-         initial-advertise-peer-urls: https://{me}:{ETCD_PEER_PORT}\n\
-         initial-cluster: {initial}\n\
-         initial-cluster-state: new\n\
-         initial-cluster-token: strata-{cluster}\n\
-         listen-metrics-urls: http://127.0.0.1:2381\n\
-         client-transport-security:\n  \
-           cert-file: {etcd_pki}/server.crt\n  \
-           key-file: {etcd_pki}/server.key\n  \
-           trusted-ca-file: {etcd_pki}/ca.crt\n  \
-           client-cert-auth: true\n\
-         peer-transport-security:\n  \
-           cert-file: {etcd_pki}/peer.crt\n  \
-           key-file: {etcd_pki}/peer.key\n  \
-           trusted-ca-file: {etcd_pki}/ca.crt\n  \
-           client-cert-auth: true\n",
-        name = h.name,
-        cluster = c.name(),
-        initial = initial.join(","),
-    );
-    t.add(Component::Etcd, "/etc/etcd/etcd.conf.yaml", 0o644, config);
+    // Flags, not a configuration file: etcd ignores its environment (the membership file)
+    // when given one.
+    let args = vec![
+        flag("name", &h.name),
+        flag("data-dir", "/var/lib/etcd"),
+        flag("listen-client-urls", listen_client),
+        flag(
+            "advertise-client-urls",
+            format!("https://{me}:{ETCD_CLIENT_PORT}"),
+        ),
+        flag("listen-peer-urls", listen_peer),
+        flag(
+            "initial-advertise-peer-urls",
+            format!("https://{me}:{ETCD_PEER_PORT}"),
+        ),
+        flag(
+            "listen-metrics-urls",
+            format!("http://127.0.0.1:{}", catalog::ETCD_METRICS_PORT),
+        ),
+        flag("cert-file", format!("{etcd_pki}/server.crt")),
+        flag("key-file", format!("{etcd_pki}/server.key")),
+        flag("trusted-ca-file", format!("{etcd_pki}/ca.crt")),
+        flag("client-cert-auth", true),
+        flag("peer-cert-file", format!("{etcd_pki}/peer.crt")),
+        flag("peer-key-file", format!("{etcd_pki}/peer.key")),
+        flag("peer-trusted-ca-file", format!("{etcd_pki}/ca.crt")),
+        flag("peer-client-cert-auth", true),
+    ];
+    let env = format!("EnvironmentFile={ETCD_MEMBERSHIP_ENV}");
+    let extra = ["Type=notify", "LimitNOFILE=65536", env.as_str()];
     let unit = Unit {
         description: "etcd key-value store (Strata)",
         documentation: "https://etcd.io/docs/v3.4/op-guide/configuration/",
         after: &[],
         requires: &[],
         exec: format!("{BIN_DIR}/etcd"),
-        args: vec![flag("config-file", "/etc/etcd/etcd.conf.yaml")],
-        extra: &["Type=notify", "LimitNOFILE=65536"],
+        args,
+        extra: &extra,
     };
     t.add(
         Component::Etcd,
@@ -944,7 +965,7 @@ fn kubelet_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Render
     let unit = Unit {
         description: "Kubernetes node agent (Strata)",
         documentation: "https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/",
-        after: &["containerd.service"],
+        after: &["containerd.service", "strata-api-balancer.service"],
         requires: &["containerd.service"],
         exec: format!("{BIN_DIR}/kubelet"),
         args,
@@ -1049,6 +1070,112 @@ fn host_settings_files(ctx: &Ctx<'_>, t: &mut HostTree) {
 }
 
 /// The update agent's identity on its node, and the path units it works through.
+/// Where the node-local API load balancer's list of API servers and identity are.
+pub const API_BALANCER_DIR: &str = "/etc/strata/api-balancer";
+
+/// The API servers as the node-local balancers reach them, one `host:port` per line, in the
+/// Cluster file's order.
+pub fn api_balancer_backends(c: &crate::model::Cluster) -> String {
+    let mut s = String::from(
+        "# The cluster's API servers. Written by Strata; re-read by strata-api-balancer.\n",
+    );
+    for h in catalog::hosts_running(c, Component::KubeApiserver) {
+        s.push_str(&format!("{}:{API_PORT}\n", url_host(h)));
+    }
+    s
+}
+
+fn api_balancer_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), RenderError> {
+    let dir = API_BALANCER_DIR;
+    t.add_reloaded(
+        format!("{dir}/backends"),
+        0o644,
+        api_balancer_backends(ctx.cluster),
+    );
+    let by = Component::ApiBalancer;
+    t.add(by, format!("{dir}/ca.crt"), 0o644, ctx.cert("ca")?);
+    t.add(
+        by,
+        format!("{dir}/client.crt"),
+        0o644,
+        ctx.cert("api-balancer")?,
+    );
+    t.add(
+        by,
+        format!("{dir}/client.key"),
+        0o600,
+        ctx.key("api-balancer")?,
+    );
+    let unit = Unit {
+        description: "Node-local Kubernetes API load balancer (Strata)",
+        documentation: "https://github.com/strata-dev/strata/tree/main/addons/api-balancer",
+        after: &[],
+        requires: &[],
+        exec: format!("{BIN_DIR}/strata-api-balancer"),
+        args: vec![
+            flag("listen", format!("127.0.0.1:{API_BALANCER_PORT}")),
+            flag("backends", format!("{dir}/backends")),
+            flag("ca", format!("{dir}/ca.crt")),
+            flag("cert", format!("{dir}/client.crt")),
+            flag("key", format!("{dir}/client.key")),
+        ],
+        extra: &[
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=",
+            "LimitNOFILE=65536",
+        ],
+    };
+    t.add(
+        by,
+        "/etc/systemd/system/strata-api-balancer.service",
+        0o644,
+        unit.text(),
+    );
+    Ok(())
+}
+
+/// Where a control-plane host's virtual IP agent keeps its identity.
+pub const VIP_DIR: &str = "/etc/strata/vip";
+
+fn vip_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
+    let (Some(vip), Some(me)) = (ctx.cluster.spec.control_plane.vip, host_ip(h)) else {
+        return Ok(());
+    };
+    let by = Component::Vip;
+    t.add(
+        by,
+        format!("{VIP_DIR}/kubeconfig"),
+        0o600,
+        ctx.read(ctx.state.file(&format!("kubeconfigs/vip-{}.conf", h.name)))?,
+    );
+    let unit = Unit {
+        description: "The control plane's virtual IP (Strata)",
+        documentation: "https://github.com/strata-dev/strata/tree/main/addons/vip",
+        after: &["kube-apiserver.service"],
+        requires: &[],
+        exec: format!("{BIN_DIR}/strata-vip"),
+        args: vec![
+            flag("vip", vip),
+            flag("host-address", me),
+            flag("identity", &h.name),
+            flag("kubeconfig", format!("{VIP_DIR}/kubeconfig")),
+        ],
+        extra: &[
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+            // Gives the Lease up on the way down (a reboot moves the address at once).
+            "TimeoutStopSec=10",
+        ],
+    };
+    t.add(
+        by,
+        "/etc/systemd/system/strata-vip.service",
+        0o644,
+        unit.text(),
+    );
+    Ok(())
+}
+
 fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     use crate::addons::UPDATE_AGENT_DIR;
     t.add(

@@ -496,6 +496,7 @@ fn semantic_problems(c: &Cluster, doc: &LocatedValue, ctx: &Context) -> Vec<Diag
     check_hosts(c, &mut k);
     check_network(c, &mut k);
     check_ssh(c, &mut k);
+    check_vip(c, &mut k);
     check_pki(c, ctx, &mut k);
     check_keys(c, ctx, &mut k);
     check_assets(c, &mut k);
@@ -979,6 +980,62 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
             format!("endpoint address {ip} lies inside the pod or service CIDR"),
             "use an address outside spec.network.podCIDR and serviceCIDR",
         );
+    }
+}
+
+fn check_vip(c: &Cluster, k: &mut Checker<'_>) {
+    let Some(vip) = c.spec.control_plane.vip else {
+        return;
+    };
+    let ip = IpAddr::V4(vip);
+    let pointer = "/spec/controlPlane/vip";
+    let (pod, svc) = (
+        c.spec.network.pod_cidr.net(),
+        c.spec.network.service_cidr.net(),
+    );
+    if pod.contains(&ip) || svc.contains(&ip) {
+        k.error(
+            pointer,
+            format!("virtual IP {vip} lies inside the pod or service CIDR"),
+            "use a free address of the control-plane hosts' network",
+        );
+    }
+    if vip.is_loopback() || vip.is_unspecified() || vip.is_multicast() || vip.is_broadcast() {
+        k.error(
+            pointer,
+            format!("{vip} cannot be a virtual IP"),
+            "use a free address of the control-plane hosts' network",
+        );
+    }
+    if let Some(h) = c
+        .spec
+        .hosts
+        .iter()
+        .find(|h| h.address.as_ref().and_then(|a| a.ip()) == Some(ip))
+    {
+        k.error(
+            pointer,
+            format!("virtual IP {vip} is host {}'s own address", h.name),
+            "use a free address of the control-plane hosts' network",
+        );
+    }
+    // Local machines without an address get IPv4 ones after validation.
+    let local = matches!(c.spec.platform, Platform::Local(_));
+    for (i, h) in c.spec.hosts.iter().enumerate() {
+        let v4 = match h.address.as_ref() {
+            None => local,
+            Some(a) => matches!(a.ip(), Some(IpAddr::V4(_))),
+        };
+        if h.has_role(Role::ControlPlane) && !v4 {
+            k.error(
+                &format!("/spec/hosts/{i}/address"),
+                format!(
+                    "control-plane host {} needs an IPv4 address for the virtual IP to be held on its network",
+                    h.name
+                ),
+                "give the host its IPv4 address, or remove spec.controlPlane.vip",
+            );
+        }
     }
 }
 

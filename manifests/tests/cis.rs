@@ -62,8 +62,8 @@ impl Cfg {
     fn kubelet_config(&self) -> String {
         self.text("w1", "/etc/kubernetes/kubelet/config.yaml")
     }
-    fn etcd_config(&self) -> String {
-        self.text("cp1", "/etc/etcd/etcd.conf.yaml")
+    fn etcd(&self, name: &str) -> Option<String> {
+        self.flag("cp1", "etcd", name)
     }
     /// Every host's files whose path matches, with their modes.
     fn modes(&self, matches: impl Fn(&str) -> bool) -> Vec<(String, u32)> {
@@ -218,13 +218,7 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
         (
             "1.1.7",
             "etcd spec file permissions 644 or stricter",
-            Holds(|c| {
-                files_at_most(
-                    c,
-                    |p| unit("etcd")(p) || p == "/etc/etcd/etcd.conf.yaml",
-                    0o644,
-                )
-            }),
+            Holds(|c| files_at_most(c, |p| unit("etcd")(p) || p.starts_with("/etc/etcd/"), 0o644)),
         ),
         (
             "1.1.8",
@@ -650,37 +644,27 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
             "--bind-address=127.0.0.1",
             Holds(|c| flag_is(c.sched("bind-address"), "127.0.0.1", "bind-address")),
         ),
-        // 2 etcd (its configuration file holds the flags' settings)
+        // 2 etcd (flags of its unit)
         (
             "2.1",
             "--cert-file and --key-file set",
             Holds(|c| {
-                let e = c.etcd_config();
                 ensure(
-                    e.contains("client-transport-security:")
-                        && e.contains("cert-file:")
-                        && e.contains("key-file:"),
-                    || e.clone(),
+                    c.etcd("cert-file").is_some() && c.etcd("key-file").is_some(),
+                    || format!("{:?}", c.flags("cp1", "etcd")),
                 )
             }),
         ),
         (
             "2.2",
             "--client-cert-auth=true",
-            Holds(|c| {
-                let e = c.etcd_config();
-                let client = e
-                    .split("peer-transport-security:")
-                    .next()
-                    .unwrap_or_default();
-                ensure(client.contains("client-cert-auth: true"), || e.clone())
-            }),
+            Holds(|c| flag_is(c.etcd("client-cert-auth"), "true", "client-cert-auth")),
         ),
         (
             "2.3",
             "--auto-tls not true",
             Holds(|c| {
-                ensure(!c.etcd_config().contains("auto-tls: true"), || {
+                ensure(c.etcd("auto-tls").is_none_or(|v| v != "true"), || {
                     "auto-tls".into()
                 })
             }),
@@ -689,14 +673,9 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
             "2.4",
             "--peer-cert-file and --peer-key-file set",
             Holds(|c| {
-                let e = c.etcd_config();
-                let peer = e
-                    .split("peer-transport-security:")
-                    .nth(1)
-                    .unwrap_or_default();
                 ensure(
-                    peer.contains("cert-file:") && peer.contains("key-file:"),
-                    || e.clone(),
+                    c.etcd("peer-cert-file").is_some() && c.etcd("peer-key-file").is_some(),
+                    || format!("{:?}", c.flags("cp1", "etcd")),
                 )
             }),
         ),
@@ -704,19 +683,18 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
             "2.5",
             "--peer-client-cert-auth=true",
             Holds(|c| {
-                let e = c.etcd_config();
-                let peer = e
-                    .split("peer-transport-security:")
-                    .nth(1)
-                    .unwrap_or_default();
-                ensure(peer.contains("client-cert-auth: true"), || e.clone())
+                flag_is(
+                    c.etcd("peer-client-cert-auth"),
+                    "true",
+                    "peer-client-cert-auth",
+                )
             }),
         ),
         (
             "2.6",
             "--peer-auto-tls not true",
             Holds(|c| {
-                ensure(!c.etcd_config().contains("auto-tls: true"), || {
+                ensure(c.etcd("peer-auto-tls").is_none_or(|v| v != "true"), || {
                     "peer auto-tls".into()
                 })
             }),
@@ -725,10 +703,9 @@ fn items() -> Vec<(&'static str, &'static str, Verdict)> {
             "2.7",
             "a unique certificate authority for etcd",
             Holds(|c| {
-                let e = c.etcd_config();
                 let api_ca = c.api("client-ca-file").unwrap_or_default();
                 ensure(
-                    e.contains("trusted-ca-file: /etc/kubernetes/pki/etcd/ca.crt")
+                    c.etcd("trusted-ca-file").as_deref() == Some("/etc/kubernetes/pki/etcd/ca.crt")
                         && api_ca != "/etc/kubernetes/pki/etcd/ca.crt"
                         && c.text("cp1", "/etc/kubernetes/pki/etcd/ca.crt")
                             != c.text("cp1", "/etc/kubernetes/pki/ca.crt"),

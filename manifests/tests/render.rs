@@ -191,8 +191,9 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     assert_eq!(
         units,
-        7 + 3 + 3 + 3 * 7,
-        "cp1: etcd and 3 control-plane units + 3 node units per host + per host the pod \
+        7 + 3 + 3 + 3 * 8,
+        "cp1: etcd and 3 control-plane units + 3 node units per host + per host the API \
+         balancer, the pod \
          masquerade, the update agent's 2 path units and their 2 services, the update_engine \
          timer and its service"
     );

@@ -85,6 +85,15 @@ fn examples_are_valid() {
             Some("198.18.0.2:6443")
         );
     }
+    let name = "examples/ha-local.yaml";
+    let text = std::fs::read_to_string(repo_file(name)).expect("read");
+    let loaded =
+        load_str(&text, &ctx(name, home.path())).unwrap_or_else(|r| panic!("{name}:\n{r}"));
+    assert_eq!(loaded.report.diagnostics, vec![], "{name}");
+    assert_eq!(
+        loaded.cluster.api_endpoint().as_deref(),
+        Some("198.18.0.100:6443")
+    );
 }
 
 #[test]
@@ -355,4 +364,48 @@ fn agent_and_bastion_are_part_of_the_ssh_settings() {
     )
     .expect_err("typo");
     assert!(r.to_string().contains("did you mean `user`"), "{r}");
+}
+
+#[test]
+fn a_virtual_ip_is_the_endpoint_and_never_a_host_address() {
+    // Local hosts get addresses around it; the admin kubeconfig names it.
+    let hosts = "    - {name: a, roles: [etcd, control-plane]}\n    - {name: b, roles: [etcd, control-plane]}\n    - {name: c, roles: [etcd, control-plane]}\n";
+    let c = check(&minimal(hosts, "  controlPlane: {vip: 198.18.0.3}\n"))
+        .expect("valid")
+        .cluster;
+    let addrs: Vec<String> = c
+        .spec
+        .hosts
+        .iter()
+        .filter_map(|h| h.address.as_ref().map(|a| a.to_string()))
+        .collect();
+    assert_eq!(addrs, ["198.18.0.2", "198.18.0.4", "198.18.0.5"]);
+    assert_eq!(c.api_endpoint().as_deref(), Some("198.18.0.3:6443"));
+    assert_eq!(c.first_api_server().as_deref(), Some("198.18.0.2:6443"));
+
+    // A host's own address, or one of the cluster's ranges: refused, located.
+    let hosts = "    - {name: a, address: 198.18.0.2, roles: [etcd, control-plane]}\n";
+    let r = check(&minimal(hosts, "  controlPlane: {vip: 198.18.0.2}\n")).expect_err("host's");
+    let s = r.to_string();
+    assert!(
+        s.contains("virtual IP 198.18.0.2 is host a's own address"),
+        "{s}"
+    );
+    assert_eq!(errors(&r), vec![(9, "spec.controlPlane.vip".into())], "{s}");
+    let r = check(&minimal(hosts, "  controlPlane: {vip: 10.96.0.20}\n")).expect_err("range");
+    assert!(
+        r.to_string().contains("inside the pod or service CIDR"),
+        "{r}"
+    );
+    // Not an IPv4 address: the schema says so.
+    let r = check(&minimal(hosts, "  controlPlane: {vip: 'fd00::9'}\n")).expect_err("v6");
+    assert!(r.to_string().contains("vip"), "{r}");
+    // An endpoint (an external load balancer) stays what clients use.
+    let c = check(&minimal(
+        hosts,
+        "  controlPlane: {vip: 198.18.0.9, endpoint: 'lb.example.com:443'}\n",
+    ))
+    .expect("valid")
+    .cluster;
+    assert_eq!(c.api_endpoint().as_deref(), Some("lb.example.com:443"));
 }

@@ -57,6 +57,12 @@ pub struct Inputs {
     pub cluster_name: String,
     /// `host:port` clients use for the API server.
     pub api_endpoint: String,
+    /// `host:port` of the API server as a control-plane host's own components reach it.
+    pub same_host_api: String,
+    /// `host:port` of the node-local API load balancer on every node.
+    pub node_balancer: String,
+    /// The control plane's virtual IP: each control-plane host gets an identity to hold it.
+    pub vip: Option<IpAddr>,
     /// First address of the service CIDR (the `kubernetes` Service's ClusterIP).
     pub api_service_ip: IpAddr,
     pub cluster_domain: String,
@@ -106,6 +112,18 @@ pub struct KubeconfigSpec {
     pub file: String,
     /// User name inside the kubeconfig.
     pub user: String,
+    pub server: Server,
+}
+
+/// Which API address a kubeconfig names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// The cluster's endpoint (`Inputs::api_endpoint`): for users and tools off the cluster.
+    Endpoint,
+    /// The API server on the same host (controller manager and scheduler).
+    SameHost,
+    /// The node-local API load balancer (kubelet, kube-proxy, host-network agents).
+    NodeBalancer,
 }
 
 /// One leaf certificate.
@@ -156,10 +174,16 @@ impl CertSpec {
         self
     }
 
-    fn kubeconfig(mut self, file: impl Into<String>, user: impl Into<String>) -> Self {
+    fn kubeconfig(
+        mut self,
+        file: impl Into<String>,
+        user: impl Into<String>,
+        server: Server,
+    ) -> Self {
         self.kubeconfig = Some(KubeconfigSpec {
             file: file.into(),
             user: user.into(),
+            server,
         });
         self
     }
@@ -280,7 +304,7 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         CertSpec::new("admin", CaId::Kubernetes, "kubernetes-admin")
             .org("system:masters")
             .client()
-            .kubeconfig("auth/kubeconfig", "kubernetes-admin"),
+            .kubeconfig("auth/kubeconfig", "kubernetes-admin", Server::Endpoint),
     );
     out.push(
         CertSpec::new(
@@ -292,17 +316,46 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         .kubeconfig(
             "kubeconfigs/controller-manager.conf",
             "system:kube-controller-manager",
+            Server::SameHost,
         ),
     );
     out.push(
         CertSpec::new("scheduler", CaId::Kubernetes, "system:kube-scheduler")
             .client()
-            .kubeconfig("kubeconfigs/scheduler.conf", "system:kube-scheduler"),
+            .kubeconfig(
+                "kubeconfigs/scheduler.conf",
+                "system:kube-scheduler",
+                Server::SameHost,
+            ),
     );
+    // The virtual IP's holders: each control-plane host renews the Lease kube-system/strata-vip
+    // through its own API server (RBAC: that Lease only).
+    if inputs.vip.is_some() {
+        for n in inputs.nodes.iter().filter(|n| n.control_plane) {
+            let user = format!("strata:vip:{}", n.name);
+            let mut v = CertSpec::new(format!("vip/{}", n.name), CaId::Kubernetes, user.clone())
+                .org("strata:vips")
+                .client()
+                .kubeconfig(
+                    format!("kubeconfigs/vip-{}.conf", n.name),
+                    user,
+                    Server::SameHost,
+                );
+            v.nodes.push(n.name.clone());
+            out.push(v);
+        }
+    }
+    // The node-local API load balancer's health checks: /readyz, which any authenticated
+    // user may read (system:public-info-viewer); no role is bound to this identity.
+    out.push(CertSpec::new("api-balancer", CaId::Kubernetes, "strata:api-balancer").client());
     out.push(
         CertSpec::new("kube-proxy", CaId::Kubernetes, "system:kube-proxy")
             .client()
-            .kubeconfig("kubeconfigs/kube-proxy.conf", "system:kube-proxy"),
+            .kubeconfig(
+                "kubeconfigs/kube-proxy.conf",
+                "system:kube-proxy",
+                Server::NodeBalancer,
+            ),
     );
     for n in &inputs.nodes {
         let user = format!("system:node:{}", n.name);
@@ -313,7 +366,11 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         )
         .org("system:nodes")
         .client()
-        .kubeconfig(format!("kubeconfigs/kubelet-{}.conf", n.name), user);
+        .kubeconfig(
+            format!("kubeconfigs/kubelet-{}.conf", n.name),
+            user,
+            Server::NodeBalancer,
+        );
         c.nodes.push(n.name.clone());
         out.push(c);
         // The kubelet's serving certificate, so the API server can verify it.
@@ -340,7 +397,11 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         )
         .org("strata:update-agents")
         .client()
-        .kubeconfig(format!("kubeconfigs/update-agent-{}.conf", n.name), user);
+        .kubeconfig(
+            format!("kubeconfigs/update-agent-{}.conf", n.name),
+            user,
+            Server::NodeBalancer,
+        );
         a.nodes.push(n.name.clone());
         out.push(a);
         // The overlay agent on this node: RBAC lets this identity write this node's
@@ -353,7 +414,11 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         )
         .org("strata:overlays")
         .client()
-        .kubeconfig(format!("kubeconfigs/overlay-{}.conf", n.name), user);
+        .kubeconfig(
+            format!("kubeconfigs/overlay-{}.conf", n.name),
+            user,
+            Server::NodeBalancer,
+        );
         o.nodes.push(n.name.clone());
         out.push(o);
     }
@@ -374,6 +439,9 @@ pub(crate) mod tests {
         Inputs {
             cluster_name: "demo".into(),
             api_endpoint: "198.18.0.2:6443".into(),
+            same_host_api: "127.0.0.1:6443".into(),
+            node_balancer: "127.0.0.1:7445".into(),
+            vip: None,
             api_service_ip: IpAddr::from([10, 96, 0, 1]),
             cluster_domain: "cluster.local".into(),
             nodes: vec![

@@ -103,3 +103,25 @@ pub fn render(
     serde_saphyr::to_string_with_options(&doc, options)
         .map_err(|e| format!("writing a kubeconfig: {e}"))
 }
+
+/// The server URL of a kubeconfig [`render`] wrote.
+pub fn server_of(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("server:"))
+        .map(str::trim)
+}
+
+/// A kubeconfig [`render`] wrote, naming `server` (an https URL) instead: a component's
+/// identity used from elsewhere (its own kubeconfig names the node-local balancer).
+pub fn with_server(text: &str, server: &str) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|l| match l.find("server:") {
+            Some(i) if l[..i].trim().is_empty() => format!("{}server: {server}", &l[..i]),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
+    out
+}

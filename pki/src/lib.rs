@@ -21,10 +21,11 @@ use rcgen::{KeyPair, PublicKeyData};
 use time::OffsetDateTime;
 
 pub use catalog::{
-    Address, CaId, CertSpec, ExternalCa, Inputs, KeyAlgorithm, Node, leaf_certificates,
+    Address, CaId, CertSpec, ExternalCa, Inputs, KeyAlgorithm, Node, Server, leaf_certificates,
 };
 pub use files::{sha256_hex, write_atomic, write_private};
 pub use inspect::CertInfo;
+pub use kubeconfig::{server_of as kubeconfig_server, with_server as kubeconfig_with_server};
 
 /// Errors of the PKI; each message says which file is involved and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -599,9 +600,16 @@ fn write_kubeconfigs(
     cas: &BTreeMap<CaId, LoadedCa>,
     out: &mut Outcome,
 ) -> Result<(), PkiError> {
-    let server = format!("https://{}", inputs.api_endpoint);
     for spec in leaf_certificates(inputs) {
         let Some(kc) = &spec.kubeconfig else { continue };
+        let server = format!(
+            "https://{}",
+            match kc.server {
+                Server::Endpoint => &inputs.api_endpoint,
+                Server::SameHost => &inputs.same_host_api,
+                Server::NodeBalancer => &inputs.node_balancer,
+            }
+        );
         let Some(ca) = cas.get(&spec.ca) else {
             continue;
         };

@@ -171,7 +171,23 @@ fn kubeconfigs_embed_the_ca_and_the_identity() {
     generate(&common::three_hosts(), &state, OffsetDateTime::now_utc()).expect("generate");
     let kc = std::fs::read_to_string(state.file("kubeconfigs/kubelet-w2.conf")).expect("read");
     assert!(kc.starts_with("apiVersion: v1\nkind: Config\n"), "{kc}");
-    assert!(kc.contains("server: https://198.18.0.2:6443"), "{kc}");
+    // The node-local API load balancer.
+    assert!(kc.contains("server: https://127.0.0.1:7445"), "{kc}");
+    assert_eq!(
+        strata_pki::kubeconfig_server(&kc),
+        Some("https://127.0.0.1:7445")
+    );
+    let moved = strata_pki::kubeconfig_with_server(&kc, "https://198.18.0.9:6443");
+    assert_eq!(
+        strata_pki::kubeconfig_server(&moved),
+        Some("https://198.18.0.9:6443")
+    );
+    assert_eq!(moved.lines().count(), kc.lines().count(), "{moved}");
+    let admin = std::fs::read_to_string(state.file("auth/kubeconfig")).expect("read");
+    assert!(admin.contains("server: https://198.18.0.2:6443"), "{admin}");
+    let cm =
+        std::fs::read_to_string(state.file("kubeconfigs/controller-manager.conf")).expect("read");
+    assert!(cm.contains("server: https://127.0.0.1:6443"), "{cm}");
     assert!(kc.contains("current-context: system:node:w2@demo"), "{kc}");
     let field = |name: &str| {
         let line = kc

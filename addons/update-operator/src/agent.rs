@@ -22,7 +22,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use crate::crd::{NodeUpdate, NodeUpdateStatus, Phase, Time};
+use crate::crd::{
+    CONTROL_PLANE_NODE_LABELS, ControlPlaneHealth, ETCD_NODE_LABEL, NodeUpdate, NodeUpdateStatus,
+    Phase, Time,
+};
 
 /// The file the host's path unit mirrors `/run/reboot-required` to.
 pub const SENTINEL: &str = "reboot-required";
@@ -58,6 +61,45 @@ pub struct Agent {
     pub node: String,
     /// The host's /run/strata/update-agent, mounted.
     pub dir: PathBuf,
+    /// The API server on this node (read on control-plane nodes: its /readyz).
+    pub local_api: Option<Client>,
+    /// `host:port` where this node's etcd member answers /health (read on etcd nodes).
+    pub etcd_health: Option<String>,
+}
+
+/// How long a health reading that did not change stays fresh without being written again.
+const HEALTH_REFRESH: Duration = Duration::from_secs(30);
+
+/// etcd's `/health` over plain HTTP on loopback: `{"health":"true"}` when the member is
+/// part of a cluster with a leader.
+async fn etcd_healthy(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.take(16 * 1024).read_to_end(&mut out).await.ok()?;
+        Some(String::from_utf8_lossy(&out).contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+async fn api_ready(c: &Client) -> bool {
+    let ask = async {
+        let req = http::Request::get("/readyz").body(Vec::new()).ok()?;
+        c.request_text(req).await.ok().map(|t| t.trim() == "ok")
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 impl std::fmt::Debug for Agent {
@@ -69,6 +111,44 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// What the etcd member and the API server on this node say, by the node's role labels;
+    /// the old reading is kept while nothing changed and it is fresh (no write every pass).
+    async fn control_plane_health(
+        &self,
+        labels: &std::collections::BTreeMap<String, String>,
+        old: Option<&ControlPlaneHealth>,
+        now: Timestamp,
+    ) -> Option<ControlPlaneHealth> {
+        let etcd = match (&self.etcd_health, labels.contains_key(ETCD_NODE_LABEL)) {
+            (Some(addr), true) => Some(etcd_healthy(addr).await),
+            _ => None,
+        };
+        let control_plane = CONTROL_PLANE_NODE_LABELS
+            .iter()
+            .any(|l| labels.contains_key(*l));
+        let api = match (&self.local_api, control_plane) {
+            (Some(c), true) => Some(api_ready(c).await),
+            _ => None,
+        };
+        if etcd.is_none() && api.is_none() {
+            return None;
+        }
+        if let Some(o) = old
+            && o.etcd_healthy == etcd
+            && o.api_server_ready == api
+            && o.checked_at
+                .as_ref()
+                .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < HEALTH_REFRESH)
+        {
+            return Some(o.clone());
+        }
+        Some(ControlPlaneHealth {
+            etcd_healthy: etcd,
+            api_server_ready: api,
+            checked_at: Some(Time(now)),
+        })
+    }
+
     fn nodes(&self) -> Api<Node> {
         Api::all(self.client.clone())
     }
@@ -122,6 +202,9 @@ impl Agent {
         st.os_id = info.map(|i| i.os_image.clone()).unwrap_or_default();
         st.os_version = info.map(|i| i.kernel_version.clone()).unwrap_or_default();
         let now = Timestamp::now();
+        st.control_plane = self
+            .control_plane_health(&view.labels, old.control_plane.as_ref(), now)
+            .await;
         let needed = self.dir.join(SENTINEL).exists();
         let spec = &nu.spec;
         let approved_now =

@@ -13,8 +13,9 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{
-    Condition, DrainProgress, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus,
-    OnDrainTimeout, Phase, Time, UpdatePolicySpec, UpdatePolicyStatus,
+    CONTROL_PLANE_NODE_LABELS, Condition, ControlPlaneHealth, DrainProgress, ETCD_NODE_LABEL,
+    Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
+    UpdatePolicySpec, UpdatePolicyStatus,
 };
 use crate::window::{Window, WindowError, allowed};
 
@@ -47,6 +48,16 @@ pub struct NodeView {
 impl NodeView {
     fn available(&self) -> bool {
         self.ready && !self.unschedulable
+    }
+
+    fn is_control_plane(&self) -> bool {
+        CONTROL_PLANE_NODE_LABELS
+            .iter()
+            .any(|l| self.labels.contains_key(*l))
+    }
+
+    fn is_etcd(&self) -> bool {
+        self.labels.contains_key(ETCD_NODE_LABEL)
     }
 
     fn gates_pass(&self, gates: &[String]) -> bool {
@@ -170,6 +181,64 @@ fn drain_timed_out(spec: &NodeUpdateSpec, now: Timestamp, timeout: Duration) -> 
 
 /// Decides for one policy. An invalid policy is an error (the operator reports it on the
 /// policy and grants nothing).
+/// How old an agent's reading of its control-plane parts may be and still count.
+const HEALTH_FRESH: Duration = Duration::from_secs(90);
+
+/// Why control-plane or etcd node `n` may not be granted a slot now: one such node at a
+/// time; every etcd member (of the policy's nodes) healthy; another API server ready, if
+/// there is another control-plane node. None for other nodes, or when it may.
+fn control_plane_gate(s: &Snapshot<'_>, n: &NodeView, holders: &[Holder]) -> Option<String> {
+    if !n.is_control_plane() && !n.is_etcd() {
+        return None;
+    }
+    let view = |name: &str| s.nodes.iter().find(|v| v.name == name);
+    if let Some(h) = holders.iter().find(|h| {
+        h.node != n.name
+            && h.phase != HolderPhase::FleetLock
+            && view(&h.node).is_some_and(|v| v.is_control_plane() || v.is_etcd())
+    }) {
+        return Some(format!(
+            "{} waits: {} holds a slot (control-plane and etcd nodes reboot one at a time)",
+            n.name, h.node
+        ));
+    }
+    let fresh = |name: &str| -> Option<&ControlPlaneHealth> {
+        let (_, st) = s.updates.get(name)?;
+        st.control_plane.as_ref().filter(|h| {
+            h.checked_at
+                .as_ref()
+                .is_some_and(|t| s.now.duration_since(t.0).unsigned_abs() <= HEALTH_FRESH)
+        })
+    };
+    for m in s.nodes.iter().filter(|m| m.is_etcd()) {
+        if fresh(&m.name).and_then(|h| h.etcd_healthy) != Some(true) {
+            return Some(format!(
+                "{} waits: the etcd member on {} is not known healthy (its agent's reading is \
+                 missing, old or unhealthy)",
+                n.name, m.name
+            ));
+        }
+    }
+    if n.is_control_plane() {
+        let others: Vec<&NodeView> = s
+            .nodes
+            .iter()
+            .filter(|o| o.name != n.name && o.is_control_plane())
+            .collect();
+        if !others.is_empty()
+            && !others
+                .iter()
+                .any(|o| fresh(&o.name).and_then(|h| h.api_server_ready) == Some(true))
+        {
+            return Some(format!(
+                "{} waits: no other API server is ready to answer while it reboots",
+                n.name
+            ));
+        }
+    }
+    None
+}
+
 pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
     let d = durations(s.policy);
     let windows = windows(s.policy)?;
@@ -341,8 +410,14 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         })
         .collect();
     let mut granted = Vec::new();
+    let mut gate_waits: Vec<String> = Vec::new();
+    let control_plane_nodes = s.nodes.iter().filter(|n| n.is_control_plane()).count();
     if !s.policy.paused && !degraded && window_open && soaked {
         for n in &candidates {
+            if let Some(why) = control_plane_gate(s, n, &holders) {
+                gate_waits.push(why);
+                continue;
+            }
             let mut with = busy.clone();
             with.insert(n.name.clone());
             if with.len() as u32 > max {
@@ -362,6 +437,16 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
                 format!("slot {} of {max}", busy.len()),
                 false,
             );
+            if n.is_control_plane() && control_plane_nodes == 1 {
+                ev(
+                    &n.name,
+                    "ApiServerAway",
+                    "the only control-plane node reboots: the Kubernetes API is away until it \
+                     is back"
+                        .into(),
+                    true,
+                );
+            }
         }
     }
 
@@ -542,6 +627,16 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             },
         ),
         cond(
+            "ControlPlaneGate",
+            !gate_waits.is_empty(),
+            if gate_waits.is_empty() {
+                "Open"
+            } else {
+                "Waiting"
+            },
+            gate_waits.join("; "),
+        ),
+        cond(
             "WindowOpen",
             window_open,
             if windows.is_empty() {
@@ -707,6 +802,126 @@ mod tests {
 
     fn names(h: &[Holder]) -> Vec<&str> {
         h.iter().map(|h| h.node.as_str()).collect()
+    }
+
+    /// cp1..cp3 (control plane and etcd) and w1, every agent reading its parts healthy
+    /// at NOW.
+    fn control_plane_world() -> World {
+        let mut w = World::new(&["cp1", "cp2", "cp3", "w1"]);
+        w.policy.max_unavailable = IntOrPercent::Count(2);
+        for n in ["cp1", "cp2", "cp3"] {
+            let v = w.node_mut(n);
+            v.labels
+                .insert(CONTROL_PLANE_NODE_LABELS[0].into(), String::new());
+            v.labels.insert(ETCD_NODE_LABEL.into(), String::new());
+            w.updates
+                .insert(n.into(), (NodeUpdateSpec::default(), status(Phase::Idle)));
+            w.read(n, Some(true), Some(true), NOW);
+        }
+        w
+    }
+
+    impl World {
+        fn read(&mut self, n: &str, etcd: Option<bool>, api: Option<bool>, at: &str) {
+            self.updates.entry(n.into()).or_default().1.control_plane = Some(ControlPlaneHealth {
+                etcd_healthy: etcd,
+                api_server_ready: api,
+                checked_at: Some(time(at)),
+            });
+        }
+
+        fn wants_keeping_health(&mut self, n: &str) {
+            let e = self.updates.entry(n.into()).or_default();
+            e.1.phase = Phase::RebootRequired;
+        }
+    }
+
+    fn gate(d: &Decision) -> &Condition {
+        d.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ControlPlaneGate")
+            .expect("ControlPlaneGate condition")
+    }
+
+    #[test]
+    fn control_plane_and_etcd_nodes_reboot_one_at_a_time_and_only_while_the_rest_is_healthy() {
+        let mut w = control_plane_world();
+        for n in ["cp1", "cp2", "w1"] {
+            w.wants_keeping_health(n);
+        }
+        // Two slots: cp1 and w1, not cp2 (one control-plane node at a time).
+        let d = w.at(NOW);
+        assert_eq!(names(&d.holders), ["cp1", "w1"]);
+        assert_eq!(gate(&d).status, "True");
+        assert!(
+            gate(&d).message.contains("cp2 waits: cp1 holds a slot"),
+            "{}",
+            gate(&d).message
+        );
+        assert!(d.events.iter().all(|e| e.reason != "ApiServerAway"));
+
+        // An etcd member unhealthy, or its reading old or missing: no control-plane grant.
+        let mut w = control_plane_world();
+        w.wants_keeping_health("cp1");
+        w.read("cp3", Some(false), Some(true), NOW);
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert!(
+            gate(&d).message.contains("etcd member on cp3"),
+            "{}",
+            gate(&d).message
+        );
+        w.read("cp3", Some(true), Some(true), "2026-11-26T10:00:00Z");
+        assert!(
+            w.at(NOW).holders.is_empty(),
+            "a reading five minutes old does not count"
+        );
+        w.updates.get_mut("cp3").expect("cp3").1.control_plane = None;
+        assert!(w.at(NOW).holders.is_empty(), "no reading at all");
+
+        // No other API server ready: cp1 waits; one other ready is enough.
+        let mut w = control_plane_world();
+        w.wants_keeping_health("cp1");
+        w.read("cp2", Some(true), Some(false), NOW);
+        w.read("cp3", Some(true), Some(false), NOW);
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert!(
+            gate(&d).message.contains("no other API server"),
+            "{}",
+            gate(&d).message
+        );
+        w.read("cp3", Some(true), Some(true), NOW);
+        let d = w.at(NOW);
+        assert_eq!(names(&d.holders), ["cp1"]);
+        assert_eq!(gate(&d).status, "False");
+
+        // Workers pass whatever the control plane says.
+        let mut w = control_plane_world();
+        w.wants("w1");
+        w.read("cp2", Some(false), Some(false), NOW);
+        assert_eq!(names(&w.at(NOW).holders), ["w1"]);
+    }
+
+    #[test]
+    fn a_single_control_plane_node_may_reboot_with_an_event_saying_the_api_will_be_away() {
+        let mut w = World::new(&["cp1", "w1"]);
+        let v = w.node_mut("cp1");
+        v.labels
+            .insert(CONTROL_PLANE_NODE_LABELS[1].into(), String::new());
+        v.labels.insert(ETCD_NODE_LABEL.into(), String::new());
+        w.wants("cp1");
+        w.read("cp1", Some(true), Some(true), NOW);
+        let d = w.at(NOW);
+        assert_eq!(names(&d.holders), ["cp1"]);
+        let away: Vec<&Event> = d
+            .events
+            .iter()
+            .filter(|e| e.reason == "ApiServerAway")
+            .collect();
+        assert_eq!(away.len(), 1);
+        assert!(away[0].warning && away[0].message.contains("API is away"));
     }
 
     #[test]

@@ -119,7 +119,22 @@ async fn main() -> Result<()> {
         } => {
             let client = client().await?;
             tracing::info!(%node, "agent started");
-            let a = agent::Agent { client, node, dir };
+            // The API server of this node itself (control-plane nodes), not the balancer.
+            let mut local = kube::Config::infer()
+                .await
+                .context("finding the API server (in-cluster, or KUBECONFIG)")?;
+            local.cluster_url = crd::LOCAL_API_SERVER
+                .parse()
+                .context("the local API server's address")?;
+            local.default_retry = false;
+            let local_api = kube::Client::try_from(local).ok();
+            let a = agent::Agent {
+                client,
+                node,
+                dir,
+                local_api,
+                etcd_health: Some(crd::ETCD_HEALTH.to_owned()),
+            };
             tokio::select! {
                 () = a.run(Duration::from_secs(interval)) => {}
                 () = terminated() => {}

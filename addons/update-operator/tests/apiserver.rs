@@ -402,6 +402,8 @@ async fn operator_agent_lock_and_fleetlock_on_a_real_api_server() {
         client: agent_n3.clone(),
         node: "n3".into(),
         dir: run_dir.path().to_path_buf(),
+        local_api: None,
+        etcd_health: None,
     };
     // The agent takes the approval; the operator cordons and drains.
     assert_eq!(agent.step().await.expect("step"), Phase::Draining);

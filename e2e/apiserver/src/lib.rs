@@ -219,9 +219,17 @@ impl ApiServer {
         self.client(&self.admin_kubeconfig()).await
     }
 
-    /// A kubeconfig the PKI wrote under kubeconfigs/ (e.g. `update-agent-n2`).
+    /// A kubeconfig the PKI wrote under kubeconfigs/ (e.g. `update-agent-n2`), naming this
+    /// API server (on nodes, such kubeconfigs name the node-local balancer).
     pub fn kubeconfig(&self, name: &str) -> PathBuf {
-        self.state.file(&format!("kubeconfigs/{name}.conf"))
+        let text = std::fs::read_to_string(self.state.file(&format!("kubeconfigs/{name}.conf")))
+            .expect("kubeconfig");
+        let admin = std::fs::read_to_string(self.admin_kubeconfig()).expect("admin kubeconfig");
+        let server = strata_pki::kubeconfig_server(&admin).expect("server");
+        let out = self.dir.path().join(format!("{name}.conf"));
+        std::fs::write(&out, strata_pki::kubeconfig_with_server(&text, server))
+            .expect("write kubeconfig");
+        out
     }
 
     /// A client of the cluster admin that acts as `user` (impersonation), e.g. a service

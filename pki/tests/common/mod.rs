@@ -22,6 +22,9 @@ pub fn three_hosts() -> Inputs {
     Inputs {
         cluster_name: "demo".into(),
         api_endpoint: "198.18.0.2:6443".into(),
+        same_host_api: "127.0.0.1:6443".into(),
+        node_balancer: "127.0.0.1:7445".into(),
+        vip: None,
         api_service_ip: IpAddr::from([10, 96, 0, 1]),
         cluster_domain: "cluster.local".into(),
         nodes: vec![

@@ -1,0 +1,228 @@
+//! The node-local API load balancer. Every node runs one on loopback (port 7445 by default);
+//! the kubelet, kube-proxy and the host-network addons reach the API through it, so that
+//! losing one control-plane host loses no node. It passes TCP through (TLS stays between the
+//! client and the API server), spreads new connections over the API servers whose `/readyz`
+//! answers, drops one within seconds of it failing (closing the connections through it, so
+//! that their clients reconnect through a healthy one), and re-reads its list of API servers
+//! when `strata apply` rewrites it.
+
+#![forbid(unsafe_code)]
+
+pub mod backends;
+pub mod health;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::backends::Address;
+use crate::health::Checker;
+use crate::pool::{Backend, Pool, Transition};
+
+/// How the balancer runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    /// One `host:port` per line; re-read every `interval`.
+    pub backends_file: PathBuf,
+    /// Between health checks of each API server.
+    pub interval: Duration,
+    /// Failed checks in a row before an API server is dropped.
+    pub fall: u32,
+    /// For a connection to an API server.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Backends {
+        path: PathBuf,
+        source: backends::ParseError,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn read_backends(path: &PathBuf) -> Result<Vec<Address>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    backends::parse(&text).map_err(|source| Error::Backends {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// A running balancer: its listener is bound.
+#[derive(Debug)]
+pub struct Balancer {
+    pub pool: Arc<Pool>,
+    listener: TcpListener,
+    options: Options,
+    checker: Checker,
+}
+
+impl Balancer {
+    /// Reads the list of API servers and binds the listener.
+    pub async fn bind(options: Options, checker: Checker) -> Result<Self, Error> {
+        let list = read_backends(&options.backends_file)?;
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        info!(
+            listen = %options.listen,
+            backends = %list.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "balancing"
+        );
+        Ok(Self {
+            pool: Arc::new(Pool::new(list)),
+            listener,
+            options,
+            checker,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the process ends.
+    pub async fn run(self) {
+        let Self {
+            pool,
+            listener,
+            options,
+            checker,
+        } = self;
+        tokio::spawn(watch(Arc::clone(&pool), options.clone(), checker));
+        loop {
+            match listener.accept().await {
+                Ok((conn, peer)) => {
+                    let pool = Arc::clone(&pool);
+                    let options = options.clone();
+                    tokio::spawn(async move { proxy(conn, peer, &pool, &options).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+fn log_transition(b: &Backend, t: Option<Transition>, why: &str) {
+    match t {
+        Some(Transition::Up) => info!(backend = %b.address, "API server ready"),
+        Some(Transition::Down(closed)) => warn!(
+            backend = %b.address,
+            reason = why,
+            closed_connections = closed,
+            "API server dropped"
+        ),
+        None => {}
+    }
+}
+
+/// Every `interval`: re-reads the list of API servers and checks each one's /readyz.
+async fn watch(pool: Arc<Pool>, options: Options, checker: Checker) {
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        match read_backends(&options.backends_file) {
+            Ok(list) => {
+                last_error.clear();
+                let changes = pool.set(list);
+                for a in &changes.added {
+                    info!(backend = %a, "API server added");
+                }
+                for (a, closed) in &changes.removed {
+                    info!(backend = %a, closed_connections = closed, "API server removed");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    warn!(error = %text, "keeping the API servers known so far");
+                    last_error = text;
+                }
+            }
+        }
+        let mut checks = JoinSet::new();
+        for b in pool.backends() {
+            let checker = checker.clone();
+            checks.spawn(async move {
+                let r = checker.readyz(&b.address).await;
+                (b, r)
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((b, r)) = done else { continue };
+            let why = r
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if !why.is_empty() {
+                debug!(backend = %b.address, reason = %why, "check failed");
+            }
+            log_transition(&b, b.record(r.is_ok(), options.fall), &why);
+        }
+    }
+}
+
+/// Passes one client connection to the first API server that accepts it.
+async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Pool, options: &Options) {
+    let _ = client.set_nodelay(true);
+    for b in pool.candidates() {
+        let connect = TcpStream::connect((b.address.host.as_str(), b.address.port));
+        let mut server = match tokio::time::timeout(options.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                log_transition(&b, b.connect_failed(options.fall), &format!("connect: {e}"));
+                continue;
+            }
+            Err(_) => {
+                let why = format!("connect: no answer within {:?}", options.connect_timeout);
+                log_transition(&b, b.connect_failed(options.fall), &why);
+                continue;
+            }
+        };
+        let _ = server.set_nodelay(true);
+        let mut conn = b.connection();
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+                if let Err(e) = r {
+                    debug!(%peer, backend = %b.address, error = %e, "connection ended");
+                }
+            }
+            () = conn.closed() => {
+                debug!(%peer, backend = %b.address, "closed: the API server was dropped");
+            }
+        }
+        return;
+    }
+    warn!(%peer, "no API server accepted the connection");
+}

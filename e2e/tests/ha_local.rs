@@ -1,0 +1,351 @@
+//! A highly available control plane on local machines, grown from one control-plane host:
+//! cp1 (etcd, control plane) and w1 are installed, objects are made, then cp2 and cp3 (etcd,
+//! control plane) and a virtual IP are added to the Cluster file and apply runs again.
+//! Shown: the objects are still there; etcd has three started voting members (cp2 and cp3
+//! joined as learners and were promoted); every node's kubelet and kube-proxy reach the API
+//! through the node's local balancer, which lists the three API servers; with cp1's API
+//! server stopped, w1 keeps renewing its node lease through the balancer; a further apply
+//! changes no membership. Then the machine that holds the virtual IP and leads etcd (the
+//! leadership is handed to the virtual IP's holder first) loses its power while a writer
+//! outside the cluster writes through the virtual IP: the gap is printed, every
+//! acknowledged write is kept, the other nodes stay Ready, and the machine started again
+//! rejoins by itself.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use strata_e2e::ha::{ETCDCTL, Writer, etcd_leader, longest_gap, missing};
+use strata_e2e::{kubectl, ok, on_machine, require_root, strata, wait_for};
+use strata_platforms::local::Machine;
+
+const NAME: &str = "e2e-ha";
+
+const ONE: &str = "\
+apiVersion: strata.dev/v1alpha1
+kind: Cluster
+metadata: {name: e2e-ha}
+spec:
+  platform: {local: {}}
+  hosts:
+  - {name: cp1, roles: [etcd, control-plane]}
+  - {name: w1, roles: [worker]}
+";
+
+/// The control plane's virtual IP: on the machines' bridge, no machine's address.
+const VIP: &str = "198.18.0.100";
+
+const THREE: &str = "  - {name: cp2, roles: [etcd, control-plane]}
+  - {name: cp3, roles: [etcd, control-plane]}
+";
+
+/// (name, is learner) of every member, as `host`'s member lists them.
+fn member_names(host: &str) -> Vec<(String, bool)> {
+    strata_e2e::ha::members(NAME, host)
+}
+
+fn lease_renewed(kc: &Path, server: &str, node: &str) -> String {
+    let out = kubectl(
+        kc,
+        &[
+            "--server",
+            server,
+            "-n",
+            "kube-node-lease",
+            "get",
+            "lease",
+            node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, ONE).expect("write");
+    let _ = strata(dir.path(), &["local", "down", "--yes"]);
+    let _down = strata_e2e::LocalDown(dir.path());
+    ok(&strata(dir.path(), &["local", "up"]), "local up");
+    ok(
+        &strata(dir.path(), &["apply"]),
+        "apply of one control-plane host",
+    );
+    let kc = dir.path().join(format!("{NAME}/auth/kubeconfig"));
+    let kc = kc.as_path();
+    for i in 0..5 {
+        ok(
+            &kubectl(
+                kc,
+                &[
+                    "create",
+                    "configmap",
+                    &format!("before-{i}"),
+                    &format!("--from-literal=n={i}"),
+                ],
+            ),
+            "configmap",
+        );
+    }
+    assert_eq!(member_names("cp1"), [("cp1".to_owned(), false)]);
+
+    // Grown to three control-plane hosts by editing the file.
+    let grown = ONE.replace(
+        "  hosts:\n",
+        &format!("  controlPlane: {{vip: {VIP}}}\n  hosts:\n"),
+    );
+    std::fs::write(&file, format!("{grown}{THREE}")).expect("write");
+    ok(
+        &strata(dir.path(), &["local", "up"]),
+        "local up of cp2, cp3",
+    );
+    let started = Instant::now();
+    let out = ok(
+        &strata(dir.path(), &["apply"]),
+        "apply of three control-plane hosts",
+    );
+    println!("grown to three in {:.1}s", started.elapsed().as_secs_f64());
+    for host in ["cp2", "cp3"] {
+        let joined =
+            format!(r#""host":"{host}","step":"joined etcd as a learner, caught up, promoted""#);
+        assert!(out.contains(&joined), "{out}");
+    }
+    for i in 0..5 {
+        let v = ok(
+            &kubectl(
+                kc,
+                &[
+                    "get",
+                    "configmap",
+                    &format!("before-{i}"),
+                    "-o",
+                    "jsonpath={.data.n}",
+                ],
+            ),
+            "configmap after growing",
+        );
+        assert_eq!(v, i.to_string());
+    }
+    let want: Vec<(String, bool)> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| ((*n).to_owned(), false))
+        .collect();
+    for host in ["cp1", "cp2", "cp3"] {
+        assert_eq!(member_names(host), want, "members seen from {host}");
+        let health = on_machine(NAME, host, &format!("{ETCDCTL} endpoint health 2>&1"));
+        assert!(health.contains("is healthy"), "{host}: {health}");
+    }
+    let nodes = ok(&kubectl(kc, &["get", "nodes", "--no-headers"]), "nodes");
+    assert_eq!(
+        nodes
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+            .count(),
+        4,
+        "{nodes}"
+    );
+
+    // Every node's kubelet and kube-proxy talk to the API through the node's balancer,
+    // which knows the three API servers; none of them to an API server directly.
+    for host in ["cp1", "w1", "cp2", "cp3"] {
+        let backends = on_machine(NAME, host, "grep -v '^#' /etc/strata/api-balancer/backends");
+        assert_eq!(backends.lines().count(), 3, "{host}: {backends}");
+        let kubeconfig = on_machine(NAME, host, "grep server: /etc/kubernetes/kubelet.conf");
+        assert!(
+            kubeconfig.contains("https://127.0.0.1:7445"),
+            "{host}: {kubeconfig}"
+        );
+        let conns = on_machine(
+            NAME,
+            host,
+            "ss -tnpH state established | grep -E 'kubelet|kube-proxy' || true",
+        );
+        for program in ["kubelet", "kube-proxy"] {
+            let mine: Vec<&str> = conns
+                .lines()
+                .filter(|l| l.contains(&format!("\"{program}\"")))
+                .collect();
+            assert!(
+                mine.iter().any(|l| l.contains("127.0.0.1:7445")),
+                "{host}: {program} has no connection to the balancer: {conns}"
+            );
+            assert!(
+                !mine.iter().any(|l| l.contains(":6443")),
+                "{host}: {program} talks to an API server directly: {conns}"
+            );
+        }
+    }
+
+    // cp1's API server stops: w1 keeps renewing its lease through its balancer.
+    let cp2 = "https://198.18.0.4:6443";
+    on_machine(NAME, "cp1", "systemctl stop kube-apiserver.service");
+    let stopped = lease_renewed(kc, cp2, "w1");
+    let waited = wait_for(
+        "w1's lease renewed without cp1",
+        Duration::from_secs(60),
+        || {
+            let now = lease_renewed(kc, cp2, "w1");
+            !now.is_empty() && now != stopped
+        },
+    );
+    on_machine(NAME, "cp1", "systemctl start kube-apiserver.service");
+    let waited = waited.expect("lease renewed through another API server");
+    println!(
+        "w1 renewed its lease {:.1}s after cp1's API server stopped",
+        waited.as_secs_f64()
+    );
+    let journal = on_machine(
+        NAME,
+        "w1",
+        "journalctl -u strata-api-balancer --no-pager -o cat | tail -n 20",
+    );
+    assert!(journal.contains("API server dropped"), "{journal}");
+
+    // Once more: nothing about the membership changes.
+    let again = ok(&strata(dir.path(), &["apply"]), "apply again");
+    assert!(
+        !again.contains("joined etcd") && !again.contains("removed member"),
+        "{again}"
+    );
+    assert_eq!(member_names("cp1"), want);
+    let admin = std::fs::read_to_string(kc).expect("admin kubeconfig");
+    assert!(
+        admin.contains(&format!("server: https://{VIP}:6443")),
+        "{admin}"
+    );
+
+    leader_killed(dir.path(), kc);
+}
+
+/// The machine holding the virtual IP and etcd's leadership loses its power while a writer
+/// writes through the virtual IP:
+/// writes resume after a bounded gap, every acknowledged write is there, the other nodes
+/// stay Ready; the machine started again rejoins without any other step.
+fn leader_killed(dir: &Path, kc: &Path) {
+    let leader = etcd_leader(NAME, &["cp1", "cp2", "cp3"]);
+    let holder = ok(
+        &kubectl(
+            kc,
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "lease",
+                "strata-vip",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        ),
+        "VIP holder",
+    );
+    // The machine to lose holds both the virtual IP and etcd's leadership: both move.
+    if leader != holder {
+        strata_e2e::ha::move_leader(NAME, &leader, &holder, &["cp1", "cp2", "cp3"]);
+    }
+    let leader = holder;
+    println!("{leader} holds the virtual IP and leads etcd");
+    let writer = Writer::start(
+        dir.join(NAME),
+        format!("{VIP}:6443"),
+        "ha-write".into(),
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let index = ["cp1", "w1", "cp2", "cp3"]
+        .iter()
+        .position(|h| *h == leader)
+        .expect("leader index");
+    let machine = Machine::new(
+        Path::new(strata_e2e::MACHINES),
+        NAME,
+        &leader,
+        strata_e2e::local_address(u32::try_from(index).expect("index")),
+    );
+    machine.kill().expect("kill the leader's machine");
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(25));
+    let acked = writer.stop();
+    let before = acked.iter().filter(|(_, t)| *t < killed).count();
+    let first = acked
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| *t >= killed)
+        .unwrap_or_else(|| panic!("no write succeeded after {leader} died"));
+    assert!(before > 0, "no write before the kill");
+    println!(
+        "{leader} killed: first write through the virtual IP {:.1}s after the kill (longest \
+         gap between acknowledged writes {:.1}s; target under 10 s), {} writes acknowledged",
+        first.duration_since(killed).as_secs_f64(),
+        longest_gap(&acked).as_secs_f64(),
+        acked.len()
+    );
+    assert!(
+        longest_gap(&acked) < Duration::from_secs(30),
+        "writes stopped for {:?}",
+        longest_gap(&acked)
+    );
+    let listed = ok(
+        &kubectl(
+            kc,
+            &[
+                "get",
+                "configmaps",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+        ),
+        "configmaps after the kill",
+    );
+    assert_eq!(
+        missing(&acked, &listed),
+        Vec::<&str>::new(),
+        "acknowledged writes lost"
+    );
+    let nodes = ok(&kubectl(kc, &["get", "nodes", "--no-headers"]), "nodes");
+    for line in nodes.lines() {
+        let mut f = line.split_whitespace();
+        let (name, status) = (f.next().unwrap_or_default(), f.next().unwrap_or_default());
+        if name != leader {
+            assert_eq!(status, "Ready", "{name} after {leader} died: {nodes}");
+        }
+    }
+
+    // Started again: its member rejoins, its node is Ready, nothing else done.
+    ok(
+        &strata(dir, &["local", "up"]),
+        "local up of the killed machine",
+    );
+    let witness = if leader == "cp1" { "cp2" } else { "cp1" };
+    let witness_machine = Machine::new(
+        Path::new(strata_e2e::MACHINES),
+        NAME,
+        witness,
+        strata_e2e::local_address(0),
+    );
+    wait_for(
+        "the killed member healthy again",
+        Duration::from_secs(180),
+        || {
+            witness_machine
+                .exec(&["sh", "-c", &format!("{ETCDCTL} endpoint health --cluster")])
+                .is_ok_and(|o| o.status.success())
+        },
+    )
+    .expect("etcd healthy with the restarted member");
+    ok(
+        &kubectl(
+            kc,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("node/{leader}"),
+                "--timeout=180s",
+            ],
+        ),
+        "the restarted node Ready",
+    );
+    assert_eq!(member_names(witness).len(), 3);
+}

@@ -1,0 +1,329 @@
+//! The etcd phase on the hosts: a new cluster formed by every member at once; a running one
+//! restarted a member at a time and its membership changed to the Cluster file's through
+//! etcd's own API, by the steps [`crate::etcd::plan`] gives.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use futures::future::join_all;
+use strata_manifests::catalog::{self, Component, StartPhase};
+use strata_manifests::plan::PhaseName;
+use strata_platforms::ssh::quote;
+
+use crate::apply::Apply;
+use crate::etcd::{self, Member, Step, Wanted};
+use crate::hosts::{HostConn, fail, retry};
+use crate::phases::start_units;
+
+const PHASE: PhaseName = PhaseName::Etcd;
+
+/// `etcdctl` against the member on the host it runs on, with the health-check identity.
+fn etcdctl() -> String {
+    format!(
+        "ETCDCTL_API=3 {}/etcdctl --endpoints=https://127.0.0.1:{} \
+         --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+         --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s --command-timeout=15s",
+        catalog::BIN_DIR,
+        catalog::ETCD_CLIENT_PORT
+    )
+}
+
+fn peer_url(h: &HostConn) -> String {
+    let host = match h.host.address.as_ref() {
+        Some(a) => match a.ip() {
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => a.as_str().to_owned(),
+        },
+        None => h.name().to_owned(),
+    };
+    format!("https://{host}:{}", catalog::ETCD_PEER_PORT)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn wait_healthy(cx: &Apply<'_>, h: &HostConn) -> Result<()> {
+    let health = format!("{} endpoint health", etcdctl());
+    retry(
+        &format!("phase {PHASE}, host {}: etcd healthy", h.name()),
+        Duration::from_secs(120),
+        || async { h.sh(PHASE, &health).await.map(drop) },
+    )
+    .await?;
+    cx.reporter.step(PHASE, h.name(), "healthy");
+    Ok(())
+}
+
+async fn write_membership(h: &HostConn, env: &str) -> Result<()> {
+    h.conn
+        .upload(etcd::MEMBERSHIP_ENV, env.as_bytes(), 0o644, "root:root")
+        .await
+        .map(drop)
+        .map_err(|e| fail(PHASE, h.name(), e))
+}
+
+async fn start(cx: &Apply<'_>, h: &HostConn) -> Result<()> {
+    start_units(cx, h, PHASE, &cx.components(&h.host, StartPhase::Etcd)).await
+}
+
+async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
+    let list = via
+        .sh(PHASE, &format!("{} member list -w json", etcdctl()))
+        .await?;
+    etcd::parse_members(&list)
+        .map_err(|e| fail(PHASE, via.name(), format!("etcdctl member list: {e}")))
+}
+
+/// The etcd phase.
+pub async fn run(cx: &Apply<'_>) -> Result<()> {
+    let members: Vec<&HostConn> = cx
+        .hosts
+        .iter()
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
+        .collect();
+    if members.is_empty() {
+        return Ok(());
+    }
+    // Which hosts hold member data, and which have their membership file.
+    let probe = format!(
+        "if [ -d {}/member ]; then echo data; else echo empty; fi; \
+         if [ -e {} ]; then echo env; else echo none; fi",
+        etcd::DATA_DIR,
+        etcd::MEMBERSHIP_ENV
+    );
+    let mut has_data = Vec::new();
+    let mut has_env = Vec::new();
+    for r in join_all(members.iter().map(|h| h.sh(PHASE, &probe))).await {
+        let out = r?;
+        has_data.push(out.contains("data"));
+        has_env.push(out.contains("env"));
+    }
+    if !has_data.iter().any(|d| *d) {
+        return form(cx, &members).await;
+    }
+    let holders: Vec<&HostConn> = members
+        .iter()
+        .zip(&has_data)
+        .filter(|(_, d)| **d)
+        .map(|(h, _)| *h)
+        .collect();
+    restart_holders(cx, &members, &holders, &has_env).await?;
+    change_membership(cx, &members, &holders, &has_data).await?;
+    if members.len().is_multiple_of(2) {
+        cx.reporter.step(
+            PHASE,
+            "etcd",
+            format!(
+                "warning: {} etcd members tolerate no more failures than {}; an odd count is better",
+                members.len(),
+                members.len() - 1
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A new cluster: every member at once (a quorum is needed to start).
+async fn form(cx: &Apply<'_>, members: &[&HostConn]) -> Result<()> {
+    let initial: Vec<String> = members
+        .iter()
+        .map(|h| format!("{}={}", h.name(), peer_url(h)))
+        .collect();
+    let token = format!("strata-{}-{:x}", cx.cluster().name(), now_secs());
+    let env = etcd::membership_env(&initial.join(","), "new", &token);
+    let started = join_all(members.iter().map(|h| {
+        let env = env.as_str();
+        async move {
+            write_membership(h, env).await?;
+            start(cx, h).await
+        }
+    }))
+    .await;
+    started.into_iter().collect::<Result<Vec<_>>>()?;
+    let waits = join_all(members.iter().map(|h| wait_healthy(cx, h))).await;
+    waits.into_iter().collect::<Result<Vec<_>>>()?;
+    cx.reporter.step(
+        PHASE,
+        "etcd",
+        format!("formed a new cluster of {} member(s)", members.len()),
+    );
+    Ok(())
+}
+
+/// A running cluster: the members with data start first (a stopped cluster regains its
+/// quorum), then those whose files changed restart one at a time, each healthy before the
+/// next.
+async fn restart_holders(
+    cx: &Apply<'_>,
+    members: &[&HostConn],
+    holders: &[&HostConn],
+    has_env: &[bool],
+) -> Result<()> {
+    for (h, env) in members.iter().zip(has_env) {
+        if !env && holders.iter().any(|x| x.name() == h.name()) {
+            // Applied before membership files existed: etcd ignores it (it has data).
+            let me = format!("{}={}", h.name(), peer_url(h));
+            write_membership(h, &etcd::membership_env(&me, "existing", "")).await?;
+        }
+    }
+    let start_all = "systemctl daemon-reload && systemctl start --no-block etcd.service";
+    let started = join_all(holders.iter().map(|h| h.sh(PHASE, start_all))).await;
+    started.into_iter().collect::<Result<Vec<_>>>()?;
+    for h in holders {
+        start(cx, h).await?;
+        wait_healthy(cx, h).await?;
+    }
+    Ok(())
+}
+
+/// The membership made the file's, a step at a time.
+async fn change_membership(
+    cx: &Apply<'_>,
+    members: &[&HostConn],
+    holders: &[&HostConn],
+    has_data: &[bool],
+) -> Result<()> {
+    let current = member_list(holders[0]).await?;
+    let health = holders[0]
+        .sh(
+            PHASE,
+            &format!(
+                "{} endpoint health --cluster -w json 2>/dev/null || true",
+                etcdctl()
+            ),
+        )
+        .await?;
+    let wanted: Vec<Wanted> = members
+        .iter()
+        .zip(has_data)
+        .map(|(h, d)| Wanted {
+            name: h.name().to_owned(),
+            peer_url: peer_url(h),
+            has_data: *d,
+        })
+        .collect();
+    let steps = etcd::plan(&wanted, &current, &etcd::parse_healthy(&health))
+        .map_err(|e| fail(PHASE, "etcd", e))?;
+    // Changes go through a member that stays, has data and votes.
+    let removed = |h: &HostConn| {
+        steps.iter().any(
+            |s| matches!(s, Step::Remove { member, .. } if member.peer_urls.contains(&peer_url(h))),
+        )
+    };
+    let via = holders
+        .iter()
+        .find(|h| {
+            current
+                .iter()
+                .any(|m| m.peer_urls.contains(&peer_url(h)) && !m.is_learner)
+                && !removed(h)
+        })
+        .copied()
+        .ok_or_else(|| {
+            fail(
+                PHASE,
+                "etcd",
+                "no healthy voting member is left to change the membership through",
+            )
+        })?;
+    let host = |name: &str| members.iter().find(|h| h.name() == name).copied();
+    for step in &steps {
+        match step {
+            Step::Remove { member, why } => {
+                via.sh(
+                    PHASE,
+                    &format!("{} member remove {}", etcdctl(), member.hex()),
+                )
+                .await?;
+                cx.reporter.step(
+                    PHASE,
+                    "etcd",
+                    format!("removed member {}: {why}", member.shown()),
+                );
+            }
+            Step::ClearData { host: name } => {
+                if let Some(h) = host(name) {
+                    clear_data(cx, h).await?;
+                }
+            }
+            Step::Join { host: name } => {
+                if let Some(h) = host(name) {
+                    join(cx, via, h).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Data of no member, kept aside rather than deleted.
+async fn clear_data(cx: &Apply<'_>, h: &HostConn) -> Result<()> {
+    let aside = format!("{}.stale-{}", etcd::DATA_DIR, now_secs());
+    h.sh(
+        PHASE,
+        &format!("systemctl stop etcd.service; mv {} {aside}", etcd::DATA_DIR),
+    )
+    .await?;
+    cx.reporter.step(
+        PHASE,
+        h.name(),
+        format!("the etcd data here is no member's: kept as {aside}"),
+    );
+    Ok(())
+}
+
+/// `h` joins through `via`: added as a learner, started with the membership of now,
+/// promoted once in sync.
+async fn join(cx: &Apply<'_>, via: &HostConn, h: &HostConn) -> Result<()> {
+    let name = h.name();
+    let me = Wanted {
+        name: name.to_owned(),
+        peer_url: peer_url(h),
+        has_data: false,
+    };
+    // etcd refuses a member while a recent change settles ("unhealthy cluster", just after
+    // a promotion): asked again until it is listed.
+    let add = format!(
+        "{} member add {} --peer-urls={} --learner >/dev/null",
+        etcdctl(),
+        quote(name),
+        me.peer_url
+    );
+    let listed = |l: &[Member]| l.iter().any(|m| m.peer_urls.contains(&me.peer_url));
+    retry(
+        &format!("phase {PHASE}, host {name}: added to etcd as a learner"),
+        Duration::from_secs(90),
+        || async {
+            if listed(&member_list(via).await?) {
+                return Ok(());
+            }
+            via.sh(PHASE, &add).await.map(drop)
+        },
+    )
+    .await?;
+    let now = member_list(via).await?;
+    let Some(added) = now.iter().find(|m| m.peer_urls.contains(&me.peer_url)) else {
+        return Err(fail(PHASE, name, "the member just added is not listed"));
+    };
+    write_membership(
+        h,
+        &etcd::membership_env(&etcd::initial_cluster(&now, &me), "existing", ""),
+    )
+    .await?;
+    start(cx, h).await?;
+    let promote = format!("{} member promote {}", etcdctl(), added.hex());
+    retry(
+        &format!("phase {PHASE}, host {name}: learner in sync and promoted"),
+        Duration::from_secs(180),
+        || async { via.sh(PHASE, &promote).await.map(drop) },
+    )
+    .await?;
+    wait_healthy(cx, h).await?;
+    cx.reporter
+        .step(PHASE, name, "joined etcd as a learner, caught up, promoted");
+    Ok(())
+}
