@@ -7,9 +7,9 @@
 //! server stopped, w1 keeps renewing its node lease through the balancer; a further apply
 //! changes no membership. Then the machine that holds the virtual IP and leads etcd (the
 //! leadership is handed to the virtual IP's holder first) loses its power while a writer
-//! outside the cluster writes through the virtual IP: the gap is printed, every
-//! acknowledged write is kept, the other nodes stay Ready, and the machine started again
-//! rejoins by itself.
+//! outside the cluster writes through the virtual IP and another, in a pod on w1, through
+//! the `kubernetes` Service: both gaps are printed, every acknowledged write is kept, the
+//! other nodes stay Ready, and the machine started again rejoins by itself.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -247,6 +247,26 @@ fn leader_killed(dir: &Path, kc: &Path) {
     }
     let leader = holder;
     println!("{leader} holds the virtual IP and leads etcd");
+    // The writer in a pod on w1, through the `kubernetes` Service.
+    strata_e2e::import_image(NAME, &["w1"], "curl", &curl_image());
+    let objects = dir.join("writer.yaml");
+    std::fs::write(&objects, POD_WRITER).expect("write");
+    ok(
+        &kubectl(kc, &["apply", "-f", &objects.display().to_string()]),
+        "the pod writer",
+    );
+    ok(
+        &kubectl(
+            kc,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "pod/writer",
+                "--timeout=120s",
+            ],
+        ),
+        "the pod writer running",
+    );
     let writer = Writer::start(
         dir.join(NAME),
         format!("{VIP}:6443"),
@@ -266,6 +286,7 @@ fn leader_killed(dir: &Path, kc: &Path) {
     );
     machine.kill().expect("kill the leader's machine");
     let killed = Instant::now();
+    let killed_uptime = uptime();
     std::thread::sleep(Duration::from_secs(25));
     let acked = writer.stop();
     let before = acked.iter().filter(|(_, t)| *t < killed).count();
@@ -303,6 +324,42 @@ fn leader_killed(dir: &Path, kc: &Path) {
         missing(&acked, &listed),
         Vec::<&str>::new(),
         "acknowledged writes lost"
+    );
+    // The pod's writes.
+    let pod = pod_writes(kc);
+    let pod_first = pod
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| *t >= killed_uptime)
+        .unwrap_or_else(|| panic!("no write from the pod succeeded after {leader} died"));
+    let pod_gap = pod
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .fold(0.0_f64, f64::max);
+    println!(
+        "the pod's writer (through the kubernetes Service): first write {:.1}s after the kill, \
+         longest gap {pod_gap:.1}s, {} writes acknowledged",
+        pod_first - killed_uptime,
+        pod.len()
+    );
+    let pod_acked: Vec<(String, Instant)> = pod.iter().map(|(n, _)| (n.clone(), killed)).collect();
+    // Listed again: the pod writes on.
+    let listed = ok(
+        &kubectl(
+            kc,
+            &[
+                "get",
+                "configmaps",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+        ),
+        "configmaps after the pod's writes were read",
+    );
+    assert_eq!(
+        missing(&pod_acked, &listed),
+        Vec::<&str>::new(),
+        "the pod's acknowledged writes lost"
     );
     let nodes = ok(&kubectl(kc, &["get", "nodes", "--no-headers"]), "nodes");
     for line in nodes.lines() {
@@ -348,4 +405,91 @@ fn leader_killed(dir: &Path, kc: &Path) {
         "the restarted node Ready",
     );
     assert_eq!(member_names(witness).len(), 3);
+}
+
+/// The writer inside the cluster: a pod on w1 that creates a ConfigMap every 200 ms through
+/// the `kubernetes` Service with its service account, printing each answer with the
+/// kernel's uptime (the machines share this computer's kernel, so the test can compare).
+const POD_WRITER: &str = r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: writer, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: writer, namespace: default}
+rules:
+- {apiGroups: [''], resources: [configmaps], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: writer, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: writer}
+subjects:
+- {kind: ServiceAccount, name: writer, namespace: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer, namespace: default}
+spec:
+  serviceAccountName: writer
+  nodeSelector: {kubernetes.io/hostname: w1}
+  securityContext: {runAsUser: 65534, runAsNonRoot: true}
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: writer
+    image: strata.dev/e2e/curl:1
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - |
+      t=/var/run/secrets/kubernetes.io/serviceaccount
+      i=0
+      while [ $i -lt 900 ]; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert $t/ca.crt \
+          -H "Authorization: Bearer $(cat $t/token)" -H 'Content-Type: application/json' \
+          -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"pod-write-$i\"}}" \
+          https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/configmaps)
+        echo "$i $code $(cut -d' ' -f1 /proc/uptime)"
+        i=$((i + 1))
+        sleep 0.2
+      done
+"#;
+
+fn curl_image() -> Vec<u8> {
+    let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/curl:1");
+    spec.file(
+        "/bin/busybox",
+        std::fs::read("/bin/busybox").expect("/bin/busybox (package busybox-static)"),
+        0o755,
+    )
+    .expect("busybox");
+    for tool in ["sh", "sleep", "cat", "cut"] {
+        spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
+            .expect("link");
+    }
+    spec.program_with_libraries("/usr/bin/curl")
+        .expect("/usr/bin/curl (package curl)");
+    strata_images::build(&spec).expect("image").archive
+}
+
+/// This kernel's uptime in seconds (the pods' clock above).
+fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The pod writer's acknowledged writes: (name, uptime).
+fn pod_writes(kc: &Path) -> Vec<(String, f64)> {
+    let logs = ok(&kubectl(kc, &["logs", "writer"]), "writer logs");
+    logs.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (i, code, at) = (f.next()?, f.next()?, f.next()?.parse::<f64>().ok()?);
+            (code == "201").then(|| (format!("pod-write-{i}"), at))
+        })
+        .collect()
 }
