@@ -148,6 +148,22 @@ pub fn longest_gap(acked: &[(String, Instant)]) -> Duration {
         .unwrap_or_default()
 }
 
+/// The names of the ConfigMaps in the default namespace, through `kubeconfig`.
+pub fn configmaps(kubeconfig: &std::path::Path) -> String {
+    crate::ok(
+        &crate::kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "configmaps",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+        ),
+        "listing ConfigMaps",
+    )
+}
+
 /// Every acknowledged name is among `listed` (names of ConfigMaps read afterwards).
 pub fn missing<'a>(acked: &'a [(String, Instant)], listed: &str) -> Vec<&'a str> {
     let names: Vec<&str> = listed.split_whitespace().collect();

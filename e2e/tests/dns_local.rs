@@ -185,20 +185,12 @@ impl Drop for Upstream {
 
 /// An image with the distribution's dig (and every library it loads) and busybox.
 fn dig_image() -> Vec<u8> {
-    let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/dig:1");
-    spec.file(
-        "/bin/busybox",
-        std::fs::read("/bin/busybox").expect("/bin/busybox (package busybox-static)"),
-        0o755,
+    // dig: package bind9-dnsutils.
+    strata_e2e::busybox_image(
+        "strata.dev/e2e/dig:1",
+        &["sh", "sleep", "grep", "seq"],
+        &["/usr/bin/dig"],
     )
-    .expect("busybox");
-    for tool in ["sh", "sleep", "grep", "seq"] {
-        spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
-            .expect("link");
-    }
-    spec.program_with_libraries("/usr/bin/dig")
-        .expect("/usr/bin/dig (package bind9-dnsutils)");
-    strata_images::build(&spec).expect("image").archive
 }
 
 /// `dig +short ARGS` in the dig pod: its answer lines.

@@ -308,18 +308,7 @@ fn leader_killed(dir: &Path, kc: &Path) {
         "writes stopped for {:?}",
         longest_gap(&acked)
     );
-    let listed = ok(
-        &kubectl(
-            kc,
-            &[
-                "get",
-                "configmaps",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ],
-        ),
-        "configmaps after the kill",
-    );
+    let listed = strata_e2e::ha::configmaps(kc);
     assert_eq!(
         missing(&acked, &listed),
         Vec::<&str>::new(),
@@ -344,18 +333,7 @@ fn leader_killed(dir: &Path, kc: &Path) {
     );
     let pod_acked: Vec<(String, Instant)> = pod.iter().map(|(n, _)| (n.clone(), killed)).collect();
     // Listed again: the pod writes on.
-    let listed = ok(
-        &kubectl(
-            kc,
-            &[
-                "get",
-                "configmaps",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ],
-        ),
-        "configmaps after the pod's writes were read",
-    );
+    let listed = strata_e2e::ha::configmaps(kc);
     assert_eq!(
         missing(&pod_acked, &listed),
         Vec::<&str>::new(),
@@ -369,6 +347,16 @@ fn leader_killed(dir: &Path, kc: &Path) {
             assert_eq!(status, "Ready", "{name} after {leader} died: {nodes}");
         }
     }
+
+    let alive: Vec<&str> = ["cp1", "cp2", "cp3"]
+        .into_iter()
+        .filter(|h| *h != leader)
+        .collect();
+    assert_eq!(
+        vip_holders(&alive).len(),
+        1,
+        "the virtual IP after the kill"
+    );
 
     // Started again: its member rejoins, its node is Ready, nothing else done.
     ok(
@@ -405,6 +393,20 @@ fn leader_killed(dir: &Path, kc: &Path) {
         "the restarted node Ready",
     );
     assert_eq!(member_names(witness).len(), 3);
+    assert_eq!(
+        vip_holders(&["cp1", "cp2", "cp3"]).len(),
+        1,
+        "the virtual IP once the killed machine is back"
+    );
+}
+
+/// The machines among `hosts` that have the virtual IP on an interface.
+fn vip_holders<'a>(hosts: &[&'a str]) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .filter(|h| on_machine(NAME, h, "ip -4 -o addr show").contains(&format!(" {VIP}/")))
+        .copied()
+        .collect()
 }
 
 /// The writer inside the cluster: a pod on w1 that creates a ConfigMap every 200 ms through
@@ -458,20 +460,12 @@ spec:
 "#;
 
 fn curl_image() -> Vec<u8> {
-    let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/curl:1");
-    spec.file(
-        "/bin/busybox",
-        std::fs::read("/bin/busybox").expect("/bin/busybox (package busybox-static)"),
-        0o755,
+    // curl: package curl.
+    strata_e2e::busybox_image(
+        "strata.dev/e2e/curl:1",
+        &["sh", "sleep", "cat", "cut"],
+        &["/usr/bin/curl"],
     )
-    .expect("busybox");
-    for tool in ["sh", "sleep", "cat", "cut"] {
-        spec.symlink(&format!("/bin/{tool}"), "/bin/busybox")
-            .expect("link");
-    }
-    spec.program_with_libraries("/usr/bin/curl")
-        .expect("/usr/bin/curl (package curl)");
-    strata_images::build(&spec).expect("image").archive
 }
 
 /// This kernel's uptime in seconds (the pods' clock above).

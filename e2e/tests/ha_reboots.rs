@@ -145,18 +145,7 @@ fn control_plane_nodes_reboot_one_at_a_time_and_a_host_is_replaced() {
         "{most_at_once} control-plane nodes at once"
     );
     assert!(gap < Duration::from_secs(60), "writes stopped for {gap:?}");
-    let listed = ok(
-        &kubectl(
-            kc,
-            &[
-                "get",
-                "configmaps",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ],
-        ),
-        "configmaps",
-    );
+    let listed = strata_e2e::ha::configmaps(kc);
     assert_eq!(
         missing(&acked, &listed),
         Vec::<&str>::new(),
@@ -166,8 +155,8 @@ fn control_plane_nodes_reboot_one_at_a_time_and_a_host_is_replaced() {
     // cp3 replaced by cp4: three healthy members, cp3's gone, nothing lost.
     let replaced = std::fs::read_to_string(&file).expect("read").replace(
         "  - {name: cp3, address: 198.18.0.4, roles: [etcd, control-plane]}\n",
-        "",
-    ) + "  - {name: cp4, address: 198.18.0.6, roles: [etcd, control-plane]}\n";
+        "  - {name: cp4, address: 198.18.0.6, roles: [etcd, control-plane]}\n",
+    );
     std::fs::write(&file, replaced).expect("write");
     ok(&strata(dir.path(), &["local", "up"]), "local up of cp4");
     let out = ok(
@@ -186,17 +175,6 @@ fn control_plane_nodes_reboot_one_at_a_time_and_a_host_is_replaced() {
         &format!("{} endpoint health --cluster 2>&1", strata_e2e::ha::ETCDCTL),
     );
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
-    let listed = ok(
-        &kubectl(
-            kc,
-            &[
-                "get",
-                "configmaps",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ],
-        ),
-        "configmaps after the replacement",
-    );
+    let listed = strata_e2e::ha::configmaps(kc);
     assert_eq!(missing(&acked, &listed), Vec::<&str>::new(), "data lost");
 }

@@ -111,14 +111,33 @@ pub async fn run(cx: &Apply<'_>) -> Result<()> {
         .filter(|(_, d)| **d)
         .map(|(h, _)| *h)
         .collect();
-    restart_holders(cx, &members, &holders, &has_env).await?;
-    change_membership(cx, &members, &holders, &has_data).await?;
+    start_holders(&members, &holders, &has_env).await?;
+    let Some((current, via)) = listed_by_any(&holders).await else {
+        return finish_forming(cx, &members, &holders).await;
+    };
+    // Only voting members with data are restarted and waited for: learners and hosts with
+    // data of no member are the plan's to redo.
+    let voters: Vec<&HostConn> = holders
+        .iter()
+        .filter(|h| {
+            current
+                .iter()
+                .any(|m| !m.is_learner && m.peer_urls.contains(&peer_url(h)))
+        })
+        .copied()
+        .collect();
+    for h in &voters {
+        start(cx, h).await?;
+        wait_healthy(cx, h).await?;
+    }
+    let via = voters.first().copied().unwrap_or(via);
+    change_membership(cx, &members, via, &current, &has_data).await?;
     if members.len().is_multiple_of(2) {
         cx.reporter.step(
             PHASE,
             "etcd",
             format!(
-                "warning: {} etcd members tolerate no more failures than {}; an odd count is better",
+                "warning: {} etcd members tolerate no more failures than {} would; an odd count is better",
                 members.len(),
                 members.len() - 1
             ),
@@ -155,17 +174,15 @@ async fn form(cx: &Apply<'_>, members: &[&HostConn]) -> Result<()> {
 }
 
 /// A running cluster: the members with data start first (a stopped cluster regains its
-/// quorum), then those whose files changed restart one at a time, each healthy before the
-/// next.
-async fn restart_holders(
-    cx: &Apply<'_>,
+/// quorum); a member applied before membership files existed gets one (etcd ignores it: it
+/// has data).
+async fn start_holders(
     members: &[&HostConn],
     holders: &[&HostConn],
     has_env: &[bool],
 ) -> Result<()> {
     for (h, env) in members.iter().zip(has_env) {
         if !env && holders.iter().any(|x| x.name() == h.name()) {
-            // Applied before membership files existed: etcd ignores it (it has data).
             let me = format!("{}={}", h.name(), peer_url(h));
             write_membership(h, &etcd::membership_env(&me, "existing", "")).await?;
         }
@@ -173,10 +190,64 @@ async fn restart_holders(
     let start_all = "systemctl daemon-reload && systemctl start --no-block etcd.service";
     let started = join_all(holders.iter().map(|h| h.sh(PHASE, start_all))).await;
     started.into_iter().collect::<Result<Vec<_>>>()?;
-    for h in holders {
-        start(cx, h).await?;
-        wait_healthy(cx, h).await?;
+    Ok(())
+}
+
+/// The members as the cluster lists them, and the host that answered: the first holder to
+/// answer within a minute (none without a quorum).
+async fn listed_by_any<'h>(holders: &[&'h HostConn]) -> Option<(Vec<Member>, &'h HostConn)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for h in holders {
+            if let Ok(list) = member_list(h).await {
+                return Some((list, h));
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// No quorum answers. When the members with data were started as a new cluster (a first
+/// apply stopped before all of them started), the others start with the same membership;
+/// anything else is not Strata's to repair.
+async fn finish_forming(
+    cx: &Apply<'_>,
+    members: &[&HostConn],
+    holders: &[&HostConn],
+) -> Result<()> {
+    let env = holders[0]
+        .sh(PHASE, &format!("cat {}", etcd::MEMBERSHIP_ENV))
+        .await?;
+    if !env.contains("ETCD_INITIAL_CLUSTER_STATE=new") {
+        return Err(fail(
+            PHASE,
+            "etcd",
+            "no etcd member answers with a quorum; bring the members' hosts back (`systemctl \
+             status etcd` on them), or restore the cluster from a backup",
+        ));
+    }
+    let rest: Vec<&HostConn> = members
+        .iter()
+        .filter(|m| !holders.iter().any(|h| h.name() == m.name()))
+        .copied()
+        .collect();
+    for h in &rest {
+        write_membership(h, &env).await?;
+        start(cx, h).await?;
+    }
+    let waits = join_all(members.iter().map(|h| wait_healthy(cx, h))).await;
+    waits.into_iter().collect::<Result<Vec<_>>>()?;
+    cx.reporter.step(
+        PHASE,
+        "etcd",
+        format!(
+            "finished forming the cluster of {} member(s) an earlier apply began",
+            members.len()
+        ),
+    );
     Ok(())
 }
 
@@ -184,11 +255,11 @@ async fn restart_holders(
 async fn change_membership(
     cx: &Apply<'_>,
     members: &[&HostConn],
-    holders: &[&HostConn],
+    via: &HostConn,
+    current: &[Member],
     has_data: &[bool],
 ) -> Result<()> {
-    let current = member_list(holders[0]).await?;
-    let health = holders[0]
+    let health = via
         .sh(
             PHASE,
             &format!(
@@ -206,30 +277,19 @@ async fn change_membership(
             has_data: *d,
         })
         .collect();
-    let steps = etcd::plan(&wanted, &current, &etcd::parse_healthy(&health))
+    let steps = etcd::plan(&wanted, current, &etcd::parse_healthy(&health))
         .map_err(|e| fail(PHASE, "etcd", e))?;
-    // Changes go through a member that stays, has data and votes.
-    let removed = |h: &HostConn| {
-        steps.iter().any(
-            |s| matches!(s, Step::Remove { member, .. } if member.peer_urls.contains(&peer_url(h))),
-        )
-    };
-    let via = holders
-        .iter()
-        .find(|h| {
-            current
-                .iter()
-                .any(|m| m.peer_urls.contains(&peer_url(h)) && !m.is_learner)
-                && !removed(h)
-        })
-        .copied()
-        .ok_or_else(|| {
-            fail(
-                PHASE,
-                "etcd",
-                "no healthy voting member is left to change the membership through",
-            )
-        })?;
+    // Changes go through a voting member with data that stays.
+    if steps.iter().any(
+        |s| matches!(s, Step::Remove { member, .. } if member.peer_urls.contains(&peer_url(via))),
+    ) {
+        return Err(fail(
+            PHASE,
+            "etcd",
+            "the member the change would go through is itself to be removed; apply again once \
+             the other members are healthy",
+        ));
+    }
     let host = |name: &str| members.iter().find(|h| h.name() == name).copied();
     for step in &steps {
         match step {

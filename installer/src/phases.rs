@@ -147,7 +147,21 @@ async fn preflight(cx: &mut Apply<'_>) -> Result<()> {
         let Some(f) = cx.facts.get(h.name()) else {
             continue;
         };
-        let problems = crate::facts::problems(cx.cluster(), &h.host, f, now);
+        let mut problems = crate::facts::problems(cx.cluster(), &h.host, f, now);
+        // Its unit would be stopped by the upload, before any quorum check.
+        let was_member = cx
+            .state
+            .hosts
+            .get(h.name())
+            .is_some_and(|files| files.contains_key("/etc/systemd/system/etcd.service"));
+        if was_member && !catalog::runs(cx.cluster(), &h.host, Component::Etcd) {
+            problems.push(
+                "the etcd role cannot be taken from a host that stays in the cluster: take the \
+                 host out of the Cluster file and apply (its member is removed, the quorum \
+                 checked), then add it back with its new roles"
+                    .into(),
+            );
+        }
         if problems.is_empty() {
             cx.reporter.step(PhaseName::Preflight, h.name(), "ok");
         } else {
@@ -448,22 +462,10 @@ async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     rolling_control_plane(cx).await?;
     restarted(cx, StartPhase::ControlPlane)?;
     let client = cx.client().await?;
-    retry(
+    wait_readyz(
+        &client,
         &format!("phase {phase}: API server ready (/readyz)"),
         Duration::from_secs(180),
-        || {
-            let c = client.clone();
-            async move {
-                let text = c
-                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
-                    .await?;
-                if text.trim() == "ok" {
-                    Ok(())
-                } else {
-                    bail!("{text}")
-                }
-            }
-        },
     )
     .await?;
     cx.reporter.step(
@@ -472,6 +474,24 @@ async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
         format!("ready at https://{}", cx.cs.inputs.api_endpoint),
     );
     Ok(())
+}
+
+/// Waits until the API server `client` talks to answers `/readyz` with `ok`.
+async fn wait_readyz(client: &kube::Client, what: &str, limit: Duration) -> Result<()> {
+    retry(what, limit, || {
+        let c = client.clone();
+        async move {
+            let text = c
+                .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                .await?;
+            if text.trim() == "ok" {
+                Ok(())
+            } else {
+                bail!("{text}")
+            }
+        }
+    })
+    .await
 }
 
 /// Starts the control plane. An API server already running whose files changed is
@@ -547,25 +567,13 @@ async fn rolling_control_plane(cx: &Apply<'_>) -> Result<()> {
         // The restart is queued (--no-block): wait until the old process is gone, then
         // until the new one answers.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        retry(
+        wait_readyz(
+            &client,
             &format!(
                 "phase {phase}, host {}: API server back (/readyz)",
                 h.name()
             ),
             Duration::from_secs(180),
-            || {
-                let c = client.clone();
-                async move {
-                    let text = c
-                        .request_text(http::Request::get("/readyz").body(Vec::new())?)
-                        .await?;
-                    if text.trim() == "ok" {
-                        Ok(())
-                    } else {
-                        bail!("{text}")
-                    }
-                }
-            },
         )
         .await?;
         cx.reporter.step(
@@ -856,9 +864,8 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
         if catalog::runs(cx.cluster(), &h.host, Component::Etcd) {
             labels.push(strata_update_api::ETCD_NODE_LABEL);
         }
-        if !labels.is_empty() {
-            label_roles(&client, h.name(), &labels).await?;
-        }
+        // Applied also when empty: a host that lost its roles loses their labels.
+        label_roles(&client, h.name(), &labels).await?;
     }
     let minor = cx.cluster().spec.kubernetes.version.minor();
     for h in &cx.hosts {
@@ -1016,22 +1023,10 @@ async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {
     {
         // The admin kubeconfig names the virtual IP: it answers before apply is done.
         let client = crate::hosts::admin_client(&cx.cs).await?;
-        retry(
+        wait_readyz(
+            &client,
             &format!("phase {phase}: the virtual IP {vip} answers (/readyz)"),
             Duration::from_secs(90),
-            || {
-                let c = client.clone();
-                async move {
-                    let text = c
-                        .request_text(http::Request::get("/readyz").body(Vec::new())?)
-                        .await?;
-                    if text.trim() == "ok" {
-                        Ok(())
-                    } else {
-                        bail!("{text}")
-                    }
-                }
-            },
         )
         .await?;
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =

@@ -158,7 +158,7 @@ pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderEr
 }
 
 /// The Lease the virtual IP's holder renews, and the right of the control-plane hosts'
-/// agents to read and renew that Lease (and nothing else).
+/// agents (each by name) to read and renew that Lease, nothing else.
 fn vip_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -190,12 +190,18 @@ fn vip_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             kind: "Role".into(),
             name: "strata:vip".into(),
         },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Group".into(),
-            name: "strata:vips".into(),
-            ..Subject::default()
-        }]),
+        // The control-plane hosts of the file by name, not their group: a host taken out
+        // of the file (its certificate still valid) can no longer take the address.
+        subjects: Some(
+            crate::catalog::hosts_running(cluster, crate::catalog::Component::Vip)
+                .map(|h| Subject {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "User".into(),
+                    name: format!("strata:vip:{}", h.name),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
     };
     Ok(vec![
         object("vip.lease.yaml", &lease)?,

@@ -1069,7 +1069,6 @@ fn host_settings_files(ctx: &Ctx<'_>, t: &mut HostTree) {
     );
 }
 
-/// The update agent's identity on its node, and the path units it works through.
 /// Where the node-local API load balancer's list of API servers and identity are.
 pub const API_BALANCER_DIR: &str = "/etc/strata/api-balancer";
 
@@ -1176,6 +1175,7 @@ fn vip_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErro
     Ok(())
 }
 
+/// The update agent's identity on its node, and the path units it works through.
 fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     use crate::addons::UPDATE_AGENT_DIR;
     t.add(

@@ -219,6 +219,18 @@ pub fn endpoint_host(endpoint: &str) -> Option<Address> {
     })
 }
 
+/// The identity of one of Strata's agents on node `node`: user `strata:KIND:NODE` in group
+/// `strata:KINDs`, its certificate `KIND/NODE` and kubeconfig `kubeconfigs/KIND-NODE.conf`.
+fn agent_identity(kind: &str, node: &str, server: Server) -> CertSpec {
+    let user = format!("strata:{kind}:{node}");
+    let mut c = CertSpec::new(format!("{kind}/{node}"), CaId::Kubernetes, user.clone())
+        .org(&format!("strata:{kind}s"))
+        .client()
+        .kubeconfig(format!("kubeconfigs/{kind}-{node}.conf"), user, server);
+    c.nodes.push(node.to_owned());
+    c
+}
+
 /// Every leaf certificate of the cluster, in a stable order.
 pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
     let mut out = Vec::new();
@@ -332,17 +344,7 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
     // through its own API server (RBAC: that Lease only).
     if inputs.vip.is_some() {
         for n in inputs.nodes.iter().filter(|n| n.control_plane) {
-            let user = format!("strata:vip:{}", n.name);
-            let mut v = CertSpec::new(format!("vip/{}", n.name), CaId::Kubernetes, user.clone())
-                .org("strata:vips")
-                .client()
-                .kubeconfig(
-                    format!("kubeconfigs/vip-{}.conf", n.name),
-                    user,
-                    Server::SameHost,
-                );
-            v.nodes.push(n.name.clone());
-            out.push(v);
+            out.push(agent_identity("vip", &n.name, Server::SameHost));
         }
     }
     // The node-local API load balancer's health checks: /readyz, which any authenticated
@@ -389,38 +391,14 @@ pub fn leaf_certificates(inputs: &Inputs) -> Vec<CertSpec> {
         out.push(s);
         // The update agent on this node: RBAC lets this identity read this node's Node and
         // NodeUpdate and write that NodeUpdate's status, nothing else (see manifests' addons).
-        let user = format!("strata:update-agent:{}", n.name);
-        let mut a = CertSpec::new(
-            format!("update-agent/{}", n.name),
-            CaId::Kubernetes,
-            user.clone(),
-        )
-        .org("strata:update-agents")
-        .client()
-        .kubeconfig(
-            format!("kubeconfigs/update-agent-{}.conf", n.name),
-            user,
+        out.push(agent_identity(
+            "update-agent",
+            &n.name,
             Server::NodeBalancer,
-        );
-        a.nodes.push(n.name.clone());
-        out.push(a);
+        ));
         // The overlay agent on this node: RBAC lets this identity write this node's
         // OverlayNode and read Nodes, nothing else.
-        let user = format!("strata:overlay:{}", n.name);
-        let mut o = CertSpec::new(
-            format!("overlay/{}", n.name),
-            CaId::Kubernetes,
-            user.clone(),
-        )
-        .org("strata:overlays")
-        .client()
-        .kubeconfig(
-            format!("kubeconfigs/overlay-{}.conf", n.name),
-            user,
-            Server::NodeBalancer,
-        );
-        o.nodes.push(n.name.clone());
-        out.push(o);
+        out.push(agent_identity("overlay", &n.name, Server::NodeBalancer));
     }
     out
 }

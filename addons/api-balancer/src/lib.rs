@@ -200,13 +200,20 @@ async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Pool, options: &O
         let connect = TcpStream::connect((b.address.host.as_str(), b.address.port));
         let mut server = match tokio::time::timeout(options.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
+            // A refusal is the API server's own answer: down at once. Anything else (a
+            // timeout under load, this host out of descriptors or ports) counts as one failed
+            // check, so that a local problem does not drop every API server in turn.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                log_transition(&b, b.refused(options.fall), &format!("connect: {e}"));
+                continue;
+            }
             Ok(Err(e)) => {
-                log_transition(&b, b.connect_failed(options.fall), &format!("connect: {e}"));
+                log_transition(&b, b.record(false, options.fall), &format!("connect: {e}"));
                 continue;
             }
             Err(_) => {
                 let why = format!("connect: no answer within {:?}", options.connect_timeout);
-                log_transition(&b, b.connect_failed(options.fall), &why);
+                log_transition(&b, b.record(false, options.fall), &why);
                 continue;
             }
         };

@@ -69,8 +69,8 @@ impl Backend {
         }
     }
 
-    /// A connection to it failed: down now, whatever its checks said.
-    pub fn connect_failed(&self, fall: u32) -> Option<Transition> {
+    /// It refused a connection: down now, whatever its checks said.
+    pub fn refused(&self, fall: u32) -> Option<Transition> {
         self.failures.store(fall.max(1), Ordering::SeqCst);
         self.down()
     }
@@ -252,7 +252,7 @@ mod tests {
             Some(Transition::Up),
             "one success brings it back"
         );
-        assert_eq!(a.connect_failed(2), Some(Transition::Down(0)));
+        assert_eq!(a.refused(2), Some(Transition::Down(0)));
     }
 
     #[tokio::test]

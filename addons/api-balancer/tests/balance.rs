@@ -163,6 +163,16 @@ impl Client {
         Client { tls }
     }
 
+    /// Asserts that the balancer closes this connection within `limit`.
+    async fn closed_within(&mut self, limit: Duration) {
+        until("the connection closed", limit, async || {
+            tokio::time::timeout(Duration::from_millis(200), self.name())
+                .await
+                .is_ok_and(|n| n.is_none())
+        })
+        .await;
+    }
+
     /// The name of the server this connection reached; None once it was closed.
     async fn name(&mut self) -> Option<String> {
         self.tls
@@ -241,16 +251,7 @@ async fn spreads_connections_and_drops_an_unready_server_with_its_connections() 
     a.ready.store(false, Ordering::SeqCst);
     let started = Instant::now();
     for (name, c) in held.iter_mut().filter(|(n, _)| n == "a") {
-        until(
-            "a's connection closed",
-            Duration::from_secs(3),
-            async || {
-                tokio::time::timeout(Duration::from_millis(200), c.name())
-                    .await
-                    .is_ok_and(|n| n.is_none())
-            },
-        )
-        .await;
+        c.closed_within(Duration::from_secs(3)).await;
         name.clear();
     }
     println!(
@@ -309,16 +310,7 @@ async fn a_dead_server_is_skipped_and_the_list_is_reread() {
 
     // The file now lists b only: a's connections are closed, new ones reach b.
     std::fs::write(dir.path().join("backends"), format!("{}\n", b.addr)).expect("write");
-    until(
-        "a's connection closed",
-        Duration::from_secs(3),
-        async || {
-            tokio::time::timeout(Duration::from_millis(200), c.name())
-                .await
-                .is_ok_and(|n| n.is_none())
-        },
-    )
-    .await;
+    c.closed_within(Duration::from_secs(3)).await;
     let mut c = Client::connect(&pki, addr).await;
     assert_eq!(c.name().await.as_deref(), Some("b"));
     // A broken file keeps the list known so far.

@@ -68,7 +68,7 @@ pub struct Agent {
 }
 
 /// How long a health reading that did not change stays fresh without being written again.
-const HEALTH_REFRESH: Duration = Duration::from_secs(30);
+const HEALTH_REFRESH: Duration = Duration::from_secs(10);
 
 /// etcd's `/health` over plain HTTP on loopback: `{"health":"true"}` when the member is
 /// part of a cluster with a leader.

@@ -179,10 +179,9 @@ fn drain_timed_out(spec: &NodeUpdateSpec, now: Timestamp, timeout: Duration) -> 
             .is_some_and(|t| now >= plus(t.0, timeout))
 }
 
-/// Decides for one policy. An invalid policy is an error (the operator reports it on the
-/// policy and grants nothing).
-/// How old an agent's reading of its control-plane parts may be and still count.
-const HEALTH_FRESH: Duration = Duration::from_secs(90);
+/// How old an agent's reading of its control-plane parts may be and still count (agents
+/// write an unchanged reading again every 10 s).
+const HEALTH_FRESH: Duration = Duration::from_secs(30);
 
 /// Why control-plane or etcd node `n` may not be granted a slot now: one such node at a
 /// time; every etcd member (of the policy's nodes) healthy; another API server ready, if
@@ -211,10 +210,10 @@ fn control_plane_gate(s: &Snapshot<'_>, n: &NodeView, holders: &[Holder]) -> Opt
         })
     };
     for m in s.nodes.iter().filter(|m| m.is_etcd()) {
-        if fresh(&m.name).and_then(|h| h.etcd_healthy) != Some(true) {
+        if !m.ready || fresh(&m.name).and_then(|h| h.etcd_healthy) != Some(true) {
             return Some(format!(
-                "{} waits: the etcd member on {} is not known healthy (its agent's reading is \
-                 missing, old or unhealthy)",
+                "{} waits: the etcd member on {} is not known healthy (its node is not Ready, or \
+                 its agent's reading is missing, old or unhealthy)",
                 n.name, m.name
             ));
         }
@@ -239,6 +238,8 @@ fn control_plane_gate(s: &Snapshot<'_>, n: &NodeView, holders: &[Holder]) -> Opt
     None
 }
 
+/// Decides for one policy. An invalid policy is an error (the operator reports it on the
+/// policy and grants nothing).
 pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
     let d = durations(s.policy);
     let windows = windows(s.policy)?;
@@ -879,6 +880,12 @@ mod tests {
         );
         w.updates.get_mut("cp3").expect("cp3").1.control_plane = None;
         assert!(w.at(NOW).holders.is_empty(), "no reading at all");
+        w.read("cp3", Some(true), Some(true), NOW);
+        w.node_mut("cp3").ready = false;
+        assert!(
+            w.at(NOW).holders.is_empty(),
+            "a healthy reading of a NotReady node"
+        );
 
         // No other API server ready: cp1 waits; one other ready is enough.
         let mut w = control_plane_world();

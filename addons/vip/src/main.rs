@@ -103,44 +103,68 @@ async fn main() -> Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
+    info!(vip = %args.vip, lease = %format!("{}/{}", args.namespace, args.lease), "candidate");
+    let result = hold(&args, &api, &nl, index, &mut elector, &mut term, retry).await;
+    // On every way out: the address first (no two holders), then the Lease, so that another
+    // host takes over at once.
+    let removed = netlink::remove(&nl, args.vip).await;
+    give_up(&api, &args, &mut elector).await;
+    if matches!(removed, Ok(true)) {
+        info!(vip = %args.vip, "released");
+    }
+    result
+}
+
+/// Holds the address while this host holds the Lease, until SIGTERM (Ok) or a netlink
+/// failure (Err).
+async fn hold(
+    args: &Args,
+    api: &Api<Lease>,
+    nl: &rtnetlink::Handle,
+    index: u32,
+    elector: &mut Elector,
+    term: &mut tokio::signal::unix::Signal,
+    retry: Duration,
+) -> Result<()> {
     let mut tick = tokio::time::interval(retry);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announcements = 0u32;
     let mut last_error = String::new();
-    info!(vip = %args.vip, lease = %format!("{}/{}", args.namespace, args.lease), "candidate");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = term.recv() => {
-                give_up(&api, &args, &mut elector).await;
-                if netlink::remove(&nl, args.vip).await? {
-                    info!(vip = %args.vip, "released (shutting down)");
-                }
-                return Ok(());
-            }
+            _ = term.recv() => return Ok(()),
         }
-        match api.get(&args.lease).await {
-            Ok(l) => {
+        // Past its deadline (the API calls below may take a while): let go first.
+        if !elector.holds(Instant::now()) && netlink::remove(nl, args.vip).await? {
+            info!(vip = %args.vip, "gave up the virtual IP");
+        }
+        match tokio::time::timeout(retry, api.get(&args.lease)).await {
+            Ok(Ok(l)) => {
                 last_error.clear();
                 match elector.observe(record(&l), Instant::now()) {
                     Decision::Claim => {
                         let want = claimed(&l, &args.identity, args.lease_seconds);
-                        match api
-                            .replace(&args.lease, &PostParams::default(), &want)
-                            .await
-                        {
-                            Ok(written) => elector.renewed(record(&written), Instant::now()),
-                            Err(kube::Error::Api(e)) if e.code == 409 => elector.lost(),
-                            Err(e) => report(&mut last_error, format!("renewing: {e}")),
+                        // The renewal counts from before it was sent: others saw the Lease
+                        // change no earlier than that.
+                        let sent = Instant::now();
+                        let params = PostParams::default();
+                        let write = api.replace(&args.lease, &params, &want);
+                        match tokio::time::timeout(retry, write).await {
+                            Ok(Ok(written)) => elector.renewed(record(&written), sent),
+                            Ok(Err(kube::Error::Api(e))) if e.code == 409 => elector.lost(),
+                            Ok(Err(e)) => report(&mut last_error, format!("renewing: {e}")),
+                            Err(_) => report(&mut last_error, "renewing: timed out".into()),
                         }
                     }
                     Decision::Follow => elector.lost(),
                 }
             }
-            Err(e) => report(&mut last_error, format!("reading the Lease: {e}")),
+            Ok(Err(e)) => report(&mut last_error, format!("reading the Lease: {e}")),
+            Err(_) => report(&mut last_error, "reading the Lease: timed out".into()),
         }
         if elector.holds(Instant::now()) {
-            if netlink::add(&nl, index, args.vip).await? {
+            if netlink::add(nl, index, args.vip).await? {
                 info!(vip = %args.vip, "holding the virtual IP");
                 announcements = 3;
             }
@@ -150,7 +174,7 @@ async fn main() -> Result<()> {
                     warn!(error = %e, "gratuitous ARP");
                 }
             }
-        } else if netlink::remove(&nl, args.vip).await? {
+        } else if netlink::remove(nl, args.vip).await? {
             info!(vip = %args.vip, "gave up the virtual IP");
         }
     }
@@ -163,18 +187,23 @@ fn report(last: &mut String, text: String) {
     }
 }
 
-/// Frees the Lease when this host holds it, so that another takes over at once.
+/// Frees the Lease when it names this host, so that another takes over at once (the
+/// address is already gone).
 async fn give_up(api: &Api<Lease>, args: &Args, elector: &mut Elector) {
-    if !elector.holds(Instant::now()) {
+    elector.lost();
+    let Ok(Ok(mut l)) = tokio::time::timeout(Duration::from_secs(2), api.get(&args.lease)).await
+    else {
+        return;
+    };
+    if record(&l).holder != args.identity {
         return;
     }
-    if let Ok(mut l) = api.get(&args.lease).await {
-        if let Some(spec) = l.spec.as_mut() {
-            spec.holder_identity = None;
-        }
-        if let Err(e) = api.replace(&args.lease, &PostParams::default(), &l).await {
-            warn!(error = %e, "giving up the Lease");
-        }
+    if let Some(spec) = l.spec.as_mut() {
+        spec.holder_identity = None;
     }
-    elector.lost();
+    let params = PostParams::default();
+    let write = api.replace(&args.lease, &params, &l);
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), write).await {
+        warn!(error = %e, "giving up the Lease");
+    }
 }

@@ -313,6 +313,11 @@ impl Machine {
             }
         }
         // Whatever outlived the machine's init (or an init whose nspawn was killed) goes too.
+        self.kill_the_rest()
+    }
+
+    /// SIGKILL to every process left in the machine's cgroups; its pid files removed.
+    fn kill_the_rest(&self) -> Result<(), MachineError> {
         if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
             cgroups
                 .kill_all(Duration::from_secs(10))
@@ -332,13 +337,7 @@ impl Machine {
                 let _ = run(Command::new("kill").args(["-KILL", &p.to_string()]));
             }
         }
-        if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
-            cgroups
-                .kill_all(Duration::from_secs(10))
-                .map_err(|e| self.cgroup(e))?;
-        }
-        let _ = std::fs::remove_file(self.pid_file("nspawn.pid"));
-        let _ = std::fs::remove_file(self.pid_file("supervisor.pid"));
+        self.kill_the_rest()?;
         self.network.delete().map_err(|e| self.cmd(e))
     }
 
