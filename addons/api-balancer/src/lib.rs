@@ -131,15 +131,21 @@ impl Balancer {
     }
 }
 
-fn log_transition(b: &Backend, t: Option<Transition>, why: &str) {
+/// Logs a change of `b`'s state; a backend gone down has its connections closed when
+/// another is healthy.
+fn transition(pool: &Pool, b: &Backend, t: Option<Transition>, why: &str) {
     match t {
         Some(Transition::Up) => info!(backend = %b.address, "API server ready"),
-        Some(Transition::Down(closed)) => warn!(
-            backend = %b.address,
-            reason = why,
-            closed_connections = closed,
-            "API server dropped"
-        ),
+        Some(Transition::Down) => {
+            // Outside the macro: its fields are evaluated only when the event is logged.
+            let closed = pool.dropped(b);
+            warn!(
+                backend = %b.address,
+                reason = why,
+                closed_connections = closed,
+                "API server dropped"
+            );
+        }
         None => {}
     }
 }
@@ -188,7 +194,7 @@ async fn watch(pool: Arc<Pool>, options: Options, checker: Checker) {
             if !why.is_empty() {
                 debug!(backend = %b.address, reason = %why, "check failed");
             }
-            log_transition(&b, b.record(r.is_ok(), options.fall), &why);
+            transition(&pool, &b, b.record(r.is_ok(), options.fall), &why);
         }
     }
 }
@@ -204,16 +210,21 @@ async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Pool, options: &O
             // timeout under load, this host out of descriptors or ports) counts as one failed
             // check, so that a local problem does not drop every API server in turn.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                log_transition(&b, b.refused(options.fall), &format!("connect: {e}"));
+                transition(pool, &b, b.refused(options.fall), &format!("connect: {e}"));
                 continue;
             }
             Ok(Err(e)) => {
-                log_transition(&b, b.record(false, options.fall), &format!("connect: {e}"));
+                transition(
+                    pool,
+                    &b,
+                    b.record(false, options.fall),
+                    &format!("connect: {e}"),
+                );
                 continue;
             }
             Err(_) => {
                 let why = format!("connect: no answer within {:?}", options.connect_timeout);
-                log_transition(&b, b.record(false, options.fall), &why);
+                transition(pool, &b, b.record(false, options.fall), &why);
                 continue;
             }
         };

@@ -24,8 +24,7 @@ pub struct Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     Up,
-    /// Down; this many open connections were closed.
-    Down(usize),
+    Down,
 }
 
 impl Backend {
@@ -51,7 +50,7 @@ impl Backend {
     }
 
     /// Records a health check: healthy on the first success, down after `fall` failures in a
-    /// row (its connections closed, so that their clients come back through a healthy one).
+    /// row (see [`Pool::dropped`] for its connections).
     pub fn record(&self, ok: bool, fall: u32) -> Option<Transition> {
         if ok {
             self.failures.store(0, Ordering::SeqCst);
@@ -77,7 +76,7 @@ impl Backend {
 
     fn down(&self) -> Option<Transition> {
         let was = self.healthy.swap(false, Ordering::SeqCst);
-        was.then(|| Transition::Down(self.close_connections()))
+        was.then_some(Transition::Down)
     }
 
     /// Closes every open connection through it; returns how many there were.
@@ -166,6 +165,18 @@ impl Pool {
         changes
     }
 
+    /// `b` went down: its connections are closed when another API server is healthy, so
+    /// that their clients come back through that one at once; with none, closing them would
+    /// only cut every client off (a single API server slow to answer its checks). Returns
+    /// how many were closed.
+    pub fn dropped(&self, b: &Backend) -> usize {
+        let others = self
+            .backends()
+            .iter()
+            .any(|o| o.address != b.address && o.is_healthy());
+        if others { b.close_connections() } else { 0 }
+    }
+
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         self.backends
             .read()
@@ -231,16 +242,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn down_after_fall_failures_closes_connections() {
-        let pool = Pool::new(vec![addr("a:1")]);
-        let a = &pool.backends()[0];
+    async fn down_after_fall_failures_closes_connections_when_another_is_healthy() {
+        let pool = Pool::new(vec![addr("a:1"), addr("b:1")]);
+        let list = pool.backends();
+        let (a, b) = (&list[0], &list[1]);
         assert_eq!(a.record(true, 2), Some(Transition::Up));
         assert_eq!(a.record(true, 2), None);
         let mut conn = a.connection();
         assert_eq!(a.active(), 1);
         assert_eq!(a.record(false, 2), None, "one failure is not enough");
         assert!(a.is_healthy());
-        assert_eq!(a.record(false, 2), Some(Transition::Down(1)));
+        // The only healthy one goes down: its connections stay (nowhere better to go).
+        assert_eq!(a.record(false, 2), Some(Transition::Down));
+        assert_eq!(pool.dropped(a), 0);
+        assert_eq!(a.active(), 1);
+        // With b healthy they are closed.
+        b.record(true, 2);
+        assert_eq!(pool.dropped(a), 1);
         tokio::time::timeout(std::time::Duration::from_secs(1), conn.closed())
             .await
             .expect("the connection was told to close");
@@ -252,7 +270,7 @@ mod tests {
             Some(Transition::Up),
             "one success brings it back"
         );
-        assert_eq!(a.refused(2), Some(Transition::Down(0)));
+        assert_eq!(a.refused(2), Some(Transition::Down));
     }
 
     #[tokio::test]
