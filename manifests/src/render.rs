@@ -845,14 +845,18 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
         s.push_str("protectKernelDefaults: true\n");
     }
     if ctx.local() {
-        // Local machines share this computer's disk: the default percentages of a large,
-        // shared disk would taint every node with disk-pressure. Absolute floors instead.
+        // Local machines share this computer's disk, most of it filled by other things: the
+        // default percentages would taint every node with disk-pressure, and image garbage
+        // collection (at 85% used) would delete images loaded without a registry. Absolute
+        // floors instead (as kind does); below them the eviction manager still frees unused
+        // images first.
         s.push_str(
             "evictionHard:\n  \
                memory.available: 100Mi\n  \
                nodefs.available: 1Gi\n  \
                nodefs.inodesFree: 5%\n  \
-               imagefs.available: 1Gi\n",
+               imagefs.available: 1Gi\n\
+             imageGCHighThresholdPercent: 100\n",
         );
     }
     if ctx.local() && versions::uses(Item::KubeletRefusesCgroupV1, ctx.minor) {
