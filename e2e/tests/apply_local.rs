@@ -1335,6 +1335,35 @@ fn changed_host_key_is_refused(dir: &Path) {
     );
 }
 
+/// etcd's data gone from every etcd host of the file (a disk lost, a host reinstalled):
+/// apply refuses to form a new, empty cluster in place of the one it recorded, before
+/// touching anything; with the data back, it converges.
+fn a_lost_etcd_is_not_formed_anew(dir: &Path) {
+    on(
+        "cp1",
+        "systemctl stop etcd && mv /var/lib/etcd /var/lib/etcd.moved",
+    );
+    let o = strata(dir, &["apply"]);
+    assert!(!o.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        all.contains("no etcd host of the Cluster file holds etcd data, but etcd cluster")
+            && all.contains("etcdCluster"),
+        "{all}"
+    );
+    assert_eq!(
+        on("cp1", "test -e /var/lib/etcd && echo formed || echo none").trim(),
+        "none"
+    );
+    on("cp1", "mv /var/lib/etcd.moved /var/lib/etcd");
+    let again = events(&ok(&strata(dir, &["apply"]), "apply with etcd's data back"));
+    assert_eq!(ready(&again), 3, "{again:?}");
+}
+
 /// Each host is as it was before the first apply (units, files, iptables, links), and no
 /// process of Strata's runs on it.
 fn nothing_left(before: &[(&str, String)]) {
@@ -1596,6 +1625,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     a_removed_node_leaves_the_overlay(&kubeconfig);
 
     an_addon_turned_off_is_removed(dir.path(), &kubeconfig);
+    a_lost_etcd_is_not_formed_anew(dir.path());
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
     nothing_left(&before);

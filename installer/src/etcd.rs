@@ -50,13 +50,21 @@ impl Member {
 
 #[derive(Debug, Deserialize)]
 struct MemberList {
+    header: Header,
     #[serde(default)]
     members: Vec<Member>,
 }
 
-/// Parses `etcdctl member list -w json`.
-pub fn parse_members(json: &str) -> Result<Vec<Member>, serde_json::Error> {
-    serde_json::from_str::<MemberList>(json).map(|l| l.members)
+#[derive(Debug, Deserialize)]
+struct Header {
+    cluster_id: u64,
+}
+
+/// Parses `etcdctl member list -w json`: the cluster's id (hex, as etcdctl shows it) and its
+/// members.
+pub fn parse_members(json: &str) -> Result<(String, Vec<Member>), serde_json::Error> {
+    serde_json::from_str::<MemberList>(json)
+        .map(|l| (format!("{:x}", l.header.cluster_id), l.members))
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,15 +135,21 @@ pub enum Refusal {
 }
 
 /// The steps that make the cluster's members `members` (healthy: the client URLs that
-/// answered) into the file's `wanted`: removals first (each checked against the quorum
-/// left), then one join at a time.
+/// answered) into the file's `wanted`: unhealthy departing members removed first (they hold
+/// no healthy vote, and removing them lowers the quorum the joins must reach), then one join
+/// at a time, then the healthy departing members removed (a host replaced while it runs keeps
+/// its vote until the new one has one: the cluster never tolerates fewer failures than
+/// before). Each removal is checked against the quorum left, counting the joins before it.
 pub fn plan(
     wanted: &[Wanted],
     members: &[Member],
     healthy: &BTreeSet<String>,
 ) -> Result<Vec<Step>, Refusal> {
     let mut steps = Vec::new();
-    let mut current: Vec<Member> = members.to_vec();
+    let mut current = Votes {
+        members: members.to_vec(),
+        joined: 0,
+    };
     // A member whose name is a file host's but whose peer address is not: refused.
     for m in members {
         if let Some(w) = wanted
@@ -149,20 +163,14 @@ pub fn plan(
             });
         }
     }
-    // Unhealthy departing members go first: removing them costs no healthy vote.
-    let mut departing: Vec<&Member> = members
-        .iter()
-        .filter(|m| !wanted.iter().any(|w| m.peer_urls.contains(&w.peer_url)))
-        .collect();
-    departing.sort_by_key(|m| is_healthy(m, healthy));
-    for m in departing {
-        remove(
-            m,
-            "its host is no longer an etcd host of the Cluster file".into(),
-            &mut current,
-            &mut steps,
-            healthy,
-        )?;
+    let departing = || {
+        members
+            .iter()
+            .filter(|m| !wanted.iter().any(|w| m.peer_urls.contains(&w.peer_url)))
+    };
+    let departs = || "its host is no longer an etcd host of the Cluster file".to_owned();
+    for m in departing().filter(|m| !is_healthy(m, healthy)) {
+        remove(m, departs(), &mut current, &mut steps, healthy)?;
     }
     for w in wanted {
         let member = members.iter().find(|m| m.peer_urls.contains(&w.peer_url));
@@ -178,28 +186,35 @@ pub fn plan(
                     "its host has no member data".to_owned()
                 };
                 remove(m, why, &mut current, &mut steps, healthy)?;
-                if has_data {
-                    steps.push(Step::ClearData {
-                        host: w.name.clone(),
-                    });
-                }
-                steps.push(Step::Join {
-                    host: w.name.clone(),
-                });
+                join(w, has_data, &mut current, &mut steps);
             }
-            (None, has_data) => {
-                if has_data {
-                    steps.push(Step::ClearData {
-                        host: w.name.clone(),
-                    });
-                }
-                steps.push(Step::Join {
-                    host: w.name.clone(),
-                });
-            }
+            (None, has_data) => join(w, has_data, &mut current, &mut steps),
         }
     }
+    for m in departing().filter(|m| is_healthy(m, healthy)) {
+        remove(m, departs(), &mut current, &mut steps, healthy)?;
+    }
     Ok(steps)
+}
+
+/// The voting members as the plan goes: the members listed at the start, less those it
+/// removed, and the count of hosts it joined (healthy voters once promoted).
+struct Votes {
+    members: Vec<Member>,
+    joined: usize,
+}
+
+/// `w` joins (its stale data set aside first).
+fn join(w: &Wanted, has_data: bool, current: &mut Votes, steps: &mut Vec<Step>) {
+    if has_data {
+        steps.push(Step::ClearData {
+            host: w.name.clone(),
+        });
+    }
+    steps.push(Step::Join {
+        host: w.name.clone(),
+    });
+    current.joined += 1;
 }
 
 fn is_healthy(m: &Member, healthy: &BTreeSet<String>) -> bool {
@@ -211,35 +226,58 @@ fn is_healthy(m: &Member, healthy: &BTreeSet<String>) -> bool {
 fn remove(
     m: &Member,
     why: String,
-    current: &mut Vec<Member>,
+    current: &mut Votes,
     steps: &mut Vec<Step>,
     healthy: &BTreeSet<String>,
 ) -> Result<(), Refusal> {
-    if !m.is_learner {
-        let voters: Vec<&Member> = current
-            .iter()
-            .filter(|x| !x.is_learner && x.id != m.id)
-            .collect();
-        if voters.is_empty() {
-            return Err(Refusal::LastMember(m.shown()));
-        }
-        let healthy_left = voters.iter().filter(|x| is_healthy(x, healthy)).count();
-        let quorum = voters.len() / 2 + 1;
-        if healthy_left < quorum {
-            return Err(Refusal::Quorum {
-                member: m.shown(),
-                healthy: healthy_left,
-                voters: voters.len(),
-                quorum,
-            });
-        }
-    }
-    current.retain(|x| x.id != m.id);
+    quorum_left(m, current, healthy)?;
+    current.members.retain(|x| x.id != m.id);
     steps.push(Step::Remove {
         member: m.clone(),
         why,
     });
     Ok(())
+}
+
+/// Refused when removing `m` would leave fewer healthy voters than a quorum (or none).
+fn quorum_left(m: &Member, current: &Votes, healthy: &BTreeSet<String>) -> Result<(), Refusal> {
+    if m.is_learner {
+        return Ok(());
+    }
+    let others: Vec<&Member> = current
+        .members
+        .iter()
+        .filter(|x| !x.is_learner && x.id != m.id)
+        .collect();
+    let voters = others.len() + current.joined;
+    if voters == 0 {
+        return Err(Refusal::LastMember(m.shown()));
+    }
+    let healthy_left = others.iter().filter(|x| is_healthy(x, healthy)).count() + current.joined;
+    let quorum = voters / 2 + 1;
+    if healthy_left < quorum {
+        return Err(Refusal::Quorum {
+            member: m.shown(),
+            healthy: healthy_left,
+            voters,
+            quorum,
+        });
+    }
+    Ok(())
+}
+
+/// The check of a removal planned earlier, again with the members and health of now (after
+/// the joins before it, which take minutes).
+pub fn check_removal(
+    m: &Member,
+    members: &[Member],
+    healthy: &BTreeSet<String>,
+) -> Result<(), Refusal> {
+    let now = Votes {
+        members: members.to_vec(),
+        joined: 0,
+    };
+    quorum_left(m, &now, healthy)
 }
 
 /// The membership a joining member starts with: the members now (started ones by name,
@@ -300,8 +338,9 @@ mod tests {
 
     #[test]
     fn parses_etcdctl_json() {
-        let json = r#"{"header":{"cluster_id":1},"members":[{"ID":443629905751424238,"name":"a","peerURLs":["http://127.0.0.1:32380"],"clientURLs":["http://127.0.0.1:32379"]},{"ID":17952911460202339962,"peerURLs":["http://127.0.0.1:32480"],"isLearner":true}]}"#;
-        let m = parse_members(json).expect("json");
+        let json = r#"{"header":{"cluster_id":1,"member_id":2},"members":[{"ID":443629905751424238,"name":"a","peerURLs":["http://127.0.0.1:32380"],"clientURLs":["http://127.0.0.1:32379"]},{"ID":17952911460202339962,"peerURLs":["http://127.0.0.1:32480"],"isLearner":true}]}"#;
+        let (id, m) = parse_members(json).expect("json");
+        assert_eq!(id, "1");
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].hex(), "628170c800dbcee");
         assert!(m[1].is_learner && m[1].name.is_empty());
@@ -357,6 +396,61 @@ mod tests {
     }
 
     #[test]
+    fn a_host_replaced_while_it_runs_keeps_its_vote_until_the_new_one_joined() {
+        let members = [
+            member(1, "cp1", false),
+            member(2, "cp2", false),
+            member(3, "cp3", false),
+        ];
+        let steps = plan(
+            &[
+                wanted("cp1", true),
+                wanted("cp2", true),
+                wanted("cp4", false),
+            ],
+            &members,
+            &healthy(&["cp1", "cp2", "cp3"]),
+        )
+        .expect("plan");
+        assert_eq!(steps[0], Step::Join { host: "cp4".into() });
+        assert!(matches!(&steps[1], Step::Remove { member, .. } if member.name == "cp3"));
+        assert_eq!(steps.len(), 2);
+    }
+
+    #[test]
+    fn a_removal_after_the_joins_is_checked_again_with_the_health_of_then() {
+        let members = [
+            member(1, "cp1", false),
+            member(2, "cp2", false),
+            member(3, "cp3", false),
+            member(4, "cp4", false),
+        ];
+        assert_eq!(
+            check_removal(
+                &members[2],
+                &members,
+                &healthy(&["cp1", "cp2", "cp3", "cp4"])
+            ),
+            Ok(())
+        );
+        // cp2 went down while cp4 joined: 2 healthy of 3 voters left is still a quorum;
+        // with cp1 down too, it is not.
+        assert_eq!(
+            check_removal(&members[2], &members, &healthy(&["cp1", "cp3", "cp4"])),
+            Ok(())
+        );
+        assert!(matches!(
+            check_removal(&members[2], &members, &healthy(&["cp3", "cp4"])),
+            Err(Refusal::Quorum {
+                healthy: 1,
+                voters: 3,
+                quorum: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn removals_that_cost_the_quorum_are_refused() {
         let members = [
             member(1, "cp1", false),
@@ -392,12 +486,7 @@ mod tests {
             .collect();
         assert_eq!(removed, ["cp2", "cp3"]);
         // Never the last voter.
-        let e = plan(
-            &[wanted("cp9", false)],
-            &[member(1, "cp1", false)],
-            &healthy(&["cp1"]),
-        )
-        .expect_err("last");
+        let e = plan(&[], &[member(1, "cp1", false)], &healthy(&["cp1"])).expect_err("last");
         assert_eq!(e, Refusal::LastMember("cp1".into()));
     }
 

@@ -64,6 +64,7 @@ pub fn run(cmd: &LocalCommand) -> Result<ExitCode> {
             let name = cs.cluster.name().to_owned();
             let existing = cluster::existing(&name, &paths);
             if existing.is_empty() {
+                forget(&cs, &[])?;
                 outln!("cluster {name}: no machines");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -83,6 +84,7 @@ pub fn run(cmd: &LocalCommand) -> Result<ExitCode> {
                 }
             }
             let removed = cluster::down(&name, &paths)?;
+            forget(&cs, &removed)?;
             outln!(
                 "removed {} machine(s) of cluster {name}: {}",
                 removed.len(),
@@ -107,6 +109,22 @@ pub fn run(cmd: &LocalCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What apply recorded of the removed machines goes with them (their disks did): files,
+/// pending restarts, the cluster's objects and its etcd cluster, so that the next apply on
+/// new machines installs a new cluster, as after `strata reset`. Host keys stay pinned
+/// (`local up` says when a machine's key changed).
+fn forget(cs: &crate::certs::ClusterState, removed: &[String]) -> Result<()> {
+    let state_file = cs.state.root.join(strata_manifests::plan::STATE_FILE);
+    let mut state = AppliedState::load(&state_file)?;
+    for name in removed {
+        state.hosts.remove(name);
+        state.pending_restarts.remove(name);
+    }
+    state.objects.clear();
+    state.etcd_cluster.clear();
+    state.save(&state_file).map_err(Into::into)
 }
 
 fn up(args: &StateArgs, paths: &Paths) -> Result<ExitCode> {

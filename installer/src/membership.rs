@@ -70,7 +70,8 @@ async fn start(cx: &Apply<'_>, h: &HostConn) -> Result<()> {
     start_units(cx, h, PHASE, &cx.components(&h.host, StartPhase::Etcd)).await
 }
 
-async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
+/// The cluster's id and members, as the member on `via` lists them.
+async fn cluster_and_members(via: &HostConn) -> Result<(String, Vec<Member>)> {
     let list = via
         .sh(PHASE, &format!("{} member list -w json", etcdctl()))
         .await?;
@@ -78,15 +79,70 @@ async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
         .map_err(|e| fail(PHASE, via.name(), format!("etcdctl member list: {e}")))
 }
 
-/// The etcd phase.
-pub async fn run(cx: &Apply<'_>) -> Result<()> {
+async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
+    cluster_and_members(via).await.map(|(_, m)| m)
+}
+
+/// The etcd phase: the cluster formed or changed to the file's members, and its id kept in
+/// the state (apply never forms a new cluster in place of one it has seen).
+pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
+    let Some(id) = converge(cx).await? else {
+        return Ok(());
+    };
+    check_same(&cx.state.etcd_cluster, &id)?;
+    cx.state.etcd_cluster = id;
+    Ok(())
+}
+
+/// The members answer as the cluster recorded (or none was).
+fn check_same(known: &str, id: &str) -> Result<()> {
+    if known.is_empty() || known == id {
+        return Ok(());
+    }
+    Err(fail(
+        PHASE,
+        "etcd",
+        format!(
+            "the etcd members answer as cluster {id}, but this cluster's etcd is {known} \
+             (state.json, etcdCluster): the hosts hold another cluster's data. Check the \
+             Cluster file's hosts and addresses; no member was added or removed"
+        ),
+    ))
+}
+
+/// Why a new cluster is not formed where one has run.
+fn formed_before(id: &str) -> anyhow::Error {
+    fail(
+        PHASE,
+        "etcd",
+        format!(
+            "no etcd host of the Cluster file holds etcd data, but etcd cluster {id} has run \
+             here (state.json, etcdCluster): forming a new one would start Kubernetes with no \
+             objects. Bring back the hosts that hold its data (or put them back into the \
+             Cluster file); to start empty on purpose, run `strata reset` (or `strata local \
+             down`) first, or remove etcdCluster from state.json"
+        ),
+    )
+}
+
+fn no_quorum() -> anyhow::Error {
+    fail(
+        PHASE,
+        "etcd",
+        "no etcd member answers with a quorum; bring the members' hosts back (`systemctl \
+         status etcd` on them), or restore the cluster from a backup",
+    )
+}
+
+/// Forms or changes the cluster; its id (none without etcd hosts).
+async fn converge(cx: &Apply<'_>) -> Result<Option<String>> {
     let members: Vec<&HostConn> = cx
         .hosts
         .iter()
         .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
         .collect();
     if members.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // Which hosts hold member data, and which have their membership file.
     let probe = format!(
@@ -102,8 +158,15 @@ pub async fn run(cx: &Apply<'_>) -> Result<()> {
         has_data.push(out.contains("data"));
         has_env.push(out.contains("env"));
     }
+    let known = &cx.state.etcd_cluster;
     if !has_data.iter().any(|d| *d) {
-        return form(cx, &members).await;
+        if !known.is_empty() {
+            return Err(formed_before(known));
+        }
+        form(cx, &members).await?;
+        return cluster_and_members(members[0])
+            .await
+            .map(|(id, _)| Some(id));
     }
     let holders: Vec<&HostConn> = members
         .iter()
@@ -112,9 +175,18 @@ pub async fn run(cx: &Apply<'_>) -> Result<()> {
         .map(|(h, _)| *h)
         .collect();
     start_holders(&members, &holders, &has_env).await?;
-    let Some((current, via)) = listed_by_any(&holders).await else {
-        return finish_forming(cx, &members, &holders).await;
+    let Some((id, current, via)) = listed_by_any(&holders).await else {
+        // Finishing a formation is for a first apply that stopped half-way, never for a
+        // cluster that has run: its members without data would outvote those with it.
+        if !known.is_empty() && holders.len() < members.len() {
+            return Err(no_quorum());
+        }
+        finish_forming(cx, &members, &holders).await?;
+        return cluster_and_members(members[0])
+            .await
+            .map(|(id, _)| Some(id));
     };
+    check_same(known, &id)?;
     // Only voting members with data are restarted and waited for: learners and hosts with
     // data of no member are the plan's to redo.
     let voters: Vec<&HostConn> = holders
@@ -143,7 +215,7 @@ pub async fn run(cx: &Apply<'_>) -> Result<()> {
             ),
         );
     }
-    Ok(())
+    Ok(Some(id))
 }
 
 /// A new cluster: every member at once (a quorum is needed to start).
@@ -195,12 +267,14 @@ async fn start_holders(
 
 /// The members as the cluster lists them, and the host that answered: the first holder to
 /// answer within a minute (none without a quorum).
-async fn listed_by_any<'h>(holders: &[&'h HostConn]) -> Option<(Vec<Member>, &'h HostConn)> {
+async fn listed_by_any<'h>(
+    holders: &[&'h HostConn],
+) -> Option<(String, Vec<Member>, &'h HostConn)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         for h in holders {
-            if let Ok(list) = member_list(h).await {
-                return Some((list, h));
+            if let Ok((id, list)) = cluster_and_members(h).await {
+                return Some((id, list, h));
             }
         }
         if std::time::Instant::now() > deadline {
@@ -222,12 +296,7 @@ async fn finish_forming(
         .sh(PHASE, &format!("cat {}", etcd::MEMBERSHIP_ENV))
         .await?;
     if !env.contains("ETCD_INITIAL_CLUSTER_STATE=new") {
-        return Err(fail(
-            PHASE,
-            "etcd",
-            "no etcd member answers with a quorum; bring the members' hosts back (`systemctl \
-             status etcd` on them), or restore the cluster from a backup",
-        ));
+        return Err(no_quorum());
     }
     let rest: Vec<&HostConn> = members
         .iter()
@@ -251,6 +320,18 @@ async fn finish_forming(
     Ok(())
 }
 
+/// `etcdctl endpoint health --cluster -w json` (unhealthy members are listed, not errors).
+async fn cluster_health(via: &HostConn) -> Result<String> {
+    via.sh(
+        PHASE,
+        &format!(
+            "{} endpoint health --cluster -w json 2>/dev/null || true",
+            etcdctl()
+        ),
+    )
+    .await
+}
+
 /// The membership made the file's, a step at a time.
 async fn change_membership(
     cx: &Apply<'_>,
@@ -259,15 +340,7 @@ async fn change_membership(
     current: &[Member],
     has_data: &[bool],
 ) -> Result<()> {
-    let health = via
-        .sh(
-            PHASE,
-            &format!(
-                "{} endpoint health --cluster -w json 2>/dev/null || true",
-                etcdctl()
-            ),
-        )
-        .await?;
+    let health = cluster_health(via).await?;
     let wanted: Vec<Wanted> = members
         .iter()
         .zip(has_data)
@@ -291,9 +364,20 @@ async fn change_membership(
         ));
     }
     let host = |name: &str| members.iter().find(|h| h.name() == name).copied();
+    let mut joined = false;
     for step in &steps {
         match step {
             Step::Remove { member, why } => {
+                if joined {
+                    // The health the plan saw is minutes old: checked again.
+                    let (_, now) = cluster_and_members(via).await?;
+                    if !now.iter().any(|m| m.id == member.id) {
+                        continue;
+                    }
+                    let health = cluster_health(via).await?;
+                    etcd::check_removal(member, &now, &etcd::parse_healthy(&health))
+                        .map_err(|e| fail(PHASE, "etcd", e))?;
+                }
                 via.sh(
                     PHASE,
                     &format!("{} member remove {}", etcdctl(), member.hex()),
@@ -313,6 +397,7 @@ async fn change_membership(
             Step::Join { host: name } => {
                 if let Some(h) = host(name) {
                     join(cx, via, h).await?;
+                    joined = true;
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use strata_manifests::catalog::{self, CATALOG};
+use strata_manifests::catalog::{self, CATALOG, Component};
 use strata_manifests::plan::{AppliedFile, AppliedState};
 use strata_platforms::ssh::quote;
 
@@ -212,6 +212,15 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
     crate::runtime()?.block_on(async {
         let results = crate::hosts::connect(&reporter, &cs, &mut state, false).await?;
         let mut errors = Vec::new();
+        // The etcd hosts not reset yet: once none is left, the etcd cluster is gone.
+        let mut etcd_left: Vec<&str> = cs
+            .cluster
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| catalog::runs(&cs.cluster, h, Component::Etcd))
+            .map(|h| h.name.as_str())
+            .collect();
         for (r, files) in results.into_iter().zip(&files) {
             let h = match r {
                 Ok(h) => h,
@@ -225,6 +234,7 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
                     outln!("[{}] reset", h.name());
                     state.hosts.remove(h.name());
                     state.pending_restarts.remove(h.name());
+                    etcd_left.retain(|n| *n != h.name());
                 }
                 Ok(out) => errors.push(format!(
                     "host {}: reset failed (exit {}):\n{}",
@@ -238,6 +248,10 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
         }
         if errors.is_empty() {
             state.objects.clear();
+        }
+        if etcd_left.is_empty() {
+            // Every etcd member's data is gone: the next apply forms a new cluster.
+            state.etcd_cluster.clear();
         }
         state.save(&state_file)?;
         if !errors.is_empty() {

@@ -58,6 +58,14 @@ pub struct AppliedState {
         skip_serializing_if = "String::is_empty"
     )]
     pub secrets_key: String,
+    /// The id (hex) of the etcd cluster apply formed or found running: once set, apply never
+    /// forms a new one in its place (that would start the cluster with no objects).
+    #[serde(
+        default,
+        rename = "etcdCluster",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub etcd_cluster: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
