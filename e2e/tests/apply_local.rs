@@ -371,6 +371,18 @@ fn import_on_workers(name: &str, archive: &[u8]) {
 }
 
 /// A shell script run inside one of the cluster's machines; its stdout.
+/// `strata apply`, which must fail: its output and errors.
+fn apply_refused(dir: &Path) -> String {
+    let o = strata(dir, &["apply"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "apply succeeded: {all}");
+    all
+}
+
 fn on(host: &str, script: &str) -> String {
     strata_e2e::on_machine("e2e-apply", host, script)
 }
@@ -1312,13 +1324,7 @@ fn changed_host_key_is_refused(dir: &Path) {
         "mkdir -p /root/keys.orig && mv /etc/ssh/ssh_host_* /root/keys.orig/ && \
          ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh",
     );
-    let o = strata(dir, &["apply"]);
-    assert!(!o.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let all = apply_refused(dir);
     assert!(
         all.contains("host w2") && all.contains("the SSH host key changed"),
         "{all}"
@@ -1343,13 +1349,7 @@ fn a_lost_etcd_is_not_formed_anew(dir: &Path) {
         "cp1",
         "systemctl stop etcd && mv /var/lib/etcd /var/lib/etcd.moved",
     );
-    let o = strata(dir, &["apply"]);
-    assert!(!o.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let all = apply_refused(dir);
     assert!(
         all.contains("no etcd host of the Cluster file holds etcd data, but etcd cluster")
             && all.contains("etcdCluster"),
@@ -1507,13 +1507,7 @@ fn local_up_apply_converges_and_kubectl_works() {
         "systemd-run --quiet --unit foreign-containerd /usr/bin/containerd \
            --address /run/foreign/containerd.sock --root /var/lib/foreign --state /run/foreign",
     );
-    let refused = strata(dir.path(), &["apply"]);
-    assert!(!refused.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let all = apply_refused(dir.path());
     assert!(
         all.contains("phase preflight, host w1")
             && all.contains("TCP port 10250 is in use by /usr/sbin/sshd"),

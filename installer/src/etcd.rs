@@ -324,6 +324,14 @@ mod tests {
         }
     }
 
+    /// Started voting members named `names`, ids from 1.
+    fn voters(names: &[&str]) -> Vec<Member> {
+        (1..)
+            .zip(names)
+            .map(|(id, n)| member(id, n, false))
+            .collect()
+    }
+
     fn wanted(name: &str, has_data: bool) -> Wanted {
         Wanted {
             name: name.into(),
@@ -375,11 +383,7 @@ mod tests {
 
     #[test]
     fn a_replaced_host_is_removed_first_then_the_new_one_joins() {
-        let members = [
-            member(1, "cp1", false),
-            member(2, "cp2", false),
-            member(3, "cp3", false),
-        ];
+        let members = voters(&["cp1", "cp2", "cp3"]);
         let steps = plan(
             &[
                 wanted("cp1", true),
@@ -397,11 +401,7 @@ mod tests {
 
     #[test]
     fn a_host_replaced_while_it_runs_keeps_its_vote_until_the_new_one_joined() {
-        let members = [
-            member(1, "cp1", false),
-            member(2, "cp2", false),
-            member(3, "cp3", false),
-        ];
+        let members = voters(&["cp1", "cp2", "cp3"]);
         let steps = plan(
             &[
                 wanted("cp1", true),
@@ -419,12 +419,7 @@ mod tests {
 
     #[test]
     fn a_removal_after_the_joins_is_checked_again_with_the_health_of_then() {
-        let members = [
-            member(1, "cp1", false),
-            member(2, "cp2", false),
-            member(3, "cp3", false),
-            member(4, "cp4", false),
-        ];
+        let members = voters(&["cp1", "cp2", "cp3", "cp4"]);
         assert_eq!(
             check_removal(
                 &members[2],
@@ -452,11 +447,7 @@ mod tests {
 
     #[test]
     fn removals_that_cost_the_quorum_are_refused() {
-        let members = [
-            member(1, "cp1", false),
-            member(2, "cp2", false),
-            member(3, "cp3", false),
-        ];
+        let members = voters(&["cp1", "cp2", "cp3"]);
         // cp2 is down; removing healthy cp3 would leave 1 healthy of 2 voters.
         let e = plan(
             &[wanted("cp1", true), wanted("cp2", true)],
