@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use strata_manifests::render::{BIN_DIR, Rendered, render};
+use strata_manifests::catalog::{self, Component};
+use strata_manifests::render::{BIN_DIR, ETCD_MEMBERSHIP_ENV, Rendered, render};
 use strata_manifests::{Cluster, Context, load_str};
 use strata_pki::StateDir;
 use strata_platforms::local::{BaseImage, Bridge, Machine};
@@ -120,7 +121,7 @@ impl LocalCluster {
             m.destroy().expect("clean up an earlier machine");
             m.network.ensure(&bridge).expect("network");
             m.prepare(&base).expect("prepare");
-            install(&m, &rendered, &bin);
+            install(&m, &cluster, &rendered, &bin);
             m.boot().expect("boot");
             machines.push(m);
         }
@@ -194,8 +195,37 @@ impl LocalCluster {
 
 /// Installs the rendered files, the binaries and enables the units (what `apply` does over
 /// SSH, done here directly on the machine's root).
-fn install(m: &Machine, r: &Rendered, bin: &Path) {
+fn install(m: &Machine, cluster: &Cluster, r: &Rendered, bin: &Path) {
     let root = m.root();
+    // etcd's first membership, which apply writes (never rendered): every etcd host of the
+    // file forming a new cluster.
+    let etcd_hosts: Vec<String> = cluster
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| catalog::runs(cluster, h, Component::Etcd))
+        .map(|h| {
+            let address = h.address.as_ref().map_or(h.name.as_str(), |a| a.as_str());
+            format!("{}=https://{address}:{}", h.name, catalog::ETCD_PEER_PORT)
+        })
+        .collect();
+    if etcd_hosts
+        .iter()
+        .any(|e| e.starts_with(&format!("{}=", m.host)))
+    {
+        let env = root.join(ETCD_MEMBERSHIP_ENV.trim_start_matches('/'));
+        std::fs::create_dir_all(env.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            &env,
+            format!(
+                "ETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=new\n\
+                 ETCD_INITIAL_CLUSTER_TOKEN=e2e-{}\n",
+                etcd_hosts.join(","),
+                cluster.name()
+            ),
+        )
+        .expect("write membership.env");
+    }
     let t = r
         .hosts
         .iter()
@@ -226,6 +256,9 @@ fn install(m: &Machine, r: &Rendered, bin: &Path) {
         "kube-scheduler",
         "kubelet",
         "kube-proxy",
+        // Strata's own host programs (the node-local API balancer the kubelet talks to).
+        "strata-api-balancer",
+        "strata-vip",
     ] {
         link_or_copy(&bin.join(b), &dest.join(b));
     }
