@@ -382,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_host_is_removed_first_then_the_new_one_joins() {
+    fn an_unhealthy_replaced_host_is_removed_first_then_the_new_one_joins() {
         let members = voters(&["cp1", "cp2", "cp3"]);
         let steps = plan(
             &[
