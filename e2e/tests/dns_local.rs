@@ -7,6 +7,10 @@
 //! upstream), over UDP and over TCP. Then the server of one of the two DNS pods is killed
 //! (SIGKILL on its node) while the pod asks ten times a second: the longest time without an
 //! answer is measured (at most 2 s).
+//!
+//! w2 is on a subnet of its own (198.18.1.0/24, routed through this computer): the overlay
+//! routes cp1 and w1 to each other directly and reaches w2 through the VXLAN tunnel, which
+//! carries traffic; the DNS answers cross it.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -25,13 +29,13 @@ apiVersion: strata.dev/v1alpha1
 kind: Cluster
 metadata: {name: e2e-dns}
 spec:
-  platform: {local: {}}
+  platform: {local: {prefixLength: 24}}
   network:
     dns: {upstreams: [198.18.0.60]}
   hosts:
-  - {name: cp1, roles: [etcd, control-plane]}
-  - {name: w1, roles: [worker]}
-  - {name: w2, roles: [worker]}
+  - {name: cp1, address: 198.18.0.2, roles: [etcd, control-plane]}
+  - {name: w1, address: 198.18.0.3, roles: [worker]}
+  - {name: w2, address: 198.18.1.2, roles: [worker]}
 ";
 
 /// The pods of the test: `dig` (asks), a StatefulSet `db` behind the headless Service `db`,
@@ -227,6 +231,63 @@ fn jsonpath(kubeconfig: &Path, args: &[&str]) -> String {
         .to_owned()
 }
 
+/// `ip ARGS` in machine `host`'s network namespace: its output.
+fn on(host: &str, args: &[&str]) -> String {
+    let netns = format!("strata-{NAME}-{host}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    ok(&out, &format!("{args:?} on {host}"))
+}
+
+/// Packets `host`'s VXLAN device has sent.
+fn tunnelled(host: &str) -> u64 {
+    let n = on(
+        host,
+        &["cat", "/sys/class/net/strata.1/statistics/tx_packets"],
+    );
+    n.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("tx_packets `{n}`: {e}"))
+}
+
+/// w1 reaches cp1's pod subnet straight through eth0 (same subnet) and w2's through the
+/// tunnel (another subnet); pings across the tunnel both ways go through and are counted on
+/// the VXLAN device.
+fn direct_within_a_subnet_tunnelled_across(kc: &Path) {
+    let cidr = |node: &str| jsonpath(kc, &["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]);
+    let (cp1, w2) = (cidr("cp1"), cidr("w2"));
+    let routes = || on("w1", &["ip", "route", "show", "proto", "83"]);
+    wait_for("w1's overlay routes", Duration::from_secs(30), || {
+        let r = routes();
+        r.contains(&cp1) && r.contains(&w2)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", routes()));
+    let to_cp1 = on("w1", &["ip", "route", "show", &cp1]);
+    assert!(
+        to_cp1.contains("via 198.18.0.2 dev eth0"),
+        "cp1's pods directly: {to_cp1}"
+    );
+    let to_w2 = on("w1", &["ip", "route", "show", &w2]);
+    assert!(
+        to_w2.contains("dev strata.1"),
+        "w2's pods through the tunnel: {to_w2}"
+    );
+    let gateway = |c: &str| c.split('/').next().unwrap_or_default().to_owned();
+    for (from, to) in [("w1", gateway(&w2)), ("w2", gateway(&cp1))] {
+        let before = tunnelled(from);
+        on(from, &["ping", "-c", "3", "-W", "2", &to]);
+        let sent = tunnelled(from) - before;
+        println!("overlay: {from} pinged {to} across subnets: {sent} packets through the tunnel");
+        assert!(
+            sent >= 3,
+            "{from} to {to}: {sent} packets through the tunnel"
+        );
+    }
+}
+
 #[test]
 fn pods_resolve_the_cluster_and_the_world_through_strata_dns() {
     require_root();
@@ -284,6 +345,7 @@ fn pods_resolve_the_cluster_and_the_world_through_strata_dns() {
         kc,
         &["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"],
     );
+    direct_within_a_subnet_tunnelled_across(kc);
 
     // Over UDP, then the same over TCP.
     for transport in ["+notcp", "+tcp"] {

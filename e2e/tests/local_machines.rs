@@ -67,6 +67,7 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
         .map(|(i, n)| LocalHost {
             name: (*n).into(),
             address: local_address(i as u32),
+            prefix: strata_platforms::local::network::PREFIX,
         })
         .collect();
 
@@ -193,10 +194,12 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
     let old = [LocalHost {
         name: "o1".into(),
         address: local_address(0),
+        prefix: strata_platforms::local::network::PREFIX,
     }];
     let new = [LocalHost {
         name: "n1".into(),
         address: local_address(1),
+        prefix: strata_platforms::local::network::PREFIX,
     }];
     cluster::up("e2e-old", &old, &public, &paths).expect("up e2e-old");
 

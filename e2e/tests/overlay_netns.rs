@@ -2,7 +2,8 @@
 //! (the underlay, 198.19.255.0/24): each gets a VXLAN device through netlink and, for the
 //! other, a route, a neighbour and a forwarding entry; then one pod subnet reaches the other
 //! through the tunnel (the underlay knows nothing of 10.244.0.0/16). Programming again
-//! changes nothing; a node that leaves is removed with all its entries.
+//! changes nothing; direct routing (the two share a subnet) replaces the tunnel's entries by
+//! one route through the veth, and back; a node that leaves is removed with all its entries.
 
 use std::process::{Command, Output};
 
@@ -69,19 +70,38 @@ fn overlay(ns: &str, args: &[&str], input: &str) -> String {
 
 /// `strata-overlay program` in `ns` for node `me` with the node list `nodes` (JSON).
 fn program(ns: &str, me: &str, underlay: &str, nodes: &str) -> String {
-    overlay(
+    program_with(ns, me, underlay, nodes, &[])
+}
+
+/// The same with more options (`--direct-routing`).
+fn program_with(ns: &str, me: &str, underlay: &str, nodes: &str, more: &[&str]) -> String {
+    let mut args = vec![
+        "program",
+        "--me",
+        me,
+        "--underlay",
+        underlay,
+        "--nodes",
+        "-",
+    ];
+    args.extend_from_slice(more);
+    overlay(ns, &args, nodes)
+}
+
+/// Packets the VXLAN device of namespace `ns` has sent.
+fn tunnelled(ns: &str) -> u64 {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
         ns,
-        &[
-            "program",
-            "--me",
-            me,
-            "--underlay",
-            underlay,
-            "--nodes",
-            "-",
-        ],
-        nodes,
-    )
+        "cat",
+        "/sys/class/net/strata.1/statistics/tx_packets",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("tx_packets")
 }
 
 fn ping(ns: &str, to: &str) -> bool {
@@ -182,6 +202,33 @@ fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
     let again = program(&a, "a", "198.19.255.1", &nodes);
     assert_eq!(again, format!("{mac_a} added=0 removed=0"));
 
+    // Direct routing: b shares a's subnet, so its pod subnet is routed through the veth, the
+    // route replaced in one step and the VXLAN entries dropped; the tunnel carries nothing.
+    let direct = ["--direct-routing"];
+    let out = program_with(&a, "a", "198.19.255.1", &nodes, &direct);
+    assert_eq!(out, format!("{mac_a} added=1 removed=2"));
+    program_with(&b, "b", "198.19.255.2", &nodes, &direct);
+    let route =
+        String::from_utf8_lossy(&run(&["ip", "-n", &a, "route", "show", "10.244.2.0/24"]).stdout)
+            .into_owned();
+    assert!(
+        route.contains("via 198.19.255.2 dev ") && route.contains("proto 83"),
+        "{route}"
+    );
+    let before = tunnelled(&a);
+    assert!(ping(&a, "10.244.2.0"), "a reaches b's pod subnet directly");
+    assert_eq!(tunnelled(&a), before, "nothing went through the tunnel");
+    assert_eq!(
+        program_with(&a, "a", "198.19.255.1", &nodes, &direct),
+        format!("{mac_a} added=0 removed=0")
+    );
+    // And back to the tunnel.
+    let out = program(&a, "a", "198.19.255.1", &nodes);
+    assert_eq!(out, format!("{mac_a} added=3 removed=0"));
+    program(&b, "b", "198.19.255.2", &nodes);
+    assert!(ping(&a, "10.244.2.0"), "through the tunnel again");
+    assert!(tunnelled(&a) > before, "the tunnel carried the ping");
+
     // b leaves the cluster: a drops its route, neighbour and forwarding entry.
     let only_a = format!(
         r#"[{{"name": "a", "pod_cidr": "10.244.1.0/24", "underlay": "198.19.255.1", "vtep_mac": {}}}]"#,
@@ -211,10 +258,21 @@ fn two_namespaces_reach_each_others_pod_subnet_through_vxlan() {
 /// own measurement (apply_local) is compared with, since both ride the same kernel paths.
 #[test]
 fn the_overlay_datapath_against_the_underlay() {
+    datapath_against_the_underlay("ovd", &[]);
+}
+
+/// The same with direct routing (the nodes share a subnet): pods' packets go through veth,
+/// bridge and the underlay unencapsulated, the figure direct routing in a cluster is held to.
+#[test]
+fn the_direct_routing_datapath_against_the_underlay() {
+    datapath_against_the_underlay("ovr", &["--direct-routing"]);
+}
+
+fn datapath_against_the_underlay(tag: &str, options: &[&str]) {
     require_root();
-    let nodes = two_nodes("ovd");
+    let nodes = two_nodes(tag);
     let id = std::process::id();
-    let pods = [format!("ovd-pa-{id}"), format!("ovd-pb-{id}")];
+    let pods = [format!("{tag}-pa-{id}"), format!("{tag}-pb-{id}")];
     let _pods = Namespaces(pods.to_vec());
     for (n, (node, pod)) in [(&nodes.a, &pods[0]), (&nodes.b, &pods[1])]
         .into_iter()
@@ -222,7 +280,13 @@ fn the_overlay_datapath_against_the_underlay() {
     {
         let subnet = n + 1;
         let me = ["a", "b"][n];
-        program(node, me, &format!("198.19.255.{subnet}"), &nodes.list);
+        program_with(
+            node,
+            me,
+            &format!("198.19.255.{subnet}"),
+            &nodes.list,
+            options,
+        );
         run(&["ip", "netns", "add", pod]);
         let forwarding = "net.ipv4.ip_forward=1";
         run(&["ip", "netns", "exec", node, "sysctl", "-qw", forwarding]);
@@ -247,13 +311,18 @@ fn the_overlay_datapath_against_the_underlay() {
         "overlay datapath: congestion control {}",
         throughput::congestion_control(&pods[0])
     );
+    let what = if options.is_empty() {
+        "overlay datapath (VXLAN) without Kubernetes, pod to pod vs node to node"
+    } else {
+        "overlay datapath (direct routing) without Kubernetes, pod to pod vs node to node"
+    };
     let ratio = throughput::compare(
-        "overlay datapath without Kubernetes, pod to pod vs node to node",
+        what,
         5,
         || throughput::between_namespaces(&pods[0], &pods[1], "10.244.2.2", 4),
         || throughput::between_namespaces(&nodes.a, &nodes.b, "198.19.255.2", 4),
     );
-    assert!(ratio > 0.0, "traffic crossed the tunnel");
+    assert!(ratio > 0.0, "traffic crossed between the pods");
 }
 
 /// A MAC as the JSON of `strata_overlay::plan::Mac` (an array of six numbers).

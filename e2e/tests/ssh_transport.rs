@@ -45,10 +45,12 @@ async fn transport_verifies_runs_and_uploads() {
         LocalHost {
             name: "s1".into(),
             address: local_address(0),
+            prefix: strata_platforms::local::network::PREFIX,
         },
         LocalHost {
             name: "s2".into(),
             address: local_address(1),
+            prefix: strata_platforms::local::network::PREFIX,
         },
     ];
     let up = {

@@ -96,6 +96,7 @@ pub fn desired(
                             mode: assets::MODE,
                             users,
                             preexisting: false,
+                            stamp: None,
                         },
                     );
                 }

@@ -31,13 +31,13 @@ pub fn ssh_key(state: &strata_pki::StateDir) -> Result<PathBuf> {
 }
 
 fn local_hosts(cs: &ClusterState) -> Result<Vec<LocalHost>> {
-    if !matches!(cs.cluster.spec.platform, Platform::Local(_)) {
+    let Platform::Local(local) = &cs.cluster.spec.platform else {
         bail!(
             "cluster {} uses platform {}: `strata local` manages machines of `platform: local` clusters",
             cs.cluster.name(),
             cs.cluster.spec.platform.name()
         );
-    }
+    };
     cs.cluster
         .spec
         .hosts
@@ -46,6 +46,7 @@ fn local_hosts(cs: &ClusterState) -> Result<Vec<LocalHost>> {
             Some(IpAddr::V4(ip)) => Ok(LocalHost {
                 name: h.name.to_string(),
                 address: ip,
+                prefix: local.prefix_length,
             }),
             _ => Err(anyhow!(
                 "host {}: local machines need an IPv4 address",

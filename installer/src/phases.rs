@@ -1,7 +1,7 @@
 //! The phases of `strata apply`, in order. Each is a value the engine runs; which units,
 //! binaries, ports and restarts each host gets comes from the component catalogue.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
@@ -196,7 +196,11 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     let mut errors = Vec::new();
     for (h, r) in cx.hosts.iter().zip(results) {
         match r {
-            Ok((changed, adopted)) => {
+            Ok(Uploaded {
+                changed,
+                adopted,
+                stamps,
+            }) => {
                 let name = h.name().to_owned();
                 let on_host: BTreeSet<Component> = catalog::on_host(&cx.cs.cluster, &h.host)
                     .map(|s| s.component)
@@ -214,6 +218,7 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
                         || before
                             .and_then(|b| b.get(path))
                             .is_some_and(|b| b.preexisting);
+                    f.stamp = stamps.get(path).cloned();
                 }
                 cx.state.hosts.insert(name, files);
             }
@@ -228,15 +233,21 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     }
 }
 
-/// One host's upload: the components whose files changed, and the paths where the host had
-/// a file of its own before Strata first wrote there (kept as `<path>.strata-orig` when the
-/// bytes differ). The actions are those `strata plan` lists (compared with what was
-/// applied), plus rewrites of files that changed on the host behind Strata's back.
-async fn upload_host(
-    cx: &Apply<'_>,
-    h: &HostConn,
-    needs_containerd_2: bool,
-) -> Result<(BTreeSet<Component>, BTreeSet<String>)> {
+/// What one host's upload did.
+struct Uploaded {
+    /// The components whose files changed.
+    changed: BTreeSet<Component>,
+    /// The paths where the host had a file of its own before Strata first wrote there (kept
+    /// as `<path>.strata-orig` when the bytes differ).
+    adopted: BTreeSet<String>,
+    /// Each file's stamp now that it holds what was applied (see `RemoteFile::stamp`).
+    stamps: BTreeMap<String, String>,
+}
+
+/// One host's upload. The actions are those `strata plan` lists (compared with what was
+/// applied), plus rewrites of files that changed on the host behind Strata's back. Files
+/// whose stamp is the one recorded at the last apply are not read again.
+async fn upload_host(cx: &Apply<'_>, h: &HostConn, needs_containerd_2: bool) -> Result<Uploaded> {
     let phase = PhaseName::Upload;
     let name = h.name();
     let empty = Default::default();
@@ -244,11 +255,16 @@ async fn upload_host(
     let had = cx.state.hosts.get(name).unwrap_or(&empty);
     let tree = cx.rendered.hosts.iter().find(|t| t.host == name);
     let paths: Vec<&str> = want.keys().map(String::as_str).collect();
+    let known: BTreeMap<&str, (&str, &str)> = had
+        .iter()
+        .filter_map(|(p, f)| Some((p.as_str(), (f.stamp.as_deref()?, f.sha256.as_str()))))
+        .collect();
     let have = h
         .conn
-        .probe(&paths)
+        .probe_known(&paths, &known)
         .await
         .map_err(|e| fail(phase, name, e))?;
+    let mut written_paths: Vec<&str> = Vec::new();
     let mut actions = file_actions(name, want, had);
     let adopted: BTreeSet<String> = want
         .keys()
@@ -283,6 +299,7 @@ async fn upload_host(
             .await
             .map_err(|e| fail(phase, name, e))?;
         written += 1;
+        written_paths.push(path);
         if !actions.iter().any(|a| a.path == *path) {
             // Applied as it is now, yet different on the host: changed behind Strata's back.
             cx.reporter.step(
@@ -309,7 +326,26 @@ async fn upload_host(
     for a in actions {
         cx.reporter.action(phase, a);
     }
-    Ok((changed, adopted))
+    // Stamps of the files as they are now: those found right, and those just written.
+    let mut stamps: BTreeMap<String, String> = have
+        .into_iter()
+        .filter(|(p, f)| {
+            want.get(p)
+                .is_some_and(|w| w.sha256 == f.sha256 && w.mode == f.mode)
+        })
+        .map(|(p, f)| (p, f.stamp))
+        .collect();
+    let fresh = h
+        .conn
+        .stamps(&written_paths)
+        .await
+        .map_err(|e| fail(phase, name, e))?;
+    stamps.extend(fresh.into_iter().map(|(p, f)| (p, f.stamp)));
+    Ok(Uploaded {
+        changed,
+        adopted,
+        stamps,
+    })
 }
 
 fn action(kind: ActionKind, host: &str, path: &str) -> Action {

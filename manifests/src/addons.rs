@@ -386,7 +386,9 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
                 "--cni-dir".into(),
                 crate::render::CNI_DIR.into(),
             ]
-            .to_vec(),
+            .into_iter()
+            .chain(net.direct_routing.then(|| "--direct-routing".to_string()))
+            .collect(),
         ),
         volume_mounts: Some(vec![
             VolumeMount {

@@ -300,9 +300,33 @@ impl Platform {
 #[serde(deny_unknown_fields)]
 pub struct SshPlatform {}
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LocalPlatform {}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalPlatform {
+    /// The prefix length of each machine's address (default 15: every machine on one subnet,
+    /// 198.18.0.0/15). A longer prefix puts machines whose addresses differ within it on
+    /// different subnets, routed through this computer, as hosts in two racks are: with 24,
+    /// hosts at 198.18.0.x and 198.18.1.x are two subnets (the overlay then tunnels between
+    /// them and routes directly within each).
+    #[serde(default = "default_local_prefix")]
+    #[schemars(range(min = 15, max = 30))]
+    pub prefix_length: u8,
+}
+
+/// The local platform's one subnet, 198.18.0.0/15.
+pub const LOCAL_PREFIX: u8 = 15;
+
+fn default_local_prefix() -> u8 {
+    LOCAL_PREFIX
+}
+
+impl Default for LocalPlatform {
+    fn default() -> Self {
+        Self {
+            prefix_length: LOCAL_PREFIX,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -554,6 +578,11 @@ pub struct OverlayNetwork {
     #[serde(default = "default_vxlan_port")]
     #[schemars(range(min = 1))]
     pub port: u16,
+    /// Route pod traffic between nodes of the same underlay subnet straight through the
+    /// underlay, without VXLAN encapsulation (flannel's DirectRouting); nodes on other
+    /// subnets are still reached through the tunnel.
+    #[serde(default = "yes")]
+    pub direct_routing: bool,
 }
 
 fn default_vni() -> u32 {
@@ -568,6 +597,7 @@ impl Default for OverlayNetwork {
         Self {
             vni: default_vni(),
             port: default_vxlan_port(),
+            direct_routing: true,
         }
     }
 }

@@ -81,6 +81,10 @@ pub struct AppliedFile {
     /// rendered).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preexisting: bool,
+    /// The file's stamp on the host (inode, size, ctime) when it was last known to hold
+    /// `sha256`: while it is unchanged, the next apply need not read the file to know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 /// Where Strata keeps a host's own file that it replaced.
@@ -137,6 +141,7 @@ impl AppliedState {
                                 mode: f.mode,
                                 users: f.users.clone(),
                                 preexisting: false,
+                                stamp: None,
                             },
                         )
                     })
@@ -492,6 +497,7 @@ mod tests {
             mode: 0o644,
             users: users.iter().copied().collect(),
             preexisting: false,
+            stamp: None,
         }
     }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::diagnostic::{Diagnostic, Report, Severity};
 use crate::formats::{self, format_problem};
 use crate::images::StrataImage;
-use crate::model::{Cluster, Platform, Role};
+use crate::model::{Cluster, HostAddress, Platform, Role};
 use crate::yaml::{self, LocatedValue, json_path, pointer_segment};
 
 /// Kubernetes minor releases Strata knows how to configure (1.MINOR).
@@ -921,7 +921,8 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
              and install a CNI that routes IPv6",
         );
     }
-    if matches!(c.spec.platform, Platform::Local(_)) {
+    if let Platform::Local(local) = &c.spec.platform {
+        check_local_subnets(c, local.prefix_length, k);
         let machines: ipnet::IpNet =
             ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15)
                 .map_or(pod, ipnet::IpNet::V4);
@@ -1081,6 +1082,43 @@ fn check_pki(c: &Cluster, ctx: &Context, k: &mut Checker<'_>) {
             } else if field == "key" {
                 check_key_mode(&path, &format!("/spec/pki/ca/{field}"), k);
             }
+        }
+    }
+}
+
+/// With a prefix longer than the local range's, this computer's bridge holds the first
+/// address of each subnet as the subnet's router: no machine may have it.
+fn check_local_subnets(c: &Cluster, prefix: u8, k: &mut Checker<'_>) {
+    if !(crate::model::LOCAL_PREFIX..=30).contains(&prefix) {
+        k.error(
+            "/spec/platform/local/prefixLength",
+            format!("prefix length {prefix} is outside 15..=30"),
+            "use 15 (one subnet, the default) or a longer prefix such as 24 for several subnets",
+        );
+        return;
+    }
+    for (i, h) in c.spec.hosts.iter().enumerate() {
+        let Some(std::net::IpAddr::V4(ip)) = h.address.as_ref().and_then(HostAddress::ip) else {
+            continue;
+        };
+        let range = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15);
+        let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
+            continue;
+        };
+        // Addresses outside the range are not on the machines' bridge.
+        if !range.is_ok_and(|r| r.contains(&ip)) {
+            continue;
+        }
+        let router = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
+        if ip == router || ip == net.network() || ip == net.broadcast() {
+            k.error(
+                &format!("/spec/hosts/{i}/address"),
+                format!(
+                    "{ip} is the network, broadcast or router address of its local subnet {}",
+                    net.trunc()
+                ),
+                &format!("give host {} another address of {}", h.name, net.trunc()),
+            );
         }
     }
 }

@@ -271,6 +271,38 @@ fn local_hosts_without_addresses_get_free_ones() {
 }
 
 #[test]
+fn local_subnets_keep_their_router_address_free() {
+    let two = |prefix: &str, b: &str| {
+        minimal(
+            &format!(
+                "    - {{name: a, address: 198.18.0.2, roles: [etcd, control-plane]}}\n    \
+                 - {{name: b, address: {b}, roles: [worker]}}\n"
+            ),
+            "",
+        )
+        .replace("local: {}", &format!("local: {{prefixLength: {prefix}}}"))
+    };
+    let c = check(&two("24", "198.18.1.2"))
+        .expect("two subnets")
+        .cluster;
+    let strata_manifests::model::Platform::Local(local) = &c.spec.platform else {
+        panic!("local platform");
+    };
+    assert_eq!(local.prefix_length, 24);
+    let s = check(&two("24", "198.18.1.1"))
+        .expect_err("the router's address")
+        .to_string();
+    assert!(
+        s.contains("198.18.1.1 is the network, broadcast or router address of its local subnet 198.18.1.0/24"),
+        "{s}"
+    );
+    let s = check(&two("31", "198.18.1.2"))
+        .expect_err("too long")
+        .to_string();
+    assert!(s.contains("prefixLength"), "{s}");
+}
+
+#[test]
 fn reserved_labels_the_kubelet_would_refuse_are_errors() {
     let hosts = "    - name: a\n      roles: [etcd, control-plane]\n      labels: {node-role.kubernetes.io/master: '', topology.kubernetes.io/zone: z1, node.kubernetes.io/pool: p, example.com/tier: db}\n";
     let r = check(&minimal(hosts, "")).expect_err("reserved label");

@@ -137,8 +137,26 @@ where
     store
 }
 
+/// How the agent is run (`strata-overlay run`'s options).
+#[derive(Debug, Clone)]
+pub struct Options<'a> {
+    pub device: &'a str,
+    pub vni: u32,
+    pub port: u16,
+    pub cni_dir: &'a Path,
+    /// Peers on this node's underlay subnet are routed without the tunnel.
+    pub direct_routing: bool,
+}
+
 /// Runs until the process is stopped.
-pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) -> Result<()> {
+pub async fn run(node: &str, opts: &Options<'_>) -> Result<()> {
+    let Options {
+        device,
+        vni,
+        port,
+        cni_dir,
+        direct_routing,
+    } = *opts;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
@@ -187,6 +205,11 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
         "strata-overlay: {node}: {device} {} on {underlay}, pod subnet {pod_cidr}, mtu {}",
         st.mac, st.mtu
     );
+    // The segment whose peers are reached without the tunnel.
+    let direct = direct_routing.then_some(st.underlay_net);
+    if let Some(net) = direct {
+        eprintln!("strata-overlay: {node}: direct routing to the peers in {net}");
+    }
     let mine = OverlayNodeSpec {
         underlay: Some(Underlay(underlay)),
         vtep_mac: Some(VtepMac(st.mac.to_string())),
@@ -237,7 +260,7 @@ pub async fn run(node: &str, device: &str, vni: u32, port: u16, cni_dir: &Path) 
                 }
             }
         }
-        match reconcile(&h, st.index, &desired(node, &peers)).await {
+        match reconcile(&h, &st, &desired(node, &peers, direct)).await {
             Ok(c) => {
                 for what in &c.added {
                     eprintln!("strata-overlay: added {what}");

@@ -1,10 +1,9 @@
-//! `NODE_NAME=N strata-overlay run --device D --vni N --port P --cni-dir DIR`: the agent (see
-//! agent.rs),
-//! with in-cluster credentials or KUBECONFIG.
-//! `strata-overlay program --device D --vni N --port P --underlay IP --me NAME --nodes FILE`:
-//! programs this network namespace's VXLAN device for the nodes listed in FILE (JSON array of
-//! {name, pod_cidr, underlay, vtep_mac}; `-` is standard input) and prints this node's VTEP
-//! MAC. `strata-overlay mac --device D --vni N --port P --underlay IP --pod-cidr CIDR` only
+//! `NODE_NAME=N strata-overlay run --device D --vni N --port P --cni-dir DIR
+//! [--direct-routing]`: the agent (see agent.rs), with in-cluster credentials or KUBECONFIG.
+//! `strata-overlay program --device D --vni N --port P --underlay IP --me NAME --nodes FILE
+//! [--direct-routing]`: programs this network namespace's overlay for the nodes listed in FILE
+//! (JSON array of {name, pod_cidr, underlay, vtep_mac}; `-` is standard input) and prints this
+//! node's VTEP MAC. `strata-overlay mac --device D --vni N --port P --underlay IP --pod-cidr CIDR` only
 //! creates the device and prints its MAC.
 
 use std::process::ExitCode;
@@ -24,14 +23,14 @@ fn arg<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
 async fn run(args: Vec<String>) -> Result<()> {
     if args.first().map(String::as_str) == Some("run") {
         let node = std::env::var("NODE_NAME").context("NODE_NAME: this node's name")?;
-        return strata_overlay::agent::run(
-            &node,
-            arg(&args, "--device")?,
-            arg(&args, "--vni")?.parse().context("--vni")?,
-            arg(&args, "--port")?.parse().context("--port")?,
-            std::path::Path::new(arg(&args, "--cni-dir")?),
-        )
-        .await;
+        let opts = strata_overlay::agent::Options {
+            device: arg(&args, "--device")?,
+            vni: arg(&args, "--vni")?.parse().context("--vni")?,
+            port: arg(&args, "--port")?.parse().context("--port")?,
+            cni_dir: std::path::Path::new(arg(&args, "--cni-dir")?),
+            direct_routing: args.iter().any(|a| a == "--direct-routing"),
+        };
+        return strata_overlay::agent::run(&node, &opts).await;
     }
     let dev = Device {
         name: arg(&args, "--device")?.to_owned(),
@@ -60,7 +59,11 @@ async fn run(args: Vec<String>) -> Result<()> {
                 .find(|n| n.name == me)
                 .with_context(|| format!("{me} is not in --nodes"))?;
             let st = ensure_device(&h, &dev, gateway(mine.pod_cidr)).await?;
-            let c = reconcile(&h, st.index, &desired(me, &nodes)).await?;
+            let direct = args
+                .iter()
+                .any(|a| a == "--direct-routing")
+                .then_some(st.underlay_net);
+            let c = reconcile(&h, &st, &desired(me, &nodes, direct)).await?;
             println!(
                 "{} added={} removed={}",
                 st.mac,

@@ -13,10 +13,14 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::plan::{Desired, Fdb, Mac, Neighbour, Route, overlay_mtu};
+use crate::plan::{Desired, Fdb, Mac, Neighbour, Path, Route, overlay_mtu};
+
+/// The protocol number the agent's routes carry (`ip route` shows `proto 83`): how the
+/// direct routes it made on the underlay interface are told from everyone else's there.
+pub const ROUTE_PROTOCOL: u8 = 83;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -62,6 +66,10 @@ pub struct DeviceState {
     pub index: u32,
     pub mac: Mac,
     pub mtu: u32,
+    /// The interface holding the underlay address, and the subnet of that address (the
+    /// segment whose peers direct routing reaches without the tunnel).
+    pub underlay_index: u32,
+    pub underlay_net: ipnet::Ipv4Net,
 }
 
 async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
@@ -98,8 +106,11 @@ fn mac_of(l: &LinkMessage) -> Option<Mac> {
     })
 }
 
-/// The index and MTU of the interface holding `addr`.
-async fn underlay_link(h: &Handle, addr: Ipv4Addr) -> Result<(u32, u32), NetlinkError> {
+/// The interface holding `addr`: its index, its MTU and the subnet of `addr` on it.
+async fn underlay_link(
+    h: &Handle,
+    addr: Ipv4Addr,
+) -> Result<(u32, u32, ipnet::Ipv4Net), NetlinkError> {
     let mut addrs = h.address().get().execute();
     while let Some(a) = addrs.try_next().await.map_err(req("listing addresses"))? {
         let holds = a.attributes.iter().any(|at| {
@@ -113,7 +124,10 @@ async fn underlay_link(h: &Handle, addr: Ipv4Addr) -> Result<(u32, u32), Netlink
                 .await
                 .map_err(req("reading the underlay interface"))?
                 .ok_or(NetlinkError::NoUnderlay(addr))?;
-            return Ok((index, mtu_of(&l).unwrap_or(1500)));
+            let net = ipnet::Ipv4Net::new(addr, a.header.prefix_len)
+                .map_err(|_| NetlinkError::NoUnderlay(addr))?
+                .trunc();
+            return Ok((index, mtu_of(&l).unwrap_or(1500), net));
         }
     }
     Err(NetlinkError::NoUnderlay(addr))
@@ -126,7 +140,7 @@ pub async fn ensure_device(
     dev: &Device,
     gateway: Ipv4Addr,
 ) -> Result<DeviceState, NetlinkError> {
-    let (underlay_index, underlay_mtu) = underlay_link(h, dev.underlay).await?;
+    let (underlay_index, underlay_mtu, underlay_net) = underlay_link(h, dev.underlay).await?;
     let mtu = overlay_mtu(underlay_mtu);
     let link = match link_by_name(h, &dev.name).await? {
         Some(l) => l,
@@ -179,7 +193,13 @@ pub async fn ensure_device(
         .await
         .map_err(req(format!("bringing {} up", dev.name)))?;
     let mac = mac_of(&link).ok_or_else(|| NetlinkError::NoMac(dev.name.clone()))?;
-    Ok(DeviceState { index, mac, mtu })
+    Ok(DeviceState {
+        index,
+        mac,
+        mtu,
+        underlay_index,
+        underlay_net,
+    })
 }
 
 /// What a reconcile changed (for events and logs).
@@ -189,16 +209,38 @@ pub struct Changes {
     pub removed: Vec<String>,
 }
 
-fn route_message(index: u32, r: &Route) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
+fn route_message(dev: &DeviceState, r: &Route) -> RouteMessage {
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
         .gateway(r.via)
-        .output_interface(index)
-        .onlink()
-        .build()
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    match r.path {
+        // The VTEP address is no subnet's of the device: the route says it is on the link.
+        Path::Vxlan => b.output_interface(dev.index).onlink(),
+        Path::Direct => b.output_interface(dev.underlay_index),
+    }
+    .build()
 }
 
-fn route_of(m: &RouteMessage) -> Option<Route> {
+/// The overlay's own route in `m`, if it is one: any route on the VXLAN device, and routes
+/// on the underlay interface that carry [`ROUTE_PROTOCOL`].
+fn our_route(dev: &DeviceState, m: &RouteMessage) -> Option<Route> {
+    let oif = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })?;
+    let path = if oif == dev.index {
+        Path::Vxlan
+    } else if oif == dev.underlay_index && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+    {
+        Path::Direct
+    } else {
+        return None;
+    };
+    route_of(m, path)
+}
+
+fn route_of(m: &RouteMessage, path: Path) -> Option<Route> {
     let mut dst = None;
     let mut via = None;
     for a in &m.attributes {
@@ -209,7 +251,11 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
         }
     }
     let dst = ipnet::Ipv4Net::new(dst?, m.header.destination_prefix_length).ok()?;
-    Some(Route { dst, via: via? })
+    Some(Route {
+        dst,
+        via: via?,
+        path,
+    })
 }
 
 fn neighbour_of(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
@@ -240,44 +286,52 @@ fn neighbour_of(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
     (ip, mac)
 }
 
-/// Makes the device's routes, neighbour and forwarding entries exactly `want`.
-pub async fn reconcile(h: &Handle, index: u32, want: &Desired) -> Result<Changes, NetlinkError> {
+/// Whether a netlink request failed with ESRCH (no such route: already gone).
+fn is_gone(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -3)
+}
+
+/// Makes the overlay's routes, and the VXLAN device's neighbour and forwarding entries,
+/// exactly `want`.
+pub async fn reconcile(
+    h: &Handle,
+    dev: &DeviceState,
+    want: &Desired,
+) -> Result<Changes, NetlinkError> {
+    let index = dev.index;
     let mut c = Changes::default();
 
-    // Routes through the device.
+    // The overlay's routes: through the VXLAN device, and direct ones on the underlay.
     let mut have_routes = Vec::new();
     let mut routes = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute();
     while let Some(m) = routes.try_next().await.map_err(req("listing routes"))? {
-        let on_dev = m
-            .attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-        if on_dev && let Some(r) = route_of(&m) {
+        if let Some(r) = our_route(dev, &m) {
             have_routes.push((r, m));
         }
     }
     for r in &want.routes {
         if !have_routes.iter().any(|(h, _)| h == r) {
+            // Replaces a route to the same subnet by the other path in one step.
             h.route()
-                .add(route_message(index, r))
+                .add(route_message(dev, r))
                 .replace()
                 .execute()
                 .await
-                .map_err(req(format!("route {} via {}", r.dst, r.via)))?;
-            c.added.push(format!("route {} via {}", r.dst, r.via));
+                .map_err(req(r.to_string()))?;
+            c.added.push(r.to_string());
         }
     }
     for (r, m) in have_routes {
         if !want.routes.contains(&r) {
-            h.route()
-                .del(m)
-                .execute()
-                .await
-                .map_err(req(format!("deleting route {}", r.dst)))?;
-            c.removed.push(format!("route {} via {}", r.dst, r.via));
+            match h.route().del(m).execute().await {
+                Ok(()) => c.removed.push(r.to_string()),
+                // Replaced above by the route of the other path.
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(req(format!("deleting {r}"))(e)),
+            }
         }
     }
 

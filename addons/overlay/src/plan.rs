@@ -4,6 +4,11 @@
 //! - a route to that node's pod subnet through its first address, on the VXLAN device;
 //! - a neighbour entry: that first address is the node's VTEP MAC;
 //! - a forwarding-database entry: that MAC lives behind the node's underlay address.
+//!
+//! With direct routing (flannel's DirectRouting), a node whose underlay address lies in this
+//! node's own underlay subnet (the same segment: reached without a router) gets instead one
+//! route to its pod subnet through its underlay address on the underlay interface, and no
+//! VXLAN entries: packets go unencapsulated. Nodes on other subnets keep the VXLAN entries.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -59,10 +64,30 @@ pub fn gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
     pod_cidr.network()
 }
 
+/// Which interface a route to a peer's pod subnet leaves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Path {
+    /// The VXLAN device, via the peer's VTEP address (encapsulated).
+    Vxlan,
+    /// The underlay interface, via the peer's underlay address (direct routing).
+    Direct,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub dst: Ipv4Net,
     pub via: Ipv4Addr,
+    pub path: Path,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.path {
+            Path::Vxlan => "vxlan",
+            Path::Direct => "direct",
+        };
+        write!(f, "route {} via {} ({how})", self.dst, self.via)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,15 +110,24 @@ pub struct Desired {
     pub fdb: Vec<Fdb>,
 }
 
-/// The entries for every node but `me`. Nodes without a pod subnet, VTEP MAC or underlay
-/// address yet are skipped (they are added when their Node object has them).
-pub fn desired(me: &str, nodes: &[NodeInfo]) -> Desired {
+/// The entries for every node but `me`. `direct`: this node's underlay subnet when direct
+/// routing is on; peers inside it are routed straight through the underlay.
+pub fn desired(me: &str, nodes: &[NodeInfo], direct: Option<Ipv4Net>) -> Desired {
     let mut d = Desired::default();
     for n in nodes.iter().filter(|n| n.name != me) {
+        if direct.is_some_and(|net| net.contains(&n.underlay)) {
+            d.routes.push(Route {
+                dst: n.pod_cidr,
+                via: n.underlay,
+                path: Path::Direct,
+            });
+            continue;
+        }
         let via = gateway(n.pod_cidr);
         d.routes.push(Route {
             dst: n.pod_cidr,
             via,
+            path: Path::Vxlan,
         });
         d.neighbours.push(Neighbour {
             ip: via,
@@ -135,24 +169,66 @@ mod tests {
             node("b", "10.244.1.0/24", [198, 18, 0, 3], 2),
             node("c", "10.244.2.0/24", [198, 18, 0, 4], 3),
         ];
-        let d = desired("a", &nodes);
+        let d = desired("a", &nodes, None);
         assert_eq!(
             d.routes,
             [
                 Route {
                     dst: "10.244.1.0/24".parse().expect("net"),
-                    via: Ipv4Addr::new(10, 244, 1, 0)
+                    via: Ipv4Addr::new(10, 244, 1, 0),
+                    path: Path::Vxlan,
                 },
                 Route {
                     dst: "10.244.2.0/24".parse().expect("net"),
-                    via: Ipv4Addr::new(10, 244, 2, 0)
+                    via: Ipv4Addr::new(10, 244, 2, 0),
+                    path: Path::Vxlan,
                 }
             ]
         );
         assert_eq!(d.neighbours[1].mac, Mac([0x0a, 0x58, 0, 0, 0, 3]));
         assert_eq!(d.fdb[0].dst, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)));
-        assert_eq!(desired("z", &nodes).routes.len(), 3);
-        assert_eq!(desired("a", &nodes[..1]), Desired::default());
+        assert_eq!(desired("z", &nodes, None).routes.len(), 3);
+        assert_eq!(desired("a", &nodes[..1], None), Desired::default());
+    }
+
+    #[test]
+    fn peers_on_the_same_subnet_are_routed_directly_the_others_through_vxlan() {
+        let nodes = [
+            node("a", "10.244.0.0/24", [198, 18, 0, 2], 1),
+            node("b", "10.244.1.0/24", [198, 18, 0, 3], 2),
+            node("c", "10.244.2.0/24", [198, 18, 1, 2], 3),
+        ];
+        let mine: Ipv4Net = "198.18.0.2/24".parse().expect("net");
+        let d = desired("a", &nodes, Some(mine.trunc()));
+        assert_eq!(
+            d.routes,
+            [
+                Route {
+                    dst: "10.244.1.0/24".parse().expect("net"),
+                    via: Ipv4Addr::new(198, 18, 0, 3),
+                    path: Path::Direct,
+                },
+                Route {
+                    dst: "10.244.2.0/24".parse().expect("net"),
+                    via: Ipv4Addr::new(10, 244, 2, 0),
+                    path: Path::Vxlan,
+                }
+            ]
+        );
+        // Only the peer on the other subnet has VXLAN entries.
+        assert_eq!(d.neighbours.len(), 1);
+        assert_eq!(d.neighbours[0].mac, Mac([0x0a, 0x58, 0, 0, 0, 3]));
+        assert_eq!(d.fdb.len(), 1);
+        assert_eq!(d.fdb[0].dst, IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2)));
+        // One subnet holding them all: nothing is encapsulated.
+        let wide: Ipv4Net = "198.18.0.0/15".parse().expect("net");
+        let all = desired("a", &nodes, Some(wide));
+        assert!(all.routes.iter().all(|r| r.path == Path::Direct));
+        assert!(all.neighbours.is_empty() && all.fdb.is_empty());
+        assert_eq!(
+            all.routes[0].to_string(),
+            "route 10.244.1.0/24 via 198.18.0.3 (direct)"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ impl Default for Paths {
 pub struct LocalHost {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The prefix length of the host's subnet ([`super::network::PREFIX`]: the whole range).
+    pub prefix: u8,
 }
 
 /// A machine that is up, with the fingerprint of the SSH host key it generated.
@@ -269,14 +271,21 @@ pub fn up(
     let bridge = Bridge::for_cluster(cluster);
     free_range(&bridge)?;
     bridge.ensure()?;
-    let mut machines = Vec::new();
-    for h in hosts {
-        let m = Machine::new(&paths.machines, cluster, &h.name, h.address);
+    let machines: Vec<Machine> = hosts
+        .iter()
+        .map(|h| {
+            let mut m = Machine::new(&paths.machines, cluster, &h.name, h.address);
+            m.network = m.network.with_prefix(h.prefix);
+            m
+        })
+        .collect();
+    let subnets: Vec<ipnet::Ipv4Net> = machines.iter().map(|m| m.network.subnet()).collect();
+    bridge.route_subnets(&subnets)?;
+    for m in &machines {
         m.network.ensure(&bridge)?;
         m.prepare(&base)?;
-        authorize(&m, public_key)?;
+        authorize(m, public_key)?;
         m.boot()?;
-        machines.push(m);
     }
     machines
         .iter()

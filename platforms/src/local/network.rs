@@ -1,8 +1,12 @@
 //! The local network: one bridge on this computer and, per host, a network namespace joined
 //! to it by a veth pair. Addresses come from the benchmarking range 198.18.0.0/15, which is
-//! no real network's.
+//! no real network's. Machines are on one subnet (the whole range) unless given a longer
+//! prefix: then each subnet's first address is on the bridge as its router, and this computer
+//! forwards between the subnets (on that bridge only).
 
 use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use super::cmd::{CommandError, ip};
 
@@ -50,6 +54,34 @@ impl Bridge {
             ip(&["addr", "add", &addr, "dev", &self.name])?;
         }
         ip(&["link", "set", &self.name, "up"])?;
+        Ok(())
+    }
+
+    /// Makes this computer the router of `subnets` (those narrower than the local range; the
+    /// range's own gateway serves the rest): each one's router address on the bridge, and
+    /// forwarding for packets that come in through the bridge, without ICMP redirects (a
+    /// machine must keep going through its router). Other interfaces' forwarding is untouched.
+    pub fn route_subnets(&self, subnets: &[Ipv4Net]) -> Result<(), CommandError> {
+        let narrower: Vec<&Ipv4Net> = subnets.iter().filter(|n| n.prefix_len() > PREFIX).collect();
+        if narrower.is_empty() {
+            return Ok(());
+        }
+        let shown = ip(&["-4", "addr", "show", "dev", &self.name])?;
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        for net in narrower {
+            let router = format!("{}/{}", router_of(*net), net.prefix_len());
+            if router_of(*net) != GATEWAY && !shown.contains(&format!("inet {router} ")) {
+                ip(&["addr", "add", &router, "dev", &self.name])?;
+            }
+        }
+        for (key, value) in [("forwarding", "1"), ("send_redirects", "0")] {
+            let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", self.name);
+            std::fs::write(&path, value).map_err(|e| CommandError {
+                command: format!("echo {value} > {path}"),
+                status: "failed".into(),
+                output: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 
@@ -118,12 +150,19 @@ fn ports_of(text: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The router of a subnet: its first host address (the local range's gateway for the range).
+pub fn router_of(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
+}
+
 /// One host's network namespace, with `eth0` on the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostNetwork {
     /// Name under /run/netns.
     pub netns: String,
     pub address: Ipv4Addr,
+    /// The prefix length of `address` (the local range's unless set by [`Self::with_prefix`]).
+    pub prefix: u8,
     veth: String,
     peer: String,
 }
@@ -134,8 +173,31 @@ impl HostNetwork {
         Self {
             netns: format!("strata-{cluster}-{host}"),
             address,
+            prefix: PREFIX,
             veth: format!("stv-{h}"),
             peer: format!("stp-{h}"),
+        }
+    }
+
+    /// The same host on a subnet of `prefix` bits.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: u8) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The host's subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        Ipv4Net::new(self.address, self.prefix)
+            .map_or_else(|_| Ipv4Net::from(self.address), |n| n.trunc())
+    }
+
+    /// Where the host's default route points: its subnet's router.
+    pub fn gateway(&self) -> Ipv4Addr {
+        if self.prefix <= PREFIX {
+            GATEWAY
+        } else {
+            router_of(self.subnet())
         }
     }
 
@@ -163,14 +225,20 @@ impl HostNetwork {
         }
         ip(&["link", "set", &self.veth, "master", &bridge.name])?;
         ip(&["link", "set", &self.veth, "up"])?;
-        let addr = format!("{}/{PREFIX}", self.address);
+        let addr = format!("{}/{}", self.address, self.prefix);
         let shown = ip(&["-n", &self.netns, "-4", "addr", "show", "dev", "eth0"])?;
         if !String::from_utf8_lossy(&shown.stdout).contains(&addr) {
             self.in_ns(&["addr", "add", &addr, "dev", "eth0"])?;
         }
         self.in_ns(&["link", "set", "lo", "up"])?;
         self.in_ns(&["link", "set", "eth0", "up"])?;
-        self.in_ns(&["route", "replace", "default", "via", &GATEWAY.to_string()])?;
+        self.in_ns(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &self.gateway().to_string(),
+        ])?;
         Ok(())
     }
 
@@ -204,6 +272,11 @@ mod tests {
         assert!(a.veth.len() <= 15 && a.peer.len() <= 15);
         assert_ne!(a.veth, b.veth);
         assert!(Bridge::for_cluster("x").name.len() <= 15);
+        let c = HostNetwork::new("x", "c", Ipv4Addr::new(198, 18, 1, 7));
+        assert_eq!(c.gateway(), GATEWAY);
+        let c = c.with_prefix(24);
+        assert_eq!(c.subnet().to_string(), "198.18.1.0/24");
+        assert_eq!(c.gateway(), Ipv4Addr::new(198, 18, 1, 1));
         assert_eq!(Bridge::for_cluster("x"), Bridge::for_cluster("x"));
     }
 

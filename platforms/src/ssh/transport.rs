@@ -191,11 +191,31 @@ pub enum Upload {
     Unchanged,
 }
 
-/// What a host has at a path: the file's sha256 (hex) and permission bits.
+/// What a host has at a path: the file's sha256 (hex) and permission bits, and its stamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFile {
     pub sha256: String,
     pub mode: u32,
+    /// `inode:size:ctime` (ctime to the nanosecond). Any write, rename onto the path or
+    /// change of mode or owner gives a new stamp, and no user can set a ctime back (only the
+    /// system clock could): a file whose stamp is the one recorded when its sha256 was last
+    /// known still has that sha256, without reading it again.
+    pub stamp: String,
+}
+
+/// `stat` format of a file's mode and [`RemoteFile::stamp`].
+const STAT_FORMAT: &str = "%a %i:%s:%.9Z";
+
+/// Lines of `<octal mode> <stamp> <rest>`: (rest, mode, stamp).
+fn parse_stat_lines(text: &str) -> Vec<(String, u32, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let mode = u32::from_str_radix(parts.next()?, 8).ok()?;
+            let stamp = parts.next()?.to_owned();
+            Some((parts.next()?.to_owned(), mode, stamp))
+        })
+        .collect()
 }
 
 /// Quotes a string for the remote POSIX shell.
@@ -427,7 +447,8 @@ impl Connection {
         self.exec_with_input(command, &[]).await
     }
 
-    /// The sha256 (hex) and octal mode of each existing file among `paths`, in one command.
+    /// The sha256 (hex), octal mode and stamp of each existing file among `paths`, in one
+    /// command.
     pub async fn probe(
         &self,
         paths: &[&str],
@@ -437,28 +458,77 @@ impl Connection {
             return Ok(found);
         }
         let list: Vec<String> = paths.iter().map(|p| quote(p)).collect();
+        // The stamp is taken before the hash: a write during the hash gives a stamp that
+        // will not match next time.
         let out = self
             .exec(&format!(
-                "for f in {}; do [ -f \"$f\" ] && printf '%s %s %s\\n' \
-                 \"$(sha256sum -- \"$f\" | cut -d' ' -f1)\" \"$(stat -c %a -- \"$f\")\" \"$f\"; done; true",
+                "for f in {}; do [ -f \"$f\" ] && s=\"$(stat -c '{STAT_FORMAT}' -- \"$f\")\" && \
+                 printf '%s %s\\n' \"$s\" \"$(sha256sum -- \"$f\" | cut -d' ' -f1) $f\"; done; true",
                 list.join(" ")
             ))
             .await?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let mut parts = line.splitn(3, ' ');
-            if let (Some(sum), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
-                && let Ok(mode) = u32::from_str_radix(mode, 8)
-            {
+        for (rest, mode, stamp) in parse_stat_lines(&String::from_utf8_lossy(&out.stdout)) {
+            if let Some((sum, path)) = rest.split_once(' ') {
                 found.insert(
                     path.to_owned(),
                     RemoteFile {
                         sha256: sum.to_owned(),
                         mode,
+                        stamp,
                     },
                 );
             }
         }
         Ok(found)
+    }
+
+    /// [`Connection::probe`] for files whose sha256 was known at a stamp (`known`: path ->
+    /// (stamp, sha256)): one `stat` of every path, then only the files whose stamp is not the
+    /// known one are read and hashed.
+    pub async fn probe_known(
+        &self,
+        paths: &[&str],
+        known: &std::collections::BTreeMap<&str, (&str, &str)>,
+    ) -> Result<std::collections::BTreeMap<String, RemoteFile>, SshError> {
+        let mut found = self.stamps(paths).await?;
+        let mut unknown = Vec::new();
+        for (path, f) in &mut found {
+            match known.get(path.as_str()) {
+                Some((stamp, sha256)) if *stamp == f.stamp => f.sha256 = (*sha256).to_owned(),
+                _ => unknown.push(path.clone()),
+            }
+        }
+        let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        found.extend(self.probe(&unknown).await?);
+        Ok(found)
+    }
+
+    /// Mode and stamp of each existing file among `paths` (sha256 left empty), in one command.
+    pub async fn stamps(
+        &self,
+        paths: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, RemoteFile>, SshError> {
+        if paths.is_empty() {
+            return Ok(Default::default());
+        }
+        let list: Vec<String> = paths.iter().map(|p| quote(p)).collect();
+        let out = self
+            .exec(&format!(
+                "for f in {}; do [ -f \"$f\" ] && stat -c '{STAT_FORMAT} %n' -- \"$f\"; done; true",
+                list.join(" ")
+            ))
+            .await?;
+        Ok(parse_stat_lines(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .map(|(path, mode, stamp)| {
+                let f = RemoteFile {
+                    sha256: String::new(),
+                    mode,
+                    stamp,
+                };
+                (path, f)
+            })
+            .collect())
     }
 
     /// Writes `content` to `path` with `mode` and `owner` (user:group) atomically: a
@@ -662,6 +732,28 @@ mod tests {
     fn quoting() {
         assert_eq!(quote("/etc/x"), "'/etc/x'");
         assert_eq!(quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn stat_lines_give_mode_stamp_and_the_rest() {
+        let text = "755 1234:42:1796073690.459238302 /opt/bin/x y\n\
+                    bad line\n\
+                    600 9:0:1.000000000 ab12 /etc/k\n";
+        assert_eq!(
+            parse_stat_lines(text),
+            [
+                (
+                    "/opt/bin/x y".to_owned(),
+                    0o755,
+                    "1234:42:1796073690.459238302".to_owned()
+                ),
+                (
+                    "ab12 /etc/k".to_owned(),
+                    0o600,
+                    "9:0:1.000000000".to_owned()
+                )
+            ]
+        );
     }
 
     #[test]
