@@ -923,9 +923,7 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
     }
     if let Platform::Local(local) = &c.spec.platform {
         check_local_subnets(c, local.prefix_length, k);
-        let machines: ipnet::IpNet =
-            ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15)
-                .map_or(pod, ipnet::IpNet::V4);
+        let machines = ipnet::IpNet::V4(local_range());
         for (range, field, what) in [(pod, "podCIDR", "pod"), (svc, "serviceCIDR", "service")] {
             if range.contains(&machines.network()) || machines.contains(&range.network()) {
                 k.error(
@@ -1086,6 +1084,14 @@ fn check_pki(c: &Cluster, ctx: &Context, k: &mut Checker<'_>) {
     }
 }
 
+/// Where local machines get their addresses: the benchmarking range 198.18.0.0/15.
+fn local_range() -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(198, 18, 0, 0),
+        crate::model::LOCAL_PREFIX,
+    )
+}
+
 /// With a prefix longer than the local range's, this computer's bridge holds the first
 /// address of each subnet as the subnet's router: no machine may have it.
 fn check_local_subnets(c: &Cluster, prefix: u8, k: &mut Checker<'_>) {
@@ -1101,12 +1107,11 @@ fn check_local_subnets(c: &Cluster, prefix: u8, k: &mut Checker<'_>) {
         let Some(std::net::IpAddr::V4(ip)) = h.address.as_ref().and_then(HostAddress::ip) else {
             continue;
         };
-        let range = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15);
         let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
             continue;
         };
         // Addresses outside the range are not on the machines' bridge.
-        if !range.is_ok_and(|r| r.contains(&ip)) {
+        if !local_range().contains(&ip) {
             continue;
         }
         let router = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
