@@ -2,7 +2,8 @@
 # package, unpacked and made buildable with the Go of the distribution.
 #
 # kubernetes_source VERSION WORKDIR   unpacks the tree below WORKDIR and prints its path.
-# kubernetes_make TREE LOG ARGS...    runs `make ARGS` in TREE (GOPATH mode, static binaries).
+# kubernetes_make TREE LOG ARGS...    runs `make ARGS` in TREE (GOPATH mode, static binaries;
+#                                     Go build tags from GO_TAGS, comma-separated).
 # kubernetes_go TREE LOG ARGS...      runs `go ARGS` from the tree's GOPATH path.
 
 # kubernetes_source runs inside $(...): without this a failing step there would not stop it.
@@ -60,7 +61,7 @@ kubernetes_source() {
 kubernetes_make() {
   local tree="$1" log="$2"; shift 2
   (cd "$tree" && GOPATH="$tree/.go" PATH="/usr/lib/go-1.19/bin:$PATH" CGO_ENABLED=0 \
-    HOME="$tree/../home" GOFLAGS=-mod=vendor make "$@") >>"$log" 2>&1 || {
+    HOME="$tree/../home" GOFLAGS="-mod=vendor${GO_TAGS:+ -tags=$GO_TAGS}" make "$@") >>"$log" 2>&1 || {
     tail -n 40 "$log" >&2
     return 1
   }

@@ -3,13 +3,17 @@
 # speed work in one run:
 # - for each host count (STRATA_BENCH_HOSTS, default "1 3 6"; the first host etcd and control
 #   plane, the others workers): the first apply from booted machines to every node Ready, the
-#   no-op re-run, and the bytes this computer sent to the machines during the first apply
-#   (read off the cluster bridge's counters: SSH and API traffic, almost all of it the assets);
+#   no-op re-run, the bytes this computer sent to the machines during the first apply (read
+#   off the cluster bridge's counters: SSH and API traffic, rendered files and assets), and
+#   the upload's asset figures: the distinct asset bytes, the bytes of assets this computer
+#   sent and how many times each asset byte that is (target: at most 2 whatever the host
+#   count), and the bytes the hosts passed each other (the fan-out);
 # - each phase's time of the three-host first apply and no-op re-run;
 # - the overlay's datapath without Kubernetes (`overlay_netns`): pod to pod against node to
 #   node with iperf3, through direct routing (the veth-and-bridge path alone) and through the
 #   VXLAN tunnel.
-# Targets (the speed issue): three hosts Ready in 30 s, the no-op re-run under 3 s. Local
+# Targets (the speed issue): three hosts Ready in 30 s, the no-op re-run under 3 s, each
+# asset byte sent from this computer at most twice. Local
 # machines share this computer's cores: times measure the machine as much as the design.
 # Needs root. Cleans up after itself.
 set -euo pipefail
@@ -31,7 +35,10 @@ trap cleanup EXIT
 # The Cluster file of `n` hosts: cp1, then workers w1.. .
 cluster_of() {
   printf 'apiVersion: strata.dev/v1alpha1\nkind: Cluster\nmetadata: {name: bench}\nspec:\n'
-  printf '  platform: {local: {}}\n  hosts:\n  - {name: cp1, roles: [etcd, control-plane]}\n'
+  printf '  platform: {local: {}}\n  hosts:\n'
+  # One host is the whole cluster; from two on, the first is etcd and control plane only.
+  if [ "$1" = 1 ]; then printf '  - {name: cp1, roles: [etcd, control-plane, worker]}\n'
+  else printf '  - {name: cp1, roles: [etcd, control-plane]}\n'; fi
   for i in $(seq 1 $(($1 - 1))); do printf '  - {name: w%d, roles: [worker]}\n' "$i"; done
 }
 
@@ -44,18 +51,28 @@ timed_apply() {
   echo $(( (end - start) / 1000000 ))
 }
 phases() {
-  sed -n 's/.*"event":"phase-finished","phase":"\([^"]*\)","seconds":\([0-9.]*\).*/\1 \2/p' "$work/$1.json"
+  sed -n 's/.*"event":"phase-finished","phase":"\([^"]*\)","seconds":\([0-9.e-]*\).*/\1 \2/p' "$work/$1.json"
 }
 # Bytes this computer has sent into the cluster's bridge.
 bridge_tx() {
   local bridge
   bridge=$(ip -o link show type bridge | awk -F': ' '{print $2}' | while read -r b; do
-    ip -o link show master "$b" 2>/dev/null | grep -q 'link-netns strata-bench-' && echo "$b"; done | head -1)
+    # grep without -q reads every line: an early exit would fail the pipeline (pipefail).
+    ip -o link show master "$b" 2>/dev/null | grep 'link-netns strata-bench-' >/dev/null && echo "$b"
+  done | sed -n 1p)
   cat "/sys/class/net/$bridge/statistics/tx_bytes"
 }
 
+# The upload's asset figures: distinct asset MB, MB this computer sent, times each byte,
+# MB between hosts.
+fanout() {
+  sed -n 's/.*"host":"assets","step":"\([0-9.]*\) MB of assets: \([0-9.]*\) MB sent from this computer (\([0-9.]*\) times each byte), \([0-9.]*\) MB between hosts".*/\1 \2 \3 \4/p' \
+    "$work/$1.json"
+}
+
 summary="$work/summary.txt"
-printf '%-6s %16s %12s %14s %16s\n' hosts "first apply (s)" "no-op (s)" "sent (MB)" "sent/host (MB)" > "$summary"
+printf '%-5s %9s %9s %11s %10s %10s %10s %10s\n' hosts "first (s)" "no-op (s)" "bridge (MB)" \
+  "assets (MB)" "here (MB)" "times" "peers (MB)" > "$summary"
 for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   cluster_of "$n" > "$work/cluster.yaml"
   "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null 2>&1 || true
@@ -65,8 +82,15 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   first=$(timed_apply "first-$n")
   sent=$(( $(bridge_tx) - before ))
   second=$(timed_apply "second-$n")
-  awk -v n="$n" -v a="$first" -v b="$second" -v s="$sent" 'BEGIN {
-    printf "%-6d %16.1f %12.1f %14.1f %16.1f\n", n, a / 1000, b / 1000, s / 1e6, s / 1e6 / n }' >> "$summary"
+  read -r assets here times peers < <(fanout "first-$n") || {
+    echo "bench-apply: no asset figures in the upload phase of first-$n.json" >&2; exit 1; }
+  awk -v n="$n" -v t="$times" 'BEGIN {
+    printf "%d host(s): each asset byte sent from this computer %.2f times (target at most 2: %s)\n",
+      n, t, t <= 2 ? "ok" : "MISSED" }' >> "$work/fanout.txt"
+  awk -v n="$n" -v a="$first" -v b="$second" -v s="$sent" -v as="$assets" -v h="$here" \
+    -v t="$times" -v p="$peers" 'BEGIN {
+    printf "%-5d %9.1f %9.1f %11.1f %10.1f %10.1f %10.2f %10.1f\n", n, a / 1000, b / 1000, s / 1e6, as, h, t, p }' \
+    >> "$summary"
   if [ "$n" = 3 ]; then
     printf '%-16s %10s %10s\n' phase "first (s)" "no-op (s)" > "$work/phases.txt"
     awk 'NR == FNR { noop[$1] = $2; next } { printf "%-16s %10.1f %10.1f\n", $1, $2, noop[$1] }' \
@@ -80,7 +104,7 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
 done
 
 echo "== first apply from booted machines, by host count"
-cat "$summary"
+cat "$summary" "$work/fanout.txt"
 if [ -f "$work/phases.txt" ]; then
   echo "== phases of the three-host apply"
   cat "$work/phases.txt"

@@ -428,6 +428,36 @@ fn apply_refused(dir: &Path) -> String {
     all
 }
 
+/// The upload sent each asset file from this computer once (and the fetch program to each
+/// host): the hosts passed the rest to each other, and no asset server is left running.
+fn assets_passed_on_by_the_hosts(first: &[Event]) {
+    let (_, figures) = steps(first, PhaseName::Upload)
+        .into_iter()
+        .find(|(host, _)| *host == "assets")
+        .expect("the upload's asset figures");
+    println!("upload: {figures}");
+    // "<a> MB of assets: <b> MB sent from this computer (<t> times each byte), <p> MB between hosts"
+    let between = |start: &str, end: &str| -> f64 {
+        let from = figures.find(start).expect(start) + start.len();
+        let to = from + figures[from..].find(end).expect(end);
+        figures[from..to]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{figures}: {e}"))
+    };
+    let times = between("(", " times each byte");
+    let peers = between("), ", " MB between hosts");
+    assert!(
+        times <= 1.1,
+        "each asset byte sent {times} times from here: {figures}"
+    );
+    assert!(peers > 100.0, "the hosts passed {peers} MB on: {figures}");
+    for host in ["cp1", "w1", "w2"] {
+        let listening = on(host, "ss -Htln 'sport = :10263'");
+        assert_eq!(listening.trim(), "", "{host} still serves assets");
+    }
+}
+
 fn on(host: &str, script: &str) -> String {
     strata_e2e::on_machine("e2e-apply", host, script)
 }
@@ -1598,6 +1628,8 @@ fn local_up_apply_converges_and_kubectl_works() {
             .map(|a| (a.kind, &a.host, &a.path))
             .collect::<Vec<_>>()
     );
+
+    assets_passed_on_by_the_hosts(&first);
 
     // Again: everything is in place, so nothing is written or restarted.
     let started = Instant::now();

@@ -297,7 +297,24 @@ fn pods_resolve_the_cluster_and_the_world_through_strata_dns() {
     let _down = strata_e2e::LocalDown(dir.path());
     ok(&strata(dir.path(), &["local", "up"]), "local up");
     let upstream = Upstream::start(dir.path());
-    ok(&strata(dir.path(), &["apply"]), "apply");
+    // w2 refuses its peers the asset port: what it would pass on comes from this computer.
+    let block = [
+        "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "10263", "-j", "REJECT",
+    ];
+    on("w2", &block);
+    let applied = ok(&strata(dir.path(), &["apply"]), "apply");
+    let unblock: Vec<&str> = ["iptables", "-D"]
+        .iter()
+        .chain(&block[2..])
+        .copied()
+        .collect();
+    on("w2", &unblock);
+    assert!(
+        applied.contains(
+            "could not get every asset from its peers (is TCP port 10263 open between the hosts?)"
+        ),
+        "{applied}"
+    );
     let kc = dir.path().join(format!("{NAME}/auth/kubeconfig"));
     let kc = kc.as_path();
 

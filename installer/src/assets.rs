@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use strata_manifests::catalog::{self, BIN_DIR, CNI_BIN_DIR, Component};
@@ -63,9 +63,70 @@ fn sha256_file(p: &Path) -> Result<String> {
     Ok(strata_manifests::plan::sha256(&bytes))
 }
 
+/// The sha256 of local asset files as known at a stamp (device, inode, size, modification
+/// and change times to the nanosecond), kept in the state directory: a file whose stamp is
+/// the one recorded is not read again. Any write or rename onto the path moves the stamp,
+/// and no user can set a change time back, so a known digest is the file's digest.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DigestCache(BTreeMap<PathBuf, KnownDigest>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownDigest {
+    stamp: String,
+    sha256: String,
+}
+
+impl DigestCache {
+    /// The cache at `path`; empty when there is none or it cannot be read (the digests are
+    /// then computed again).
+    pub fn load(path: &Path) -> Self {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &serde_json::to_vec(self)?)
+    }
+
+    fn stamp(p: &Path) -> Result<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ))
+    }
+
+    /// The sha256 of `p`: the known one when its stamp has not moved, else read and recorded.
+    pub fn sha256(&mut self, p: &Path) -> Result<String> {
+        let stamp = Self::stamp(p)?;
+        if let Some(k) = self.0.get(p).filter(|k| k.stamp == stamp) {
+            return Ok(k.sha256.clone());
+        }
+        let sha256 = sha256_file(p)?;
+        // The stamp taken before the read: a write meanwhile leaves a stamp that will not
+        // match next time.
+        let known = KnownDigest {
+            stamp,
+            sha256: sha256.clone(),
+        };
+        self.0.insert(p.to_owned(), known);
+        Ok(sha256)
+    }
+}
+
 impl Assets {
-    /// Loads and verifies `dir` for Kubernetes `version`.
-    pub fn load(dir: &Path, version: &str) -> Result<Self> {
+    /// Loads and verifies `dir` for Kubernetes `version`, reading only the files whose
+    /// digest `cache` does not know.
+    pub fn load(dir: &Path, version: &str, cache: &mut DigestCache) -> Result<Self> {
         let mf = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mf).with_context(|| {
             format!(
@@ -86,7 +147,7 @@ impl Assets {
         let mut files = Vec::new();
         for (rel, e) in &m.files {
             let local = dir.join(rel);
-            let have = sha256_file(&local)?;
+            let have = cache.sha256(&local)?;
             if have != e.sha256 {
                 bail!(
                     "{}: sha256 {have} differs from the manifest's {}; the asset is corrupt or was replaced",
@@ -126,7 +187,7 @@ impl Assets {
 
     /// Adds Strata's own host programs found in `dir` (beside the strata executable) that
     /// the assets lack (assets of upstream releases carry none of them).
-    pub fn with_own_programs(mut self, dir: &Path) -> Result<Self> {
+    pub fn with_own_programs(mut self, dir: &Path, cache: &mut DigestCache) -> Result<Self> {
         for name in OWN_PROGRAMS {
             let remote = format!("{BIN_DIR}/{name}");
             let local = dir.join(name);
@@ -134,7 +195,7 @@ impl Assets {
                 continue;
             }
             self.files.push(Asset {
-                sha256: sha256_file(&local)?,
+                sha256: cache.sha256(&local)?,
                 local,
                 remote,
                 image: None,
@@ -248,7 +309,7 @@ impl Assets {
 
 /// Strata's own programs that run on the hosts outside containers (.ci/build-assets puts
 /// them in bin/; a release ships them beside the strata executable).
-pub const OWN_PROGRAMS: [&str; 2] = ["strata-api-balancer", "strata-vip"];
+pub const OWN_PROGRAMS: [&str; 3] = ["strata-api-balancer", "strata-fetch", "strata-vip"];
 
 /// The directory of the running strata executable.
 fn exe_dir() -> Option<PathBuf> {
@@ -260,6 +321,9 @@ fn exe_dir() -> Option<PathBuf> {
 /// The mode of every file of the assets on the hosts.
 pub const MODE: u32 = 0o755;
 
+/// The state directory's file of local asset digests (see [`DigestCache`]).
+const DIGEST_CACHE: &str = "asset-digests.json";
+
 /// The cluster's assets for an apply: resolved (downloaded and unpacked into the state
 /// directory when they come from elsewhere), verified, and narrowed to what it runs.
 pub async fn for_apply(cs: &ClusterState) -> Result<Assets> {
@@ -270,10 +334,13 @@ pub async fn for_apply(cs: &ClusterState) -> Result<Assets> {
         mirror.clone_from(&spec.mirror);
     }
     let dir = resolve(&src, &spec.sha256, &cs.state.root.join("assets")).await?;
-    let mut assets = Assets::load(&dir, &version)?;
+    let cache_file = cs.state.root.join(DIGEST_CACHE);
+    let mut cache = DigestCache::load(&cache_file);
+    let mut assets = Assets::load(&dir, &version, &mut cache)?;
     if let Some(exe) = exe_dir() {
-        assets = assets.with_own_programs(&exe)?;
+        assets = assets.with_own_programs(&exe, &mut cache)?;
     }
+    cache.save(&cache_file)?;
     let source = dir.display().to_string();
     assets.check_programs(&cs.cluster, &source)?;
     assets.for_cluster(&cs.cluster, &source)
@@ -286,9 +353,11 @@ pub fn for_plan(cs: &ClusterState) -> Result<Option<Assets>> {
     let version = cs.cluster.spec.kubernetes.version.to_string();
     match source(&spec.source, &cs.ctx.base_dir, &version) {
         Source::Dir(dir) => {
-            let mut assets = Assets::load(&dir, &version)?;
+            // Read, not written: plan changes nothing in the state directory.
+            let mut cache = DigestCache::load(&cs.state.root.join(DIGEST_CACHE));
+            let mut assets = Assets::load(&dir, &version, &mut cache)?;
             if let Some(exe) = exe_dir() {
-                assets = assets.with_own_programs(&exe)?;
+                assets = assets.with_own_programs(&exe, &mut cache)?;
             }
             Ok(Some(
                 assets.for_cluster(&cs.cluster, &dir.display().to_string())?,
@@ -560,7 +629,7 @@ mod tests {
             ],
             None,
         );
-        let a = Assets::load(d.path(), "1.20.2").expect("valid");
+        let a = Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect("valid");
         let remotes: Vec<&str> = a.files.iter().map(|f| f.remote.as_str()).collect();
         assert_eq!(
             remotes,
@@ -580,7 +649,7 @@ mod tests {
                 strata: Some(StrataImage::Pause),
             }]
         );
-        let e = Assets::load(d.path(), "1.21.0").expect_err("version");
+        let e = Assets::load(d.path(), "1.21.0", &mut DigestCache::default()).expect_err("version");
         assert!(e.to_string().contains("asks for 1.21.0"), "{e}");
     }
 
@@ -615,23 +684,24 @@ mod tests {
         files.sort();
         let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
         let d = dir_with(&refs, None);
-        let a = Assets::load(d.path(), "1.20.2").expect("load");
+        let a = Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect("load");
         let e = a
             .check_programs(&cluster(""), "dir")
             .expect_err("no balancer");
         assert!(
             e.to_string().contains(
-                "carry no bin/strata-api-balancer; the cluster's components run them: use assets \
-                 built by .ci/build-assets, or put Strata's own host programs beside the strata \
-                 executable"
+                "carry no bin/strata-api-balancer, bin/strata-fetch; the cluster's components run \
+                 them: use assets built by .ci/build-assets, or put Strata's own host programs \
+                 beside the strata executable"
             ),
             "{e}"
         );
         let beside = tempfile::tempdir().expect("tempdir");
         std::fs::write(beside.path().join("strata-api-balancer"), b"lb").expect("write");
-        let a = Assets::load(d.path(), "1.20.2")
+        std::fs::write(beside.path().join("strata-fetch"), b"fetch").expect("write");
+        let a = Assets::load(d.path(), "1.20.2", &mut DigestCache::default())
             .expect("load")
-            .with_own_programs(beside.path())
+            .with_own_programs(beside.path(), &mut DigestCache::default())
             .expect("own programs");
         a.check_programs(&cluster(""), "dir").expect("complete");
         assert!(
@@ -653,7 +723,7 @@ mod tests {
             ],
             None,
         );
-        let load = || Assets::load(d.path(), "1.20.2").expect("valid");
+        let load = || Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect("valid");
         let all = load().for_cluster(&cluster(""), "dir").expect("all built");
         assert_eq!(
             archives(&all),
@@ -679,7 +749,8 @@ mod tests {
 
         // Assets without Strata's images (e.g. `source: upstream`).
         let bare = dir_with(&[("bin/kubelet", b"k")], None);
-        let load = || Assets::load(bare.path(), "1.20.2").expect("valid");
+        let load =
+            || Assets::load(bare.path(), "1.20.2", &mut DigestCache::default()).expect("valid");
         let e = load()
             .for_cluster(&cluster("  images: {overlay: r.example/o:1}\n"), "upstream")
             .expect_err("no operator image");
@@ -705,14 +776,36 @@ mod tests {
     #[test]
     fn a_corrupt_asset_is_refused() {
         let d = dir_with(&[("bin/kubelet", b"tampered")], Some(b"original"));
-        let e = Assets::load(d.path(), "1.20.2").expect_err("digest");
+        let e = Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect_err("digest");
         assert!(
             format!("{e:#}").contains("differs from the manifest"),
             "{e:#}"
         );
         let missing = tempfile::tempdir().expect("tempdir");
-        let e = Assets::load(missing.path(), "1.20.2").expect_err("no manifest");
+        let e = Assets::load(missing.path(), "1.20.2", &mut DigestCache::default())
+            .expect_err("no manifest");
         assert!(format!("{e:#}").contains("spec.assets.source"), "{e:#}");
+    }
+
+    #[test]
+    fn a_known_digest_is_trusted_only_while_the_file_is_untouched() {
+        let d = dir_with(&[("bin/kubelet", b"original")], None);
+        let mut cache = DigestCache::default();
+        Assets::load(d.path(), "1.20.2", &mut cache).expect("valid");
+        let saved = d.path().join("cache.json");
+        cache.save(&saved).expect("save");
+        let mut cache = DigestCache::load(&saved);
+        Assets::load(d.path(), "1.20.2", &mut cache).expect("known and unchanged");
+        // Rewritten with other bytes of the same length: the stamp moves, the file is read.
+        std::fs::write(d.path().join("bin/kubelet"), b"tampered").expect("write");
+        let e = Assets::load(d.path(), "1.20.2", &mut cache).expect_err("digest");
+        assert!(
+            format!("{e:#}").contains("differs from the manifest"),
+            "{e:#}"
+        );
+        // A cache that cannot be read is an empty one.
+        std::fs::write(&saved, b"{not json").expect("write");
+        assert!(DigestCache::load(&saved).0.is_empty());
     }
 
     /// A loopback HTTP/1.1 server for `files` (path -> body); counts the requests per path.
@@ -798,7 +891,7 @@ mod tests {
         let dir = resolve(&src, &digest, cache.path())
             .await
             .expect("download");
-        let a = Assets::load(&dir, "1.20.2").expect("verified");
+        let a = Assets::load(&dir, "1.20.2", &mut DigestCache::default()).expect("verified");
         assert_eq!(a.files.len(), 2);
         // Again: only the manifest is fetched; the files are already here.
         resolve(&src, &digest, cache.path()).await.expect("again");
@@ -872,7 +965,10 @@ mod tests {
             .await
             .expect("archive url");
         assert_eq!(
-            Assets::load(&dir, "1.20.2").expect("verified").files.len(),
+            Assets::load(&dir, "1.20.2", &mut DigestCache::default())
+                .expect("verified")
+                .files
+                .len(),
             2
         );
         resolve(&src, &digest, cache.path()).await.expect("again");
@@ -1002,7 +1098,8 @@ mod tests {
             mirror: format!("{}/m", server.base),
         };
         let dir = resolve(&src, "", cache.path()).await.expect("upstream");
-        let a = Assets::load(&dir, "1.20.2").expect("manifest of what was verified");
+        let a = Assets::load(&dir, "1.20.2", &mut DigestCache::default())
+            .expect("manifest of what was verified");
         let mut remotes: Vec<&str> = a.files.iter().map(|f| f.remote.as_str()).collect();
         remotes.sort();
         assert_eq!(

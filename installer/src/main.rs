@@ -19,6 +19,7 @@ mod cli;
 mod engine;
 mod etcd;
 mod facts;
+mod fanout;
 mod hosts;
 mod init;
 mod local;

@@ -12,11 +12,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
 use strata_manifests::plan::{
-    Action, ActionKind, CLUSTER, PhaseName, changed_components, file_actions,
+    Action, ActionKind, AppliedFile, CLUSTER, PhaseName, changed_components, file_actions,
     is_kept_when_unrendered, original_of,
 };
 use strata_manifests::pod_security;
-use strata_platforms::ssh::quote;
+use strata_platforms::ssh::{RemoteFile, quote};
 
 use crate::apply::Apply;
 use crate::assets::{Assets, IMAGE_DIR};
@@ -180,20 +180,37 @@ async fn preflight(cx: &mut Apply<'_>) -> Result<()> {
 
 /// Binaries, image archives and rendered files, each only when the host lacks it (one probe
 /// per host); files Strata wrote before and renders no more are removed, units stopped first.
-/// The components whose files changed are recorded as pending restarts in the state, which
-/// the phases that start units consume: a run stopped in between restarts them next time.
+/// The assets go through the fan-out (see [`crate::fanout`]): this computer sends each file
+/// once, hosts pass it on. The components whose files changed are recorded as pending
+/// restarts in the state, which the phases that start units consume: a run stopped in
+/// between restarts them next time.
 async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     let needs_containerd_2 = strata_manifests::versions::uses(
         strata_manifests::versions::Item::ContainerdV2Required,
         cx.cluster().spec.kubernetes.version.minor(),
     );
+    let probed = join_all(cx.hosts.iter().map(|h| probe_host(cx, h))).await;
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for r in probed {
+        match r {
+            Ok(p) => found.push(p),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    let (needs, has) = asset_needs(cx, &found);
+    let fanned = crate::fanout::run(cx, &needs, &has).await?;
     let results = join_all(
         cx.hosts
             .iter()
-            .map(|h| upload_host(cx, h, needs_containerd_2)),
+            .zip(&found)
+            .zip(&fanned.written)
+            .map(|((h, p), fetched)| upload_host(cx, h, p, fetched, needs_containerd_2)),
     )
     .await;
-    let mut errors = Vec::new();
     for (h, r) in cx.hosts.iter().zip(results) {
         match r {
             Ok(Uploaded {
@@ -233,27 +250,28 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
     }
 }
 
-/// What one host's upload did.
-struct Uploaded {
-    /// The components whose files changed.
-    changed: BTreeSet<Component>,
+/// What one host has, before anything is written.
+struct Probed {
+    /// The files found at the paths it should have.
+    have: BTreeMap<String, RemoteFile>,
     /// The paths where the host had a file of its own before Strata first wrote there (kept
     /// as `<path>.strata-orig` when the bytes differ).
     adopted: BTreeSet<String>,
-    /// Each file's stamp now that it holds what was applied (see `RemoteFile::stamp`).
-    stamps: BTreeMap<String, String>,
 }
 
-/// One host's upload. The actions are those `strata plan` lists (compared with what was
-/// applied), plus rewrites of files that changed on the host behind Strata's back. Files
-/// whose stamp is the one recorded at the last apply are not read again.
-async fn upload_host(cx: &Apply<'_>, h: &HostConn, needs_containerd_2: bool) -> Result<Uploaded> {
+/// Whether the file found (if any) differs from what should be there.
+fn needs_write(want: &AppliedFile, there: Option<&RemoteFile>) -> bool {
+    !there.is_some_and(|f| f.sha256 == want.sha256 && f.mode == want.mode)
+}
+
+/// One probe of a host's files (only the files whose stamp moved since the last apply are
+/// read); a file of the host's own where Strata is about to write is kept first.
+async fn probe_host(cx: &Apply<'_>, h: &HostConn) -> Result<Probed> {
     let phase = PhaseName::Upload;
     let name = h.name();
     let empty = Default::default();
     let want = cx.want.hosts.get(name).unwrap_or(&empty);
     let had = cx.state.hosts.get(name).unwrap_or(&empty);
-    let tree = cx.rendered.hosts.iter().find(|t| t.host == name);
     let paths: Vec<&str> = want.keys().map(String::as_str).collect();
     let known: BTreeMap<&str, (&str, &str)> = had
         .iter()
@@ -264,40 +282,104 @@ async fn upload_host(cx: &Apply<'_>, h: &HostConn, needs_containerd_2: bool) -> 
         .probe_known(&paths, &known)
         .await
         .map_err(|e| fail(phase, name, e))?;
-    let mut written_paths: Vec<&str> = Vec::new();
-    let mut actions = file_actions(name, want, had);
     let adopted: BTreeSet<String> = want
         .keys()
         .filter(|p| !had.contains_key(*p) && have.contains_key(*p))
         .cloned()
         .collect();
+    for path in &adopted {
+        if !needs_write(&want[path], have.get(path)) {
+            continue;
+        }
+        let orig = quote(&original_of(path));
+        h.sh(
+            phase,
+            &format!("[ -e {orig} ] || cp -a {} {orig}", quote(path)),
+        )
+        .await?;
+        cx.reporter.step(
+            phase,
+            name,
+            format!("kept the host's own {path} as {}", original_of(path)),
+        );
+    }
+    Ok(Probed { have, adopted })
+}
+
+/// Per host (in `cx.hosts` order), the asset paths it must be written and those it holds
+/// with the right content (which it can pass on).
+fn asset_needs(cx: &Apply<'_>, found: &[Probed]) -> (Vec<BTreeSet<String>>, Vec<BTreeSet<String>>) {
+    let empty = Default::default();
+    cx.hosts
+        .iter()
+        .zip(found)
+        .map(|(h, p)| {
+            let want = cx.want.hosts.get(h.name()).unwrap_or(&empty);
+            let tree = cx.rendered.hosts.iter().find(|t| t.host == h.name());
+            let assets = want
+                .iter()
+                .filter(|(path, _)| !tree.is_some_and(|t| t.files.contains_key(*path)));
+            let mut needs = BTreeSet::new();
+            let mut has = BTreeSet::new();
+            for (path, w) in assets {
+                let there = p.have.get(path);
+                if needs_write(w, there) {
+                    needs.insert(path.clone());
+                }
+                if there.is_some_and(|f| f.sha256 == w.sha256) {
+                    has.insert(path.clone());
+                }
+            }
+            (needs, has)
+        })
+        .unzip()
+}
+
+/// What one host's upload did.
+struct Uploaded {
+    /// The components whose files changed.
+    changed: BTreeSet<Component>,
+    /// See [`Probed::adopted`].
+    adopted: BTreeSet<String>,
+    /// Each file's stamp now that it holds what was applied (see `RemoteFile::stamp`).
+    stamps: BTreeMap<String, String>,
+}
+
+/// One host's upload once the assets are in place (`fetched`: the asset paths the fan-out
+/// wrote). The actions are those `strata plan` lists (compared with what was applied), plus
+/// rewrites of files that changed on the host behind Strata's back.
+async fn upload_host(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    probed: &Probed,
+    fetched: &BTreeSet<String>,
+    needs_containerd_2: bool,
+) -> Result<Uploaded> {
+    let phase = PhaseName::Upload;
+    let name = h.name();
+    let empty = Default::default();
+    let want = cx.want.hosts.get(name).unwrap_or(&empty);
+    let had = cx.state.hosts.get(name).unwrap_or(&empty);
+    let tree = cx.rendered.hosts.iter().find(|t| t.host == name);
+    let have = &probed.have;
+    let mut written_paths: Vec<&str> = Vec::new();
+    let mut actions = file_actions(name, want, had);
     let mut written = 0;
     for (path, w) in want {
         let there = have.get(path);
-        if there.is_some_and(|f| f.sha256 == w.sha256 && f.mode == w.mode) {
+        if !needs_write(w, there) {
             continue;
         }
-        if adopted.contains(path) {
-            let orig = quote(&original_of(path));
-            h.sh(
-                phase,
-                &format!("[ -e {orig} ] || cp -a {} {orig}", quote(path)),
-            )
-            .await?;
-            cx.reporter.step(
-                phase,
-                name,
-                format!("kept the host's own {path} as {}", original_of(path)),
-            );
+        if !fetched.contains(path) {
+            let content = match tree.and_then(|t| t.files.get(path)) {
+                Some(f) => f.content.clone(),
+                None => cx.assets.read(path).map_err(|e| fail(phase, name, e))?,
+            };
+            h.conn
+                .upload_known(path, &content, w.mode, "root:root", there)
+                .await
+                .map_err(|e| fail(phase, name, e))?;
         }
-        let content = match tree.and_then(|t| t.files.get(path)) {
-            Some(f) => f.content.clone(),
-            None => cx.assets.read(path).map_err(|e| fail(phase, name, e))?,
-        };
-        h.conn
-            .upload_known(path, &content, w.mode, "root:root", there)
-            .await
-            .map_err(|e| fail(phase, name, e))?;
         written += 1;
         written_paths.push(path);
         if !actions.iter().any(|a| a.path == *path) {
@@ -328,12 +410,9 @@ async fn upload_host(cx: &Apply<'_>, h: &HostConn, needs_containerd_2: bool) -> 
     }
     // Stamps of the files as they are now: those found right, and those just written.
     let mut stamps: BTreeMap<String, String> = have
-        .into_iter()
-        .filter(|(p, f)| {
-            want.get(p)
-                .is_some_and(|w| w.sha256 == f.sha256 && w.mode == f.mode)
-        })
-        .map(|(p, f)| (p, f.stamp))
+        .iter()
+        .filter(|(p, f)| want.get(*p).is_some_and(|w| !needs_write(w, Some(f))))
+        .map(|(p, f)| (p.clone(), f.stamp.clone()))
         .collect();
     let fresh = h
         .conn
@@ -343,7 +422,7 @@ async fn upload_host(cx: &Apply<'_>, h: &HostConn, needs_containerd_2: bool) -> 
     stamps.extend(fresh.into_iter().map(|(p, f)| (p, f.stamp)));
     Ok(Uploaded {
         changed,
-        adopted,
+        adopted: probed.adopted.clone(),
         stamps,
     })
 }

@@ -145,6 +145,9 @@ pub const ETCD_PEER_PORT: u16 = 2380;
 pub const ETCD_METRICS_PORT: u16 = 2381;
 /// The node-local API load balancer, on loopback (as Talos' KubePrism).
 pub const API_BALANCER_PORT: u16 = 7445;
+/// Where hosts pass assets to each other during an apply (`strata-fetch serve`, on the
+/// host's cluster address, only while an apply runs).
+pub const FETCH_PORT: u16 = 10263;
 
 /// An entry with nothing on the hosts but its placement (the fields an entry leaves out).
 const fn base(
@@ -246,8 +249,10 @@ pub const CATALOG: &[Spec] = &[
     Spec {
         units: &[started("containerd.service")],
         binaries: &["containerd", "containerd-shim-runc-v2", "runc"],
-        tools: &["ctr"],
+        // strata-fetch: how hosts pass the assets (these binaries, the image archives) on.
+        tools: &["ctr", "strata-fetch"],
         cni_plugins: true,
+        ports: &[FETCH_PORT],
         run_paths: &[
             "/var/lib/containerd",
             "/run/containerd",

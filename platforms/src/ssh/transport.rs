@@ -183,6 +183,121 @@ impl CommandOutput {
     }
 }
 
+/// A command started with [`Connection::start`], its standard input still open. A task
+/// reads its output all along (an unread channel would stall the whole connection once
+/// russh's queue fills). Dropping it closes the command's standard input, as `stop` does.
+pub struct Running {
+    host: String,
+    first: Option<tokio::sync::oneshot::Receiver<Result<String, String>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<CommandOutput>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a command may take to end once its standard input is closed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a started command's output until it ends: its first line goes to `first` (or, when
+/// it ends without one, everything it printed), and its standard input is closed once
+/// `stop` fires or is dropped.
+async fn follow(
+    mut channel: russh::Channel<client::Msg>,
+    first: tokio::sync::oneshot::Sender<Result<String, String>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> CommandOutput {
+    let mut out = CommandOutput {
+        status: 255,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    let mut first = Some(first);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            msg = channel.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    out.stdout.extend_from_slice(&data);
+                    if let Some(end) = out.stdout.iter().position(|b| *b == b'\n')
+                        && let Some(tx) = first.take()
+                    {
+                        let line = String::from_utf8_lossy(&out.stdout[..end]).into_owned();
+                        let _ = tx.send(Ok(line));
+                    }
+                }
+                Some(ChannelMsg::ExtendedData { data, .. }) => out.stderr.extend_from_slice(&data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => out.status = exit_status,
+                Some(_) => {}
+                None => break,
+            },
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                let _ = channel.eof().await;
+            }
+        }
+    }
+    if let Some(tx) = first {
+        let _ = tx.send(Err(format!(
+            "it ended (status {}): {}",
+            out.status,
+            out.tail()
+        )));
+    }
+    out
+}
+
+impl Running {
+    /// Waits for the first line the command prints (a server saying it listens). An error
+    /// with everything the command printed when it ends first.
+    pub async fn first_line(&mut self) -> Result<String, SshError> {
+        let reason = match self.first.take() {
+            Some(rx) => match rx.await {
+                Ok(Ok(line)) => return Ok(line),
+                Ok(Err(reason)) => reason,
+                Err(_) => "its output was lost".into(),
+            },
+            None => "its first line was already read".into(),
+        };
+        Err(SshError::Channel {
+            host: self.host.clone(),
+            what: "starting a command".into(),
+            reason,
+        })
+    }
+
+    /// Closes the command's standard input and waits (at most 30 s) for it to end.
+    pub async fn stop(mut self) -> Result<CommandOutput, SshError> {
+        let err = |reason: String| SshError::Channel {
+            host: self.host.clone(),
+            what: "stopping a command".into(),
+            reason,
+        };
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let Some(mut task) = self.task.take() else {
+            return Err(err("already stopped".into()));
+        };
+        match tokio::time::timeout(STOP_TIMEOUT, &mut task).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(err(e.to_string())),
+            Err(_) => {
+                task.abort();
+                Err(err(format!(
+                    "it did not end within {} s of its input closing",
+                    STOP_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upload {
@@ -441,6 +556,42 @@ impl Connection {
         }
         out.status = status.unwrap_or(255);
         Ok(out)
+    }
+
+    /// Starts `command` with `input` on its standard input, which stays open: the command
+    /// runs until [`Running::stop`] closes it (or the handle is dropped, or the connection
+    /// drops). For a server the apply needs for a while; the command should end when its
+    /// standard input closes.
+    pub async fn start(&self, command: &str, input: &[u8]) -> Result<Running, SshError> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.channel_err("opening a channel", e))?;
+        let wrapped;
+        let command = if self.sudo {
+            wrapped = format!("sudo -n -- sh -c {}", quote(command));
+            wrapped.as_str()
+        } else {
+            command
+        };
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| self.channel_err(command, e))?;
+        channel
+            .data(input)
+            .await
+            .map_err(|e| self.channel_err("sending input", e))?;
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(follow(channel, first_tx, stop_rx));
+        Ok(Running {
+            host: self.target.host.clone(),
+            first: Some(first_rx),
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
     }
 
     pub async fn exec(&self, command: &str) -> Result<CommandOutput, SshError> {
