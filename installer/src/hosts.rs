@@ -114,8 +114,8 @@ pub async fn connect(
         .collect())
 }
 
-/// The connections that were made, or every failure at once.
-pub fn all_connected(results: Vec<Result<HostConn>>) -> (Vec<HostConn>, Vec<String>) {
+/// What succeeded, and every failure at once (as its full message).
+pub fn successes_and_failures<T>(results: Vec<Result<T>>) -> (Vec<T>, Vec<String>) {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for r in results {

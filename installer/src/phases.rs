@@ -85,7 +85,7 @@ async fn connect(cx: &mut Apply<'_>) -> Result<()> {
     let results =
         crate::hosts::connect(cx.reporter, &cx.cs, &mut cx.state, cx.accept_new_host_keys).await;
     cx.save_state()?;
-    let (hosts, errors) = crate::hosts::all_connected(results?);
+    let (hosts, errors) = crate::hosts::successes_and_failures(results?);
     for h in &hosts {
         cx.reporter.step(
             PhaseName::Connect,
@@ -190,14 +190,7 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
         cx.cluster().spec.kubernetes.version.minor(),
     );
     let probed = join_all(cx.hosts.iter().map(|h| probe_host(cx, h))).await;
-    let mut found = Vec::new();
-    let mut errors = Vec::new();
-    for r in probed {
-        match r {
-            Ok(p) => found.push(p),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
+    let (found, mut errors) = crate::hosts::successes_and_failures(probed);
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }

@@ -256,6 +256,37 @@ pub fn wait_for_ssh(m: &Machine, limit: Duration) -> Result<String, LocalError> 
     })
 }
 
+/// The kernel's inotify limits are per user, and every machine's root is this computer's
+/// root: each machine's systemd, journald, containerd and kubelet take inotify instances
+/// from one budget (128 by default, which ten machines exceed: the kubelet then fails to
+/// start cAdvisor, "inotify_init: too many open files"). What `machines` machines need, on
+/// top of this computer's own use: (instances, watches).
+fn inotify_needs(machines: usize) -> (u64, u64) {
+    let machines = machines as u64;
+    (128 + 64 * machines, 8192 + 65536 * machines)
+}
+
+/// Raises (never lowers) `fs.inotify.max_user_instances` and `max_user_watches` to what
+/// `machines` machines need.
+fn raise_inotify_limits(machines: usize) -> Result<(), LocalError> {
+    let (instances, watches) = inotify_needs(machines);
+    for (name, need) in [
+        ("max_user_instances", instances),
+        ("max_user_watches", watches),
+    ] {
+        let path = std::path::PathBuf::from(format!("/proc/sys/fs/inotify/{name}"));
+        let now: u64 = std::fs::read_to_string(&path)
+            .map_err(io(&path))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if now < need {
+            std::fs::write(&path, need.to_string()).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates (or resumes) every machine of the cluster and boots it; idempotent.
 pub fn up(
     cluster: &str,
@@ -281,6 +312,17 @@ pub fn up(
         .collect();
     let subnets: Vec<ipnet::Ipv4Net> = machines.iter().map(|m| m.network.subnet()).collect();
     bridge.route_subnets(&subnets)?;
+    // Machines of other local clusters count too.
+    let others: usize = std::fs::read_dir(&paths.machines)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|c| c.file_name().to_string_lossy().into_owned())
+                .filter(|c| c != cluster)
+                .map(|c| existing(&c, paths).len())
+                .sum()
+        })
+        .unwrap_or(0);
+    raise_inotify_limits(others + machines.len())?;
     for m in &machines {
         m.network.ensure(&bridge)?;
         m.prepare(&base)?;

@@ -505,12 +505,9 @@ impl Connection {
         }
     }
 
-    /// Runs `command` in the remote shell, feeding `input` to its standard input.
-    pub async fn exec_with_input(
-        &self,
-        command: &str,
-        input: &[u8],
-    ) -> Result<CommandOutput, SshError> {
+    /// A new channel running `command` in the remote shell (through sudo for users other
+    /// than root).
+    async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>, SshError> {
         let channel = self
             .handle
             .channel_open_session()
@@ -527,6 +524,16 @@ impl Connection {
             .exec(true, command)
             .await
             .map_err(|e| self.channel_err(command, e))?;
+        Ok(channel)
+    }
+
+    /// Runs `command` in the remote shell, feeding `input` to its standard input.
+    pub async fn exec_with_input(
+        &self,
+        command: &str,
+        input: &[u8],
+    ) -> Result<CommandOutput, SshError> {
+        let channel = self.open_exec(command).await?;
         if !input.is_empty() {
             channel
                 .data(input)
@@ -563,22 +570,7 @@ impl Connection {
     /// drops). For a server the apply needs for a while; the command should end when its
     /// standard input closes.
     pub async fn start(&self, command: &str, input: &[u8]) -> Result<Running, SshError> {
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.channel_err("opening a channel", e))?;
-        let wrapped;
-        let command = if self.sudo {
-            wrapped = format!("sudo -n -- sh -c {}", quote(command));
-            wrapped.as_str()
-        } else {
-            command
-        };
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| self.channel_err(command, e))?;
+        let channel = self.open_exec(command).await?;
         channel
             .data(input)
             .await
