@@ -9,8 +9,9 @@
 #   sent and how many times each asset byte that is (target: at most 2 whatever the host
 #   count), and the bytes the hosts passed each other (the fan-out);
 # - each phase's time of the three-host first apply and no-op re-run;
-# - the overlay's datapath without Kubernetes (`overlay_netns`): pod to pod against node to
-#   node with iperf3, through direct routing (the veth-and-bridge path alone) and through the
+# - pod to pod against host to host with iperf3 on the three-host cluster (w1 and w2 share a
+#   subnet: direct routing), and the overlay's datapath without Kubernetes (`overlay_netns`)
+#   in the same run, through direct routing (the veth-and-bridge path alone) and through the
 #   VXLAN tunnel.
 # Targets (the speed issue): three hosts Ready in 30 s, the no-op re-run under 3 s, each
 # asset byte sent from this computer at most twice. Local
@@ -23,6 +24,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata/cargo-target}"
 bash .ci/prepare >/dev/null
 bash .ci/build-assets 1.20.2 >/dev/null
 cargo build --release --locked -q -p strata -p strata-overlay
+# The two measurements made through the test harness, built before any machine runs.
+cargo test --locked -q -p strata-e2e --no-run --test cluster_throughput --test overlay_netns 2>/dev/null
 strata="$CARGO_TARGET_DIR/release/strata"
 
 work="$(mktemp -d /var/tmp/strata-bench.XXXXXX)"
@@ -99,6 +102,12 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
       printf "three hosts to every node Ready: %.1f s (target 30 s: %s)\n", a / 1000, a <= 30000 ? "ok" : "MISSED"
       printf "no-op re-run: %.1f s (target < 3 s: %s)\n", b / 1000, b < 3000 ? "ok" : "MISSED"
     }' >> "$work/phases.txt"
+    # Pod to pod through the overlay (w1 and w2 share a subnet: direct routing) against
+    # host to host, on this very cluster.
+    STRATA_BENCH_CLUSTER=bench STRATA_BENCH_KUBECONFIG="$work/bench/auth/kubeconfig" \
+      cargo test --locked -q -p strata-e2e --test cluster_throughput -- --ignored \
+      --test-threads=1 --nocapture 2>&1 | grep -E '^throughput' > "$work/pods.txt" || {
+      echo "bench-apply: the pod-to-pod measurement failed" >&2; exit 1; }
   fi
   "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null
 done
@@ -108,6 +117,11 @@ cat "$summary" "$work/fanout.txt"
 if [ -f "$work/phases.txt" ]; then
   echo "== phases of the three-host apply"
   cat "$work/phases.txt"
+fi
+
+if [ -f "$work/pods.txt" ]; then
+  echo "== overlay in the three-host cluster (iperf3 between pods on w1 and w2, alternating rounds)"
+  cat "$work/pods.txt"
 fi
 
 echo "== overlay datapath without Kubernetes (iperf3, medians of alternating rounds)"

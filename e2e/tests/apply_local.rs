@@ -38,21 +38,6 @@ spec:
   - {name: w2, roles: [worker], labels: {example.com/pool: batch}}
 ";
 
-/// Packets the VXLAN device of the machine in network namespace `netns` has sent.
-fn vxlan_tx_packets(netns: &str) -> u64 {
-    let out = ok(
-        &Command::new("ip")
-            .args(["netns", "exec", netns, "cat"])
-            .arg("/sys/class/net/strata.1/statistics/tx_packets")
-            .output()
-            .expect("ip netns exec"),
-        "VXLAN device counters",
-    );
-    out.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("tx_packets `{out}`: {e}"))
-}
-
 /// The JSON events of an apply.
 fn events(out: &str) -> Vec<Event> {
     out.lines()
@@ -92,147 +77,6 @@ fn ready(events: &[Event]) -> usize {
         .iter()
         .filter(|(_, s)| *s == "Ready")
         .count()
-}
-
-/// iperf3 between a pod on w1 and a pod on w2 (an image of this computer's iperf3 with the
-/// libraries it loads; a CPU request gives them an ordinary process's CPU weight instead of a
-/// best-effort pod's), and between the two hosts' own addresses (the same program in each
-/// machine's network namespace), in one run of three alternating rounds; prints every round,
-/// the medians and their ratio (overlay_netns measures the same datapath without Kubernetes).
-fn measure_throughput(kubeconfig: &Path) {
-    let mut spec = strata_images::ImageSpec::new("strata.dev/e2e/iperf3:1");
-    spec.program_with_libraries("/usr/bin/iperf3")
-        .expect("iperf3 (package iperf3) and its libraries");
-    spec.dir("/tmp", 0o1777).expect("tmp");
-    spec.entrypoint = vec!["/usr/bin/iperf3".into()];
-    let image = strata_images::build(&spec).expect("image");
-    import_on_workers("iperf3", &image.archive);
-    let pod = |name: &str, node: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
-             spec: {{nodeName: {node}, containers: [{{name: iperf3, image: \"strata.dev/e2e/iperf3:1\", \
-             imagePullPolicy: Never, args: [\"-s\"], \
-             resources: {{requests: {{cpu: \"1\"}}}}}}]}}\n"
-        )
-    };
-    let path = kubeconfig.with_file_name("iperf3.yaml");
-    std::fs::write(
-        &path,
-        format!("{}---\n{}", pod("iperf-w1", "w1"), pod("iperf-w2", "w2")),
-    )
-    .expect("write");
-    ok(
-        &kubectl(kubeconfig, &["apply", "-f", path.to_str().expect("utf-8")]),
-        "iperf3 pods",
-    );
-    ok(
-        &kubectl(
-            kubeconfig,
-            &[
-                "wait",
-                "--for=condition=Ready",
-                "pod/iperf-w1",
-                "pod/iperf-w2",
-                "--timeout=60s",
-            ],
-        ),
-        "iperf3 pods ready",
-    );
-    let server_ip = ok(
-        &kubectl(
-            kubeconfig,
-            &["get", "pod", "iperf-w2", "-o", "jsonpath={.status.podIP}"],
-        ),
-        "server pod address",
-    );
-    let w2_host = ok(
-        &kubectl(
-            kubeconfig,
-            &[
-                "get",
-                "node",
-                "w2",
-                "-o",
-                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
-            ],
-        ),
-        "w2's address",
-    );
-    let netns = |host: &str| format!("strata-e2e-apply-{host}");
-    let pod_to_pod = || {
-        // An exec stream that ends without output (seen once on the loaded 2-core machine)
-        // is retried; a report that says something else fails the test.
-        for attempt in 1..=3 {
-            let report = ok(
-                &kubectl(
-                    kubeconfig,
-                    &[
-                        "exec",
-                        "iperf-w1",
-                        "--",
-                        "/usr/bin/iperf3",
-                        "-c",
-                        &server_ip,
-                        "-t",
-                        "5",
-                        "-J",
-                    ],
-                ),
-                "iperf3 pod to pod",
-            );
-            if !report.trim().is_empty() {
-                return throughput::iperf_bps(&report);
-            }
-            println!("iperf3 pod to pod: no report (attempt {attempt}); again");
-        }
-        panic!("iperf3 pod to pod: no report in three attempts");
-    };
-    let host_to_host = || throughput::between_namespaces(&netns("w1"), &netns("w2"), &w2_host, 5);
-    println!(
-        "throughput: congestion control {} (w1)",
-        throughput::congestion_control(&netns("w1"))
-    );
-    // w1 and w2 share a subnet: direct routing sends w2's pod subnet through eth0, and the
-    // VXLAN device carries none of the traffic.
-    let w2_cidr = ok(
-        &kubectl(
-            kubeconfig,
-            &["get", "node", "w2", "-o", "jsonpath={.spec.podCIDR}"],
-        ),
-        "w2's podCIDR",
-    );
-    let route = ok(
-        &Command::new("ip")
-            .args(["-n", &netns("w1"), "route", "show", &w2_cidr])
-            .output()
-            .expect("ip route"),
-        "w1's route to w2's pods",
-    );
-    assert!(
-        route.contains(&format!("via {w2_host} dev eth0")) && route.contains("proto 83"),
-        "w1 routes w2's pod subnet {w2_cidr} directly: {route}"
-    );
-    let tunnelled = || vxlan_tx_packets(&netns("w1"));
-    let before = tunnelled();
-    throughput::compare(
-        "throughput pod to pod (overlay, direct routing) vs host to host (underlay), target 90%",
-        3,
-        pod_to_pod,
-        host_to_host,
-    );
-    let sent = tunnelled() - before;
-    println!("throughput: packets w1 sent through its VXLAN device meanwhile: {sent}");
-    assert!(
-        sent < 100,
-        "pod-to-pod traffic between same-subnet nodes went through the tunnel ({sent} packets)"
-    );
-    ok(
-        &kubectl(
-            kubeconfig,
-            &["delete", "pod", "iperf-w1", "iperf-w2", "--grace-period=1"],
-        ),
-        "delete iperf3 pods",
-    );
 }
 
 /// A forged underlay address is not programmed; w2 leaves the cluster (its kubelet stopped,
@@ -1692,7 +1536,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     kubelets_are_their_own_nodes(dir.path());
     overlay_agents_are_their_own_nodes(dir.path(), &kubeconfig);
     changed_host_key_is_refused(dir.path());
-    measure_throughput(&kubeconfig);
+    throughput::pod_to_pod_direct_routing("e2e-apply", &kubeconfig);
     a_removed_node_leaves_the_overlay(&kubeconfig);
 
     an_addon_turned_off_is_removed(dir.path(), &kubeconfig);
