@@ -146,24 +146,19 @@ pub fn pod_to_pod_direct_routing(cluster: &str, kubeconfig: &Path) {
         ),
         "iperf3 pods ready",
     );
-    let server_ip = ok(
-        &kubectl(
-            kubeconfig,
-            &["get", "pod", "iperf-w2", "-o", "jsonpath={.status.podIP}"],
-        ),
+    let get = |args: &[&str], what: &str| ok(&kubectl(kubeconfig, args), what);
+    let server_ip = get(
+        &["get", "pod", "iperf-w2", "-o", "jsonpath={.status.podIP}"],
         "server pod address",
     );
-    let w2_host = ok(
-        &kubectl(
-            kubeconfig,
-            &[
-                "get",
-                "node",
-                "w2",
-                "-o",
-                "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
-            ],
-        ),
+    let w2_host = get(
+        &[
+            "get",
+            "node",
+            "w2",
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ],
         "w2's address",
     );
     let netns = |host: &str| format!("strata-{cluster}-{host}");
@@ -202,11 +197,8 @@ pub fn pod_to_pod_direct_routing(cluster: &str, kubeconfig: &Path) {
     );
     // w1 and w2 share a subnet: direct routing sends w2's pod subnet through eth0, and the
     // VXLAN device carries none of the traffic.
-    let w2_cidr = ok(
-        &kubectl(
-            kubeconfig,
-            &["get", "node", "w2", "-o", "jsonpath={.spec.podCIDR}"],
-        ),
+    let w2_cidr = get(
+        &["get", "node", "w2", "-o", "jsonpath={.spec.podCIDR}"],
         "w2's podCIDR",
     );
     let route = ok(
