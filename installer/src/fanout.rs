@@ -146,11 +146,7 @@ pub struct Outcome {
 /// `host` as it appears in a URL or a listen address (`[v6]`); None when the Cluster file
 /// gives no address (the host cannot be a peer).
 fn url_host(h: &Host) -> Option<String> {
-    let a = h.address.as_ref()?;
-    Some(match a.ip() {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        _ => a.as_str().to_owned(),
-    })
+    h.address.as_ref().map(|a| a.for_url())
 }
 
 /// Whether `strata-fetch` passes a file at `path` on: plain names only (it refuses any other,

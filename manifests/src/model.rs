@@ -166,6 +166,13 @@ impl HostAddress {
     pub fn as_str(&self) -> &str {
         &self.0.0
     }
+    /// The address as it appears in a URL or a `host:port` pair (`[v6]`).
+    pub fn for_url(&self) -> String {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.as_str().to_owned(),
+        }
+    }
 }
 
 impl DnsLabel {

@@ -221,10 +221,7 @@ fn host_ip(h: &Host) -> Option<IpAddr> {
 /// `host` as it appears in a URL (`[v6]`).
 fn url_host(h: &Host) -> String {
     match h.address.as_ref() {
-        Some(a) => match a.ip() {
-            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => a.as_str().to_owned(),
-        },
+        Some(a) => a.for_url(),
         None => h.name.to_string(),
     }
 }
