@@ -25,6 +25,8 @@ pub struct HostFacts {
     pub time: i64,
     /// The MTU of the interface of the default route.
     pub mtu: u32,
+    /// Each address of the host with the MTU of its interface.
+    pub address_mtus: Vec<(String, u32)>,
     /// The executables listening on the ports asked about: (port, executable or `unknown`).
     pub listeners: Vec<(u16, String)>,
     /// Container runtimes running that Strata did not install: (pid, executable).
@@ -48,8 +50,14 @@ elif [ -d /sys/fs/cgroup ]; then echo "CGROUP v1"; else echo "CGROUP none"; fi
 echo "DISK_FREE_KIB $(df -Pk / | awk 'NR==2{print $4}')"
 echo "SWAPS $(tail -n +2 /proc/swaps | wc -l)"
 echo "TIME $(date +%s)"
+# MTUs from the kernel's netlink answer (`ip`): a container's /sys may show another network
+# namespace's interfaces.
+mtu_of() { m=$(ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* mtu \([0-9]*\) .*/\1/p'); echo "${m:-1500}"; }
 dev=$(ip -o route show default 2>/dev/null | awk '{print $5; exit}')
-echo "MTU $(cat /sys/class/net/${dev:-lo}/mtu 2>/dev/null || echo 1500)"
+echo "MTU $(mtu_of "${dev:-lo}")"
+ip -o addr show 2>/dev/null | while read -r _ ifname _ addr _; do
+  echo "ADDRESS_MTU ${addr%/*} $(mtu_of "${ifname%@*}")"
+done
 # listener PORT: the executable listening on TCP PORT, if any (from /proc: no ss needed).
 listener() {
   hex=$(printf ':%04X' "$1")
@@ -75,6 +83,21 @@ for p in /proc/[0-9]*; do
 done
 "#;
 
+impl HostFacts {
+    /// The MTU of the interface holding `address` (the default route's when the host has no
+    /// such address).
+    pub fn mtu_at(&self, address: Option<std::net::IpAddr>) -> u32 {
+        address
+            .and_then(|a| {
+                self.address_mtus
+                    .iter()
+                    .find(|(s, _)| s.parse() == Ok(a))
+                    .map(|(_, mtu)| *mtu)
+            })
+            .unwrap_or(self.mtu)
+    }
+}
+
 /// Reads the script's output.
 pub fn parse(out: &str) -> HostFacts {
     let mut f = HostFacts::default();
@@ -91,6 +114,13 @@ pub fn parse(out: &str) -> HostFacts {
             "SWAPS" => f.swaps = value.parse().unwrap_or(0),
             "TIME" => f.time = value.parse().unwrap_or(0),
             "MTU" => f.mtu = value.parse().unwrap_or(1500),
+            "ADDRESS_MTU" => {
+                if let Some((address, mtu)) = value.split_once(' ')
+                    && let Ok(mtu) = mtu.parse()
+                {
+                    f.address_mtus.push((address.into(), mtu));
+                }
+            }
             "LISTEN" => {
                 if let Some((port, exe)) = value.split_once(' ')
                     && let Ok(port) = port.parse()
@@ -202,6 +232,18 @@ mod tests {
         strata_manifests::load_str(&text, &ctx)
             .unwrap_or_else(|r| panic!("{r}"))
             .cluster
+    }
+
+    #[test]
+    fn mtu_at_an_address_is_its_interfaces() {
+        let f = parse(
+            "MTU 1400\nADDRESS_MTU 127.0.0.1 65536\nADDRESS_MTU 198.18.0.3 1500\nADDRESS_MTU fd00::3 9000\n",
+        );
+        assert_eq!(f.mtu_at("198.18.0.3".parse().ok()), 1500);
+        assert_eq!(f.mtu_at("fd00::3".parse().ok()), 9000);
+        // An address the host does not hold, or none: the default route's interface.
+        assert_eq!(f.mtu_at("198.18.0.9".parse().ok()), 1400);
+        assert_eq!(f.mtu_at(None), 1400);
     }
 
     fn healthy() -> HostFacts {

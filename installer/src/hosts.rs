@@ -73,7 +73,21 @@ where
 }
 
 /// Tries `f` every second until it succeeds or `limit` passes (then its last error).
-pub async fn retry<F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<()>
+pub async fn retry<F, Fut>(what: &str, limit: Duration, f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    retry_every(what, limit, Duration::from_secs(1), f).await
+}
+
+/// [`retry`], trying again `every` after a failure.
+pub async fn retry_every<F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -85,7 +99,7 @@ where
             Err(e) if start.elapsed() > limit => {
                 return Err(e.context(format!("{what}: not within {}s", limit.as_secs())));
             }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }

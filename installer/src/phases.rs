@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use futures::future::{BoxFuture, FutureExt, join_all};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Secret, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -15,13 +16,13 @@ use strata_manifests::plan::{
     Action, ActionKind, AppliedFile, CLUSTER, PhaseName, changed_components, file_actions,
     is_kept_when_unrendered, original_of,
 };
-use strata_manifests::pod_security;
+use strata_manifests::{addons, pod_security};
 use strata_platforms::ssh::{RemoteFile, quote};
 
 use crate::apply::Apply;
 use crate::assets::{Assets, IMAGE_DIR};
 use crate::engine::Phase;
-use crate::hosts::{HostConn, all, fail, retry};
+use crate::hosts::{HostConn, all, fail, retry, retry_every};
 
 /// Every phase of an apply, in order.
 pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
@@ -487,6 +488,18 @@ pub(crate) async fn start_units(
     phase: PhaseName,
     specs: &[&'static Spec],
 ) -> Result<()> {
+    start_units_reloaded(cx, h, phase, specs, false).await
+}
+
+/// [`start_units`]; `reloaded`: systemd has read the unit files since they were written
+/// (no `daemon-reload`).
+async fn start_units_reloaded(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    phase: PhaseName,
+    specs: &[&'static Spec],
+    reloaded: bool,
+) -> Result<()> {
     let units: Vec<&str> = specs.iter().flat_map(|s| s.started_units()).collect();
     if units.is_empty() {
         return Ok(());
@@ -499,7 +512,12 @@ pub(crate) async fn start_units(
         .unwrap_or_default();
     let restart = catalog::restarts(&pending, specs.iter().copied());
     let mut cmd = format!(
-        "systemctl daemon-reload && systemctl enable --quiet {}",
+        "{}systemctl enable --quiet {}",
+        if reloaded {
+            ""
+        } else {
+            "systemctl daemon-reload && "
+        },
         units.join(" ")
     );
     if !restart.is_empty() {
@@ -704,20 +722,126 @@ fn api_server_of(h: &HostConn) -> String {
     }
 }
 
-/// containerd, kubelet, kube-proxy and every node's own units; the asset images imported.
+/// Every node's pod subnet and CNI configuration; containerd, kubelet, kube-proxy and every
+/// node's own units; the asset images imported.
 async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
-    start_nodes(cx).await?;
+    let api: Api<Node> = Api::all(cx.client().await?);
+    {
+        let cx = &*cx;
+        // The kubelet last, once its pod subnet is configured and the images are there.
+        futures::try_join!(pod_subnets(cx, &api), start_nodes(cx, false))?;
+        start_nodes(cx, true).await?;
+    }
     restarted(cx, StartPhase::Nodes)
 }
 
-async fn start_nodes(cx: &Apply<'_>) -> Result<()> {
+/// Every host's Node and pod subnet before its kubelet starts: Strata creates the Nodes no
+/// kubelet has registered yet (a kubelet takes over the Node of its name), the controller
+/// manager gives each its podCIDR, and each host gets its CNI configuration. The kubelet
+/// then finds the pod network configured at its first check and reports Ready at once,
+/// instead of at its next runtime check (every 5 s) and status update after the overlay
+/// agent has written the configuration. The agent writes the same file
+/// ([`strata_overlay::cni::conflist`] with [`strata_overlay::plan::overlay_mtu`] of the
+/// node address's interface), so it finds it in place.
+async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
+    let phase = PhaseName::Nodes;
+    let minor = cx.cluster().spec.kubernetes.version.minor();
+    let subnets = || async {
+        let nodes = api
+            .list(&ListParams::default())
+            .await
+            .with_context(|| format!("phase {phase}: listing the nodes"))?;
+        anyhow::Ok(
+            nodes
+                .items
+                .into_iter()
+                .filter_map(|n| Some((n.metadata.name?, n.spec.and_then(|s| s.pod_cidr))))
+                .collect::<BTreeMap<String, Option<String>>>(),
+        )
+    };
+    let mut known = subnets().await?;
+    for h in cx.hosts.iter().filter(|h| !known.contains_key(h.name())) {
+        let node = pod_security::registered_node(&h.host, minor);
+        match api.create(&PostParams::default(), &node).await {
+            Ok(_) => cx
+                .reporter
+                .step(phase, h.name(), "Node created ahead of its kubelet"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("phase {phase}: creating node {}", h.name()));
+            }
+        }
+    }
+    if cx
+        .hosts
+        .iter()
+        .any(|h| !known.get(h.name()).is_some_and(Option::is_some))
+    {
+        wait_nodes(
+            api,
+            &node_names(cx),
+            &format!(
+                "phase {phase}: every node has a podCIDR (kube-controller-manager allocates them)"
+            ),
+            has_pod_cidr,
+        )
+        .await?;
+        known = subnets().await?;
+    }
+    let known = &known;
+    all(&cx.hosts, |h| async move {
+        let name = h.name();
+        let cidr = known
+            .get(name)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| fail(phase, name, "no podCIDR"))?;
+        let underlay = h.host.address.as_ref().and_then(|a| a.ip());
+        let mtu = strata_overlay::plan::overlay_mtu(
+            cx.facts.get(name).map_or(1500, |f| f.mtu_at(underlay)),
+        );
+        let conf = strata_overlay::cni::conflist(&cidr, mtu);
+        let path = format!(
+            "{}/{}",
+            strata_manifests::render::CNI_DIR,
+            strata_overlay::cni::FILE
+        );
+        let there = h
+            .sh(phase, &format!("cat {} 2>/dev/null || true", quote(&path)))
+            .await?;
+        if there.trim_end() != conf {
+            h.conn
+                .upload(&path, conf.as_bytes(), 0o644, "root:root")
+                .await
+                .map_err(|e| fail(phase, name, e))?;
+        }
+        cx.reporter
+            .step(phase, name, format!("pods on {cidr}, MTU {mtu}"));
+        Ok(())
+    })
+    .await
+}
+
+/// Every host's kubelet (`kubelet`), or its other node units with the kernel settings
+/// and the asset images imported.
+async fn start_nodes(cx: &Apply<'_>, kubelet: bool) -> Result<()> {
     let phase = PhaseName::Nodes;
     let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
     let imports = imports.as_str();
     all(&cx.hosts, |h| async move {
+        let units: Vec<&Spec> = cx
+            .components(&h.host, StartPhase::Nodes)
+            .into_iter()
+            .filter(|s| (s.component == Component::Kubelet) == kubelet)
+            .collect();
+        if kubelet {
+            // After the other node units, whose start reloaded systemd.
+            return start_units_reloaded(cx, h, phase, &units, true).await;
+        }
         h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
             .await?;
-        start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Nodes)).await?;
+        start_units(cx, h, phase, &units).await?;
         let out = h.sh(phase, imports).await?;
         for line in out.lines() {
             cx.reporter.step(phase, h.name(), line);
@@ -924,7 +1048,8 @@ async fn wait_nodes(
     what: &str,
     ok: fn(&Node) -> bool,
 ) -> Result<()> {
-    retry(what, Duration::from_secs(180), || async move {
+    let every = Duration::from_millis(250);
+    retry_every(what, Duration::from_secs(180), every, || async move {
         let list = api.list(&ListParams::default()).await?;
         let waiting: Vec<&String> = want
             .iter()
@@ -948,8 +1073,9 @@ fn node_names(cx: &Apply<'_>) -> BTreeSet<String> {
     cx.hosts.iter().map(|h| h.name().to_owned()).collect()
 }
 
-/// Every node registers and gets its podCIDR; control-plane nodes get their role label
-/// through the API (NodeRestriction forbids the kubelet to set it); each node's pod network.
+/// Every node registered with its podCIDR (see [`pod_subnets`]); control-plane nodes get
+/// their role label through the API (NodeRestriction forbids the kubelet to set it) and
+/// their taints.
 async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::PodNetwork;
     let client = cx.client().await?;
@@ -981,49 +1107,7 @@ async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
         let user: Vec<&str> = h.host.taints.iter().map(|t| t.key.as_str()).collect();
         set_control_plane_taints(&api, h.name(), &want, &user).await?;
     }
-    let overlay = Component::Overlay.enabled(cx.cluster());
-    let cx = &*cx;
-    all(&cx.hosts, |h| {
-        let api = api.clone();
-        async move {
-            let name = h.name();
-            let node = api
-                .get(name)
-                .await
-                .with_context(|| format!("phase {phase}: reading node {name}"))?;
-            let cidr = node
-                .spec
-                .and_then(|s| s.pod_cidr)
-                .ok_or_else(|| fail(phase, name, "no podCIDR"))?;
-            if overlay {
-                cx.reporter.step(
-                    phase,
-                    name,
-                    format!("pods on {cidr} (the overlay agent writes the CNI configuration)"),
-                );
-                return Ok(());
-            }
-            let mtu = cx
-                .facts
-                .get(name)
-                .map_or(1500, |f| f.mtu)
-                .saturating_sub(50);
-            let conf = strata_overlay::cni::conflist(&cidr, mtu);
-            let path = format!(
-                "{}/{}",
-                strata_manifests::render::CNI_DIR,
-                strata_overlay::cni::FILE
-            );
-            h.conn
-                .upload(&path, conf.as_bytes(), 0o644, "root:root")
-                .await
-                .map_err(|e| fail(phase, name, e))?;
-            cx.reporter
-                .step(phase, name, format!("pods on {cidr}, MTU {mtu}"));
-            Ok(())
-        }
-    })
-    .await
+    Ok(())
 }
 
 /// Gives node `name` exactly the control-plane taints `want` (NoSchedule) among the keys
@@ -1120,6 +1204,47 @@ async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
     .await?;
     for name in &names {
         cx.reporter.step(phase, name, "Ready");
+    }
+    // A node is Ready once its CNI configuration is in place (written before its kubelet
+    // started); its pods reach the other nodes once its overlay agent runs.
+    if Component::Overlay.enabled(cx.cluster()) {
+        let api: Api<DaemonSet> = Api::namespaced(cx.client().await?, addons::NAMESPACE);
+        let name = addons::OVERLAY_DAEMONSET;
+        let every = Duration::from_millis(250);
+        retry_every(
+            &format!(
+                "phase {phase}: the overlay agent running on every node (DaemonSet {}/{name})",
+                addons::NAMESPACE
+            ),
+            Duration::from_secs(180),
+            every,
+            || {
+                let api = api.clone();
+                async move {
+                    let ds = api.get(name).await?;
+                    let s = ds.status.unwrap_or_default();
+                    let current = s.observed_generation.is_some()
+                        && s.observed_generation == ds.metadata.generation;
+                    let updated = s.updated_number_scheduled.unwrap_or(0);
+                    if current
+                        && s.desired_number_scheduled > 0
+                        && s.number_ready == s.desired_number_scheduled
+                        && updated == s.desired_number_scheduled
+                    {
+                        Ok(())
+                    } else {
+                        bail!(
+                            "{} of {} agents ready ({updated} updated)",
+                            s.number_ready,
+                            s.desired_number_scheduled
+                        )
+                    }
+                }
+            },
+        )
+        .await?;
+        cx.reporter
+            .step(phase, "overlay", "an agent running on every node");
     }
     Ok(())
 }

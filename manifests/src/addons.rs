@@ -297,6 +297,9 @@ pub fn dns(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
 /// `strata:overlay:<node>` certificate).
 pub const OVERLAY_DIR: &str = "/etc/strata/overlay";
 
+/// The overlay agents' DaemonSet (in [`NAMESPACE`]).
+pub const OVERLAY_DAEMONSET: &str = "strata-overlay";
+
 /// The overlay's objects (none when `spec.addons.overlay.enabled` is false): the OverlayNode
 /// CRD and one OverlayNode per host (empty: its agent publishes into it), read access for
 /// every agent, per node the right to write only that node's OverlayNode, and the DaemonSet.
@@ -305,7 +308,7 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
     if !c.spec.addons.overlay.enabled {
         return Ok(Vec::new());
     }
-    let name = "strata-overlay";
+    let name = OVERLAY_DAEMONSET;
     let g = "overlay.strata.dev";
     let labels: BTreeMap<String, String> = [("app.kubernetes.io/name".into(), name.into())].into();
     let (crd_name, crd) = strata_overlay_api::crd();

@@ -15,10 +15,13 @@
 //! - From 1.25, Pod Security admission ([`admission_configuration`]): `baseline` enforced,
 //!   `restricted` warned and audited, the two system namespaces exempt.
 
-use k8s_openapi::api::core::v1::Toleration;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint, Toleration};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
@@ -66,6 +69,50 @@ pub fn taints_of(h: &Host, minor: u32) -> Vec<&'static str> {
     } else {
         Vec::new()
     }
+}
+
+/// The Node host `h`'s kubelet registers (its `--node-labels` and `--register-with-taints`):
+/// the host's labels, the control-plane taints ([`taints_of`]) and the host's own taints.
+/// `apply` creates it ahead of a kubelet that has not registered yet, and a kubelet keeps
+/// the labels and taints of a Node that exists, so both must say the same.
+pub fn registered_node(h: &Host, minor: u32) -> Node {
+    let taints: Vec<Taint> = taints_of(h, minor)
+        .into_iter()
+        .map(|key| Taint {
+            key: key.to_owned(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        })
+        .chain(h.taints.iter().map(|t| Taint {
+            key: t.key.clone(),
+            value: (!t.value.is_empty()).then(|| t.value.clone()),
+            effect: format!("{:?}", t.effect),
+            ..Taint::default()
+        }))
+        .collect();
+    Node {
+        metadata: ObjectMeta {
+            name: Some(h.name.to_string()),
+            labels: (!h.labels.is_empty()).then(|| h.labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            taints: (!taints.is_empty()).then_some(taints),
+            ..NodeSpec::default()
+        }),
+        // Room for no pod until the kubelet reports its own. Not empty: a kubelet (1.20)
+        // taking over a Node without capacity panics (it adds its huge page sizes to the
+        // Node's capacity map, which an empty map read back from the API server is not).
+        status: Some(NodeStatus {
+            capacity: Some(no_pods()),
+            allocatable: Some(no_pods()),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn no_pods() -> BTreeMap<String, Quantity> {
+    [("pods".to_owned(), Quantity("0".into()))].into()
 }
 
 /// Tolerations of every control-plane taint key, for the pods that must run there.

@@ -214,6 +214,12 @@ impl Ctx<'_> {
     }
 }
 
+/// How often the controller manager and the scheduler try for their leader lease (default
+/// 2 s). Both start with the API server, whose RBAC roles come a moment after it serves: the
+/// first try is refused, and the default period made every new cluster wait up to 2 s more
+/// for its controllers (node pod subnets) and scheduling. A standby asks once a second.
+const LEADER_ELECT_RETRY: &str = "1s";
+
 fn host_ip(h: &Host) -> Option<IpAddr> {
     h.address.as_ref().and_then(|a| a.ip())
 }
@@ -642,6 +648,8 @@ fn controller_manager_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), Rende
         flag("terminated-pod-gc-threshold", 1000),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
         flag("leader-elect", true),
+        // See LEADER_ELECT_RETRY.
+        flag("leader-elect-retry-period", LEADER_ELECT_RETRY),
         flag("allocate-node-cidrs", true),
         flag("cluster-cidr", net.pod_cidr.net()),
         flag(
@@ -710,6 +718,7 @@ fn scheduler_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), RenderError> {
         flag("authorization-kubeconfig", &sc),
         flag("bind-address", "127.0.0.1"),
         flag("leader-elect", true),
+        flag("leader-elect-retry-period", LEADER_ELECT_RETRY),
         flag("profiling", false),
     ]);
     if versions::uses(Item::InsecurePortZero, ctx.minor) {

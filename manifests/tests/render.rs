@@ -357,6 +357,62 @@ fn pod_security_follows_the_version_table() {
     }
 }
 
+/// The Node `apply` creates ahead of a kubelet carries the labels and taints that kubelet's
+/// flags register (a kubelet keeps those of a Node that exists).
+#[test]
+fn the_node_created_ahead_says_what_the_kubelet_registers() {
+    for minor in strata_manifests::versions::SUPPORTED_MINORS {
+        let text = THREE_HOSTS.replace("1.20.2", &format!("1.{minor}.0"));
+        let f = fixture(&text);
+        for h in &f.cluster.spec.hosts {
+            let kubelet = file(
+                &f.rendered,
+                h.name.as_str(),
+                "/etc/systemd/system/kubelet.service",
+            );
+            let flag = |name: &str| {
+                kubelet
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(&format!("--{name}=")))
+                    .unwrap_or_default()
+                    .trim_end_matches(" \\")
+                    .to_owned()
+            };
+            let node = strata_manifests::pod_security::registered_node(h, minor);
+            assert_eq!(node.metadata.name.as_deref(), Some(h.name.as_str()));
+            let labels: Vec<String> = node
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            assert_eq!(
+                labels.join(","),
+                flag("node-labels"),
+                "1.{minor} {}",
+                h.name
+            );
+            let taints: Vec<String> = node
+                .spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| match &t.value {
+                    Some(v) => format!("{}={v}:{}", t.key, t.effect),
+                    None => format!("{}:{}", t.key, t.effect),
+                })
+                .collect();
+            assert_eq!(
+                taints.join(","),
+                flag("register-with-taints"),
+                "1.{minor} {}",
+                h.name
+            );
+        }
+    }
+}
+
 /// Cluster DNS per release: endpoints from EndpointSlices (argument and RBAC) from 1.21,
 /// core/v1 Endpoints before, never both; its PodDisruptionBudget as policy/v1 from 1.21.
 #[test]

@@ -177,7 +177,9 @@ pub async fn run(node: &str, opts: &Options<'_>) -> Result<()> {
         let cidr = me.spec.as_ref().and_then(|s| s.pod_cidr.clone());
         match (cidr, internal_ip(&me)) {
             (Some(c), Some(ip)) => break (c, ip),
-            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+            // Usually there already (apply creates the Node with its subnet before the
+            // kubelet starts, and the kubelet posts its addresses when it registers).
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     };
     let pod_cidr: ipnet::Ipv4Net = pod_cidr

@@ -602,11 +602,14 @@ impl Connection {
         }
         let list: Vec<String> = paths.iter().map(|p| quote(p)).collect();
         // The stamp is taken before the hash: a write during the hash gives a stamp that
-        // will not match next time.
+        // will not match next time. OpenSSL when the host has it (it uses the CPU's SHA
+        // instructions: about 4 times coreutils' speed), else coreutils.
         let out = self
             .exec(&format!(
-                "for f in {}; do [ -f \"$f\" ] && s=\"$(stat -c '{STAT_FORMAT}' -- \"$f\")\" && \
-                 printf '%s %s\\n' \"$s\" \"$(sha256sum -- \"$f\" | cut -d' ' -f1) $f\"; done; true",
+                "if command -v openssl >/dev/null 2>&1; then sum() {{ openssl dgst -sha256 -r \"$1\"; }}; \
+                 else sum() {{ sha256sum -- \"$1\"; }}; fi; \
+                 for f in {}; do [ -f \"$f\" ] && s=\"$(stat -c '{STAT_FORMAT}' -- \"$f\")\" && \
+                 printf '%s %s\\n' \"$s\" \"$(sum \"$f\" | cut -d' ' -f1) $f\"; done; true",
                 list.join(" ")
             ))
             .await?;
