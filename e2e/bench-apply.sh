@@ -12,7 +12,8 @@
 # - pod to pod against host to host with iperf3 on the three-host cluster (w1 and w2 share a
 #   subnet: direct routing), and the overlay's datapath without Kubernetes (`overlay_netns`)
 #   in the same run, through direct routing (the veth-and-bridge path alone) and through the
-#   VXLAN tunnel.
+#   VXLAN tunnel;
+# - Strata against kubeadm on three hosts (e2e/bench-kubeadm.sh; STRATA_BENCH_KUBEADM=0 skips).
 # Targets (the speed issue): three hosts Ready in 30 s, the no-op re-run under 3 s, each
 # asset byte sent from this computer at most twice. Local
 # machines share this computer's cores: times measure the machine as much as the design.
@@ -129,3 +130,9 @@ STRATA_OVERLAY_BIN="$CARGO_TARGET_DIR/release/strata-overlay" \
   cargo test --locked -q -p strata-e2e --test overlay_netns datapath -- \
   --test-threads=1 --nocapture 2>&1 | grep -E 'medians' || {
   echo "bench-apply: the overlay datapath measurement failed" >&2; exit 1; }
+
+# Side by side with kubeadm on three hosts (its own machines, after these are gone).
+if [ "${STRATA_BENCH_KUBEADM:-1}" != 0 ]; then
+  echo "== side by side with kubeadm (three hosts from booted machines, binaries pre-placed)"
+  bash e2e/bench-kubeadm.sh
+fi

@@ -162,6 +162,12 @@ fn a_removed_node_leaves_the_overlay(kubeconfig: &Path) {
         logs.contains(&format!("not programming peer w2: its published underlay address {forged} is none of its Node's addresses")),
         "{logs}"
     );
+    // apply wrote each node's CNI configuration before its kubelet started; the agents, which
+    // write the same file, found it in place (the same subnet and MTU).
+    assert!(
+        !logs.contains("wrote /etc/cni/net.d/"),
+        "an overlay agent rewrote the CNI configuration apply wrote: {logs}"
+    );
     on("w2", "pkill -CONT -f '^/strata-overlay run'");
     wait_for("w2 a peer of w1 again", Duration::from_secs(30), || {
         let now = entries();

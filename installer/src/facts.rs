@@ -51,13 +51,16 @@ echo "DISK_FREE_KIB $(df -Pk / | awk 'NR==2{print $4}')"
 echo "SWAPS $(tail -n +2 /proc/swaps | wc -l)"
 echo "TIME $(date +%s)"
 # MTUs from the kernel's netlink answer (`ip`): a container's /sys may show another network
-# namespace's interfaces.
-mtu_of() { m=$(ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* mtu \([0-9]*\) .*/\1/p'); echo "${m:-1500}"; }
+# namespace's interfaces. LINKS: "NAME MTU" lines.
+LINKS=$(ip -o link show 2>/dev/null | awk '{ n = $2; sub(/:$/, "", n); sub(/@.*/, "", n)
+  for (i = 3; i < NF; i++) if ($i == "mtu") { print n, $(i + 1); break } }')
+export LINKS
 dev=$(ip -o route show default 2>/dev/null | awk '{print $5; exit}')
-echo "MTU $(mtu_of "${dev:-lo}")"
-ip -o addr show 2>/dev/null | while read -r _ ifname _ addr _; do
-  echo "ADDRESS_MTU ${addr%/*} $(mtu_of "${ifname%@*}")"
-done
+echo "MTU $(echo "$LINKS" | awk -v d="${dev:-lo}" '$1 == d { m = $2 } END { print m ? m : 1500 }')"
+ip -o addr show 2>/dev/null | awk 'BEGIN { n = split(ENVIRON["LINKS"], l, "\n")
+    for (i = 1; i <= n; i++) { split(l[i], f, " "); mtu[f[1]] = f[2] } }
+  { a = $4; sub(/\/.*/, "", a); d = $2; sub(/@.*/, "", d)
+    print "ADDRESS_MTU", a, (d in mtu) ? mtu[d] : 1500 }'
 # listener PORT: the executable listening on TCP PORT, if any (from /proc: no ss needed).
 listener() {
   hex=$(printf ':%04X' "$1")
