@@ -3,8 +3,8 @@
 //! run can simply be run again.
 //!
 //! prepare (PKI, render, assets; nothing touches a host) -> connect -> facts -> preflight ->
-//! upload -> etcd -> control-plane -> nodes -> addons -> pod-network -> wait-ready ->
-//! kubeconfig
+//! upload -> etcd -> control-plane -> runtime -> addons -> nodes -> pod-network -> wait-ready
+//! -> kubeconfig
 //!
 //! What apply changes is exactly what `strata plan` lists: both compare the desired state
 //! ([`desired`]) with what was applied; apply reports each change as an action event.
@@ -42,7 +42,7 @@ pub struct Apply<'r> {
     /// The hosts, connected (connect phase).
     pub hosts: Vec<HostConn>,
     pub facts: BTreeMap<String, HostFacts>,
-    /// The admin client (control-plane phase).
+    /// The admin client, once the API server answered (see [`Apply::client`]).
     pub client: Option<kube::Client>,
 }
 
@@ -55,12 +55,25 @@ impl Apply<'_> {
         self.state.save(&self.state_file).map_err(Into::into)
     }
 
-    /// The admin API client (made once).
-    pub async fn client(&mut self) -> Result<kube::Client> {
+    /// The admin API client, made once per run, the first time (in `phase`) only after the
+    /// API server answers `/readyz`: the control-plane phase starts the API servers without
+    /// waiting for them (the runtime phase's work overlaps their start).
+    pub async fn client(&mut self, phase: PhaseName) -> Result<kube::Client> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
         let c = crate::hosts::install_client(&self.cs).await?;
+        crate::phases::wait_readyz(
+            &c,
+            &format!("phase {phase}: API server ready (/readyz)"),
+            std::time::Duration::from_secs(180),
+        )
+        .await?;
+        self.reporter.step(
+            phase,
+            "api",
+            format!("API ready at https://{}", self.cs.inputs.api_endpoint),
+        );
         self.client = Some(c.clone());
         Ok(c)
     }

@@ -86,12 +86,24 @@ async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
 /// The etcd phase: the cluster formed or changed to the file's members, and its id kept in
 /// the state (apply never forms a new cluster in place of one it has seen).
 pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
-    let Some(id) = converge(cx).await? else {
+    let Some(Converged { id, formed }) = converge(cx).await? else {
         return Ok(());
     };
     check_same(&cx.state.etcd_cluster, &id)?;
     cx.state.etcd_cluster = id;
+    if formed {
+        // An empty store: every Secret the API servers write is encrypted with the current
+        // key (uploaded before), so the addons phase has none to rewrite.
+        cx.state.secrets_key = cx.want.secrets_key.clone();
+    }
     Ok(())
+}
+
+/// The etcd cluster the members form.
+struct Converged {
+    id: String,
+    /// Formed empty by this run.
+    formed: bool,
 }
 
 /// The members answer as the cluster recorded (or none was).
@@ -135,7 +147,7 @@ fn no_quorum() -> anyhow::Error {
 }
 
 /// Forms or changes the cluster; its id (none without etcd hosts).
-async fn converge(cx: &Apply<'_>) -> Result<Option<String>> {
+async fn converge(cx: &Apply<'_>) -> Result<Option<Converged>> {
     let members: Vec<&HostConn> = cx
         .hosts
         .iter()
@@ -166,7 +178,7 @@ async fn converge(cx: &Apply<'_>) -> Result<Option<String>> {
         form(cx, &members).await?;
         return cluster_and_members(members[0])
             .await
-            .map(|(id, _)| Some(id));
+            .map(|(id, _)| Some(Converged { id, formed: true }));
     }
     let holders: Vec<&HostConn> = members
         .iter()
@@ -184,7 +196,7 @@ async fn converge(cx: &Apply<'_>) -> Result<Option<String>> {
         finish_forming(cx, &members, &holders).await?;
         return cluster_and_members(members[0])
             .await
-            .map(|(id, _)| Some(id));
+            .map(|(id, _)| Some(Converged { id, formed: false }));
     };
     check_same(known, &id)?;
     // Only voting members with data are restarted and waited for: learners and hosts with
@@ -215,7 +227,7 @@ async fn converge(cx: &Apply<'_>) -> Result<Option<String>> {
             ),
         );
     }
-    Ok(Some(id))
+    Ok(Some(Converged { id, formed: false }))
 }
 
 /// A new cluster: every member at once (a quorum is needed to start).

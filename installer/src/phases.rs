@@ -17,7 +17,7 @@ use strata_manifests::plan::{
     is_kept_when_unrendered, original_of,
 };
 use strata_manifests::{addons, pod_security};
-use strata_platforms::ssh::{RemoteFile, quote};
+use strata_platforms::ssh::{FileUpload, RemoteFile, quote};
 
 use crate::apply::Apply;
 use crate::assets::{Assets, IMAGE_DIR};
@@ -33,8 +33,9 @@ pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
         &Upload_,
         &Etcd,
         &ControlPlane,
-        &Nodes,
+        &Runtime,
         &Addons,
+        &Nodes,
         &PodNetwork,
         &WaitReady,
         &Kubeconfig,
@@ -63,6 +64,7 @@ struct Preflight;
 struct Upload_;
 struct Etcd;
 struct ControlPlane;
+struct Runtime;
 struct Nodes;
 struct Addons;
 struct PodNetwork;
@@ -75,6 +77,7 @@ phase!(Preflight, PhaseName::Preflight, preflight);
 phase!(Upload_, PhaseName::Upload, upload);
 phase!(Etcd, PhaseName::Etcd, etcd);
 phase!(ControlPlane, PhaseName::ControlPlane, control_plane);
+phase!(Runtime, PhaseName::Runtime, runtime);
 phase!(Nodes, PhaseName::Nodes, nodes);
 phase!(Addons, PhaseName::Addons, addons);
 phase!(PodNetwork, PhaseName::PodNetwork, pod_network);
@@ -359,20 +362,28 @@ async fn upload_host(
     let mut written_paths: Vec<&str> = Vec::new();
     let mut actions = file_actions(name, want, had);
     let mut written = 0;
+    // The rendered files, small, in one command; assets the fan-out did not write one by one.
+    let mut rendered = Vec::new();
     for (path, w) in want {
         let there = have.get(path);
         if !needs_write(w, there) {
             continue;
         }
         if !fetched.contains(path) {
-            let content = match tree.and_then(|t| t.files.get(path)) {
-                Some(f) => f.content.clone(),
-                None => cx.assets.read(path).map_err(|e| fail(phase, name, e))?,
-            };
-            h.conn
-                .upload_known(path, &content, w.mode, "root:root", there)
-                .await
-                .map_err(|e| fail(phase, name, e))?;
+            match tree.and_then(|t| t.files.get(path)) {
+                Some(f) => rendered.push(FileUpload {
+                    path,
+                    content: &f.content,
+                    mode: w.mode,
+                }),
+                None => {
+                    let content = cx.assets.read(path).map_err(|e| fail(phase, name, e))?;
+                    h.conn
+                        .upload_known(path, &content, w.mode, "root:root", there)
+                        .await
+                        .map_err(|e| fail(phase, name, e))?;
+                }
+            }
         }
         written += 1;
         written_paths.push(path);
@@ -386,6 +397,10 @@ async fn upload_host(
             actions.push(action(ActionKind::Update, name, path));
         }
     }
+    h.conn
+        .upload_all(&rendered, "root:root")
+        .await
+        .map_err(|e| fail(phase, name, e))?;
     // Files Strata wrote last time that are no longer rendered (a role or addon removed, a
     // file renamed by a newer release): stop their units and delete them.
     for a in actions.iter().filter(|a| a.kind == ActionKind::Remove) {
@@ -481,24 +496,14 @@ async fn check_containerd_2(h: &HostConn) -> Result<()> {
 }
 
 /// Enables and starts the units of `specs` on a host (without waiting), restarting those
-/// of components with a pending restart (their files changed).
+/// of components with a pending restart (their files changed). systemd reads the unit files
+/// again only when it says a unit changed on disk or was not found (a reload costs about as
+/// much as everything else here; `enable` alone would do one too).
 pub(crate) async fn start_units(
     cx: &Apply<'_>,
     h: &HostConn,
     phase: PhaseName,
     specs: &[&'static Spec],
-) -> Result<()> {
-    start_units_reloaded(cx, h, phase, specs, false).await
-}
-
-/// [`start_units`]; `reloaded`: systemd has read the unit files since they were written
-/// (no `daemon-reload`).
-async fn start_units_reloaded(
-    cx: &Apply<'_>,
-    h: &HostConn,
-    phase: PhaseName,
-    specs: &[&'static Spec],
-    reloaded: bool,
 ) -> Result<()> {
     let units: Vec<&str> = specs.iter().flat_map(|s| s.started_units()).collect();
     if units.is_empty() {
@@ -511,14 +516,11 @@ async fn start_units_reloaded(
         .cloned()
         .unwrap_or_default();
     let restart = catalog::restarts(&pending, specs.iter().copied());
+    let list = units.join(" ");
     let mut cmd = format!(
-        "{}systemctl enable --quiet {}",
-        if reloaded {
-            ""
-        } else {
-            "systemctl daemon-reload && "
-        },
-        units.join(" ")
+        "systemctl enable --quiet --no-reload {list} && \
+         if systemctl show -p LoadState -p NeedDaemonReload {list} \
+         | grep -qxE 'LoadState=not-found|NeedDaemonReload=yes'; then systemctl daemon-reload; fi"
     );
     if !restart.is_empty() {
         cmd.push_str(&format!(
@@ -526,10 +528,7 @@ async fn start_units_reloaded(
             restart.join(" ")
         ));
     }
-    cmd.push_str(&format!(
-        " && systemctl start --no-block {}",
-        units.join(" ")
-    ));
+    cmd.push_str(&format!(" && systemctl start --no-block {list}"));
     h.sh(phase, &cmd).await?;
     for u in &restart {
         cx.reporter
@@ -548,15 +547,17 @@ async fn start_units_reloaded(
     Ok(())
 }
 
-/// The pending restarts of `phase`'s components are done on every host: recorded.
-fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
+/// The pending restarts of `phase`'s components (those `which` selects) are done on every
+/// host: recorded.
+fn restarted(cx: &mut Apply<'_>, phase: StartPhase, which: fn(&Spec) -> bool) -> Result<()> {
     let done: Vec<(String, BTreeSet<Component>)> = cx
         .hosts
         .iter()
         .map(|h| {
             let started = cx
                 .components(&h.host, phase)
-                .iter()
+                .into_iter()
+                .filter(|s| which(s))
                 .map(|s| s.component)
                 .collect();
             (h.name().to_owned(), started)
@@ -578,32 +579,19 @@ fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
 /// time (see [`crate::etcd`]).
 async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
     crate::membership::run(cx).await?;
-    restarted(cx, StartPhase::Etcd)
+    restarted(cx, StartPhase::Etcd, |_| true)
 }
 
-/// The API server, controller manager and scheduler on every control-plane host; done when
-/// the API answers `/readyz`.
+/// The API server, controller manager and scheduler on every control-plane host: started,
+/// not waited for (the first phase that needs the API waits, see [`Apply::client`]), except
+/// where running API servers restart one at a time.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
-    let phase = PhaseName::ControlPlane;
     rolling_control_plane(cx).await?;
-    restarted(cx, StartPhase::ControlPlane)?;
-    let client = cx.client().await?;
-    wait_readyz(
-        &client,
-        &format!("phase {phase}: API server ready (/readyz)"),
-        Duration::from_secs(180),
-    )
-    .await?;
-    cx.reporter.step(
-        phase,
-        "api",
-        format!("ready at https://{}", cx.cs.inputs.api_endpoint),
-    );
-    Ok(())
+    restarted(cx, StartPhase::ControlPlane, |_| true)
 }
 
 /// Waits until the API server `client` talks to answers `/readyz` with `ok`.
-async fn wait_readyz(client: &kube::Client, what: &str, limit: Duration) -> Result<()> {
+pub(crate) async fn wait_readyz(client: &kube::Client, what: &str, limit: Duration) -> Result<()> {
     retry(what, limit, || {
         let c = client.clone();
         async move {
@@ -722,27 +710,34 @@ fn api_server_of(h: &HostConn) -> String {
     }
 }
 
-/// Every node's pod subnet and CNI configuration; containerd, kubelet, kube-proxy and every
-/// node's own units; the asset images imported.
+/// Every node's kernel settings, containerd, kube-proxy and other node units but the kubelet,
+/// and the asset images imported: nothing here needs the API, so it overlaps the start of
+/// the API servers.
+async fn runtime(cx: &mut Apply<'_>) -> Result<()> {
+    start_nodes(cx, PhaseName::Runtime, false).await?;
+    restarted(cx, StartPhase::Nodes, |s| s.component != Component::Kubelet)
+}
+
+/// Every node's Node and pod subnet and CNI configuration, then its kubelet (which finds
+/// them, and the images, in place).
 async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
-    let api: Api<Node> = Api::all(cx.client().await?);
-    {
-        let cx = &*cx;
-        // The kubelet last, once its pod subnet is configured and the images are there.
-        futures::try_join!(pod_subnets(cx, &api), start_nodes(cx, false))?;
-        start_nodes(cx, true).await?;
-    }
-    restarted(cx, StartPhase::Nodes)
+    let api: Api<Node> = Api::all(cx.client(PhaseName::Nodes).await?);
+    pod_subnets(cx, &api).await?;
+    start_nodes(cx, PhaseName::Nodes, true).await?;
+    restarted(cx, StartPhase::Nodes, |_| true)
 }
 
 /// Every host's Node and pod subnet before its kubelet starts: Strata creates the Nodes no
-/// kubelet has registered yet (a kubelet takes over the Node of its name), the controller
-/// manager gives each its podCIDR, and each host gets its CNI configuration. The kubelet
-/// then finds the pod network configured at its first check and reports Ready at once,
-/// instead of at its next runtime check (every 5 s) and status update after the overlay
-/// agent has written the configuration. The agent writes the same file
-/// ([`strata_overlay::cni::conflist`] with [`strata_overlay::plan::overlay_mtu`] of the
-/// node address's interface), so it finds it in place.
+/// kubelet has registered yet (a kubelet takes over the Node of its name), each with a free
+/// subnet of the pod CIDR (see [`strata_manifests::pod_subnets`]), and writes each host's
+/// CNI configuration. The kubelet then finds the pod network configured at its first check
+/// and reports Ready at once, instead of at its next runtime check (every 5 s) and status
+/// update after the overlay agent has written the configuration; nor does a first install
+/// wait for the controller manager's leader lease and IPAM start. The agent writes the same
+/// file ([`strata_overlay::cni::conflist`] with [`strata_overlay::plan::overlay_mtu`] of the
+/// node address's interface), so it finds it in place. A Node registered without a subnet
+/// (by its kubelet, before Strata created it) gets one from the controller manager: waited
+/// for.
 async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
     let phase = PhaseName::Nodes;
     let minor = cx.cluster().spec.kubernetes.version.minor();
@@ -760,12 +755,36 @@ async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
         )
     };
     let mut known = subnets().await?;
-    for h in cx.hosts.iter().filter(|h| !known.contains_key(h.name())) {
-        let node = pod_security::registered_node(&h.host, minor);
+    let missing: Vec<&HostConn> = cx
+        .hosts
+        .iter()
+        .filter(|h| !known.contains_key(h.name()))
+        .collect();
+    let pod = cx.cluster().spec.network.pod_cidr.net();
+    let used: Vec<ipnet::IpNet> = known
+        .values()
+        .flatten()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let given =
+        strata_manifests::pod_subnets::allocate(pod, &used, missing.len()).map_err(|e| {
+            anyhow::anyhow!(
+                "phase {phase}: {e}; remove Nodes that are gone (kubectl delete node NAME) or \
+                 install the cluster with a larger spec.network.podCIDR"
+            )
+        })?;
+    for (h, cidr) in missing.into_iter().zip(given) {
+        let mut node = pod_security::registered_node(&h.host, minor);
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.pod_cidr = Some(cidr.to_string());
+        spec.pod_cidrs = Some(vec![cidr.to_string()]);
         match api.create(&PostParams::default(), &node).await {
-            Ok(_) => cx
-                .reporter
-                .step(phase, h.name(), "Node created ahead of its kubelet"),
+            Ok(_) => {
+                known.insert(h.name().to_owned(), Some(cidr.to_string()));
+                cx.reporter
+                    .step(phase, h.name(), "Node created ahead of its kubelet");
+            }
+            // Registered meanwhile by its kubelet: the controller manager gives its subnet.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => {
                 return Err(e)
@@ -825,8 +844,7 @@ async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
 
 /// Every host's kubelet (`kubelet`), or its other node units with the kernel settings
 /// and the asset images imported.
-async fn start_nodes(cx: &Apply<'_>, kubelet: bool) -> Result<()> {
-    let phase = PhaseName::Nodes;
+async fn start_nodes(cx: &Apply<'_>, phase: PhaseName, kubelet: bool) -> Result<()> {
     let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
     let imports = imports.as_str();
     all(&cx.hosts, |h| async move {
@@ -836,8 +854,7 @@ async fn start_nodes(cx: &Apply<'_>, kubelet: bool) -> Result<()> {
             .filter(|s| (s.component == Component::Kubelet) == kubelet)
             .collect();
         if kubelet {
-            // After the other node units, whose start reloaded systemd.
-            return start_units_reloaded(cx, h, phase, &units, true).await;
+            return start_units(cx, h, phase, &units).await;
         }
         h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
             .await?;
@@ -855,43 +872,61 @@ async fn start_nodes(cx: &Apply<'_>, kubelet: bool) -> Result<()> {
 /// only when containerd does not already hold that reference at that digest, and names the
 /// sandbox image as the release's kubelet and containerd expect it (`sandbox`). Archives of
 /// Strata's images the cluster no longer takes from the assets are removed from the host.
+/// `ctr` runs as few times as it can (each run costs a process start): one listing before,
+/// one import per missing image, one listing after imports to check them.
 fn import_script(assets: &Assets, sandbox: &str) -> String {
     let mut s = format!(
         r#"set -eu
 ctr="{bin}/ctr -n k8s.io"
 i=0
-until $ctr version >/dev/null 2>&1; do
-  i=$((i + 1)); [ $i -lt 120 ] || {{ echo "containerd does not answer on its socket" >&2; exit 1; }}
-  sleep 0.5
+until listed=$($ctr images ls 2>/dev/null); do
+  i=$((i + 1)); [ $i -lt 600 ] || {{ echo "containerd does not answer on its socket" >&2; exit 1; }}
+  sleep 0.1
 done
-digest_of() {{ $ctr images ls "name==$1" | awk -v r="$1" '$1 == r {{ print $3 }}'; }}
-import() {{ # FILE REF DIGEST [ALIAS]
-  if [ "$(digest_of "$2")" != "$3" ]; then
+refs() {{ printf '%s\n' "$listed" | awk 'NR > 1 {{ print $1 " " $3 }}'; }}
+has() {{ refs | grep -qxF "$1 $2"; }}
+imported=0
+import() {{ # FILE REF DIGEST
+  if ! has "$2" "$3"; then
     $ctr images import "$1" >/dev/null
-    [ "$(digest_of "$2")" = "$3" ] || {{ echo "$1 did not import as $2@$3" >&2; exit 1; }}
     echo "imported $2"
+    imported=1
   fi
-  if [ -n "${{4:-}}" ] && [ "$(digest_of "$4")" != "$3" ]; then
-    $ctr images tag --force "$2" "$4" >/dev/null
-    echo "tagged $2 as $4"
+}}
+check() {{ # FILE REF DIGEST
+  has "$2" "$3" || {{ echo "$1 did not import as $2@$3" >&2; exit 1; }}
+}}
+alias() {{ # REF DIGEST ALIAS
+  if ! has "$3" "$2"; then
+    $ctr images tag --force "$1" "$3" >/dev/null
+    echo "tagged $1 as $3"
   fi
 }}
 "#,
         bin = catalog::BIN_DIR
     );
-    for (a, i) in assets.images() {
-        let alias = if i.strata == Some(StrataImage::Pause) {
-            sandbox
-        } else {
-            ""
-        };
-        s.push_str(&format!(
-            "import {} {} {} {}\n",
+    let args = |a: &crate::assets::Asset, i: &crate::assets::Image| {
+        format!(
+            "{} {} {}",
             quote(&a.remote),
             quote(&i.reference),
-            quote(&i.digest),
-            quote(alias)
-        ));
+            quote(&i.digest)
+        )
+    };
+    for (a, i) in assets.images() {
+        s.push_str(&format!("import {}\n", args(a, i)));
+    }
+    s.push_str("[ $imported = 0 ] || listed=$($ctr images ls)\n");
+    for (a, i) in assets.images() {
+        s.push_str(&format!("check {}\n", args(a, i)));
+        if i.strata == Some(StrataImage::Pause) {
+            s.push_str(&format!(
+                "alias {} {} {}\n",
+                quote(&i.reference),
+                quote(&i.digest),
+                quote(sandbox)
+            ));
+        }
     }
     for i in StrataImage::ALL {
         if !assets.images().any(|(_, img)| img.strata == Some(i)) {
@@ -908,12 +943,30 @@ import() {{ # FILE REF DIGEST [ALIAS]
 /// more are deleted (CustomResourceDefinitions stay, with the resources users made).
 async fn addons(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::Addons;
-    let client = cx.client().await?;
+    let client = cx.client(phase).await?;
+    for wave in 0..=2 {
+        let applied = join_all(
+            cx.rendered
+                .objects
+                .iter()
+                .filter(|o| apply_wave(&o.api_path) == wave)
+                .map(|o| {
+                    let client = &client;
+                    async move {
+                        let req = http::Request::patch(format!(
+                            "{}?fieldManager=strata&force=true",
+                            o.api_path
+                        ))
+                        .header("Content-Type", "application/apply-patch+yaml")
+                        .body(o.yaml.clone().into_bytes())?;
+                        apply_object(client, req, &o.file).await
+                    }
+                }),
+        )
+        .await;
+        applied.into_iter().collect::<Result<Vec<()>>>()?;
+    }
     for o in &cx.rendered.objects {
-        let req = http::Request::patch(format!("{}?fieldManager=strata&force=true", o.api_path))
-            .header("Content-Type", "application/apply-patch+yaml")
-            .body(o.yaml.clone().into_bytes())?;
-        apply_object(&client, req, &o.file).await?;
         let before = cx.state.objects.get(&o.api_path).map(|a| &a.sha256);
         if before != cx.want.objects.get(&o.api_path).map(|a| &a.sha256) {
             cx.reporter
@@ -958,6 +1011,20 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
         cx.save_state()?;
     }
     Ok(())
+}
+
+/// When an object is applied: namespaces and CustomResourceDefinitions first (what other
+/// objects live in or are), workloads last (their pods are admitted by the service accounts,
+/// roles and pod security policies applied before: a controller refused a pod retries only
+/// after a back-off), everything else in between. Objects of one wave are applied at once.
+fn apply_wave(api_path: &str) -> u8 {
+    let kind = api_path.rsplit('/').nth(1).unwrap_or_default();
+    match kind {
+        "namespaces" | "customresourcedefinitions" => 0,
+        "daemonsets" | "deployments" | "statefulsets" | "replicasets" | "jobs" | "cronjobs"
+        | "pods" => 2,
+        _ => 1,
+    }
 }
 
 /// Rewrites every Secret unchanged, so that the API server stores it encrypted with its
@@ -1078,7 +1145,7 @@ fn node_names(cx: &Apply<'_>) -> BTreeSet<String> {
 /// their taints.
 async fn pod_network(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::PodNetwork;
-    let client = cx.client().await?;
+    let client = cx.client(phase).await?;
     let api: Api<Node> = Api::all(client.clone());
     wait_nodes(
         &api,
@@ -1193,7 +1260,7 @@ async fn label_roles(client: &kube::Client, name: &str, labels: &[&str]) -> Resu
 /// Success means every node Ready.
 async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::WaitReady;
-    let api: Api<Node> = Api::all(cx.client().await?);
+    let api: Api<Node> = Api::all(cx.client(phase).await?);
     let names = node_names(cx);
     wait_nodes(
         &api,
@@ -1208,7 +1275,7 @@ async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
     // A node is Ready once its CNI configuration is in place (written before its kubelet
     // started); its pods reach the other nodes once its overlay agent runs.
     if Component::Overlay.enabled(cx.cluster()) {
-        let api: Api<DaemonSet> = Api::namespaced(cx.client().await?, addons::NAMESPACE);
+        let api: Api<DaemonSet> = Api::namespaced(cx.client(phase).await?, addons::NAMESPACE);
         let name = addons::OVERLAY_DAEMONSET;
         let every = Duration::from_millis(250);
         retry_every(
@@ -1283,4 +1350,39 @@ async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {
         format!("kubectl --kubeconfig {} get nodes", kubeconfig.display()),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apply_wave;
+
+    #[test]
+    fn namespaces_and_definitions_go_first_and_workloads_last() {
+        for (path, wave) in [
+            ("/api/v1/namespaces/strata-system", 0),
+            (
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rebootlocks.update.strata.dev",
+                0,
+            ),
+            (
+                "/api/v1/namespaces/kube-system/serviceaccounts/strata-dns",
+                1,
+            ),
+            (
+                "/apis/policy/v1beta1/podsecuritypolicies/strata-restricted",
+                1,
+            ),
+            ("/apis/update.strata.dev/v1alpha1/updatepolicies/default", 1),
+            (
+                "/apis/apps/v1/namespaces/strata-system/daemonsets/strata-overlay",
+                2,
+            ),
+            (
+                "/apis/apps/v1/namespaces/kube-system/deployments/strata-dns",
+                2,
+            ),
+        ] {
+            assert_eq!(apply_wave(path), wave, "{path}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod objects;
 pub mod pki;
 pub mod plan;
 pub mod pod_security;
+pub mod pod_subnets;
 pub mod render;
 pub mod validate;
 pub mod versions;

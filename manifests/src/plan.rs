@@ -276,15 +276,17 @@ pub enum PhaseName {
     Upload,
     Etcd,
     ControlPlane,
-    Nodes,
+    /// Every node's container runtime and node units but the kubelet, and the images.
+    Runtime,
     Addons,
+    Nodes,
     PodNetwork,
     WaitReady,
     Kubeconfig,
 }
 
 impl PhaseName {
-    pub const ALL: [PhaseName; 12] = [
+    pub const ALL: [PhaseName; 13] = [
         PhaseName::Prepare,
         PhaseName::Connect,
         PhaseName::Facts,
@@ -292,8 +294,9 @@ impl PhaseName {
         PhaseName::Upload,
         PhaseName::Etcd,
         PhaseName::ControlPlane,
-        PhaseName::Nodes,
+        PhaseName::Runtime,
         PhaseName::Addons,
+        PhaseName::Nodes,
         PhaseName::PodNetwork,
         PhaseName::WaitReady,
         PhaseName::Kubeconfig,
@@ -308,6 +311,7 @@ impl PhaseName {
             PhaseName::Upload => "upload",
             PhaseName::Etcd => "etcd",
             PhaseName::ControlPlane => "control-plane",
+            PhaseName::Runtime => "runtime",
             PhaseName::Nodes => "nodes",
             PhaseName::Addons => "addons",
             PhaseName::PodNetwork => "pod-network",

@@ -654,10 +654,7 @@ fn controller_manager_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), Rende
         flag("cluster-cidr", net.pod_cidr.net()),
         flag(
             "node-cidr-mask-size",
-            match net.pod_cidr.net() {
-                ipnet::IpNet::V4(_) => 24,
-                ipnet::IpNet::V6(_) => 64,
-            },
+            crate::pod_subnets::node_prefix(net.pod_cidr.net()),
         ),
         flag("service-cluster-ip-range", net.service_cidr.net()),
         flag("profiling", false),

@@ -909,10 +909,7 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
             &format!("use a /{min_svc} or larger, e.g. 10.96.0.0/12"),
         );
     }
-    let node_mask = match pod {
-        ipnet::IpNet::V4(_) => 24,
-        ipnet::IpNet::V6(_) => 64,
-    };
+    let node_mask = crate::pod_subnets::node_prefix(pod);
     if matches!(pod, ipnet::IpNet::V6(_)) && crate::catalog::Component::Overlay.enabled(c) {
         k.error(
             "/spec/network/podCIDR",

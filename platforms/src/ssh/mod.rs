@@ -3,8 +3,9 @@
 mod transport;
 
 pub use transport::{
-    CommandOutput, Connection, HostKeyPolicy, Identity, Jump, PASSPHRASE_ENV, RemoteFile, Running,
-    Secret, SshError, Target, Upload, key_is_encrypted, presented_host_key, quote,
+    CommandOutput, Connection, FileUpload, HostKeyPolicy, Identity, Jump, PASSPHRASE_ENV,
+    RemoteFile, Running, Secret, SshError, Target, Upload, key_is_encrypted, presented_host_key,
+    quote,
 };
 
 use base64::Engine;

@@ -306,6 +306,76 @@ pub enum Upload {
     Unchanged,
 }
 
+/// One file for [`Connection::upload_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct FileUpload<'a> {
+    pub path: &'a str,
+    pub content: &'a [u8],
+    pub mode: u32,
+}
+
+/// The script of [`Connection::upload_all`] and its standard input (the contents, one after
+/// the other). Each file is read with `dd` of exactly its size (`head -c` may read ahead on
+/// some systems, eating the next file); an empty one is created empty.
+fn upload_all_script(files: &[FileUpload<'_>], owner: &str) -> (String, Vec<u8>) {
+    let vars: Vec<String> = (0..files.len()).map(|i| format!("\"$t{i}\"")).collect();
+    let mut script = format!(
+        "set -e; {}; trap 'rm -f -- {}' EXIT\n",
+        (0..files.len())
+            .map(|i| format!("t{i}="))
+            .collect::<Vec<_>>()
+            .join("; "),
+        vars.join(" ")
+    );
+    let mut dirs: Vec<&str> = files.iter().map(|f| parent_dir(f.path)).collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    let dirs: Vec<String> = dirs.iter().map(|d| quote(d)).collect();
+    script.push_str(&format!("mkdir -p -- {}\n", dirs.join(" ")));
+    let mut input = Vec::new();
+    let mut sums = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let dir = parent_dir(f.path);
+        let read = if f.content.is_empty() {
+            format!(": > \"$t{i}\"")
+        } else {
+            format!(
+                "dd bs={} count=1 iflag=fullblock of=\"$t{i}\" 2>/dev/null",
+                f.content.len()
+            )
+        };
+        script.push_str(&format!(
+            "t{i}=$(mktemp -- {}); {read}; chmod {:o} -- \"$t{i}\"\n",
+            quote(&format!("{dir}/.strata-upload.XXXXXX")),
+            f.mode,
+        ));
+        input.extend_from_slice(f.content);
+        sums.push(strata_pki::sha256_hex(f.content));
+    }
+    script.push_str(&format!(
+        "chown {} -- {vars}\n\
+         [ \"$(sha256sum -- {vars} | cut -d' ' -f1 | tr '\\n' ' ')\" = '{sums} ' ] || \
+         {{ echo 'a file arrived incomplete (sha256 differs)' >&2; exit 1; }}\n",
+        quote(owner),
+        vars = vars.join(" "),
+        sums = sums.join(" "),
+    ));
+    for (i, f) in files.iter().enumerate() {
+        script.push_str(&format!("mv -f -- \"$t{i}\" {}\n", quote(f.path)));
+    }
+    script.push_str("trap - EXIT\n");
+    (script, input)
+}
+
+/// The directory part of `path` (`.` for a bare name).
+fn parent_dir(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((d, _)) => d,
+        None => ".",
+    }
+}
+
 /// What a host has at a path: the file's sha256 (hex) and permission bits, and its stamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFile {
@@ -721,6 +791,23 @@ impl Connection {
         Ok(Upload::Written)
     }
 
+    /// Writes every file of `files` with owner `owner` (user:group) in one command: each to
+    /// a temporary file beside its path, every one checked against its sha256, then each
+    /// renamed into place (nothing is renamed unless every file arrived whole). For the many
+    /// small files of a host; each one is held in memory.
+    pub async fn upload_all(&self, files: &[FileUpload<'_>], owner: &str) -> Result<(), SshError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let (script, input) = upload_all_script(files, owner);
+        let out = self.exec_with_input(&script, &input).await?;
+        if !out.success() {
+            let paths: Vec<&str> = files.iter().map(|f| f.path).collect();
+            return Err(self.channel_err(&format!("uploading {}", paths.join(", ")), out.tail()));
+        }
+        Ok(())
+    }
+
     pub async fn close(self) {
         let _ = self
             .handle
@@ -873,6 +960,85 @@ async fn authenticate_with_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs [`upload_all_script`] in this computer's shell with `input` (the contents,
+    /// possibly altered), the files owned by the owner of `dir`.
+    fn run_upload_all(
+        dir: &std::path::Path,
+        files: &[FileUpload<'_>],
+        input: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> bool {
+        use std::io::Write as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir).expect("dir");
+        let owner = format!("{}:{}", meta.uid(), meta.gid());
+        let (script, bytes) = upload_all_script(files, &owner);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&input(bytes))
+            .expect("input");
+        child.wait().expect("sh ends").success()
+    }
+
+    #[test]
+    fn many_files_are_written_in_one_command_or_none_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+        let (a, b, c) = (path("etc/a.conf"), path("etc/sub/b.key"), path("empty"));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let files = [
+            FileUpload {
+                path: &a,
+                content: b"first\n",
+                mode: 0o644,
+            },
+            FileUpload {
+                path: &b,
+                content: &big,
+                mode: 0o600,
+            },
+            FileUpload {
+                path: &c,
+                content: b"",
+                mode: 0o644,
+            },
+        ];
+        // One byte changed in transit: the sums differ, nothing is put in place.
+        assert!(!run_upload_all(dir.path(), &files, |mut bytes| {
+            bytes[100] ^= 1;
+            bytes
+        }));
+        assert!(!std::path::Path::new(&a).exists());
+        let leftovers = std::fs::read_dir(dir.path().join("etc"))
+            .expect("etc")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".strata-upload")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "temporary files removed");
+        // Whole: every file in place with its content and mode.
+        assert!(run_upload_all(dir.path(), &files, |bytes| bytes));
+        use std::os::unix::fs::PermissionsExt as _;
+        for f in &files {
+            assert_eq!(std::fs::read(f.path).expect("written"), f.content);
+            let mode = std::fs::metadata(f.path)
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, f.mode, "{}", f.path);
+        }
+    }
 
     #[test]
     fn quoting() {
