@@ -220,6 +220,12 @@ impl Ctx<'_> {
 /// for its controllers (node pod subnets) and scheduling. A standby asks once a second.
 const LEADER_ELECT_RETRY: &str = "1s";
 
+/// The controller manager's requests per second to the API server and its burst (default
+/// 20 and 30). At its start every controller lists what it watches and the garbage
+/// collector and quota controllers read the API's discovery (a request per group version);
+/// the default rate spread that over seconds, and no controller acts before all started.
+const CONTROLLER_API_QPS: (u32, u32) = (100, 200);
+
 fn host_ip(h: &Host) -> Option<IpAddr> {
     h.address.as_ref().and_then(|a| a.ip())
 }
@@ -650,6 +656,9 @@ fn controller_manager_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), Rende
         flag("leader-elect", true),
         // See LEADER_ELECT_RETRY.
         flag("leader-elect-retry-period", LEADER_ELECT_RETRY),
+        // See CONTROLLER_API_QPS.
+        flag("kube-api-qps", CONTROLLER_API_QPS.0),
+        flag("kube-api-burst", CONTROLLER_API_QPS.1),
         flag("allocate-node-cidrs", true),
         flag("cluster-cidr", net.pod_cidr.net()),
         flag(
