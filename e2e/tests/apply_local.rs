@@ -1552,17 +1552,18 @@ fn local_up_apply_converges_and_kubectl_works() {
     nothing_left(&before);
 
     // From scratch again, with Strata's images pulled from a registry (spec.images) instead
-    // of imported from the assets: stopped twice in the control-plane phase, then to the end.
+    // of imported from the assets: stopped twice in the runtime phase (containerd and the
+    // node units starting while the API servers start), then to the end.
     let registry = images_from_a_registry(dir.path());
-    let (code, seen) = apply_stopped_in(dir.path(), PhaseName::ControlPlane, "-INT");
+    let (code, seen) = apply_stopped_in(dir.path(), PhaseName::Runtime, "-INT");
     assert_eq!(code, Some(130), "{seen:?}");
     assert!(
         seen.contains(&Event::Interrupted {
-            phase: Some(PhaseName::ControlPlane)
+            phase: Some(PhaseName::Runtime)
         }),
         "{seen:?}"
     );
-    let (code, _) = apply_stopped_in(dir.path(), PhaseName::ControlPlane, "-KILL");
+    let (code, _) = apply_stopped_in(dir.path(), PhaseName::Runtime, "-KILL");
     assert_eq!(code, None, "killed by a signal");
     // An archive an earlier apply left, of an image now pulled instead.
     on(
@@ -1572,7 +1573,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     let resumed = events(&ok(&strata(dir.path(), &["apply"]), "apply after kill"));
     assert_eq!(ready(&resumed), 3, "{resumed:?}");
     assert!(
-        steps(&resumed, PhaseName::Nodes).contains(&(
+        steps(&resumed, PhaseName::Runtime).contains(&(
             "w1",
             "removed /var/lib/strata/images/overlay.tar (not taken from the assets)"
         )),

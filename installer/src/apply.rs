@@ -44,6 +44,8 @@ pub struct Apply<'r> {
     pub facts: BTreeMap<String, HostFacts>,
     /// The admin client, once the API server answered (see [`Apply::client`]).
     pub client: Option<kube::Client>,
+    /// The one phase this run was asked for (`--phase`), if any.
+    pub only: Option<PhaseName>,
 }
 
 impl Apply<'_> {
@@ -63,12 +65,27 @@ impl Apply<'_> {
             return Ok(c.clone());
         }
         let c = crate::hosts::install_client(&self.cs).await?;
+        let control_plane: Vec<&str> = self
+            .cluster()
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| catalog::runs(self.cluster(), h, catalog::Component::KubeApiserver))
+            .map(|h| h.name.as_str())
+            .collect();
         crate::phases::wait_readyz(
             &c,
             &format!("phase {phase}: API server ready (/readyz)"),
             std::time::Duration::from_secs(180),
         )
-        .await?;
+        .await
+        .with_context(|| {
+            format!(
+                "the API servers started in phase control-plane on {} do not answer: see \
+                 `journalctl -u kube-apiserver` there",
+                control_plane.join(", ")
+            )
+        })?;
         self.reporter.step(
             phase,
             "api",
@@ -166,6 +183,7 @@ async fn prepare<'r>(
         hosts: Vec::new(),
         facts: BTreeMap::new(),
         client: None,
+        only: args.phase,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use futures::future::join_all;
 use strata_manifests::catalog::{self, Component, StartPhase};
-use strata_manifests::plan::PhaseName;
+use strata_manifests::plan::{Action, ActionKind, CLUSTER, PhaseName};
 use strata_platforms::ssh::quote;
 
 use crate::apply::Apply;
@@ -91,10 +91,25 @@ pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
     };
     check_same(&cx.state.etcd_cluster, &id)?;
     cx.state.etcd_cluster = id;
-    if formed {
+    let key = cx.want.secrets_key.clone();
+    if formed && !key.is_empty() && key != cx.state.secrets_key {
         // An empty store: every Secret the API servers write is encrypted with the current
-        // key (uploaded before), so the addons phase has none to rewrite.
-        cx.state.secrets_key = cx.want.secrets_key.clone();
+        // key (uploaded before), so the addons phase has none to rewrite. The re-encryption
+        // `plan` lists is done here.
+        cx.reporter.action(
+            PHASE,
+            Action {
+                kind: ActionKind::Reencrypt,
+                host: CLUSTER.into(),
+                path: key.clone(),
+            },
+        );
+        cx.reporter.step(
+            PHASE,
+            "etcd",
+            format!("formed empty: every Secret is written encrypted with key {key}"),
+        );
+        cx.state.secrets_key = key;
     }
     Ok(())
 }

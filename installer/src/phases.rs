@@ -517,10 +517,22 @@ pub(crate) async fn start_units(
         .unwrap_or_default();
     let restart = catalog::restarts(&pending, specs.iter().copied());
     let list = units.join(" ");
+    // Every unit of the components, also those a path or timer unit starts.
+    let every: Vec<&str> = specs
+        .iter()
+        .flat_map(|s| s.units.iter().map(|u| u.name))
+        .collect();
+    // systemd reads the unit files again when a unit changed on disk (NeedDaemonReload), is
+    // unknown, or is loaded from another file than Strata's (a package's unit in /lib that
+    // Strata's in /etc now overrides: systemd does not notice that one by itself).
     let mut cmd = format!(
         "systemctl enable --quiet --no-reload {list} && \
-         if systemctl show -p LoadState -p NeedDaemonReload {list} \
-         | grep -qxE 'LoadState=not-found|NeedDaemonReload=yes'; then systemctl daemon-reload; fi"
+         if systemctl show -p Id -p LoadState -p NeedDaemonReload -p FragmentPath {} | awk -F= '\
+         function check() {{ if (id != \"\" && path != \"/etc/systemd/system/\" id) stale = 1; id = \"\"; path = \"\" }} \
+         /^$/ {{ check() }} $1 == \"Id\" {{ id = $2 }} $1 == \"FragmentPath\" {{ path = $2 }} \
+         $0 == \"LoadState=not-found\" || $0 == \"NeedDaemonReload=yes\" {{ stale = 1 }} \
+         END {{ check(); exit !stale }}'; then systemctl daemon-reload; fi",
+        every.join(" ")
     );
     if !restart.is_empty() {
         cmd.push_str(&format!(
@@ -587,7 +599,12 @@ async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
 /// where running API servers restart one at a time.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     rolling_control_plane(cx).await?;
-    restarted(cx, StartPhase::ControlPlane, |_| true)
+    restarted(cx, StartPhase::ControlPlane, |_| true)?;
+    if cx.only == Some(PhaseName::ControlPlane) {
+        // Run alone (`--phase control-plane`): done when the API answers.
+        cx.client(PhaseName::ControlPlane).await?;
+    }
+    Ok(())
 }
 
 /// Waits until the API server `client` talks to answers `/readyz` with `ok`.
@@ -724,7 +741,7 @@ async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
     let api: Api<Node> = Api::all(cx.client(PhaseName::Nodes).await?);
     pod_subnets(cx, &api).await?;
     start_nodes(cx, PhaseName::Nodes, true).await?;
-    restarted(cx, StartPhase::Nodes, |_| true)
+    restarted(cx, StartPhase::Nodes, |s| s.component == Component::Kubelet)
 }
 
 /// Every host's Node and pod subnet before its kubelet starts: Strata creates the Nodes no
@@ -755,6 +772,25 @@ async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
         )
     };
     let mut known = subnets().await?;
+    // A Node without a subnet (registered by its kubelet) gets one from the controller
+    // manager, which could pick the subnet Strata is about to give: waited for first.
+    let unset: BTreeSet<String> = known
+        .iter()
+        .filter(|(_, cidr)| cidr.is_none())
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !unset.is_empty() {
+        wait_nodes(
+            api,
+            &unset,
+            &format!(
+                "phase {phase}: a podCIDR for the Nodes registered without one (kube-controller-manager allocates them)"
+            ),
+            has_pod_cidr,
+        )
+        .await?;
+        known = subnets().await?;
+    }
     let missing: Vec<&HostConn> = cx
         .hosts
         .iter()
@@ -808,7 +844,20 @@ async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
         .await?;
         known = subnets().await?;
     }
-    let known = &known;
+    if !Component::Overlay.enabled(cx.cluster()) {
+        // The pod network is the user's: its plugin writes the CNI configuration.
+        return Ok(());
+    }
+    write_cni_configurations(cx, &known).await
+}
+
+/// Each host's CNI configuration for its pod subnet (`known`: node name -> podCIDR), as the
+/// overlay agent writes it; written when it differs.
+async fn write_cni_configurations(
+    cx: &Apply<'_>,
+    known: &BTreeMap<String, Option<String>>,
+) -> Result<()> {
+    let phase = PhaseName::Nodes;
     all(&cx.hosts, |h| async move {
         let name = h.name();
         let cidr = known
@@ -964,7 +1013,13 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
                 }),
         )
         .await;
-        applied.into_iter().collect::<Result<Vec<()>>>()?;
+        let failed: Vec<String> = applied
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+            .collect();
+        if !failed.is_empty() {
+            bail!("{}", failed.join("\n"));
+        }
     }
     for o in &cx.rendered.objects {
         let before = cx.state.objects.get(&o.api_path).map(|a| &a.sha256);

@@ -340,7 +340,7 @@ fn upload_all_script(files: &[FileUpload<'_>], owner: &str) -> (String, Vec<u8>)
             format!(": > \"$t{i}\"")
         } else {
             format!(
-                "dd bs={} count=1 iflag=fullblock of=\"$t{i}\" 2>/dev/null",
+                "dd bs={} count=1 iflag=fullblock status=none of=\"$t{i}\"",
                 f.content.len()
             )
         };
