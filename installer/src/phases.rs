@@ -559,17 +559,15 @@ pub(crate) async fn start_units(
     Ok(())
 }
 
-/// The pending restarts of `phase`'s components (those `which` selects) are done on every
-/// host: recorded.
-fn restarted(cx: &mut Apply<'_>, phase: StartPhase, which: fn(&Spec) -> bool) -> Result<()> {
+/// The pending restarts of `phase`'s components are done on every host: recorded.
+fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
     let done: Vec<(String, BTreeSet<Component>)> = cx
         .hosts
         .iter()
         .map(|h| {
             let started = cx
                 .components(&h.host, phase)
-                .into_iter()
-                .filter(|s| which(s))
+                .iter()
                 .map(|s| s.component)
                 .collect();
             (h.name().to_owned(), started)
@@ -591,7 +589,7 @@ fn restarted(cx: &mut Apply<'_>, phase: StartPhase, which: fn(&Spec) -> bool) ->
 /// time (see [`crate::etcd`]).
 async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
     crate::membership::run(cx).await?;
-    restarted(cx, StartPhase::Etcd, |_| true)
+    restarted(cx, StartPhase::Etcd)
 }
 
 /// The API server, controller manager and scheduler on every control-plane host: started,
@@ -599,7 +597,7 @@ async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
 /// where running API servers restart one at a time.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     rolling_control_plane(cx).await?;
-    restarted(cx, StartPhase::ControlPlane, |_| true)?;
+    restarted(cx, StartPhase::ControlPlane)?;
     if cx.only == Some(PhaseName::ControlPlane) {
         // Run alone (`--phase control-plane`): done when the API answers.
         cx.client(PhaseName::ControlPlane).await?;
@@ -731,8 +729,28 @@ fn api_server_of(h: &HostConn) -> String {
 /// and the asset images imported: nothing here needs the API, so it overlaps the start of
 /// the API servers.
 async fn runtime(cx: &mut Apply<'_>) -> Result<()> {
-    start_nodes(cx, PhaseName::Runtime, false).await?;
-    restarted(cx, StartPhase::Nodes, |s| s.component != Component::Kubelet)
+    let phase = PhaseName::Runtime;
+    let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
+    let imports = imports.as_str();
+    let started = &*cx;
+    all(&started.hosts, |h| async move {
+        h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
+            .await?;
+        start_units(
+            started,
+            h,
+            phase,
+            &started.components(&h.host, StartPhase::Runtime),
+        )
+        .await?;
+        let out = h.sh(phase, imports).await?;
+        for line in out.lines() {
+            started.reporter.step(phase, h.name(), line);
+        }
+        Ok(())
+    })
+    .await?;
+    restarted(cx, StartPhase::Runtime)
 }
 
 /// Every node's Node and pod subnet and CNI configuration, then its kubelet (which finds
@@ -740,8 +758,18 @@ async fn runtime(cx: &mut Apply<'_>) -> Result<()> {
 async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
     let api: Api<Node> = Api::all(cx.client(PhaseName::Nodes).await?);
     pod_subnets(cx, &api).await?;
-    start_nodes(cx, PhaseName::Nodes, true).await?;
-    restarted(cx, StartPhase::Nodes, |s| s.component == Component::Kubelet)
+    let started = &*cx;
+    all(&started.hosts, |h| async move {
+        start_units(
+            started,
+            h,
+            PhaseName::Nodes,
+            &started.components(&h.host, StartPhase::Nodes),
+        )
+        .await
+    })
+    .await?;
+    restarted(cx, StartPhase::Nodes)
 }
 
 /// Every host's Node and pod subnet before its kubelet starts: Strata creates the Nodes no
@@ -886,32 +914,6 @@ async fn write_cni_configurations(
         }
         cx.reporter
             .step(phase, name, format!("pods on {cidr}, MTU {mtu}"));
-        Ok(())
-    })
-    .await
-}
-
-/// Every host's kubelet (`kubelet`), or its other node units with the kernel settings
-/// and the asset images imported.
-async fn start_nodes(cx: &Apply<'_>, phase: PhaseName, kubelet: bool) -> Result<()> {
-    let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
-    let imports = imports.as_str();
-    all(&cx.hosts, |h| async move {
-        let units: Vec<&Spec> = cx
-            .components(&h.host, StartPhase::Nodes)
-            .into_iter()
-            .filter(|s| (s.component == Component::Kubelet) == kubelet)
-            .collect();
-        if kubelet {
-            return start_units(cx, h, phase, &units).await;
-        }
-        h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
-            .await?;
-        start_units(cx, h, phase, &units).await?;
-        let out = h.sh(phase, imports).await?;
-        for line in out.lines() {
-            cx.reporter.step(phase, h.name(), line);
-        }
         Ok(())
     })
     .await

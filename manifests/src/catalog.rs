@@ -60,6 +60,10 @@ pub enum Placement {
 pub enum StartPhase {
     Etcd,
     ControlPlane,
+    /// Every node's units but the kubelet: they need no API, so they start while the API
+    /// servers start.
+    Runtime,
+    /// The kubelet, once its Node, pod subnet and the images are in place.
     Nodes,
     /// Runs as cluster objects (no host units).
     Addons,
@@ -243,7 +247,7 @@ pub const CATALOG: &[Spec] = &[
             Component::ApiBalancer,
             "api-balancer",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
@@ -268,7 +272,7 @@ pub const CATALOG: &[Spec] = &[
             Component::Containerd,
             "containerd",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
@@ -294,7 +298,7 @@ pub const CATALOG: &[Spec] = &[
             Component::KubeProxy,
             "kube-proxy",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
@@ -302,7 +306,7 @@ pub const CATALOG: &[Spec] = &[
             Component::HostSettings,
             "host-settings",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
@@ -312,7 +316,7 @@ pub const CATALOG: &[Spec] = &[
             Component::PodMasquerade,
             "pod-masquerade",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
@@ -329,7 +333,7 @@ pub const CATALOG: &[Spec] = &[
             Component::UpdateAgentHost,
             "update-agent-host",
             Placement::EveryNode,
-            StartPhase::Nodes,
+            StartPhase::Runtime,
         )
     },
     Spec {
