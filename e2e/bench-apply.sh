@@ -8,6 +8,9 @@
 #   the upload's asset figures: the distinct asset bytes, the bytes of assets this computer
 #   sent and how many times each asset byte that is (target: at most 2 whatever the host
 #   count), and the bytes the hosts passed each other (the fan-out);
+# - the same first apply on the largest host count with the assets fetched by the hosts
+#   themselves from an https asset source (a server on the machines' bridge, as an
+#   operator's asset server; STRATA_BENCH_SOURCE=0 skips): what this computer sent then;
 # - each phase's time of the three-host first apply and no-op re-run;
 # - pod to pod against host to host with iperf3 on the three-host cluster (w1 and w2 share a
 #   subnet: direct routing), and the overlay's datapath without Kubernetes (`overlay_netns`)
@@ -25,6 +28,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata/cargo-target}"
 bash .ci/prepare >/dev/null
 bash .ci/build-assets 1.20.2 >/dev/null
 cargo build --release --locked -q -p strata -p strata-overlay
+cargo build --release --locked -q -p strata-e2e --bin strata-asset-source
 # The two measurements made through the test harness, built before any machine runs.
 cargo test --locked -q -p strata-e2e --no-run --test cluster_throughput --test overlay_netns 2>/dev/null
 strata="$CARGO_TARGET_DIR/release/strata"
@@ -57,21 +61,23 @@ timed_apply() {
 phases() {
   sed -n 's/.*"event":"phase-finished","phase":"\([^"]*\)","seconds":\([0-9.e-]*\).*/\1 \2/p' "$work/$1.json"
 }
-# Bytes this computer has sent into the cluster's bridge.
-bridge_tx() {
-  local bridge
-  bridge=$(ip -o link show type bridge | awk -F': ' '{print $2}' | while read -r b; do
+# The bridge of the bench's machines.
+bridge() {
+  ip -o link show type bridge | awk -F': ' '{print $2}' | while read -r b; do
     # grep without -q reads every line: an early exit would fail the pipeline (pipefail).
     ip -o link show master "$b" 2>/dev/null | grep 'link-netns strata-bench-' >/dev/null && echo "$b"
-  done | sed -n 1p)
-  cat "/sys/class/net/$bridge/statistics/tx_bytes"
+  done | sed -n 1p
+}
+# Bytes this computer has sent into the cluster's bridge.
+bridge_tx() {
+  cat "/sys/class/net/$(bridge)/statistics/tx_bytes"
 }
 
 # The upload's asset figures: distinct asset MB, MB this computer sent, times each byte,
-# MB between hosts.
+# MB between hosts, MB the hosts fetched from the asset source (0 when none).
 fanout() {
-  sed -n 's/.*"host":"assets","step":"\([0-9.]*\) MB of assets: \([0-9.]*\) MB sent from this computer (\([0-9.]*\) times each byte), \([0-9.]*\) MB between hosts".*/\1 \2 \3 \4/p' \
-    "$work/$1.json"
+  sed -n 's/.*"host":"assets","step":"\([0-9.]*\) MB of assets: \([0-9.]*\) MB sent from this computer (\([0-9.]*\) times each byte), \([0-9.]*\) MB between hosts\(, \([0-9.]*\) MB fetched by the hosts from the asset source\)\{0,1\}".*/\1 \2 \3 \4 \6/p' \
+    "$work/$1.json" | awk '{ print $1, $2, $3, $4, ($5 == "" ? 0 : $5) }'
 }
 
 summary="$work/summary.txt"
@@ -86,7 +92,7 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   first=$(timed_apply "first-$n")
   sent=$(( $(bridge_tx) - before ))
   second=$(timed_apply "second-$n")
-  read -r assets here times peers < <(fanout "first-$n") || {
+  read -r assets here times peers _ < <(fanout "first-$n") || {
     echo "bench-apply: no asset figures in the upload phase of first-$n.json" >&2; exit 1; }
   awk -v n="$n" -v t="$times" 'BEGIN {
     printf "%d host(s): each asset byte sent from this computer %.2f times (target at most 2: %s)\n",
@@ -113,8 +119,43 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null
 done
 
+# The largest host count again, the hosts fetching the assets from an https source
+# themselves: a static file server on the bridge's address, trusted by the machines (its CA
+# in their bundle) and by strata (SSL_CERT_FILE).
+if [ "${STRATA_BENCH_SOURCE:-1}" != 0 ]; then
+  n=$(echo ${STRATA_BENCH_HOSTS:-1 3 6} | awk '{ print $NF }')
+  cluster_of "$n" > "$work/cluster.yaml"
+  "$strata" local up -f "$work/cluster.yaml" >/dev/null
+  gateway=$(ip -o -4 addr show dev "$(bridge)" | awk '{ split($4, a, "/"); print a[1]; exit }')
+  assets_dir=/var/cache/strata/assets/1.20.2
+  mkfifo "$work/source-in"
+  "$CARGO_TARGET_DIR/release/strata-asset-source" --root "$assets_dir" --listen "$gateway" \
+    --ca-out "$work/source-ca.crt" < "$work/source-in" > "$work/source.out" &
+  exec 9> "$work/source-in"
+  for _ in $(seq 50); do [ -s "$work/source.out" ] && break; sleep 0.2; done
+  url=$(sed -n 1p "$work/source.out")
+  for root in /var/lib/strata/machines/bench/*/root; do
+    cat "$work/source-ca.crt" >> "$root/etc/ssl/certs/ca-certificates.crt"
+  done
+  printf '  assets:\n    source: %s\n    sha256: %s\n' "$url" \
+    "$(sha256sum "$assets_dir/manifest.json" | cut -d' ' -f1)" >> "$work/cluster.yaml"
+  before=$(bridge_tx)
+  first=$(SSL_CERT_FILE="$work/source-ca.crt" timed_apply "source-$n")
+  sent=$(( $(bridge_tx) - before ))
+  exec 9>&-
+  wait
+  read -r assets here times peers fetched < <(fanout "source-$n") || {
+    echo "bench-apply: no asset figures in the upload phase of source-$n.json" >&2; exit 1; }
+  awk -v n="$n" -v a="$first" -v s="$sent" -v as="$assets" -v h="$here" -v f="$fetched" \
+    -v p="$peers" 'BEGIN {
+    printf "%d host(s), assets from an https source: first apply %.1f s; this computer sent %.1f MB of assets (the fetch program) and %.1f MB in all; the hosts fetched %.1f MB from the source, %.1f MB between hosts (%.1f MB of distinct assets)\n",
+      n, a / 1000, h, s / 1e6, f, p, as }' > "$work/source.txt"
+  "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null
+fi
+
 echo "== first apply from booted machines, by host count"
 cat "$summary" "$work/fanout.txt"
+[ -f "$work/source.txt" ] && cat "$work/source.txt"
 if [ -f "$work/phases.txt" ]; then
   echo "== phases of the three-host apply"
   cat "$work/phases.txt"

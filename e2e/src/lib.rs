@@ -5,9 +5,11 @@
 //! Everything is torn down on drop: machines, network namespaces, the bridge.
 #![forbid(unsafe_code)]
 
+pub mod asset_source;
 pub mod conformance;
 pub mod ha;
 pub mod registry;
+pub mod test_ca;
 pub mod throughput;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -314,8 +316,14 @@ pub fn strata_bin() -> PathBuf {
 
 /// Runs `strata` in `dir` without a terminal.
 pub fn strata(dir: &Path, args: &[&str]) -> Output {
+    strata_env(dir, args, &[])
+}
+
+/// `strata` with more environment (as `SSL_CERT_FILE` for a test's TLS servers).
+pub fn strata_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(strata_bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .output()

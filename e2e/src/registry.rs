@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use crate::test_ca::TestCa;
 
 /// A running registry; stopped (and its storage removed with the caller's directory) on drop.
 #[derive(Debug)]
@@ -18,8 +15,8 @@ pub struct Registry {
     child: Child,
     /// `IP:PORT`, the registry part of the references it serves.
     pub address: String,
-    /// The CA certificate (PEM) that signed the registry's certificate.
-    pub ca_pem: String,
+    /// The CA that signed the registry's certificate.
+    pub ca: TestCa,
     cert_dir: PathBuf,
 }
 
@@ -40,25 +37,12 @@ impl Registry {
     /// Starts a registry listening on `ip` (a free port), keeping its files under `dir`.
     pub fn start(dir: &Path, ip: IpAddr) -> Self {
         std::fs::create_dir_all(dir.join("certs")).expect("registry dir");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name
-            .push(DnType::CommonName, "strata e2e registry CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
-        let key = KeyPair::generate().expect("registry key");
-        let mut leaf = CertificateParams::default();
-        leaf.distinguished_name
-            .push(DnType::CommonName, "strata e2e registry");
-        leaf.subject_alt_names = vec![SanType::IpAddress(ip)];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).expect("issuer");
-        let cert = leaf.signed_by(&key, &issuer).expect("registry certificate");
-        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write");
-        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write");
+        let ca = TestCa::new("strata e2e registry CA");
+        let cert = ca.server("strata e2e registry", ip);
+        std::fs::write(dir.join("tls.crt"), &cert.cert_pem).expect("write");
+        std::fs::write(dir.join("tls.key"), &cert.key_pem).expect("write");
         // skopeo reads a registry's CA from a directory of *.crt files.
-        std::fs::write(dir.join("certs/ca.crt"), &ca_pem).expect("write");
+        std::fs::write(dir.join("certs/ca.crt"), &ca.pem).expect("write");
 
         let port = TcpListener::bind(SocketAddr::new(ip, 0))
             .and_then(|l| l.local_addr())
@@ -87,7 +71,7 @@ impl Registry {
         let registry = Self {
             child,
             address: address.to_string(),
-            ca_pem,
+            ca,
             cert_dir: dir.join("certs"),
         };
         let start = Instant::now();
@@ -125,14 +109,7 @@ impl Registry {
 
     /// Makes a machine trust the registry: its CA joins the system's bundle under `root`.
     pub fn trust_in(&self, root: &Path) {
-        let certs = root.join("etc/ssl/certs");
-        std::fs::create_dir_all(&certs).expect("mkdir");
-        let bundle = certs.join("ca-certificates.crt");
-        let mut pem = std::fs::read_to_string(&bundle).unwrap_or_default();
-        if !pem.contains(&self.ca_pem) {
-            pem.push_str(&self.ca_pem);
-            std::fs::write(&bundle, pem).expect("write the trust bundle");
-        }
+        self.ca.trust_in(root);
     }
 }
 

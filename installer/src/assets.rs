@@ -1,6 +1,12 @@
 //! What `apply` installs: an asset directory with `manifest.json` listing every file and its
 //! sha256 (binaries in bin/, CNI plugins in cni/, OCI image archives in images/ with the
 //! image's reference and manifest digest). Digests are verified before anything is uploaded.
+//!
+//! A file may also have an https URL the hosts fetch it from themselves (an https directory
+//! source's `<url>/<path>`, or a manifest entry's `url`, as the official downloads through a
+//! mirror): this computer then holds only the manifest, each host verifies what it fetches,
+//! and only a file some host could not fetch is downloaded here (see [`Assets::ensure_local`])
+//! and passed on through the fan-out.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,9 @@ struct Entry {
     image: Option<String>,
     /// For images/*.tar: the image's manifest digest (what containerd lists).
     digest: Option<String>,
+    /// An https URL the hosts may fetch the file from themselves.
+    #[serde(default)]
+    url: Option<String>,
 }
 
 /// Where hosts keep the image archives they import into containerd.
@@ -46,11 +55,14 @@ pub struct Image {
 /// One verified file: where it is here, where it goes, its digest.
 #[derive(Debug, Clone)]
 pub struct Asset {
+    /// Where the file is here (or goes, when it has a `url` and is not here yet).
     pub local: PathBuf,
     pub remote: String,
-    /// The verified sha256 (hex) of the file.
+    /// The verified sha256 (hex) of the file (of the one to fetch, when it has a `url`).
     pub sha256: String,
     pub image: Option<Image>,
+    /// The https URL hosts fetch the file from themselves (checked against `sha256`).
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +139,17 @@ impl Assets {
     /// Loads and verifies `dir` for Kubernetes `version`, reading only the files whose
     /// digest `cache` does not know.
     pub fn load(dir: &Path, version: &str, cache: &mut DigestCache) -> Result<Self> {
+        Self::load_from(dir, None, version, cache)
+    }
+
+    /// As [`Self::load`], the files having URLs under `base` (an https directory source):
+    /// a file with a URL need not be here (hosts fetch it; see [`Self::ensure_local`]).
+    pub fn load_from(
+        dir: &Path,
+        base: Option<&str>,
+        version: &str,
+        cache: &mut DigestCache,
+    ) -> Result<Self> {
         let mf = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mf).with_context(|| {
             format!(
@@ -146,9 +169,27 @@ impl Assets {
         }
         let mut files = Vec::new();
         for (rel, e) in &m.files {
-            let local = dir.join(rel);
-            let have = cache.sha256(&local)?;
-            if have != e.sha256 {
+            let local = safe_join(dir, rel)?;
+            let url = e
+                .url
+                .clone()
+                .or_else(|| base.map(|b| format!("{}/{rel}", b.trim_end_matches('/'))));
+            if let Some(u) = &url
+                && !u.starts_with("https://")
+            {
+                bail!(
+                    "{}: {rel} has the URL {u}; hosts fetch over https only",
+                    mf.display()
+                );
+            }
+            // A file with a URL is fetched by the hosts: here it may be absent (or left over
+            // from an earlier download: downloaded again when needed).
+            let have = if url.is_some() && !local.exists() {
+                e.sha256.clone()
+            } else {
+                cache.sha256(&local)?
+            };
+            if have != e.sha256 && url.is_none() {
                 bail!(
                     "{}: sha256 {have} differs from the manifest's {}; the asset is corrupt or was replaced",
                     local.display(),
@@ -180,6 +221,7 @@ impl Assets {
                 remote,
                 sha256: e.sha256.clone(),
                 image,
+                url,
             });
         }
         Ok(Self { files })
@@ -199,6 +241,7 @@ impl Assets {
                 local,
                 remote,
                 image: None,
+                url: None,
             });
         }
         Ok(self)
@@ -296,6 +339,28 @@ impl Assets {
         out
     }
 
+    /// Downloads here, each verified, the files going to `remotes` that have a URL and are not
+    /// here with their digest (those some host could not fetch itself); returns the bytes
+    /// downloaded.
+    pub async fn ensure_local(&self, remotes: &BTreeSet<&str>) -> Result<u64> {
+        let missing: Vec<&Asset> = self
+            .files
+            .iter()
+            .filter(|a| remotes.contains(a.remote.as_str()))
+            .filter(|a| a.url.is_some() && !sha256_file(&a.local).is_ok_and(|h| h == a.sha256))
+            .collect();
+        let mut bytes = 0;
+        if missing.is_empty() {
+            return Ok(bytes);
+        }
+        let client = http_client()?;
+        for a in missing {
+            let url = a.url.as_deref().unwrap_or_default();
+            bytes += download(&client, url, &a.sha256, &a.local).await?;
+        }
+        Ok(bytes)
+    }
+
     /// The content of the asset that goes to `remote` on the hosts.
     pub fn read(&self, remote: &str) -> Result<Vec<u8>> {
         let a = self
@@ -336,7 +401,11 @@ pub async fn for_apply(cs: &ClusterState) -> Result<Assets> {
     let dir = resolve(&src, &spec.sha256, &cs.state.root.join("assets")).await?;
     let cache_file = cs.state.root.join(DIGEST_CACHE);
     let mut cache = DigestCache::load(&cache_file);
-    let mut assets = Assets::load(&dir, &version, &mut cache)?;
+    let base = match &src {
+        Source::Url(u) if u.starts_with("https://") && !is_archive(url_path(u)) => Some(u.as_str()),
+        _ => None,
+    };
+    let mut assets = Assets::load_from(&dir, base, &version, &mut cache)?;
     if let Some(exe) = exe_dir() {
         assets = assets.with_own_programs(&exe, &mut cache)?;
     }
@@ -387,6 +456,11 @@ fn is_archive(name: &str) -> bool {
         .any(|e| name.ends_with(e))
 }
 
+/// A URL without its query.
+fn url_path(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 /// spec.assets.source: empty is the local cache for the version; relative paths are
 /// relative to the Cluster file.
 pub fn source(source: &str, base_dir: &Path, version: &str) -> Source {
@@ -431,10 +505,7 @@ pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf
                 .nth(1)
                 .and_then(|m| m.parse().ok())
                 .with_context(|| format!("Kubernetes version {version}"))?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(20))
-                .build()
-                .context("HTTP client")?;
+            let client = http_client()?;
             crate::upstream::fetch(&client, version, minor, mirror, cache).await
         }
         Source::Archive(a) => {
@@ -448,12 +519,8 @@ pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf
             if sha256.is_empty() {
                 bail!("{url}: spec.assets.sha256 is required to verify the download");
             }
-            let client = reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(20))
-                .build()
-                .context("HTTP client")?;
-            let name = url.split('?').next().unwrap_or(url);
-            if is_archive(name) {
+            let client = http_client()?;
+            if is_archive(url_path(url)) {
                 let done = cache.join(format!("{}.tar", &sha256[..16.min(sha256.len())]));
                 let bytes = match std::fs::read(&done) {
                     Ok(b) if strata_manifests::plan::sha256(&b) == sha256 => b,
@@ -472,40 +539,66 @@ pub async fn resolve(src: &Source, sha256: &str, cache: &Path) -> Result<PathBuf
                 return unpack(&bytes, url, sha256, cache);
             }
             let base = url.trim_end_matches('/');
-            let manifest = get(&client, &format!("{base}/manifest.json")).await?;
-            let got = strata_manifests::plan::sha256(&manifest);
-            if got != sha256 {
-                bail!(
-                    "{base}/manifest.json: sha256 {got} differs from spec.assets.sha256 {sha256}"
-                );
-            }
+            let dir = cache.join(&sha256[..16.min(sha256.len())]);
+            let kept = dir.join("manifest.json");
+            let manifest = match std::fs::read(&kept) {
+                Ok(b) if strata_manifests::plan::sha256(&b) == sha256 => b,
+                _ => {
+                    let b = get(&client, &format!("{base}/manifest.json")).await?;
+                    let got = strata_manifests::plan::sha256(&b);
+                    if got != sha256 {
+                        bail!(
+                            "{base}/manifest.json: sha256 {got} differs from spec.assets.sha256 \
+                             {sha256}"
+                        );
+                    }
+                    b
+                }
+            };
             let m: Manifest = serde_json::from_slice(&manifest)
                 .with_context(|| format!("{base}/manifest.json"))?;
-            let dir = cache.join(&sha256[..16]);
-            for (rel, e) in &m.files {
-                let local = safe_join(&dir, rel)?;
-                if sha256_file(&local).is_ok_and(|h| h == e.sha256) {
-                    continue;
+            // Over https the hosts fetch the files themselves (see Assets::load_from); plain
+            // http is this computer's loopback, which they cannot reach: downloaded here.
+            if url.starts_with("http://") {
+                for (rel, e) in &m.files {
+                    let local = safe_join(&dir, rel)?;
+                    if sha256_file(&local).is_ok_and(|h| h == e.sha256) {
+                        continue;
+                    }
+                    download(&client, &format!("{base}/{rel}"), &e.sha256, &local).await?;
                 }
-                let b = get(&client, &format!("{base}/{rel}")).await?;
-                let h = strata_manifests::plan::sha256(&b);
-                if h != e.sha256 {
-                    bail!(
-                        "{base}/{rel}: sha256 {h} differs from the manifest's {}; the server \
-                         holds a corrupt or replaced file",
-                        e.sha256
-                    );
-                }
-                if let Some(parent) = local.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                write_atomic(&local, &b)?;
             }
-            write_atomic(&dir.join("manifest.json"), &manifest)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_atomic(&kept, &manifest)?;
             Ok(dir)
         }
     }
+}
+
+/// The client of the downloads here.
+fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(20))
+        .build()
+        .context("HTTP client")
+}
+
+/// Downloads `url` to `local`, refused unless its sha256 is `sha256`; returns its size.
+async fn download(client: &reqwest::Client, url: &str, sha256: &str, local: &Path) -> Result<u64> {
+    let b = get(client, url).await?;
+    let h = strata_manifests::plan::sha256(&b);
+    if h != sha256 {
+        bail!(
+            "{url}: sha256 {h} differs from the manifest's {sha256}; the server holds a corrupt \
+             or replaced file"
+        );
+    }
+    if let Some(parent) = local.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_atomic(local, &b)?;
+    Ok(b.len() as u64)
 }
 
 pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>> {
@@ -893,10 +986,10 @@ mod tests {
             .expect("download");
         let a = Assets::load(&dir, "1.20.2", &mut DigestCache::default()).expect("verified");
         assert_eq!(a.files.len(), 2);
-        // Again: only the manifest is fetched; the files are already here.
+        // Again: nothing is fetched; the manifest kept is the pinned one, the files are here.
         resolve(&src, &digest, cache.path()).await.expect("again");
         let hits = server.hits.lock().expect("lock").clone();
-        assert_eq!(hits["/a/manifest.json"], 2);
+        assert_eq!(hits["/a/manifest.json"], 1);
         assert_eq!(hits["/a/bin/kubelet"], 1);
 
         // A manifest that is not the pinned one is refused before any file is fetched.
@@ -912,6 +1005,52 @@ mod tests {
             format!("{e:#}").contains("spec.assets.sha256 is required"),
             "{e:#}"
         );
+    }
+
+    #[tokio::test]
+    async fn files_with_urls_need_not_be_here_and_come_here_only_when_asked() {
+        let (files, _) = tree();
+        let server = serve(files).await;
+        let d = tempfile::tempdir().expect("tempdir");
+        let manifest = |kubelet_url: &str| {
+            format!(
+                "{{\"kubernetes\": \"1.20.2\", \"files\": {{\"bin/kubelet\": {{\"sha256\": \"{}\"{kubelet_url}}}}}}}",
+                strata_manifests::plan::sha256(b"kubelet binary"),
+            )
+        };
+        std::fs::write(d.path().join("manifest.json"), manifest("")).expect("write");
+        // An https directory source: nothing here yet, each file has its URL.
+        let base = Some("https://assets.example/a/");
+        let a = Assets::load_from(d.path(), base, "1.20.2", &mut DigestCache::default())
+            .expect("no file needed here");
+        assert_eq!(
+            a.files[0].url.as_deref(),
+            Some("https://assets.example/a/bin/kubelet")
+        );
+        // Without a URL the file must be here.
+        let e = Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect_err("absent");
+        assert!(format!("{e:#}").contains("bin/kubelet"), "{e:#}");
+        // A manifest entry's own URL must be https.
+        let plain = manifest(", \"url\": \"http://198.51.100.7/kubelet\"");
+        std::fs::write(d.path().join("manifest.json"), plain).expect("write");
+        let e = Assets::load(d.path(), "1.20.2", &mut DigestCache::default()).expect_err("http");
+        assert!(format!("{e:#}").contains("over https only"), "{e:#}");
+
+        // Downloaded here, verified, only when some host could not fetch it, and once.
+        let mut a = a;
+        a.files[0].url = Some(format!("{}/a/bin/kubelet", server.base));
+        let wanted = BTreeSet::from(["/opt/strata/bin/kubelet"]);
+        assert_eq!(a.ensure_local(&BTreeSet::new()).await.expect("none"), 0);
+        assert_eq!(a.ensure_local(&wanted).await.expect("fetched"), 14);
+        assert_eq!(
+            a.read("/opt/strata/bin/kubelet").expect("here"),
+            b"kubelet binary"
+        );
+        assert_eq!(a.ensure_local(&wanted).await.expect("here already"), 0);
+        assert_eq!(server.hits.lock().expect("lock")["/a/bin/kubelet"], 1);
+        a.files[0].sha256 = "0".repeat(64);
+        let e = a.ensure_local(&wanted).await.expect_err("replaced");
+        assert!(format!("{e:#}").contains("corrupt or replaced"), "{e:#}");
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@
 //! the apply holds the server's standard input open; every file is verified against its
 //! sha256 on arrival before it is renamed into place. A transfer between hosts that fails
 //! (a firewall, a host gone) is done from this computer instead, and said so.
+//!
+//! Files with an https URL (an https asset source, or official downloads through a mirror)
+//! come first: each host that needs them fetches them from there itself, verified; only
+//! what a host could not fetch goes through the fan-out, downloaded here first, and a host
+//! that fetched a file serves it to its peers like any holder.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -141,6 +146,10 @@ pub struct Outcome {
     pub sent_here: u64,
     /// Bytes of assets hosts sent each other.
     pub sent_peers: u64,
+    /// Bytes of assets hosts fetched from the asset source themselves.
+    pub from_source: u64,
+    /// The size of each asset some host received (its path on the hosts).
+    pub distinct: BTreeMap<String, u64>,
 }
 
 /// `host` as it appears in a URL or a listen address (`[v6]`); None when the Cluster file
@@ -173,91 +182,222 @@ fn mb(bytes: u64) -> String {
 }
 
 /// Sends `assets` to the hosts that need them: `needs[i]` are the asset paths host `i`
-/// (`cx.hosts[i]`) must be written, `has[i]` those it holds with the right content.
+/// (`cx.hosts[i]`) must be written, `has[i]` those it holds with the right content. First
+/// the fetch program (itself passed on by the hosts), then what the hosts fetch from an
+/// https source themselves, then the rest.
 pub async fn run(
     cx: &Apply<'_>,
     needs: &[BTreeSet<String>],
     has: &[BTreeSet<String>],
 ) -> Result<Outcome> {
-    let phase = PhaseName::Upload;
     let fetch_path = format!("{BIN_DIR}/{FETCH_PROGRAM}");
-    let paths: BTreeSet<&String> = needs.iter().flatten().collect();
-    let mut assets: Vec<&Asset> = Vec::new();
-    let mut files = Vec::new();
-    for path in paths {
-        let a = cx
-            .assets
-            .files
-            .iter()
-            .find(|a| &a.remote == path)
-            .with_context(|| format!("no asset goes to {path}"))?;
-        let size = std::fs::metadata(&a.local)
-            .with_context(|| format!("reading {}", a.local.display()))?
-            .len();
-        let idx = |set: &[BTreeSet<String>]| -> Vec<usize> {
-            (0..set.len()).filter(|&i| set[i].contains(path)).collect()
-        };
-        files.push(File {
-            size,
-            // The fetch program itself, and a file whose name a peer would not pass on.
-            here_only: *path == fetch_path || !passable(path),
-            // A host the others cannot address cannot serve; one that needs the file written
-            // (its mode differs) gets it like the others.
-            holders: idx(has)
-                .into_iter()
-                .filter(|&i| url_host(&cx.hosts[i].host).is_some() && !needs[i].contains(path))
-                .collect(),
-            needers: idx(needs),
-        });
-        assets.push(a);
-    }
-    let rounds = schedule(&files, cx.hosts.len());
     let mut out = Outcome {
         written: vec![BTreeSet::new(); cx.hosts.len()],
         ..Outcome::default()
     };
-    let Some((first, later)) = rounds.split_first() else {
-        return Ok(out);
-    };
-    send_here(cx, &assets, first, &mut out).await?;
-    if later.is_empty() {
-        report(cx, &files, &out);
-        return Ok(out);
-    }
     let token = token()?;
-    let servers = start_servers(cx, &assets, later, &token).await;
-    let result = async {
-        for round in later {
-            fetch_round(cx, &assets, &files, round, &servers, &token, &mut out).await?;
-        }
-        anyhow::Ok(())
+    let (mut needs, mut has) = (needs.to_vec(), has.to_vec());
+    let mut stage = Stage {
+        token: &token,
+        needs: &mut needs,
+        has: &mut has,
+        out: &mut out,
+    };
+    stage.fan_out(cx, |p| p == fetch_path).await?;
+    from_source(cx, &mut stage).await?;
+    stage.fan_out(cx, |p| p != fetch_path).await?;
+    report(cx, &out);
+    Ok(out)
+}
+
+/// What the upload's asset stages share: the apply's token, what each host still needs and
+/// already has (each updated as files arrive), and the figures.
+struct Stage<'s> {
+    token: &'s str,
+    needs: &'s mut [BTreeSet<String>],
+    has: &'s mut [BTreeSet<String>],
+    out: &'s mut Outcome,
+}
+
+impl Stage<'_> {
+    /// Host `to` holds `path` now.
+    fn arrived(&mut self, to: usize, path: &str) {
+        self.needs[to].remove(path);
+        self.has[to].insert(path.to_owned());
+        self.out.written[to].insert(path.to_owned());
     }
-    .await;
-    for (i, s) in servers.into_iter().enumerate() {
-        if let Some(s) = s {
-            // The transfers were checked by their receivers; a server that does not stop
-            // cleanly only leaves its message.
-            if let Err(e) = s.stop().await {
-                cx.reporter
-                    .step(phase, cx.hosts[i].name(), format!("asset server: {e}"));
+
+    /// The fan-out of the needed files whose path `pick` takes: each from here once (to a
+    /// host that holds none), then passed on in rounds by the hosts that hold it.
+    async fn fan_out(&mut self, cx: &Apply<'_>, pick: impl Fn(&str) -> bool) -> Result<()> {
+        let phase = PhaseName::Upload;
+        let paths: BTreeSet<String> = self
+            .needs
+            .iter()
+            .flatten()
+            .filter(|p| pick(p))
+            .cloned()
+            .collect();
+        let mut assets: Vec<&Asset> = Vec::new();
+        let mut files = Vec::new();
+        let mut sizes = Vec::new();
+        for path in &paths {
+            let a = cx
+                .assets
+                .files
+                .iter()
+                .find(|a| &a.remote == path)
+                .with_context(|| format!("no asset goes to {path}"))?;
+            let idx = |set: &[BTreeSet<String>]| -> Vec<usize> {
+                (0..set.len()).filter(|&i| set[i].contains(path)).collect()
+            };
+            // A host the others cannot address cannot serve; one that needs the file
+            // written (its mode differs) gets it like the others.
+            let holders: Vec<usize> = idx(self.has)
+                .into_iter()
+                .filter(|&i| url_host(&cx.hosts[i].host).is_some() && !self.needs[i].contains(path))
+                .collect();
+            let size = match self.out.distinct.get(path) {
+                Some(&size) => Some(size),
+                // From the asset source, held by peers: its size arrives with it.
+                None if a.url.is_some() && !holders.is_empty() && !a.local.exists() => None,
+                None => {
+                    // Goes from here (downloaded first when it comes from the source).
+                    cx.assets
+                        .ensure_local(&BTreeSet::from([path.as_str()]))
+                        .await?;
+                    let meta = std::fs::metadata(&a.local)
+                        .with_context(|| format!("reading {}", a.local.display()))?;
+                    Some(meta.len())
+                }
+            };
+            files.push(File {
+                size: size.unwrap_or(0),
+                // A file whose name a peer would not pass on.
+                here_only: !passable(path),
+                holders,
+                needers: idx(self.needs),
+            });
+            if let Some(size) = size {
+                self.out.distinct.insert(path.clone(), size);
+            }
+            sizes.push(size);
+            assets.push(a);
+        }
+        let rounds = schedule(&files, cx.hosts.len());
+        let Some((first, later)) = rounds.split_first() else {
+            return Ok(());
+        };
+        send_here(cx, &assets, first, self).await?;
+        let mut servers: Vec<Option<Running>> = (0..cx.hosts.len()).map(|_| None).collect();
+        let mut tried = vec![false; cx.hosts.len()];
+        let result = async {
+            for (r, round) in later.iter().enumerate() {
+                // Each sender's server starts before its first round, serving all it sends.
+                let starting: Vec<usize> = round
+                    .iter()
+                    .filter_map(|t| match t.from {
+                        Source::Peer(p) if !tried[p] => Some(p),
+                        _ => None,
+                    })
+                    .collect::<BTreeSet<usize>>()
+                    .into_iter()
+                    .collect();
+                for (i, s) in start_servers(cx, &assets, &later[r..], &starting, self.token).await {
+                    tried[i] = true;
+                    servers[i] = s;
+                }
+                fetch_round(cx, &assets, &sizes, round, &servers, self).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        for (i, s) in servers.into_iter().enumerate() {
+            if let Some(s) = s {
+                // The transfers were checked by their receivers; a server that does not
+                // stop cleanly only leaves its message.
+                if let Err(e) = s.stop().await {
+                    cx.reporter
+                        .step(phase, cx.hosts[i].name(), format!("asset server: {e}"));
+                }
             }
         }
+        result
     }
-    result?;
-    report(cx, &files, &out);
-    Ok(out)
+}
+
+/// The files with an https URL: each host fetches those it needs from the source itself
+/// (the fetch program is in place by now). What a host fetched it now holds (and may serve
+/// its peers); what it could not stays needed, with a step saying why.
+async fn from_source(cx: &Apply<'_>, stage: &mut Stage<'_>) -> Result<()> {
+    let phase = PhaseName::Upload;
+    let wanted: Vec<Vec<(&Asset, &str)>> = stage
+        .needs
+        .iter()
+        .map(|n| {
+            cx.assets
+                .files
+                .iter()
+                .filter(|a| n.contains(&a.remote))
+                .filter_map(|a| Some((a, a.url.as_deref()?)))
+                .collect()
+        })
+        .collect();
+    let token = stage.token;
+    let results = join_all(
+        wanted
+            .iter()
+            .enumerate()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(to, list)| async move {
+                let lines: String = list
+                    .iter()
+                    .map(|(a, url)| format!("{} - {MODE:o} {url} {}\n", a.sha256, a.remote))
+                    .collect();
+                (
+                    to,
+                    receive_on(cx, to, &fetch_command("get"), token, &lines).await,
+                )
+            }),
+    )
+    .await;
+    for (to, (fetched, problem)) in results {
+        for (path, bytes) in fetched {
+            stage.out.from_source += bytes;
+            stage.out.distinct.insert(path.clone(), bytes);
+            stage.arrived(to, &path);
+        }
+        if let Some(p) = problem {
+            let missing = wanted[to]
+                .iter()
+                .filter(|(a, _)| stage.needs[to].contains(&a.remote))
+                .count();
+            let step = format!(
+                "could not fetch {missing} asset file(s) from the asset source ({}); those \
+                 come from this computer and its peers",
+                errors_of(&p).join("; ")
+            );
+            cx.reporter.step(phase, cx.hosts[to].name(), step);
+        }
+    }
+    Ok(())
+}
+
+/// The errors `strata-fetch get` printed, one per file (each names its URL).
+fn errors_of(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| !l.starts_with("fetched "))
+        .map(|l| l.trim_start_matches("strata-fetch: "))
+        .filter(|l| !l.trim().is_empty())
+        .collect()
 }
 
 /// The step that says why a host could not get files from its peers: every error
 /// `strata-fetch get` printed (each names the URL or the file), with the port to open when
 /// a peer could not be reached.
 fn fetch_problem(output: &str) -> String {
-    let errors: Vec<&str> = output
-        .lines()
-        .filter(|l| !l.starts_with("fetched "))
-        .map(|l| l.trim_start_matches("strata-fetch: "))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let errors = errors_of(output);
     let unreachable = errors.iter().any(|l| {
         l.contains("Connection refused") || l.contains("timed out") || l.contains("unreachable")
     });
@@ -272,16 +412,20 @@ fn fetch_problem(output: &str) -> String {
     )
 }
 
-/// The fan-out's figures: the distinct asset bytes, what this computer sent (once each
-/// file, and the fetch program to each host), what the hosts sent each other.
-fn report(cx: &Apply<'_>, files: &[File], out: &Outcome) {
+/// The figures: the distinct asset bytes the hosts received, what this computer sent (once
+/// each file, and the fetch program to each host), what the hosts sent each other, and what
+/// they fetched from the asset source.
+fn report(cx: &Apply<'_>, out: &Outcome) {
     for (h, written) in cx.hosts.iter().zip(&out.written) {
         if !written.is_empty() {
             let step = format!("{} asset file(s) in place", written.len());
             cx.reporter.step(PhaseName::Upload, h.name(), step);
         }
     }
-    let distinct: u64 = files.iter().map(|f| f.size).sum();
+    if out.distinct.is_empty() {
+        return;
+    }
+    let distinct: u64 = out.distinct.values().sum();
     let ratio = if distinct == 0 {
         0.0
     } else {
@@ -291,22 +435,33 @@ fn report(cx: &Apply<'_>, files: &[File], out: &Outcome) {
         PhaseName::Upload,
         "assets",
         format!(
-            "{} of assets: {} sent from this computer ({ratio:.2} times each byte), {} between hosts",
+            "{} of assets: {} sent from this computer ({ratio:.2} times each byte), {} between hosts{}",
             mb(distinct),
             mb(out.sent_here),
-            mb(out.sent_peers)
+            mb(out.sent_peers),
+            if out.from_source > 0 {
+                format!(", {} fetched by the hosts from the asset source", mb(out.from_source))
+            } else {
+                String::new()
+            }
         ),
     );
 }
 
-/// Uploads over SSH the transfers from here, each host's one after another, hosts at once.
+/// Uploads over SSH the transfers from here, each host's one after another, hosts at once
+/// (a file that comes from the asset source downloaded here first).
 async fn send_here(
     cx: &Apply<'_>,
     assets: &[&Asset],
     transfers: &[Transfer],
-    out: &mut Outcome,
+    stage: &mut Stage<'_>,
 ) -> Result<()> {
     let phase = PhaseName::Upload;
+    let sent: BTreeSet<&str> = transfers
+        .iter()
+        .map(|t| assets[t.file].remote.as_str())
+        .collect();
+    cx.assets.ensure_local(&sent).await?;
     let per_host: BTreeMap<usize, Vec<&Asset>> =
         transfers.iter().fold(BTreeMap::new(), |mut m, t| {
             m.entry(t.to).or_insert_with(Vec::new).push(assets[t.file]);
@@ -331,8 +486,10 @@ async fn send_here(
     for (r, (_, list)) in results.into_iter().zip(&per_host) {
         match r {
             Ok((to, bytes)) => {
-                out.sent_here += bytes;
-                out.written[to].extend(list.iter().map(|a| a.remote.clone()));
+                stage.out.sent_here += bytes;
+                for a in list {
+                    stage.arrived(to, &a.remote);
+                }
             }
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -344,26 +501,45 @@ async fn send_here(
     }
 }
 
-/// Starts `strata-fetch serve` on every host that sends in `rounds`, serving the files it
-/// sends. A host whose server does not start is None: its transfers come from here.
+/// Starts `strata-fetch serve` on the hosts `which`, each serving the files it sends in
+/// `rounds`. A host whose server does not start is None: its transfers come from here.
 async fn start_servers(
     cx: &Apply<'_>,
     assets: &[&Asset],
     rounds: &[Vec<Transfer>],
+    which: &[usize],
     token: &str,
-) -> Vec<Option<Running>> {
-    let phase = PhaseName::Upload;
-    let mut serves: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); cx.hosts.len()];
+) -> Vec<(usize, Option<Running>)> {
+    let mut serves: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
     for t in rounds.iter().flatten() {
-        if let Source::Peer(p) = t.from {
-            serves[p].insert(assets[t.file].remote.as_str());
+        if let Source::Peer(p) = t.from
+            && which.contains(&p)
+        {
+            serves
+                .entry(p)
+                .or_default()
+                .insert(assets[t.file].remote.as_str());
         }
     }
-    join_all(cx.hosts.iter().zip(&serves).map(|(h, files)| async move {
-        if files.is_empty() {
-            return None;
-        }
-        let addr = url_host(&h.host)?;
+    join_all(
+        serves
+            .into_iter()
+            .map(|(i, files)| async move { (i, serve_on(cx, i, &files, token).await) }),
+    )
+    .await
+}
+
+/// `strata-fetch serve` on host `i` for `files`, once it has said it listens.
+async fn serve_on(
+    cx: &Apply<'_>,
+    i: usize,
+    files: &BTreeSet<&str>,
+    token: &str,
+) -> Option<Running> {
+    let phase = PhaseName::Upload;
+    let h = &cx.hosts[i];
+    let addr = url_host(&h.host)?;
+    {
         let command = format!(
             "{} --listen {}",
             fetch_command("serve"),
@@ -401,22 +577,22 @@ async fn start_servers(
                 None
             }
         }
-    }))
-    .await
+    }
 }
 
 /// One round of transfers between hosts: each receiving host runs `strata-fetch get` once
-/// for its files; what could not be fetched from a peer is sent from here.
+/// for its files (or, for the fetch program itself, [`bootstrap_script`]); what could not
+/// be fetched from a peer is sent from here.
 async fn fetch_round(
     cx: &Apply<'_>,
     assets: &[&Asset],
-    files: &[File],
+    sizes: &[Option<u64>],
     round: &[Transfer],
     servers: &[Option<Running>],
-    token: &str,
-    out: &mut Outcome,
+    stage: &mut Stage<'_>,
 ) -> Result<()> {
     let phase = PhaseName::Upload;
+    let fetch_path = format!("{BIN_DIR}/{FETCH_PROGRAM}");
     let mut per_host: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
     let mut here = Vec::new();
     for t in round {
@@ -430,54 +606,54 @@ async fn fetch_round(
             }),
         }
     }
-    let results = join_all(per_host.iter().map(|(&to, list)| async move {
-        let h = &cx.hosts[to];
-        let mut input = format!("{token}\n");
-        for &(file, peer) in list {
-            let a = assets[file];
-            let from = url_host(&cx.hosts[peer].host).unwrap_or_default();
-            input.push_str(&format!(
-                "{} {} {MODE:o} http://{from}:{FETCH_PORT}{} {}\n",
-                a.sha256, files[file].size, a.remote, a.remote
-            ));
+    let token = stage.token;
+    let results = join_all(per_host.iter().map(|(&to, list)| {
+        let fetch_path = &fetch_path;
+        async move {
+            let url = |file: usize, peer: usize| {
+                let from = url_host(&cx.hosts[peer].host).unwrap_or_default();
+                format!("http://{from}:{FETCH_PORT}{}", assets[file].remote)
+            };
+            let (command, lines) = match list.as_slice() {
+                // The program that fetches cannot fetch itself: bash does.
+                [(file, peer)] if assets[*file].remote == *fetch_path => {
+                    let a = assets[*file];
+                    let from = url_host(&cx.hosts[*peer].host).unwrap_or_default();
+                    let script = bootstrap_script(&from, FETCH_PORT, &a.remote, &a.sha256);
+                    (
+                        format!("timeout 300 bash -c {}", quote(&script)),
+                        String::new(),
+                    )
+                }
+                _ => {
+                    let lines = list
+                        .iter()
+                        .map(|&(file, peer)| {
+                            let a = assets[file];
+                            let size = sizes[file].map_or("-".to_owned(), |s| s.to_string());
+                            format!(
+                                "{} {size} {MODE:o} {} {}\n",
+                                a.sha256,
+                                url(file, peer),
+                                a.remote
+                            )
+                        })
+                        .collect();
+                    (fetch_command("get"), lines)
+                }
+            };
+            (to, receive_on(cx, to, &command, token, &lines).await)
         }
-        let r = h
-            .conn
-            .exec_with_input(&fetch_command("get"), input.as_bytes())
-            .await;
-        (to, r)
     }))
     .await;
-    for ((to, r), (_, list)) in results.into_iter().zip(&per_host) {
-        let h = &cx.hosts[to];
-        let (fetched, problem): (BTreeMap<String, u64>, Option<String>) = match r {
-            Ok(o) => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                let fetched = text
-                    .lines()
-                    .filter_map(|l| {
-                        let mut f = l.strip_prefix("fetched ")?.split(' ');
-                        Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
-                    })
-                    .collect();
-                let problem = (!o.success()).then(|| {
-                    let said = String::from_utf8_lossy(&o.stderr).into_owned();
-                    if said.trim().is_empty() {
-                        format!("strata-fetch get ended with status {}", o.status)
-                    } else {
-                        said
-                    }
-                });
-                (fetched, problem)
-            }
-            Err(e) => (BTreeMap::new(), Some(e.to_string())),
-        };
+    for ((to, (fetched, problem)), (_, list)) in results.into_iter().zip(&per_host) {
         for &(file, _) in list {
             let path = &assets[file].remote;
             match fetched.get(path) {
-                Some(bytes) => {
-                    out.sent_peers += bytes;
-                    out.written[to].insert(path.clone());
+                Some(&bytes) => {
+                    stage.out.sent_peers += bytes;
+                    stage.out.distinct.entry(path.clone()).or_insert(bytes);
+                    stage.arrived(to, path);
                 }
                 None => here.push(Transfer {
                     file,
@@ -487,13 +663,92 @@ async fn fetch_round(
             }
         }
         if let Some(p) = problem {
-            cx.reporter.step(phase, h.name(), fetch_problem(&p));
+            cx.reporter
+                .step(phase, cx.hosts[to].name(), fetch_problem(&p));
         }
     }
     if !here.is_empty() {
-        send_here(cx, assets, &here, out).await?;
+        send_here(cx, assets, &here, stage).await?;
     }
     Ok(())
+}
+
+/// The script with which a host that lacks the fetch program gets it from a peer's server
+/// (`peer` as in a URL: `[v6]` or v4), with bash's own TCP connections: the apply's token
+/// from standard input, the request, the answer's status and head read a byte at a time,
+/// the body (to the end of the connection: one request per connection) into a temporary
+/// file beside `path`, renamed into place (mode 755) only when its sha256 is `sha256`.
+/// Prints `fetched <path> <bytes>` as the fetch program does; anything else is an error
+/// naming the URL.
+pub fn bootstrap_script(peer: &str, port: u16, path: &str, sha256: &str) -> String {
+    let host = peer.trim_start_matches('[').trim_end_matches(']');
+    let url = format!("http://{peer}:{port}{path}");
+    let dir = path.rsplit_once('/').map_or("/", |(d, _)| d);
+    format!(
+        r#"set -eu
+fail() {{ echo "{url}: $1" >&2; exit 1; }}
+IFS= read -r token
+exec 3<>/dev/tcp/{host}/{port} || fail "cannot connect"
+printf 'GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' \
+  {path_q} {authority_q} "$token" >&3
+IFS= read -r -t 30 status <&3 || fail "no answer"
+case "$status" in "HTTP/1.1 200 "*) ;; *) fail "answered ${{status%$'\r'}}" ;; esac
+while IFS= read -r -t 30 line <&3; do [ "$line" = $'\r' ] && break; done
+mkdir -p {dir_q}
+tmp=$(mktemp {dir_q}/.strata-fetch.XXXXXX)
+trap 'rm -f "$tmp"' EXIT
+cat <&3 > "$tmp"
+sum=$(sha256sum "$tmp" | cut -d' ' -f1)
+[ "$sum" = {sha256} ] || fail "got sha256 $sum, want {sha256}; {path} left as it was"
+size=$(wc -c < "$tmp")
+chmod 755 "$tmp"
+mv -f "$tmp" {path_q}
+trap - EXIT
+echo "fetched {path} $size"
+"#,
+        path_q = quote(path),
+        authority_q = quote(&format!("{peer}:{port}")),
+        dir_q = quote(dir),
+    )
+}
+
+/// Runs `command` on host `to` with the token and `lines` on its standard input: the bytes
+/// of each file it fetched (`fetched <path> <bytes>` lines), and what went wrong when not
+/// all did.
+async fn receive_on(
+    cx: &Apply<'_>,
+    to: usize,
+    command: &str,
+    token: &str,
+    lines: &str,
+) -> (BTreeMap<String, u64>, Option<String>) {
+    let input = format!("{token}\n{lines}");
+    let r = cx.hosts[to]
+        .conn
+        .exec_with_input(command, input.as_bytes())
+        .await;
+    match r {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let fetched = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.strip_prefix("fetched ")?.split(' ');
+                    Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+                })
+                .collect();
+            let problem = (!o.success()).then(|| {
+                let said = String::from_utf8_lossy(&o.stderr).into_owned();
+                if said.trim().is_empty() {
+                    format!("{command} ended with status {}", o.status)
+                } else {
+                    said
+                }
+            });
+            (fetched, problem)
+        }
+        Err(e) => (BTreeMap::new(), Some(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -601,6 +856,73 @@ mod tests {
         let (rounds, here) = check(&files, 3);
         assert_eq!(here, 4);
         assert!(rounds[1..].iter().flatten().all(|t| t.file == 1));
+    }
+
+    /// The bootstrap script in a real bash against a real `strata-fetch serve` on loopback.
+    #[test]
+    fn bash_fetches_the_fetch_program_from_a_peer_verified() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = dir.path().join("public");
+        std::fs::create_dir_all(&public).expect("mkdir");
+        let program = b"\x7fELF not really, with \r\n\r\n and \0 bytes".repeat(5000);
+        let served = public.join("strata-fetch");
+        std::fs::write(&served, &program).expect("write");
+        let public_s = public.to_str().expect("utf-8").to_owned();
+        let dirs = strata_fetch::PublicDirs::new(std::slice::from_ref(&public_s)).expect("dirs");
+        let allow = strata_fetch::serve::AllowList::new(
+            &dirs,
+            [served.to_str().expect("utf-8").to_owned()],
+        )
+        .expect("allow");
+        let listener = strata_fetch::serve::listen("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let token = "0123456789abcdef".repeat(4);
+        strata_fetch::serve::spawn(
+            listener,
+            strata_fetch::Token::new(&token).expect("token"),
+            allow,
+        );
+        let path = served.to_str().expect("utf-8");
+        let run = |sha256: &str, token: &str| {
+            let mut child = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(bootstrap_script("127.0.0.1", port, path, sha256))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("bash");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(format!("{token}\n").as_bytes())
+                .expect("token");
+            drop(stdin);
+            child.wait_with_output().expect("bash ran")
+        };
+        // The same path as served: the file is replaced by what arrives (the same bytes).
+        let sha = strata_manifests::plan::sha256(&program);
+        let o = run(&sha, &token);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            format!("fetched {path} {}", program.len())
+        );
+        assert_eq!(std::fs::read(&served).expect("read"), program);
+        // Another digest: refused, the file as it was, no temporary file left.
+        let o = run(&"0".repeat(64), &token);
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && said.contains("got sha256"), "{said}");
+        // A wrong token: the server's refusal, named.
+        let o = run(&sha, &"f".repeat(64));
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && said.contains("answered HTTP/1.1 401"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read(&served).expect("read"), program);
+        let left: Vec<_> = std::fs::read_dir(&public).expect("list").collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

@@ -191,8 +191,16 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Whether the hosts fetch download `name` through `mirror` themselves: a plain file (not
+/// an archive to unpack) through an https mirror (one the hosts can reach, as the Cluster
+/// file says by naming it). This computer then fetches only its published digest.
+fn left_to_hosts(name: &str, mirror: &str) -> bool {
+    mirror.starts_with("https://") && (SERVER_BINARIES.contains(&name) || name == "runc")
+}
+
 /// Downloads (once) and verifies every component into `cache/upstream-<version>/` with a
-/// manifest, and returns that directory.
+/// manifest, and returns that directory. Through an https mirror, the plain files are left
+/// to the hosts: the manifest gives their mirror URL and published digest.
 pub async fn fetch(
     client: &reqwest::Client,
     version: &str,
@@ -200,7 +208,12 @@ pub async fn fetch(
     mirror: &str,
     cache: &Path,
 ) -> Result<PathBuf> {
-    let dir = cache.join(format!("upstream-{version}"));
+    let dir = if mirror.is_empty() {
+        cache.join(format!("upstream-{version}"))
+    } else {
+        let id = strata_manifests::plan::sha256(mirror.as_bytes());
+        cache.join(format!("upstream-{version}-mirror-{}", &id[..12]))
+    };
     if dir.join("manifest.json").exists() {
         return Ok(dir);
     }
@@ -208,6 +221,7 @@ pub async fn fetch(
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
+    let mut files = serde_json::Map::new();
     for (name, d) in downloads(version, components(minor)) {
         let sums_url = through(mirror, &d.sums);
         let sums = String::from_utf8_lossy(&get(client, &sums_url).await?).into_owned();
@@ -218,6 +232,13 @@ pub async fn fetch(
             );
         };
         let url = through(mirror, &d.url);
+        if left_to_hosts(name, mirror) {
+            files.insert(
+                format!("bin/{name}"),
+                serde_json::json!({"sha256": want, "url": url}),
+            );
+            continue;
+        }
         let bytes = get(client, &url).await?;
         let have = strata_manifests::plan::sha256(&bytes);
         if have != want {
@@ -266,8 +287,7 @@ pub async fn fetch(
             bail!("{url}: the archive holds none of the files Strata needs");
         }
     }
-    // The manifest of what was verified.
-    let mut files = serde_json::Map::new();
+    // The manifest of what was verified (and of what the hosts fetch, above).
     for sub in ["bin", "cni"] {
         let mut names: Vec<PathBuf> = std::fs::read_dir(work.join(sub))
             .with_context(|| format!("reading {}", work.join(sub).display()))?
@@ -318,6 +338,23 @@ mod tests {
             Some(d)
         );
         assert_eq!(digest_in("not a digest\n", None), None);
+    }
+
+    #[test]
+    fn hosts_fetch_the_plain_files_through_an_https_mirror_only() {
+        let m = "https://mirror.example/releases";
+        for name in SERVER_BINARIES.iter().chain(&["runc"]) {
+            assert!(left_to_hosts(name, m), "{name}");
+            assert!(!left_to_hosts(name, ""), "{name}: no mirror");
+            assert!(
+                !left_to_hosts(name, "http://127.0.0.1:9/m"),
+                "{name}: loopback"
+            );
+        }
+        // Archives are unpacked here.
+        for name in ["etcd", "containerd", "cni"] {
+            assert!(!left_to_hosts(name, m), "{name}");
+        }
     }
 
     #[test]

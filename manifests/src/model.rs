@@ -677,6 +677,8 @@ pub struct Assets {
     /// digests, or an https URL of such an archive or directory, or `upstream`: the official
     /// release downloads (Kubernetes, etcd, containerd, runc, CNI plugins), each checked
     /// against its published sha256; empty means the built-in default for the platform.
+    /// From an https directory URL each host fetches its files itself (this computer only
+    /// the manifest).
     #[serde(default)]
     pub source: String,
     /// The sha256 (hex) of the archive, or of the manifest.json of a directory URL. Required

@@ -2,14 +2,20 @@
 //! computed while it arrives, and renamed into place only when the length and digest are
 //! the ones expected (mode set first). A file already there with that digest is not
 //! fetched.
+//!
+//! Two kinds of source: a peer of the apply (`http://host:port/path`, with the apply's
+//! token), and the cluster's asset source or mirror (`https://...`, verified against the
+//! host's trust store, redirects followed to https only, the token never sent).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 use sha2::{Digest, Sha256};
 
@@ -19,23 +25,26 @@ use crate::{Error, PublicDirs, Token, hex};
 /// How long a transfer may go without receiving anything.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An https source farther away: the connection, and the whole of one download.
+const SOURCE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SOURCE_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Files fetched at once.
 const PARALLEL: usize = 3;
 
-/// One file to fetch: `url` to `path` with `mode`, whose content has `size` bytes and
-/// `sha256`.
+/// One file to fetch: `url` to `path` with `mode`, whose content has `sha256` and `size`
+/// bytes (when known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Want {
     pub sha256: String,
-    pub size: u64,
+    pub size: Option<u64>,
     pub mode: u32,
     pub url: String,
     pub path: String,
 }
 
 impl Want {
-    /// One line of the list: `<sha256> <size> <octal mode> <url> <path>`; the path must be
-    /// in a public directory, the URL `http://host:port/path`.
+    /// One line of the list: `<sha256> <size or -> <octal mode> <url> <path>`; the path must
+    /// be in a public directory, the URL `http://host:port/path` (a peer) or `https://...`.
     pub fn parse(dirs: &PublicDirs, line: &str) -> Result<Self, Error> {
         let bad = || Error::Input(format!("not `<sha256> <size> <mode> <url> <path>`: {line}"));
         let mut f = line.split_whitespace();
@@ -46,7 +55,10 @@ impl Want {
             f.next().ok_or_else(bad)?,
             f.next().ok_or_else(bad)?,
         );
-        let size = size.parse().map_err(|_| bad())?;
+        let size = match size {
+            "-" => None,
+            n => Some(n.parse().map_err(|_| bad())?),
+        };
         if f.next().is_some()
             || sha256.len() != 64
             || !sha256.bytes().all(|b| b.is_ascii_hexdigit())
@@ -55,7 +67,9 @@ impl Want {
         }
         let mode = u32::from_str_radix(mode, 8).map_err(|_| bad())?;
         dirs.check(path)?;
-        split_url(url)?;
+        if !is_https(url) {
+            split_url(url)?;
+        }
         Ok(Self {
             sha256: sha256.to_ascii_lowercase(),
             size,
@@ -64,6 +78,12 @@ impl Want {
             path: path.into(),
         })
     }
+}
+
+/// Whether `url` names an https source (a host after the scheme, no spaces).
+fn is_https(url: &str) -> bool {
+    url.strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
 }
 
 /// `http://host:port/path` as (`host:port`, `/path`).
@@ -116,62 +136,188 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Fetches one file; returns the bytes received (0 when it was already there).
-pub fn fetch(token: &Token, w: &Want) -> Result<u64, Error> {
+/// Fetches files: from peers with the apply's token, from https sources with an agent
+/// that trusts the host's certificate authorities (or the ones given, in tests).
+#[derive(Debug)]
+pub struct Getter {
+    token: Token,
+    https: ureq::Agent,
+}
+
+impl Getter {
+    /// A getter whose https downloads are verified against the host's trust store.
+    pub fn new(token: Token) -> Self {
+        Self::with_roots(token, RootCerts::PlatformVerifier)
+    }
+
+    /// A getter that trusts only the certificate authorities `roots` (DER) for https.
+    pub fn trusting(token: Token, roots: &[Vec<u8>]) -> Self {
+        let roots: Vec<_> = roots
+            .iter()
+            .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+            .collect();
+        Self::with_roots(token, RootCerts::new_with_certs(&roots))
+    }
+
+    fn with_roots(token: Token, roots: RootCerts) -> Self {
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(roots)
+            .unversioned_rustls_crypto_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .build();
+        let config = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .https_only(true)
+            .timeout_connect(Some(SOURCE_CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(READ_TIMEOUT))
+            .timeout_global(Some(SOURCE_DOWNLOAD_TIMEOUT))
+            .http_status_as_error(false)
+            .build();
+        Self {
+            token,
+            https: config.into(),
+        }
+    }
+
+    /// Fetches one file; returns the bytes received (0 when it was already there).
+    pub fn fetch(&self, w: &Want) -> Result<u64, Error> {
+        let path = Path::new(&w.path);
+        if digest_of(path).as_deref() == Some(w.sha256.as_str()) {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(w.mode)).map_err(
+                |source| Error::Write {
+                    path: w.path.clone(),
+                    source,
+                },
+            )?;
+            return Ok(0);
+        }
+        if is_https(&w.url) {
+            self.get_from_source(w)
+        } else {
+            self.get_from_peer(w)
+        }
+    }
+
+    /// From the cluster's https asset source or mirror: no token.
+    fn get_from_source(&self, w: &Want) -> Result<u64, Error> {
+        let transfer = |reason: String| Error::Transfer {
+            url: w.url.clone(),
+            reason,
+        };
+        let resp = self
+            .https
+            .get(&w.url)
+            .call()
+            .map_err(|e| transfer(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(transfer(format!("answered {status}")));
+        }
+        let length = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(have), Some(want)) = (length, w.size)
+            && have != want
+        {
+            return Err(transfer(format!("offers {have} bytes, {want} expected")));
+        }
+        let reader = resp.into_body().into_reader();
+        store(w, Vec::new(), reader, w.size.or(length))
+    }
+
+    /// From a peer of the apply, with its token.
+    fn get_from_peer(&self, w: &Want) -> Result<u64, Error> {
+        let transfer = |reason: String| Error::Transfer {
+            url: w.url.clone(),
+            reason,
+        };
+        let (authority, remote) = split_url(&w.url)?;
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| transfer(e.to_string()))?
+            .next()
+            .ok_or_else(|| transfer("no address".into()))?;
+        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| transfer(e.to_string()))?;
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| transfer(e.to_string()))?;
+        write!(
+            stream,
+            "GET {remote} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            self.token.as_str()
+        )
+        .map_err(|e| transfer(e.to_string()))?;
+        let (head, body_start) = read_head(&mut stream, READ_TIMEOUT)
+            .map_err(|e| transfer(e.to_string()))?
+            .ok_or_else(|| transfer("no answer".into()))?;
+        let status = head.split(' ').nth(1).unwrap_or_default();
+        if status != "200" {
+            let line = head.lines().next().unwrap_or_default();
+            return Err(transfer(format!("answered {line}")));
+        }
+        let length: u64 = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .ok_or_else(|| transfer("no Content-Length".into()))?;
+        if let Some(want) = w.size
+            && length != want
+        {
+            return Err(transfer(format!("offers {length} bytes, {want} expected")));
+        }
+        store(w, body_start, stream, Some(length))
+    }
+
+    /// Fetches every file of `wants`, a few at once. Each result is reported through `done`
+    /// as it completes; every failure is returned, not just the first.
+    pub fn fetch_all(
+        &self,
+        wants: &[Want],
+        done: impl Fn(&Want, &Result<u64, Error>) + Sync,
+    ) -> Vec<Error> {
+        let next = AtomicUsize::new(0);
+        let errors = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL.min(wants.len()) {
+                s.spawn(|| {
+                    while let Some(w) = wants.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let r = self.fetch(w);
+                        done(w, &r);
+                        if let Err(e) = r
+                            && let Ok(mut list) = errors.lock()
+                        {
+                            list.push(e);
+                        }
+                    }
+                });
+            }
+        });
+        errors.into_inner().unwrap_or_default()
+    }
+}
+
+/// Writes the body (`start`, then the rest from `body`: `length` bytes when known, else to
+/// its end) to a temporary file beside `w.path`, and renames it into place with its mode
+/// only when the length and sha256 are right.
+fn store(w: &Want, start: Vec<u8>, body: impl Read, length: Option<u64>) -> Result<u64, Error> {
     let path = Path::new(&w.path);
     let write = |source| Error::Write {
         path: w.path.clone(),
         source,
     };
-    if digest_of(path).as_deref() == Some(w.sha256.as_str()) {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(w.mode)).map_err(write)?;
-        return Ok(0);
-    }
     let transfer = |reason: String| Error::Transfer {
         url: w.url.clone(),
         reason,
     };
-    let (authority, remote) = split_url(&w.url)?;
-    let addr = authority
-        .to_socket_addrs()
-        .map_err(|e| transfer(e.to_string()))?
-        .next()
-        .ok_or_else(|| transfer("no address".into()))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| transfer(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(|e| transfer(e.to_string()))?;
-    write!(
-        stream,
-        "GET {remote} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
-         Connection: close\r\n\r\n",
-        token.as_str()
-    )
-    .map_err(|e| transfer(e.to_string()))?;
-    let (head, body_start) = read_head(&mut stream, READ_TIMEOUT)
-        .map_err(|e| transfer(e.to_string()))?
-        .ok_or_else(|| transfer("no answer".into()))?;
-    let status = head.split(' ').nth(1).unwrap_or_default();
-    if status != "200" {
-        let line = head.lines().next().unwrap_or_default();
-        return Err(transfer(format!("answered {line}")));
-    }
-    let length: u64 = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .ok_or_else(|| transfer("no Content-Length".into()))?;
-    if length != w.size {
-        return Err(transfer(format!(
-            "offers {length} bytes, {} expected",
-            w.size
-        )));
-    }
     let dir = path
         .parent()
         .ok_or_else(|| Error::Input(format!("{} has no directory", w.path)))?;
@@ -185,11 +331,14 @@ pub fn fetch(token: &Token, w: &Want) -> Result<u64, Error> {
         hash: Sha256::new(),
         written: 0,
     };
-    out.write_all(&body_start).map_err(write)?;
-    let rest = length.saturating_sub(body_start.len() as u64);
-    std::io::copy(&mut (&mut stream).take(rest), &mut out)
+    out.write_all(&start).map_err(write)?;
+    // Never more than announced: a source that sends on is cut at the length.
+    let rest = length.map_or(u64::MAX, |l| l.saturating_sub(start.len() as u64));
+    std::io::copy(&mut body.take(rest), &mut out)
         .map_err(|e| transfer(format!("after {} bytes: {e}", out.written)))?;
-    if out.written != length {
+    if let Some(length) = length
+        && out.written != length
+    {
         return Err(transfer(format!(
             "ended after {} of {length} bytes",
             out.written
@@ -204,40 +353,14 @@ pub fn fetch(token: &Token, w: &Want) -> Result<u64, Error> {
             want: w.sha256.clone(),
         });
     }
+    let written = out.written;
     let tmp = out.inner.into_inner().map_err(|e| write(e.into_error()))?;
     tmp.as_file().sync_all().map_err(write)?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(w.mode))
         .map_err(write)?;
     tmp.persist(path).map_err(|e| write(e.error))?;
-    Ok(length)
-}
-
-/// Fetches every file of `wants`, a few at once. Each result is reported through `done`
-/// as it completes; every failure is returned, not just the first.
-pub fn fetch_all(
-    token: &Token,
-    wants: &[Want],
-    done: impl Fn(&Want, &Result<u64, Error>) + Sync,
-) -> Vec<Error> {
-    let next = AtomicUsize::new(0);
-    let errors = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(wants.len()) {
-            s.spawn(|| {
-                while let Some(w) = wants.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let r = fetch(token, w);
-                    done(w, &r);
-                    if let Err(e) = r
-                        && let Ok(mut list) = errors.lock()
-                    {
-                        list.push(e);
-                    }
-                }
-            });
-        }
-    });
-    errors.into_inner().unwrap_or_default()
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -256,6 +379,10 @@ mod tests {
         );
         for bad in ["https://h:1/a", "http://h/a", "http://h:1", "ftp://h:1/a"] {
             assert!(split_url(bad).is_err(), "{bad}");
+        }
+        assert!(is_https("https://mirror.example/assets/bin/kubelet"));
+        for bad in ["https://", "https:///a", "http://h:1/a"] {
+            assert!(!is_https(bad), "{bad}");
         }
     }
 }

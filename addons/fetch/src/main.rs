@@ -7,7 +7,9 @@
 //!     stdin: the token, one path per line, an empty line; then held open: the server
 //!     stops when it closes (or after N seconds, default 1800).
 //! strata-fetch get --public-dir DIR...
-//!     stdin: the token, then `<sha256> <size> <octal mode> <url> <path>` per file;
+//!     stdin: the token, then `<sha256> <size or -> <octal mode> <url> <path>` per file,
+//!     the URL a peer's (`http://host:port/path`, sent the token) or the asset source's
+//!     (`https://...`, checked against the host's trust store, never sent the token);
 //!     prints `fetched <path> <bytes>` for each (transfers that stall 30 s fail).
 //! ```
 
@@ -107,7 +109,7 @@ fn run() -> Result<(), String> {
                 .map(|l| get::Want::parse(&dirs, l.trim()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let errors = get::fetch_all(&token, &wants, |w, r| {
+            let errors = get::Getter::new(token).fetch_all(&wants, |w, r| {
                 if let Ok(bytes) = r {
                     println!("fetched {} {bytes}", w.path);
                 }

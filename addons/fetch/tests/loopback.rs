@@ -79,8 +79,8 @@ impl Setup {
     }
 }
 
-fn token() -> Token {
-    Token::new(TOKEN).expect("token")
+fn getter() -> get::Getter {
+    get::Getter::new(Token::new(TOKEN).expect("token"))
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn files_arrive_verified_with_their_mode_and_are_not_fetched_twice() {
         s.want("ctr", &small, "got/ctr"),
     ];
     let done = std::sync::Mutex::new(Vec::new());
-    let errors = get::fetch_all(&token(), &wants, |w, r| {
+    let errors = getter().fetch_all(&wants, |w, r| {
         done.lock()
             .expect("lock")
             .push((w.path.clone(), *r.as_ref().expect("fetched")));
@@ -108,7 +108,7 @@ fn files_arrive_verified_with_their_mode_and_are_not_fetched_twice() {
         .mode();
     assert_eq!(mode & 0o777, 0o755);
     // Already there with that digest: nothing is fetched.
-    assert_eq!(get::fetch(&token(), &wants[0]).expect("again"), 0);
+    assert_eq!(getter().fetch(&wants[0]).expect("again"), 0);
     assert_eq!(s.served.files.load(Ordering::Relaxed), 2);
     assert_eq!(
         s.served.bytes.load(Ordering::Relaxed),
@@ -121,9 +121,11 @@ fn a_wrong_token_and_a_path_off_the_list_are_refused() {
     let s = setup(&[("kubelet", b"k"), ("other", b"o")], &["kubelet"]);
     let w = s.want("kubelet", b"k", "got/kubelet");
     let wrong = Token::new(&"f".repeat(48)).expect("token");
-    let e = get::fetch(&wrong, &w).expect_err("wrong token");
+    let e = get::Getter::new(wrong).fetch(&w).expect_err("wrong token");
     assert!(e.to_string().contains("401"), "{e}");
-    let e = get::fetch(&token(), &s.want("other", b"o", "got/other")).expect_err("off the list");
+    let e = getter()
+        .fetch(&s.want("other", b"o", "got/other"))
+        .expect_err("off the list");
     assert!(e.to_string().contains("404"), "{e}");
     // The key beside the public directory: not served, by any spelling.
     let key = format!("{}/../secret.key", s.public);
@@ -140,7 +142,7 @@ fn a_wrong_token_and_a_path_off_the_list_are_refused() {
 fn a_peer_offering_another_size_is_refused_before_anything_is_written() {
     let s = setup(&[("kubelet", b"a much longer kubelet")], &["kubelet"]);
     let w = s.want("kubelet", b"short", "got/kubelet");
-    let e = get::fetch(&token(), &w).expect_err("size");
+    let e = getter().fetch(&w).expect_err("size");
     assert!(e.to_string().contains("5 expected"), "{e}");
     assert!(!std::path::Path::new(&w.path).exists());
 }
@@ -152,7 +154,7 @@ fn content_of_another_digest_leaves_the_destination_as_it_was() {
     let dir = std::path::Path::new(&w.path).parent().expect("dir");
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::write(&w.path, b"old").expect("write");
-    let e = get::fetch(&token(), &w).expect_err("digest");
+    let e = getter().fetch(&w).expect_err("digest");
     assert!(e.to_string().contains("sha256"), "{e}");
     assert_eq!(std::fs::read(&w.path).expect("read"), b"old");
     // No temporary file left beside it.
@@ -173,7 +175,7 @@ fn a_peer_that_does_not_answer_is_an_error_naming_it() {
         ),
     )
     .expect("want");
-    let e = get::fetch(&token(), &w).expect_err("refused");
+    let e = getter().fetch(&w).expect_err("refused");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
 }
 
