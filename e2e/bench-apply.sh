@@ -81,8 +81,8 @@ fanout() {
 }
 
 summary="$work/summary.txt"
-printf '%-5s %9s %9s %11s %10s %10s %10s %10s\n' hosts "first (s)" "no-op (s)" "bridge (MB)" \
-  "assets (MB)" "here (MB)" "times" "peers (MB)" > "$summary"
+printf '%-5s %9s %9s %9s %11s %10s %10s %10s %10s\n' hosts "first (s)" "no-op (s)" "down (s)" \
+  "bridge (MB)" "assets (MB)" "here (MB)" "times" "peers (MB)" > "$summary"
 for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   cluster_of "$n" > "$work/cluster.yaml"
   "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null 2>&1 || true
@@ -97,10 +97,9 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
   awk -v n="$n" -v t="$times" 'BEGIN {
     printf "%d host(s): each asset byte sent from this computer %.2f times (target at most 2: %s)\n",
       n, t, t <= 2 ? "ok" : "MISSED" }' >> "$work/fanout.txt"
-  awk -v n="$n" -v a="$first" -v b="$second" -v s="$sent" -v as="$assets" -v h="$here" \
+  row=$(awk -v n="$n" -v a="$first" -v b="$second" -v s="$sent" -v as="$assets" -v h="$here" \
     -v t="$times" -v p="$peers" 'BEGIN {
-    printf "%-5d %9.1f %9.1f %11.1f %10.1f %10.1f %10.2f %10.1f\n", n, a / 1000, b / 1000, s / 1e6, as, h, t, p }' \
-    >> "$summary"
+    printf "%-5d %9.1f %9.1f %%9s %11.1f %10.1f %10.1f %10.2f %10.1f\n", n, a / 1000, b / 1000, s / 1e6, as, h, t, p }')
   if [ "$n" = 3 ]; then
     printf '%-16s %10s %10s\n' phase "first (s)" "no-op (s)" > "$work/phases.txt"
     awk 'NR == FNR { noop[$1] = $2; next } { printf "%-16s %10.1f %10.1f\n", $1, $2, noop[$1] }' \
@@ -116,7 +115,12 @@ for n in ${STRATA_BENCH_HOSTS:-1 3 6}; do
       --test-threads=1 --nocapture 2>&1 | grep -E '^throughput' > "$work/pods.txt" || {
       echo "bench-apply: the pod-to-pod measurement failed" >&2; exit 1; }
   fi
+  # `local down` of the machines, timed (printed in the table).
+  start=$(date +%s%N)
   "$strata" local down -f "$work/cluster.yaml" --yes >/dev/null
+  down=$(( ($(date +%s%N) - start) / 1000000 ))
+  # shellcheck disable=SC2059 # the row is the format, with the down time's place.
+  printf "$row\n" "$(awk -v d="$down" 'BEGIN { printf "%.1f", d / 1000 }')" >> "$summary"
 done
 
 # The largest host count again, the hosts fetching the assets from an https source
@@ -125,6 +129,7 @@ done
 if [ "${STRATA_BENCH_SOURCE:-1}" != 0 ]; then
   n=$(echo ${STRATA_BENCH_HOSTS:-1 3 6} | awk '{ print $NF }')
   cluster_of "$n" > "$work/cluster.yaml"
+  rm -rf "$work/bench"
   "$strata" local up -f "$work/cluster.yaml" >/dev/null
   gateway=$(ip -o -4 addr show dev "$(bridge)" | awk '{ split($4, a, "/"); print a[1]; exit }')
   assets_dir=/var/cache/strata/assets/1.20.2
@@ -134,6 +139,7 @@ if [ "${STRATA_BENCH_SOURCE:-1}" != 0 ]; then
   exec 9> "$work/source-in"
   for _ in $(seq 50); do [ -s "$work/source.out" ] && break; sleep 0.2; done
   url=$(sed -n 1p "$work/source.out")
+  [ -n "$url" ] || { echo "bench-apply: the https asset source did not start" >&2; exit 1; }
   for root in /var/lib/strata/machines/bench/*/root; do
     cat "$work/source-ca.crt" >> "$root/etc/ssl/certs/ca-certificates.crt"
   done

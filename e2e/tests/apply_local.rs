@@ -1681,9 +1681,14 @@ fn local_up_apply_converges_and_kubectl_works() {
     drop(source);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
+    let down = Instant::now();
     ok(
         &strata(dir.path(), &["local", "down", "--yes"]),
         "local down",
+    );
+    println!(
+        "local down of three machines: {:.1} s",
+        down.elapsed().as_secs_f64()
     );
     let list = ok(&strata(dir.path(), &["local", "list"]), "local list");
     assert_eq!(list.matches("absent").count(), 3, "{list}");

@@ -175,10 +175,12 @@ impl Assets {
                 .clone()
                 .or_else(|| base.map(|b| format!("{}/{rel}", b.trim_end_matches('/'))));
             if let Some(u) = &url
-                && !u.starts_with("https://")
+                && (!u.starts_with("https://")
+                    || u.chars().any(|c| c.is_whitespace() || c.is_control()))
             {
                 bail!(
-                    "{}: {rel} has the URL {u}; hosts fetch over https only",
+                    "{}: {rel} has the URL {u:?}; hosts fetch over https only, from a URL \
+                     without spaces",
                     mf.display()
                 );
             }

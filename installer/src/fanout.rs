@@ -1,7 +1,7 @@
 //! The asset fan-out of the upload phase: this computer sends each asset file once, and
-//! hosts that have it pass it on to hosts that need it (`strata-fetch`, sent to each host
-//! first), in rounds where every holder serves one peer: the holders of a file double each
-//! round. Peers serve public assets only (binaries, CNI plugins, image archives; never a
+//! hosts that have it pass it on to hosts that need it (`strata-fetch`, itself passed on
+//! first, received with bash), in rounds where every holder serves one peer: the holders of
+//! a file double each round. Peers serve public assets only (binaries, CNI plugins, image archives; never a
 //! rendered file, which may hold keys), only to requests with the apply's token, only while
 //! the apply holds the server's standard input open; every file is verified against its
 //! sha256 on arrival before it is renamed into place. A transfer between hosts that fails
@@ -25,7 +25,7 @@ use crate::apply::Apply;
 use crate::assets::{Asset, IMAGE_DIR, MODE};
 use crate::hosts::fail;
 
-/// The program hosts pass assets with; it goes to each host from this computer.
+/// The program hosts pass assets with (passed on first, see [`bootstrap_script`]).
 pub const FETCH_PROGRAM: &str = "strata-fetch";
 
 /// `strata-fetch` with the directories it may serve from and write to: the assets' only.
@@ -57,7 +57,7 @@ pub struct Transfer {
 #[derive(Debug, Clone)]
 pub struct File {
     pub size: u64,
-    /// Sent from here to every host that needs it (the fetch program itself).
+    /// Sent from here to every host that needs it (a name a peer would not pass on).
     pub here_only: bool,
     /// Hosts that have it already, in host order.
     pub holders: Vec<usize>,
@@ -356,7 +356,14 @@ async fn from_source(cx: &Apply<'_>, stage: &mut Stage<'_>) -> Result<()> {
                     .collect();
                 (
                     to,
-                    receive_on(cx, to, &fetch_command("get"), token, &lines).await,
+                    receive_on(
+                        cx,
+                        to,
+                        ("strata-fetch get", &fetch_command("get")),
+                        token,
+                        &lines,
+                    )
+                    .await,
                 )
             }),
     )
@@ -364,7 +371,10 @@ async fn from_source(cx: &Apply<'_>, stage: &mut Stage<'_>) -> Result<()> {
     for (to, (fetched, problem)) in results {
         for (path, bytes) in fetched {
             stage.out.from_source += bytes;
-            stage.out.distinct.insert(path.clone(), bytes);
+            // 0: the bytes were there already (only the mode was wrong): no size learnt.
+            if bytes > 0 {
+                stage.out.distinct.insert(path.clone(), bytes);
+            }
             stage.arrived(to, &path);
         }
         if let Some(p) = problem {
@@ -412,9 +422,9 @@ fn fetch_problem(output: &str) -> String {
     )
 }
 
-/// The figures: the distinct asset bytes the hosts received, what this computer sent (once
-/// each file, and the fetch program to each host), what the hosts sent each other, and what
-/// they fetched from the asset source.
+/// The figures: the distinct asset bytes the hosts received, what this computer sent (each
+/// file once, unless a transfer between hosts failed), what the hosts sent each other, and
+/// what they fetched from the asset source.
 fn report(cx: &Apply<'_>, out: &Outcome) {
     for (h, written) in cx.hosts.iter().zip(&out.written) {
         if !written.is_empty() {
@@ -614,13 +624,14 @@ async fn fetch_round(
                 let from = url_host(&cx.hosts[peer].host).unwrap_or_default();
                 format!("http://{from}:{FETCH_PORT}{}", assets[file].remote)
             };
-            let (command, lines) = match list.as_slice() {
+            let (what, command, lines) = match list.as_slice() {
                 // The program that fetches cannot fetch itself: bash does.
                 [(file, peer)] if assets[*file].remote == *fetch_path => {
                     let a = assets[*file];
                     let from = url_host(&cx.hosts[*peer].host).unwrap_or_default();
                     let script = bootstrap_script(&from, FETCH_PORT, &a.remote, &a.sha256);
                     (
+                        format!("bash's fetch of {}", url(*file, *peer)),
                         format!("timeout 300 bash -c {}", quote(&script)),
                         String::new(),
                     )
@@ -639,10 +650,13 @@ async fn fetch_round(
                             )
                         })
                         .collect();
-                    (fetch_command("get"), lines)
+                    ("strata-fetch get".to_owned(), fetch_command("get"), lines)
                 }
             };
-            (to, receive_on(cx, to, &command, token, &lines).await)
+            (
+                to,
+                receive_on(cx, to, (&what, &command), token, &lines).await,
+            )
         }
     }))
     .await;
@@ -652,7 +666,9 @@ async fn fetch_round(
             match fetched.get(path) {
                 Some(&bytes) => {
                     stage.out.sent_peers += bytes;
-                    stage.out.distinct.entry(path.clone()).or_insert(bytes);
+                    if bytes > 0 {
+                        stage.out.distinct.entry(path.clone()).or_insert(bytes);
+                    }
                     stage.arrived(to, path);
                 }
                 None => here.push(Transfer {
@@ -688,6 +704,9 @@ pub fn bootstrap_script(peer: &str, port: u16, path: &str, sha256: &str) -> Stri
         r#"set -eu
 fail() {{ echo "{url}: $1" >&2; exit 1; }}
 IFS= read -r token
+# bash's connect has no time limit of its own (a dropped SYN waits two minutes): tried first.
+timeout 5 bash -c ': < "/dev/tcp/$1/$2"' _ {host_q} {port} 2>/dev/null \
+  || fail "cannot connect (Connection refused or timed out)"
 exec 3<>/dev/tcp/{host}/{port} || fail "cannot connect"
 printf 'GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' \
   {path_q} {authority_q} "$token" >&3
@@ -707,6 +726,7 @@ trap - EXIT
 echo "fetched {path} $size"
 "#,
         path_q = quote(path),
+        host_q = quote(host),
         authority_q = quote(&format!("{peer}:{port}")),
         dir_q = quote(dir),
     )
@@ -714,11 +734,11 @@ echo "fetched {path} $size"
 
 /// Runs `command` on host `to` with the token and `lines` on its standard input: the bytes
 /// of each file it fetched (`fetched <path> <bytes>` lines), and what went wrong when not
-/// all did.
+/// all did (`what` names the command when it says nothing).
 async fn receive_on(
     cx: &Apply<'_>,
     to: usize,
-    command: &str,
+    (what, command): (&str, &str),
     token: &str,
     lines: &str,
 ) -> (BTreeMap<String, u64>, Option<String>) {
@@ -740,7 +760,7 @@ async fn receive_on(
             let problem = (!o.success()).then(|| {
                 let said = String::from_utf8_lossy(&o.stderr).into_owned();
                 if said.trim().is_empty() {
-                    format!("{command} ended with status {}", o.status)
+                    format!("{what} ended with status {} (timed out?)", o.status)
                 } else {
                     said
                 }

@@ -25,7 +25,8 @@ use crate::{Error, PublicDirs, Token, hex};
 /// How long a transfer may go without receiving anything.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An https source farther away: the connection, and the whole of one download.
+/// An https source farther away: the connection, and the whole of one download (a read
+/// that waits [`READ_TIMEOUT`] fails it before that).
 const SOURCE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SOURCE_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Files fetched at once.
@@ -172,6 +173,7 @@ impl Getter {
             .https_only(true)
             .timeout_connect(Some(SOURCE_CONNECT_TIMEOUT))
             .timeout_recv_response(Some(READ_TIMEOUT))
+            .timeout_per_read(Some(READ_TIMEOUT))
             .timeout_global(Some(SOURCE_DOWNLOAD_TIMEOUT))
             .http_status_as_error(false)
             .build();

@@ -367,16 +367,22 @@ pub fn down(cluster: &str, paths: &Paths) -> Result<Vec<String>, LocalError> {
     }
     let _lock = lock(paths)?;
     let names = existing(cluster, paths);
-    // One machine that cannot be removed does not keep the others running.
-    let mut first_error = None;
-    for n in &names {
-        if let Err(e) = Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()
-            && first_error.is_none()
-        {
-            first_error = Some(e);
-        }
-    }
-    if let Some(e) = first_error {
+    // All at once; one machine that cannot be removed does not keep the others running.
+    let results: Vec<Result<(), MachineError>> = std::thread::scope(|s| {
+        let removing: Vec<_> = names
+            .iter()
+            .map(|n| {
+                s.spawn(|| {
+                    Machine::new(&paths.machines, cluster, n, Ipv4Addr::UNSPECIFIED).destroy()
+                })
+            })
+            .collect();
+        removing
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    if let Some(e) = results.into_iter().find_map(Result::err) {
         return Err(e.into());
     }
     Bridge::for_cluster(cluster).delete()?;

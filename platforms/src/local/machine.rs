@@ -294,28 +294,6 @@ impl Machine {
         .map_err(|e| self.cmd(e))
     }
 
-    /// Powers the machine off (SIGTERM makes nspawn shut systemd down cleanly), then kills
-    /// what is left after `timeout`.
-    pub fn stop(&self, timeout: Duration) -> Result<(), MachineError> {
-        if let Some(sup) = self.read_pid("supervisor.pid") {
-            // The supervisor must not boot it again.
-            let _ = run(Command::new("kill").arg(sup.to_string()));
-        }
-        if let Some(n) = self.read_pid("nspawn.pid") {
-            let _ = run(Command::new("kill").args(["-TERM", &n.to_string()]));
-            let deadline = Instant::now() + timeout;
-            while Path::new(&format!("/proc/{n}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if Path::new(&format!("/proc/{n}")).exists() {
-                let _ = run(Command::new("kill").args(["-KILL", &n.to_string()]));
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-        // Whatever outlived the machine's init (or an init whose nspawn was killed) goes too.
-        self.kill_the_rest()
-    }
-
     /// SIGKILL to every process left in the machine's cgroups; its pid files removed.
     fn kill_the_rest(&self) -> Result<(), MachineError> {
         if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
@@ -341,9 +319,15 @@ impl Machine {
         self.network.delete().map_err(|e| self.cmd(e))
     }
 
-    /// Stops the machine and removes its root, network namespace and files.
+    /// Removes the machine: its power cut (no shutdown inside: the disk goes too, so there is
+    /// nothing to keep consistent), then its root, network namespace and files.
     pub fn destroy(&self) -> Result<(), MachineError> {
-        self.stop(Duration::from_secs(30))?;
+        for pid in ["supervisor.pid", "nspawn.pid"] {
+            if let Some(p) = self.read_pid(pid) {
+                let _ = run(Command::new("kill").args(["-KILL", &p.to_string()]));
+            }
+        }
+        self.kill_the_rest()?;
         if let Some(cgroups) = MachineCgroups::load(&self.cgroups_file()) {
             // The kernel ends the machine's last processes just after its init.
             let deadline = Instant::now() + Duration::from_secs(10);
