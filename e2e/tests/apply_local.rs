@@ -247,22 +247,12 @@ fn assets_from_an_https_source(dir: &Path) -> AssetSource {
 /// the source and sent only the fetch program, once.
 fn hosts_fetched_the_assets_themselves(seen: &[Event], source: &AssetSource) {
     let upload = steps(seen, PhaseName::Upload);
-    let (_, figures) = upload
-        .iter()
-        .find(|(host, _)| *host == "assets")
-        .expect("the upload's asset figures");
+    let figures = asset_figures(seen);
     println!("upload from the https source: {figures}");
-    let mb = |start: &str, end: &str| -> f64 {
-        let from = figures.find(start).expect(start) + start.len();
-        let to = from + figures[from..].find(end).expect(end);
-        figures[from..to]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{figures}: {e}"))
-    };
-    let here = mb("assets: ", " MB sent from this computer");
-    let peers = mb("), ", " MB between hosts");
-    let fetched = mb(
+    let here = figure(&figures, "assets: ", " MB sent from this computer");
+    let peers = figure(&figures, "), ", " MB between hosts");
+    let fetched = figure(
+        &figures,
         "between hosts, ",
         " MB fetched by the hosts from the asset source",
     );
@@ -359,25 +349,33 @@ fn apply_refused(dir: &Path) -> String {
     all
 }
 
-/// The upload sent each asset file from this computer once, the fetch program included: the
-/// hosts passed the rest to each other, and no asset server is left running.
-fn assets_passed_on_by_the_hosts(first: &[Event]) {
-    let (_, figures) = steps(first, PhaseName::Upload)
+/// The upload's asset figures: "<a> MB of assets: <b> MB sent from this computer (<t> times
+/// each byte), <p> MB between hosts[, <s> MB fetched by the hosts from the asset source]".
+fn asset_figures(events: &[Event]) -> String {
+    let (_, figures) = steps(events, PhaseName::Upload)
         .into_iter()
         .find(|(host, _)| *host == "assets")
         .expect("the upload's asset figures");
+    figures.to_owned()
+}
+
+/// The number between `start` and `end` in `figures`.
+fn figure(figures: &str, start: &str, end: &str) -> f64 {
+    let from = figures.find(start).expect(start) + start.len();
+    let to = from + figures[from..].find(end).expect(end);
+    figures[from..to]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{figures}: {e}"))
+}
+
+/// The upload sent each asset file from this computer once, the fetch program included: the
+/// hosts passed the rest to each other, and no asset server is left running.
+fn assets_passed_on_by_the_hosts(first: &[Event]) {
+    let figures = asset_figures(first);
     println!("upload: {figures}");
-    // "<a> MB of assets: <b> MB sent from this computer (<t> times each byte), <p> MB between hosts"
-    let between = |start: &str, end: &str| -> f64 {
-        let from = figures.find(start).expect(start) + start.len();
-        let to = from + figures[from..].find(end).expect(end);
-        figures[from..to]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{figures}: {e}"))
-    };
-    let times = between("(", " times each byte");
-    let peers = between("), ", " MB between hosts");
+    let times = figure(&figures, "(", " times each byte");
+    let peers = figure(&figures, "), ", " MB between hosts");
     // Every file once, the fetch program too (the hosts pass it on with bash).
     assert!(
         times <= 1.01,
@@ -1379,6 +1377,186 @@ fn a_lost_etcd_is_not_formed_anew(dir: &Path) {
 
 /// Each host is as it was before the first apply (units, files, iptables, links), and no
 /// process of Strata's runs on it.
+/// A Deployment of one pod on w2 under a PodDisruptionBudget that allows no eviction.
+const GUARDED: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: guarded, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: guarded}}
+  template:
+    metadata: {labels: {app: guarded}}
+    spec:
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference:
+              matchExpressions:
+              - {key: kubernetes.io/hostname, operator: In, values: [w2]}
+      containers:
+      - {name: pause, image: k8s.gcr.io/pause:3.2, imagePullPolicy: Never}
+---
+apiVersion: policy/v1beta1
+kind: PodDisruptionBudget
+metadata: {name: guarded, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: guarded}}
+";
+
+/// w2 taken out of the Cluster file while it runs a pod whose PodDisruptionBudget allows no
+/// eviction: plan lists its drain and its files; apply drains it, names the pod that blocks
+/// and waits; once the workload has a second pod elsewhere the budget allows the eviction,
+/// and apply resets w2 (as before the first apply), deletes its Node and forgets it. Put
+/// back in the file, w2 joins again and nothing changes on the other hosts.
+fn a_worker_taken_out_of_the_file_leaves_the_cluster(
+    dir: &Path,
+    kubeconfig: &Path,
+    before: &[(&str, String)],
+) {
+    let objects = dir.join("guarded.yaml");
+    std::fs::write(&objects, GUARDED).expect("write");
+    ok(
+        &kubectl(kubeconfig, &["apply", "-f", &objects.display().to_string()]),
+        "guarded workload",
+    );
+    let on_node = || {
+        kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=guarded",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+            ],
+        )
+    };
+    wait_for(
+        "the guarded pod running on w2",
+        Duration::from_secs(60),
+        || String::from_utf8_lossy(&on_node().stdout).trim() == "w2 Running",
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&on_node().stdout)));
+
+    let file = dir.join("cluster.yaml");
+    let without_w2: String = CLUSTER
+        .lines()
+        .filter(|l| !l.contains("name: w2"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, without_w2).expect("write");
+    let plan = ok(&strata(dir, &["plan"]), "plan without w2");
+    assert!(plan.contains("drain and delete Node w2"), "{plan}");
+    assert!(plan.contains("- /etc/kubernetes/kubelet.conf"), "{plan}");
+
+    let mut child = Command::new(strata_bin())
+        .arg("apply")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn strata apply");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    // The drain names the pod its budget protects, and waits.
+    for line in lines.by_ref() {
+        let e: Event = serde_json::from_str(&line.expect("line")).expect("event");
+        let blocked = matches!(&e, Event::Step { phase: PhaseName::RemoveHosts, host, step }
+            if host == "w2" && step.contains("waiting for: default/guarded-"));
+        seen.push(e);
+        if blocked {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Step { step, .. } if step == "cordoned")),
+        "{seen:?}"
+    );
+    ok(
+        &kubectl(
+            kubeconfig,
+            &["scale", "deployment", "guarded", "--replicas=2"],
+        ),
+        "scale",
+    );
+    for line in lines {
+        seen.push(serde_json::from_str(&line.expect("line")).expect("event"));
+    }
+    let status = child.wait().expect("apply ends");
+    assert!(status.success(), "apply without w2: {seen:?}");
+    let steps = steps(&seen, PhaseName::RemoveHosts);
+    for step in [
+        "drained",
+        "reset",
+        "left the cluster; its pins and state are dropped",
+    ] {
+        assert!(steps.contains(&("w2", step)), "{step}: {steps:?}");
+    }
+    assert!(
+        actions(&seen).contains(&&Action {
+            kind: ActionKind::Drain,
+            host: "w2".into(),
+            path: "Node w2".into(),
+        }),
+        "{seen:?}"
+    );
+    let node = kubectl(kubeconfig, &["get", "node", "w2"]);
+    assert!(
+        !node.status.success() && String::from_utf8_lossy(&node.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&node.stdout)
+    );
+    wait_for(
+        "the guarded pods running on w1",
+        Duration::from_secs(60),
+        || String::from_utf8_lossy(&on_node().stdout).trim() == "w1 Running\nw1 Running",
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&on_node().stdout)));
+    nothing_left(&before[2..]);
+    let plan = ok(&strata(dir, &["plan"]), "plan after w2 left");
+    assert!(plan.contains("Nothing to do"), "{plan}");
+
+    // Back in the file: only w2 changes, and the cluster objects that are w2's own (its
+    // OverlayNode, its agents' identities).
+    std::fs::write(&file, CLUSTER).expect("write");
+    let plan = ok(&strata(dir, &["plan", "--output", "json"]), "plan with w2");
+    let doc: serde_json::Value = serde_json::from_str(&plan).expect("plan json");
+    let others: Vec<&serde_json::Value> = doc["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["host"] != "w2")
+        .filter(|a| {
+            let path = a["path"].as_str().unwrap_or_default();
+            !(a["host"] == "cluster" && (path.ends_with("/w2") || path.ends_with(":w2")))
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "adding w2 changes other hosts: {others:?}"
+    );
+    // Its pin went with it: a host joining is pinned again, as at first contact.
+    let back = events(&ok(
+        &strata(dir, &["apply", "--accept-new-host-keys"]),
+        "apply with w2 again",
+    ));
+    assert_eq!(ready(&back), 3, "{back:?}");
+    ok(
+        &kubectl(
+            kubeconfig,
+            &["delete", "-f", &objects.display().to_string()],
+        ),
+        "guarded workload deleted",
+    );
+}
+
 fn nothing_left(before: &[(&str, String)]) {
     for (host, snapshot) in before {
         // No credential of any kind where Strata puts them: keys, certificates, kubeconfigs,
@@ -1635,6 +1813,7 @@ fn local_up_apply_converges_and_kubectl_works() {
 
     an_addon_turned_off_is_removed(dir.path(), &kubeconfig);
     a_lost_etcd_is_not_formed_anew(dir.path());
+    a_worker_taken_out_of_the_file_leaves_the_cluster(dir.path(), &kubeconfig, &before);
 
     ok(&strata(dir.path(), &["reset", "--yes"]), "reset");
     nothing_left(&before);

@@ -4,7 +4,7 @@
 //!
 //! prepare (PKI, render, assets; nothing touches a host) -> connect -> facts -> preflight ->
 //! upload -> etcd -> control-plane -> runtime -> addons -> nodes -> pod-network -> wait-ready
-//! -> kubeconfig
+//! -> remove-hosts -> kubeconfig
 //!
 //! What apply changes is exactly what `strata plan` lists: both compare the desired state
 //! ([`desired`]) with what was applied; apply reports each change as an action event.

@@ -120,12 +120,28 @@ pub async fn connect(
         .map(|(h, c)| {
             let conn = c?;
             remember_host_keys(cs, state, h, &conn);
+            // How to reach it once it leaves the file (to drain and reset it).
+            state.applied_hosts.insert(h.name.to_string(), (*h).clone());
             Ok(HostConn {
                 host: (*h).clone(),
                 conn,
             })
         })
         .collect())
+}
+
+/// Connects to one host that is not (or no longer) in the Cluster file, as last applied
+/// (`state.applied_hosts`): its key must be the pinned one.
+pub async fn connect_one(
+    reporter: &Reporter,
+    cs: &ClusterState,
+    state: &AppliedState,
+    host: &Host,
+) -> Result<Connection> {
+    let mut results = connect_all(reporter, cs, state, &[host], false).await?;
+    results
+        .pop()
+        .unwrap_or_else(|| Err(anyhow!("host {}: not connected", host.name)))
 }
 
 /// What succeeded, and every failure at once (as its full message).
@@ -346,12 +362,17 @@ pub async fn admin_client(cs: &ClusterState) -> Result<kube::Client> {
     kube::Client::try_from(admin_config(cs).await?).context("API client")
 }
 
+/// Without the client's automatic retries of 429: a refused eviction (a PodDisruptionBudget
+/// that allows none) is the answer a drain must see and name, not something the client waits
+/// out for up to 1,000 s per request; apply's waits have their own limits.
 async fn admin_config(cs: &ClusterState) -> Result<kube::Config> {
     let path = cs.state.file("auth/kubeconfig");
     let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
-    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .context("admin kubeconfig")
+        .context("admin kubeconfig")?;
+    config.default_retry = false;
+    Ok(config)
 }
 
 /// The admin client against one API server (`host:port`).

@@ -16,6 +16,7 @@ mod apply;
 mod assets;
 mod certs;
 mod cli;
+mod departures;
 mod engine;
 mod etcd;
 mod facts;

@@ -38,6 +38,7 @@ pub fn sequence<'a, 'r: 'a>() -> Vec<&'a dyn Phase<Apply<'r>>> {
         &Nodes,
         &PodNetwork,
         &WaitReady,
+        &RemoveHosts,
         &Kubeconfig,
     ]
 }
@@ -69,6 +70,7 @@ struct Nodes;
 struct Addons;
 struct PodNetwork;
 struct WaitReady;
+struct RemoveHosts;
 struct Kubeconfig;
 
 phase!(Connect, PhaseName::Connect, connect);
@@ -82,7 +84,13 @@ phase!(Nodes, PhaseName::Nodes, nodes);
 phase!(Addons, PhaseName::Addons, addons);
 phase!(PodNetwork, PhaseName::PodNetwork, pod_network);
 phase!(WaitReady, PhaseName::WaitReady, wait_ready);
+phase!(RemoveHosts, PhaseName::RemoveHosts, remove_hosts);
 phase!(Kubeconfig, PhaseName::Kubeconfig, kubeconfig);
+
+/// Hosts taken out of the Cluster file leave the cluster (see [`crate::departures`]).
+async fn remove_hosts(cx: &mut Apply<'_>) -> Result<()> {
+    crate::departures::remove_hosts(cx).await
+}
 
 /// Host keys verified against their pins (or trusted at first contact); new pins saved.
 async fn connect(cx: &mut Apply<'_>) -> Result<()> {

@@ -68,8 +68,14 @@ pub fn actions(args: &StateArgs) -> Result<(ClusterState, Vec<Action>, Vec<Strin
     let want = crate::apply::desired(&cs.cluster, &r, assets.as_ref(), &applied);
     for h in departed_hosts(&want, &applied) {
         notes.push(format!(
-            "host {h} is no longer in the Cluster file; apply leaves it alone (reset it with \
-             `strata reset` before removing it from the file)"
+            "host {h} is no longer in the Cluster file: apply drains it (up to {} s for its \
+             PodDisruptionBudgets), resets it if it answers, deletes its Node and forgets it{}",
+            crate::departures::DRAIN_TIMEOUT.as_secs(),
+            if applied.applied_hosts.contains_key(h) {
+                ""
+            } else {
+                " (no address of it is recorded, so it cannot be reset from here)"
+            }
         ));
     }
     let actions = plan(&want, &applied, |h| catalog::on_host_named(&cs.cluster, h));

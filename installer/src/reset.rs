@@ -40,7 +40,7 @@ pub struct HostFiles {
 }
 
 impl HostFiles {
-    fn of(applied: Option<&BTreeMap<String, AppliedFile>>) -> Self {
+    pub fn of(applied: Option<&BTreeMap<String, AppliedFile>>) -> Self {
         let mut out = Self::default();
         for (path, f) in applied.into_iter().flatten() {
             if f.preexisting {
@@ -234,6 +234,7 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
                     outln!("[{}] reset", h.name());
                     state.hosts.remove(h.name());
                     state.pending_restarts.remove(h.name());
+                    state.applied_hosts.remove(h.name());
                     etcd_left.retain(|n| *n != h.name());
                 }
                 Ok(out) => errors.push(format!(

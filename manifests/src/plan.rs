@@ -31,7 +31,7 @@ pub enum StateError {
 
 /// What was applied: per host every file (rendered files and assets) with its digest, mode
 /// and readers; every cluster object by API path; pinned SSH host keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedState {
     #[serde(default)]
     pub hosts: BTreeMap<String, BTreeMap<String, AppliedFile>>,
@@ -66,6 +66,14 @@ pub struct AppliedState {
         skip_serializing_if = "String::is_empty"
     )]
     pub etcd_cluster: String,
+    /// Each host as it was in the Cluster file when apply last reached it: a host taken out
+    /// of the file is still reached through it, to be drained and reset.
+    #[serde(
+        default,
+        rename = "appliedHosts",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub applied_hosts: BTreeMap<String, crate::model::Host>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +235,9 @@ pub enum ActionKind {
     /// Every Secret rewritten, so that the current encryption key encrypts it (`path`: the
     /// key's name); after encryption is turned on or its key rotated.
     Reencrypt,
+    /// A host taken out of the Cluster file: its node cordoned, drained through the Eviction
+    /// API and its Node deleted (`path`: `Node <name>`); its files are then removed.
+    Drain,
 }
 
 impl ActionKind {
@@ -239,6 +250,7 @@ impl ActionKind {
             ActionKind::Apply => "apply",
             ActionKind::Delete => "delete",
             ActionKind::Reencrypt => "re-encrypt secrets with",
+            ActionKind::Drain => "drain and delete",
         }
     }
 }
@@ -282,11 +294,13 @@ pub enum PhaseName {
     Nodes,
     PodNetwork,
     WaitReady,
+    /// Hosts taken out of the Cluster file: drained, their Node deleted, reset, forgotten.
+    RemoveHosts,
     Kubeconfig,
 }
 
 impl PhaseName {
-    pub const ALL: [PhaseName; 13] = [
+    pub const ALL: [PhaseName; 14] = [
         PhaseName::Prepare,
         PhaseName::Connect,
         PhaseName::Facts,
@@ -299,6 +313,7 @@ impl PhaseName {
         PhaseName::Nodes,
         PhaseName::PodNetwork,
         PhaseName::WaitReady,
+        PhaseName::RemoveHosts,
         PhaseName::Kubeconfig,
     ];
 
@@ -316,6 +331,7 @@ impl PhaseName {
             PhaseName::Addons => "addons",
             PhaseName::PodNetwork => "pod-network",
             PhaseName::WaitReady => "wait-ready",
+            PhaseName::RemoveHosts => "remove-hosts",
             PhaseName::Kubeconfig => "kubeconfig",
         }
     }
@@ -466,6 +482,22 @@ pub fn plan(
             });
         }
     }
+    // Hosts taken out of the file: drained and deleted from the cluster, then their files
+    // removed (as `strata reset` removes them).
+    for host in departed_hosts(want, have) {
+        files.push(Action {
+            kind: ActionKind::Drain,
+            host: host.into(),
+            path: format!("Node {host}"),
+        });
+        for path in have.hosts.get(host).into_iter().flat_map(BTreeMap::keys) {
+            files.push(Action {
+                kind: ActionKind::Remove,
+                host: host.into(),
+                path: path.clone(),
+            });
+        }
+    }
     if want.secrets_key != have.secrets_key && !want.secrets_key.is_empty() {
         objects.push(Action {
             kind: ActionKind::Reencrypt,
@@ -552,6 +584,31 @@ mod tests {
                 path: "kubelet.service".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_host_taken_out_of_the_file_is_drained_then_its_files_removed() {
+        use Component::*;
+        let files: BTreeMap<String, AppliedFile> = [
+            ("/etc/a".to_string(), file("1", &[Kubelet])),
+            ("/etc/b".to_string(), file("2", &[KubeProxy])),
+        ]
+        .into();
+        let mut have = AppliedState::default();
+        have.hosts.insert("w1".into(), files.clone());
+        have.hosts.insert("w2".into(), files.clone());
+        let mut want = have.clone();
+        want.hosts.remove("w2");
+        let running = |_: &str| vec![Kubelet.spec(), KubeProxy.spec()];
+        let shown: Vec<String> = plan(&want, &have, running)
+            .iter()
+            .map(|a| format!("{} {a}", a.host))
+            .collect();
+        assert_eq!(
+            shown,
+            ["w2 drain and delete Node w2", "w2 - /etc/a", "w2 - /etc/b"]
+        );
+        assert_eq!(departed_hosts(&want, &have), ["w2"]);
     }
 
     #[test]

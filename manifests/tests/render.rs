@@ -600,15 +600,27 @@ fn plan_compares_with_what_was_applied() {
     assert!(plan(&want, &want, running(&f.cluster)).is_empty());
 
     // Drop w2 and give w1 another label: w1's kubelet unit changes and the kubelet restarts;
-    // w2 is no longer planned (its removal is reported, not automated).
+    // w2 is drained and deleted, then each of its files removed.
     let text = THREE_HOSTS
         .replace("  - {name: w2, address: 198.18.0.4, roles: [worker]}\n", "")
         .replace("labels: {zone: a}", "labels: {zone: b}");
     let c = common::cluster(&text);
     let r = render(&c, &f.state).expect("render");
     let next = AppliedState::of(&r);
+    let planned = plan(&next, &want, running(&c));
+    let (w2, others): (Vec<Action>, Vec<Action>) =
+        planned.into_iter().partition(|a| a.host == "w2");
+    assert_eq!(shown(&w2[..1]), ["drain and delete w2 Node w2"]);
+    let removed: Vec<&str> = w2[1..]
+        .iter()
+        .filter(|a| a.kind == ActionKind::Remove)
+        .map(|a| a.path.as_str())
+        .collect();
+    let files: Vec<&str> = want.hosts["w2"].keys().map(String::as_str).collect();
+    assert_eq!(removed, files);
+    assert_eq!(w2.len(), 1 + files.len());
     assert_eq!(
-        shown(&plan(&next, &want, running(&c))),
+        shown(&others),
         [
             "~ w1 /etc/systemd/system/kubelet.service",
             "restart w1 kubelet.service",

@@ -11,7 +11,9 @@ pub mod crd {
     pub use strata_update_api::*;
 }
 pub mod decide;
-pub mod drain;
+/// Draining through the Eviction API (a crate of its own: `strata apply` drains a host that
+/// leaves the cluster with it too).
+pub use strata_drain as drain;
 pub mod events;
 pub mod fleetlock;
 pub mod lease;

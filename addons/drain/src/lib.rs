@@ -1,7 +1,11 @@
 //! Draining a node through the Eviction API, which honours PodDisruptionBudgets: a refused
 //! eviction (429) is retried on the next pass until the drain timeout. The Eviction's API
 //! version is the one the server lists for `pods/eviction` (policy/v1 from 1.22,
-//! policy/v1beta1 on 1.20).
+//! policy/v1beta1 on 1.20). The client given must not retry 429 by itself (kube's
+//! `Config::default_retry`, on by default, waits a refused eviction out for up to 1,000 s
+//! per request): turn it off, as the update operator and `strata apply` do.
+
+#![forbid(unsafe_code)]
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
