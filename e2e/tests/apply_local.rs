@@ -392,6 +392,31 @@ fn on(host: &str, script: &str) -> String {
     strata_e2e::on_machine("e2e-apply", host, script)
 }
 
+/// Each kubelet replaced the client certificate apply gave it with one the controller
+/// manager signed (kubelet rotation); apply left the rotated one alone (the caller then
+/// checks that plan has nothing to do).
+fn kubelets_rotated_their_client_certificates(dir: &Path) {
+    for host in ["cp1", "w1", "w2"] {
+        let given = std::fs::read_to_string(dir.join(format!("e2e-apply/pki/kubelet/{host}.crt")))
+            .expect("the kubelet's certificate in the state directory");
+        let current = || {
+            on(
+                host,
+                "cat /var/lib/kubelet/pki/kubelet-client-current.pem 2>/dev/null",
+            )
+        };
+        wait_for(
+            &format!("{host}'s kubelet on a rotated client certificate"),
+            Duration::from_secs(60),
+            || {
+                let c = current();
+                c.contains("BEGIN CERTIFICATE") && !c.contains(given.trim())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// Starts `strata apply`, stops it with `signal` once `phase` has started; its output.
 fn apply_stopped_in(
     dir: &Path,
@@ -1479,6 +1504,14 @@ fn a_worker_taken_out_of_the_file_leaves_the_cluster(
             .any(|e| matches!(e, Event::Step { step, .. } if step == "cordoned")),
         "{seen:?}"
     );
+    // While its pods are evicted, w2's own objects are still there (its overlay routes).
+    ok(
+        &kubectl(
+            kubeconfig,
+            &["get", "overlaynodes.overlay.strata.dev", "w2"],
+        ),
+        "w2's OverlayNode during its drain",
+    );
     ok(
         &kubectl(
             kubeconfig,
@@ -1507,12 +1540,29 @@ fn a_worker_taken_out_of_the_file_leaves_the_cluster(
         }),
         "{seen:?}"
     );
-    let node = kubectl(kubeconfig, &["get", "node", "w2"]);
+    // Its own objects went after the drain, in remove-hosts.
+    let overlay_node = "/apis/overlay.strata.dev/v1alpha1/overlaynodes/w2";
     assert!(
-        !node.status.success() && String::from_utf8_lossy(&node.stderr).contains("NotFound"),
-        "{}",
-        String::from_utf8_lossy(&node.stdout)
+        seen.iter().any(
+            |e| matches!(e, Event::Action { phase: PhaseName::RemoveHosts, action }
+            if action.kind == ActionKind::Delete && action.path == overlay_node)
+        ),
+        "{seen:?}"
     );
+    for (what, args) in [
+        ("Node", ["get", "node", "w2"]),
+        (
+            "OverlayNode",
+            ["get", "overlaynodes.overlay.strata.dev", "w2"],
+        ),
+    ] {
+        let got = kubectl(kubeconfig, &args);
+        assert!(
+            !got.status.success() && String::from_utf8_lossy(&got.stderr).contains("NotFound"),
+            "w2's {what}: {}",
+            String::from_utf8_lossy(&got.stdout)
+        );
+    }
     wait_for(
         "the guarded pods running on w1",
         Duration::from_secs(60),
@@ -1775,6 +1825,7 @@ fn local_up_apply_converges_and_kubectl_works() {
             assert!(!step.contains("restarted"), "{e:?}");
         }
     }
+    kubelets_rotated_their_client_certificates(dir.path());
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
     files_no_longer_rendered_are_removed(dir.path());

@@ -194,3 +194,103 @@ fn short(s: &str, n: usize) -> String {
         t
     }
 }
+
+/// How many days ahead `strata status` warns about a certificate's expiry.
+pub const STATUS_WARN_DAYS: i64 = 30;
+
+/// `strata status`'s line about the certificates in `rows`, and whether one is expired or
+/// broken (a failure; one that expires within `within` days is a warning).
+pub fn expiry_summary(rows: &[strata_pki::CertStatus], within: i64) -> (String, bool) {
+    let mut broken = Vec::new();
+    let mut expiring = Vec::new();
+    for r in rows {
+        match (&r.problem, r.days_left) {
+            (Some(p), _) => broken.push(format!("{} ({p})", r.name)),
+            (None, Some(d)) if d < 0 => broken.push(format!("{} (expired)", r.name)),
+            (None, Some(d)) if d < within => expiring.push(format!("{} ({d} days)", r.name)),
+            _ => {}
+        }
+    }
+    let fix = "`strata certs renew NAME` (or --all), then `strata apply`";
+    match (broken.is_empty(), expiring.is_empty()) {
+        (true, true) => (
+            format!(
+                "certificates: all {} valid for at least {within} days",
+                rows.len()
+            ),
+            false,
+        ),
+        (true, false) => (
+            format!(
+                "certificates: WARNING: {} expire within {within} days: {}; renew with {fix}",
+                expiring.len(),
+                expiring.join(", ")
+            ),
+            false,
+        ),
+        (false, _) => (
+            format!(
+                "certificates: FAILED: {}{}; `strata certs check` for the list, {fix}",
+                broken.join(", "),
+                if expiring.is_empty() {
+                    String::new()
+                } else {
+                    format!("; expiring within {within} days: {}", expiring.join(", "))
+                }
+            ),
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, days: Option<i64>, problem: Option<&str>) -> strata_pki::CertStatus {
+        strata_pki::CertStatus {
+            name: name.into(),
+            subject: String::new(),
+            issuer: String::new(),
+            not_after: None,
+            days_left: days,
+            problem: problem.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn status_warns_about_what_expires_soon_and_fails_on_what_expired() {
+        let ok = [row("ca", Some(3000), None), row("admin", Some(300), None)];
+        assert_eq!(
+            expiry_summary(&ok, 30),
+            (
+                "certificates: all 2 valid for at least 30 days".into(),
+                false
+            )
+        );
+        let soon = [
+            row("ca", Some(3000), None),
+            row("apiserver", Some(12), None),
+        ];
+        let (line, failed) = expiry_summary(&soon, 30);
+        assert!(!failed);
+        assert!(
+            line.starts_with("certificates: WARNING: 1 expire within 30 days: apiserver (12 days)"),
+            "{line}"
+        );
+        assert!(line.contains("strata certs renew"), "{line}");
+        let bad = [
+            row("apiserver", Some(12), None),
+            row("admin", Some(-1), None),
+            row("kubelet/w1", None, Some("missing")),
+        ];
+        let (line, failed) = expiry_summary(&bad, 30);
+        assert!(failed);
+        assert!(
+            line.contains("admin (expired)")
+                && line.contains("kubelet/w1 (missing)")
+                && line.contains("apiserver (12 days)"),
+            "{line}"
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! Eviction API, so PodDisruptionBudgets hold (a refused eviction is retried, and the pods
 //! that block are named, until [`DRAIN_TIMEOUT`]); the host is reset (its units stopped,
 //! Strata's files removed, as `strata reset` does) when it answers over SSH with its pinned
-//! key; its Node is deleted; and its pins and state are dropped. Its etcd member, if it had
+//! key; its Node is deleted, then its own cluster objects (kept by the addons phase, so that
+//! its pods keep their routes while they are evicted); and its pins and state are dropped. Its etcd member, if it had
 //! one, was removed by the etcd phase, which refuses a removal that would cost the quorum.
 //! A failure leaves the host in the state: the next apply takes it up again.
 
@@ -13,10 +14,11 @@ use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use strata_drain::{DrainOptions, drain_pass, eviction_version};
-use strata_manifests::plan::{Action, ActionKind, PhaseName, departed_hosts};
+use strata_manifests::plan::{Action, ActionKind, CLUSTER, PhaseName, departed_hosts};
 
 use crate::apply::Apply;
 use crate::hosts::fail;
+use crate::phases::delete_object;
 use crate::reset::{HostFiles, script};
 
 /// How long a drain may wait for PodDisruptionBudgets to allow the evictions.
@@ -62,6 +64,28 @@ async fn remove_host(cx: &mut Apply<'_>, name: &str) -> Result<()> {
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(fail(phase, name, format!("deleting its Node: {e}"))),
         }
+    }
+    // Its own cluster objects (its agents' identities, its OverlayNode), kept until now.
+    let own: Vec<String> = cx
+        .state
+        .objects
+        .iter()
+        .filter(|(p, o)| o.host == name && !cx.want.objects.contains_key(*p))
+        .map(|(p, _)| p.clone())
+        .collect();
+    for path in own {
+        delete_object(&client, &path)
+            .await
+            .map_err(|e| fail(phase, name, format!("deleting {path}: {e:#}")))?;
+        cx.reporter.action(
+            phase,
+            Action {
+                kind: ActionKind::Delete,
+                host: CLUSTER.into(),
+                path: path.clone(),
+            },
+        );
+        cx.state.objects.remove(&path);
     }
     cx.reporter.action(
         phase,

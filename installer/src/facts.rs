@@ -19,6 +19,9 @@ pub struct HostFacts {
     /// `none`, `v1` or `v2` (unified hierarchy).
     pub cgroup: String,
     pub disk_free_kib: u64,
+    /// Logical processors and total memory, as the kubelet counts them (0: unknown).
+    pub cpus: u32,
+    pub memory_kib: u64,
     /// Active swap areas.
     pub swaps: u32,
     /// The host's clock, Unix seconds.
@@ -48,6 +51,8 @@ grep -qw overlay /proc/filesystems && echo "OVERLAYFS yes" || echo "OVERLAYFS no
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo "CGROUP v2"
 elif [ -d /sys/fs/cgroup ]; then echo "CGROUP v1"; else echo "CGROUP none"; fi
 echo "DISK_FREE_KIB $(df -Pk / | awk 'NR==2{print $4}')"
+echo "CPUS $(grep -c '^processor' /proc/cpuinfo)"
+echo "MEMORY_KIB $(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)"
 echo "SWAPS $(tail -n +2 /proc/swaps | wc -l)"
 echo "TIME $(date +%s)"
 # MTUs from the kernel's netlink answer (`ip`): a container's /sys may show another network
@@ -114,6 +119,8 @@ pub fn parse(out: &str) -> HostFacts {
             "OVERLAYFS" => f.overlayfs = value == "yes",
             "CGROUP" => f.cgroup = value.into(),
             "DISK_FREE_KIB" => f.disk_free_kib = value.parse().unwrap_or(0),
+            "CPUS" => f.cpus = value.parse().unwrap_or(0),
+            "MEMORY_KIB" => f.memory_kib = value.parse().unwrap_or(0),
             "SWAPS" => f.swaps = value.parse().unwrap_or(0),
             "TIME" => f.time = value.parse().unwrap_or(0),
             "MTU" => f.mtu = value.parse().unwrap_or(1500),

@@ -155,6 +155,11 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 outln!("API https://{}: unreachable: {e:#}", cs.inputs.api_endpoint);
             }
         }
+        let rows = strata_pki::check(&cs.inputs, &cs.state, time::OffsetDateTime::now_utc())
+            .with_context(|| format!("reading the certificates in {}", cs.state.root.display()))?;
+        let (line, failed) = crate::certs::expiry_summary(&rows, crate::certs::STATUS_WARN_DAYS);
+        outln!("{line}");
+        healthy &= !failed;
         Ok(if healthy {
             ExitCode::SUCCESS
         } else {

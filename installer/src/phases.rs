@@ -14,7 +14,7 @@ use strata_manifests::catalog::{self, Component, Spec, StartPhase};
 use strata_manifests::images::StrataImage;
 use strata_manifests::plan::{
     Action, ActionKind, AppliedFile, CLUSTER, PhaseName, changed_components, file_actions,
-    is_kept_when_unrendered, original_of,
+    is_kept_when_unrendered, leaves_with_its_host, original_of,
 };
 use strata_manifests::{addons, pod_security};
 use strata_platforms::ssh::{FileUpload, RemoteFile, quote};
@@ -847,6 +847,11 @@ async fn pod_subnets(cx: &Apply<'_>, api: &Api<Node>) -> Result<()> {
         })?;
     for (h, cidr) in missing.into_iter().zip(given) {
         let mut node = pod_security::registered_node(&h.host, minor);
+        if let Some(f) = cx.facts.get(h.name())
+            && let Some(room) = pod_security::kubelet_room(f.cpus, f.memory_kib)
+        {
+            node.status = Some(room);
+        }
         let spec = node.spec.get_or_insert_with(Default::default);
         spec.pod_cidr = Some(cidr.to_string());
         spec.pod_cidrs = Some(vec![cidr.to_string()]);
@@ -1003,34 +1008,10 @@ alias() {{ # REF DIGEST ALIAS
 async fn addons(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::Addons;
     let client = cx.client(phase).await?;
-    for wave in 0..=2 {
-        let applied = join_all(
-            cx.rendered
-                .objects
-                .iter()
-                .filter(|o| apply_wave(&o.api_path) == wave)
-                .map(|o| {
-                    let client = &client;
-                    async move {
-                        let req = http::Request::patch(format!(
-                            "{}?fieldManager=strata&force=true",
-                            o.api_path
-                        ))
-                        .header("Content-Type", "application/apply-patch+yaml")
-                        .body(o.yaml.clone().into_bytes())?;
-                        apply_object(client, req, &o.file).await
-                    }
-                }),
-        )
-        .await;
-        let failed: Vec<String> = applied
-            .into_iter()
-            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
-            .collect();
-        if !failed.is_empty() {
-            bail!("{}", failed.join("\n"));
-        }
-    }
+    let (started, applied) = tokio::join!(start_api_units(cx, phase), apply_objects(cx, &client));
+    started?;
+    applied?;
+    restarted(cx, StartPhase::Api)?;
     for o in &cx.rendered.objects {
         let before = cx.state.objects.get(&o.api_path).map(|a| &a.sha256);
         if before != cx.want.objects.get(&o.api_path).map(|a| &a.sha256) {
@@ -1038,11 +1019,13 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
                 .action(phase, action(ActionKind::Apply, CLUSTER, &o.api_path));
         }
     }
+    // A leaving host's own objects go after its drain (remove-hosts).
+    let kept = |p: &str| is_kept_when_unrendered(p) || leaves_with_its_host(&cx.want, &cx.state, p);
     let gone: Vec<String> = cx
         .state
         .objects
         .keys()
-        .filter(|p| !cx.want.objects.contains_key(*p) && !is_kept_when_unrendered(p))
+        .filter(|p| !cx.want.objects.contains_key(*p) && !kept(p))
         .cloned()
         .collect();
     for path in gone {
@@ -1050,12 +1033,13 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
         cx.reporter
             .action(phase, action(ActionKind::Delete, CLUSTER, &path));
     }
-    // Kept CRDs stay recorded, so that turning their addon on again is not a change.
+    // Kept CRDs stay recorded, so that turning their addon on again is not a change; a
+    // leaving host's objects until they are deleted.
     let kept: Vec<(String, _)> = cx
         .state
         .objects
         .iter()
-        .filter(|(p, _)| !cx.want.objects.contains_key(*p) && is_kept_when_unrendered(p))
+        .filter(|(p, _)| !cx.want.objects.contains_key(*p) && kept(p))
         .map(|(p, o)| (p.clone(), o.clone()))
         .collect();
     cx.state.objects = cx.want.objects.clone();
@@ -1074,6 +1058,49 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
         // Recorded only now: an apply stopped before rewrites them all again.
         cx.state.secrets_key = key;
         cx.save_state()?;
+    }
+    Ok(())
+}
+
+/// The units of [`StartPhase::Api`] (the scheduler), now that the API answers.
+async fn start_api_units(cx: &Apply<'_>, phase: PhaseName) -> Result<()> {
+    all(&cx.hosts, |h| async move {
+        start_units(cx, h, phase, &cx.components(&h.host, StartPhase::Api)).await
+    })
+    .await
+}
+
+/// Every cluster object with server-side apply, in waves: namespaces and definitions, then
+/// what lives in them, then the workloads.
+async fn apply_objects(cx: &Apply<'_>, client: &kube::Client) -> Result<()> {
+    for wave in 0..=2 {
+        let applied = join_all(
+            cx.rendered
+                .objects
+                .iter()
+                .filter(|o| apply_wave(&o.api_path) == wave)
+                .map(|o| {
+                    async move {
+                        let req = http::Request::patch(format!(
+                            "{}?fieldManager=strata&force=true",
+                            o.api_path
+                        ))
+                        // JSON is YAML: the content type server-side apply wants, a body
+                        // the audit log can record.
+                        .header("Content-Type", "application/apply-patch+yaml")
+                        .body(o.json.clone().into_bytes())?;
+                        apply_object(client, req, &o.file).await
+                    }
+                }),
+        )
+        .await;
+        let failed: Vec<String> = applied
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+            .collect();
+        if !failed.is_empty() {
+            bail!("{}", failed.join("\n"));
+        }
     }
     Ok(())
 }
@@ -1152,7 +1179,7 @@ async fn apply_object(
 }
 
 /// Deletes one object (its dependents in the background); one already gone is fine.
-async fn delete_object(client: &kube::Client, path: &str) -> Result<()> {
+pub(crate) async fn delete_object(client: &kube::Client, path: &str) -> Result<()> {
     let req =
         http::Request::delete(format!("{path}?propagationPolicy=Background")).body(Vec::new())?;
     match client.request_text(req).await {

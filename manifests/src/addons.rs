@@ -356,20 +356,20 @@ pub fn overlay(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             api_group: Some("rbac.authorization.k8s.io".into()),
             ..Subject::default()
         }]);
-        out.push(object(&format!("overlay-6-{node}.clusterrole.yaml"), &r)?);
-        out.push(object(
-            &format!("overlay-6-{node}.clusterrolebinding.yaml"),
-            &b,
-        )?);
+        out.push(object(&format!("overlay-6-{node}.clusterrole.yaml"), &r)?.for_host(node));
+        out.push(object(&format!("overlay-6-{node}.clusterrolebinding.yaml"), &b)?.for_host(node));
         // Made here, empty: RBAC cannot limit `create` to a name.
-        out.push(custom(
-            &format!("overlay-7-{node}.overlaynode.yaml"),
-            format!(
-                "/apis/{}/overlaynodes/{node}",
-                strata_overlay_api::API_VERSION
-            ),
-            &OverlayNode::new(node, OverlayNodeSpec::default()),
-        )?);
+        out.push(
+            custom(
+                &format!("overlay-7-{node}.overlaynode.yaml"),
+                format!(
+                    "/apis/{}/overlaynodes/{node}",
+                    strata_overlay_api::API_VERSION
+                ),
+                &OverlayNode::new(node, OverlayNodeSpec::default()),
+            )?
+            .for_host(node),
+        );
     }
     let net = &c.spec.network.overlay;
     let container = Container {
@@ -780,14 +780,20 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             api_group: Some("rbac.authorization.k8s.io".into()),
             ..Subject::default()
         }]);
-        out.push(object(
-            &format!("update-operator-9-agent-{node}.clusterrole.yaml"),
-            &r,
-        )?);
-        out.push(object(
-            &format!("update-operator-9-agent-{node}.clusterrolebinding.yaml"),
-            &b,
-        )?);
+        out.push(
+            object(
+                &format!("update-operator-9-agent-{node}.clusterrole.yaml"),
+                &r,
+            )?
+            .for_host(node),
+        );
+        out.push(
+            object(
+                &format!("update-operator-9-agent-{node}.clusterrolebinding.yaml"),
+                &b,
+            )?
+            .for_host(node),
+        );
     }
     let agent_name = "strata-update-agent";
     let agent_labels: BTreeMap<String, String> =

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
 use crate::model::Cluster;
-use crate::render::{ClusterObject, RenderError, to_yaml};
+use crate::render::{ClusterObject, RenderError, to_json, to_yaml};
 
 /// The Lease whose holder holds the control plane's virtual IP (kube-system).
 pub const VIP_LEASE: &str = "strata-vip";
@@ -65,7 +65,9 @@ where
     Ok(ClusterObject {
         file: file.into(),
         api_path,
+        host: None,
         yaml: to_yaml(T::KIND, obj)?,
+        json: to_json(T::KIND, obj)?,
     })
 }
 
@@ -79,8 +81,18 @@ pub(crate) fn custom(
     Ok(ClusterObject {
         file: file.into(),
         api_path,
+        host: None,
         yaml: to_yaml(file, value)?,
+        json: to_json(file, value)?,
     })
+}
+
+impl ClusterObject {
+    /// The object exists for host `name` (see [`ClusterObject::host`]).
+    pub(crate) fn for_host(mut self, name: &str) -> Self {
+        self.host = Some(name.to_owned());
+        self
+    }
 }
 
 pub fn cluster_objects(cluster: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {

@@ -105,6 +105,9 @@ pub struct AppliedObject {
     pub sha256: String,
     /// The file `strata render` writes it to.
     pub file: String,
+    /// The host it exists for, if any (see `ClusterObject::host`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// Objects as recorded since API paths are kept; a state written before (file name ->
@@ -166,6 +169,7 @@ impl AppliedState {
                     AppliedObject {
                         sha256: sha256(o.yaml.as_bytes()),
                         file: o.file.clone(),
+                        host: o.host.clone().unwrap_or_default(),
                     },
                 )
             })
@@ -514,6 +518,15 @@ pub fn is_kept_when_unrendered(api_path: &str) -> bool {
     api_path.starts_with("/apis/apiextensions.k8s.io/")
 }
 
+/// Whether the object at `api_path` that `have` recorded exists for a host that is leaving
+/// (see [`departed_hosts`]): deleted by the remove-hosts phase after that host's drain (its
+/// pods keep their overlay routes and agents their identities while they are evicted).
+pub fn leaves_with_its_host(want: &AppliedState, have: &AppliedState, api_path: &str) -> bool {
+    have.objects.get(api_path).is_some_and(|o| {
+        !o.host.is_empty() && have.hosts.contains_key(&o.host) && !want.hosts.contains_key(&o.host)
+    })
+}
+
 /// Hosts with applied files that the Cluster file no longer lists.
 pub fn departed_hosts<'a>(want: &AppliedState, have: &'a AppliedState) -> Vec<&'a str> {
     have.hosts
@@ -651,6 +664,7 @@ mod tests {
                 AppliedObject {
                     sha256: "0".into(),
                     file: "x.yaml".into(),
+                    host: String::new(),
                 },
             );
         }
@@ -673,5 +687,32 @@ mod tests {
                 format!("delete cluster {role}"),
             ]
         );
+    }
+
+    #[test]
+    fn a_leaving_hosts_own_objects_wait_for_its_drain() {
+        let object = |host: &str| AppliedObject {
+            sha256: "0".into(),
+            file: "x.yaml".into(),
+            host: host.into(),
+        };
+        let mut have = AppliedState::default();
+        for h in ["cp1", "w1", "w2"] {
+            have.hosts.insert(h.into(), BTreeMap::new());
+        }
+        have.objects.insert("/w2".into(), object("w2"));
+        have.objects.insert("/w1".into(), object("w1"));
+        have.objects.insert("/shared".into(), object(""));
+        let mut want = AppliedState::default();
+        for h in ["cp1", "w1"] {
+            want.hosts.insert(h.into(), BTreeMap::new());
+        }
+        assert!(leaves_with_its_host(&want, &have, "/w2"));
+        assert!(!leaves_with_its_host(&want, &have, "/w1"));
+        assert!(!leaves_with_its_host(&want, &have, "/shared"));
+        assert!(!leaves_with_its_host(&want, &have, "/unknown"));
+        // A host already forgotten (its files gone from the state): nothing waits for it.
+        have.hosts.remove("w2");
+        assert!(!leaves_with_its_host(&want, &have, "/w2"));
     }
 }

@@ -100,7 +100,8 @@ pub fn registered_node(h: &Host, minor: u32) -> Node {
             taints: (!taints.is_empty()).then_some(taints),
             ..NodeSpec::default()
         }),
-        // Room for no pod until the kubelet reports its own. Not empty: a kubelet (1.20)
+        // Room for no pod until the kubelet reports its own, unless apply knows the host's
+        // (see kubelet_room). Not empty: a kubelet (1.20)
         // taking over a Node without capacity panics (it adds its huge page sizes to the
         // Node's capacity map, which an empty map read back from the API server is not).
         status: Some(NodeStatus {
@@ -109,6 +110,37 @@ pub fn registered_node(h: &Host, minor: u32) -> Node {
             ..NodeStatus::default()
         }),
     }
+}
+
+/// Pods per node: the kubelet's default, which Strata keeps.
+pub const KUBELET_MAX_PODS: u32 = 110;
+/// The kubelet's hard eviction floor for memory (its default, and what the local platform
+/// sets): kept out of the node's allocatable memory.
+pub const KUBELET_MEMORY_EVICTION_KIB: u64 = 100 * 1024;
+
+/// The capacity and allocatable room a kubelet will report for a host of `cpus` logical
+/// processors and `memory_kib` total memory (no resources reserved; the memory eviction
+/// floor deducted), for the Node created ahead of it: the scheduler places its pods before
+/// the kubelet's first status instead of refusing them and backing off. None when either
+/// is unknown (0). Its first status replaces this with its own count (ephemeral storage
+/// and huge pages included).
+pub fn kubelet_room(cpus: u32, memory_kib: u64) -> Option<NodeStatus> {
+    if cpus == 0 || memory_kib <= KUBELET_MEMORY_EVICTION_KIB {
+        return None;
+    }
+    let room = |memory: u64| -> BTreeMap<String, Quantity> {
+        [
+            ("cpu".to_owned(), Quantity(cpus.to_string())),
+            ("memory".to_owned(), Quantity(format!("{memory}Ki"))),
+            ("pods".to_owned(), Quantity(KUBELET_MAX_PODS.to_string())),
+        ]
+        .into()
+    };
+    Some(NodeStatus {
+        capacity: Some(room(memory_kib)),
+        allocatable: Some(room(memory_kib - KUBELET_MEMORY_EVICTION_KIB)),
+        ..NodeStatus::default()
+    })
 }
 
 fn no_pods() -> BTreeMap<String, Quantity> {

@@ -109,7 +109,14 @@ pub struct ClusterObject {
     /// The object's path on the API server, e.g.
     /// `/apis/rbac.authorization.k8s.io/v1/clusterroles/NAME` (what server-side apply PATCHes).
     pub api_path: String,
+    /// What apply writes to cluster/ and what the state's digest is of.
     pub yaml: String,
+    /// The host the object exists for (its agents' identities, its OverlayNode): when the
+    /// host leaves the cluster, the object goes after the host was drained.
+    pub host: Option<String>,
+    /// The same object as JSON: the server-side apply body. (The API server's audit log
+    /// records a patch body only when it is JSON: a YAML body loses the whole event.)
+    pub json: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -555,7 +562,13 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         requires: &[],
         exec: format!("{BIN_DIR}/kube-apiserver"),
         args: api,
-        extra: &["LimitNOFILE=65536"],
+        extra: &[
+            "LimitNOFILE=65536",
+            // On SIGTERM the API server stops listening at once, then waits for its open
+            // connections (watches never end by themselves) up to its request timeout, 60 s:
+            // every restart cost a minute. Its clients re-connect anyway.
+            "TimeoutStopSec=5",
+        ],
     };
     t.add(
         Component::KubeApiserver,
@@ -846,7 +859,9 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
          failSwapOn: {fail_swap}\n\
          staticPodPath: \"\"\n\
          nodeStatusUpdateFrequency: 4s\n\
-         nodeStatusReportFrequency: 5m\n",
+         nodeStatusReportFrequency: 5m\n\
+         maxPods: {max_pods}\n",
+        max_pods = crate::pod_security::KUBELET_MAX_PODS,
         domain = net.cluster_domain,
         suites = TLS_CIPHER_SUITES.join(", "),
         driver = cgroup_driver(ctx.cluster),
@@ -869,14 +884,15 @@ fn kubelet_config(ctx: &Ctx<'_>) -> String {
         // collection (at 85% used) would delete images loaded without a registry. Absolute
         // floors instead (as kind does); below them the eviction manager still frees unused
         // images first.
-        s.push_str(
+        s.push_str(&format!(
             "evictionHard:\n  \
-               memory.available: 100Mi\n  \
+               memory.available: {}Mi\n  \
                nodefs.available: 1Gi\n  \
                nodefs.inodesFree: 5%\n  \
                imagefs.available: 1Gi\n\
              imageGCHighThresholdPercent: 100\n",
-        );
+            crate::pod_security::KUBELET_MEMORY_EVICTION_KIB / 1024
+        ));
     }
     if ctx.local() && versions::uses(Item::KubeletRefusesCgroupV1, ctx.minor) {
         // Local machines share this computer's cgroup hierarchy, which may be v1; real hosts
@@ -1325,4 +1341,11 @@ pub fn write_out(r: &Rendered, out: &Path) -> std::io::Result<()> {
 
 pub(crate) fn to_yaml<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
     yaml(what, v)
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, RenderError> {
+    serde_json::to_string(v).map_err(|e| RenderError::Serialize {
+        what: what.into(),
+        reason: e.to_string(),
+    })
 }

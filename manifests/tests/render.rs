@@ -60,6 +60,53 @@ fn three_hosts_snapshot() {
     insta::assert_snapshot!("three_hosts", snapshot_text(&f.rendered));
 }
 
+/// What apply sends (JSON) is what it writes to cluster/ and records (YAML).
+#[test]
+fn every_cluster_object_is_the_same_object_in_json_and_yaml() {
+    let f = fixture(THREE_HOSTS);
+    assert!(!f.rendered.objects.is_empty());
+    for o in &f.rendered.objects {
+        let json: serde_json::Value = serde_json::from_str(&o.json).expect("json");
+        let yaml: serde_json::Value = serde_saphyr::from_str(&o.yaml).expect("yaml");
+        assert_eq!(json, yaml, "{}", o.file);
+        assert!(
+            json["apiVersion"].is_string() && json["kind"].is_string(),
+            "{}",
+            o.file
+        );
+    }
+}
+
+/// Each host's own objects (its agents' identities, its OverlayNode) say whose they are: they
+/// leave the cluster with it, after its drain.
+#[test]
+fn each_hosts_own_objects_name_it() {
+    let f = fixture(THREE_HOSTS);
+    let names: Vec<&str> = f
+        .cluster
+        .spec
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    let mut per_host = std::collections::BTreeMap::<&str, usize>::new();
+    for o in &f.rendered.objects {
+        let named = names
+            .iter()
+            .find(|h| o.file.contains(&format!("-{h}.")))
+            .copied();
+        assert_eq!(o.host.as_deref(), named, "{}", o.file);
+        if let Some(h) = named {
+            *per_host.entry(h).or_default() += 1;
+        }
+    }
+    // Overlay: role, binding, OverlayNode; update agent: role, binding.
+    assert_eq!(
+        per_host.values().copied().collect::<Vec<_>>(),
+        vec![5, 5, 5]
+    );
+}
+
 #[test]
 fn secrets_have_private_modes_and_workers_get_no_control_plane_keys() {
     let f = fixture(THREE_HOSTS);
@@ -410,6 +457,33 @@ fn the_node_created_ahead_says_what_the_kubelet_registers() {
                 h.name
             );
         }
+    }
+}
+
+/// The room of a Node created ahead is what a kubelet reported for that host (measured:
+/// a 1.20.2 kubelet on a local machine of this computer, 2 processors, MemTotal 24684084 kB).
+#[test]
+fn the_node_created_ahead_has_the_room_its_kubelet_reports() {
+    let room = strata_manifests::pod_security::kubelet_room(2, 24_684_084).expect("known");
+    let text = |m: Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
+        m.unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.0))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(text(room.capacity), "cpu=2,memory=24684084Ki,pods=110");
+    assert_eq!(text(room.allocatable), "cpu=2,memory=24581684Ki,pods=110");
+    // Unknown facts: no room claimed (the kubelet's first status gives it).
+    assert!(strata_manifests::pod_security::kubelet_room(0, 24_684_084).is_none());
+    assert!(strata_manifests::pod_security::kubelet_room(2, 0).is_none());
+    for h in ["cp1", "w1"] {
+        let f = fixture(THREE_HOSTS);
+        assert!(
+            file(&f.rendered, h, "/etc/kubernetes/kubelet/config.yaml").contains("maxPods: 110\n")
+        );
     }
 }
 
