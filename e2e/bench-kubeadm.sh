@@ -131,6 +131,9 @@ strata_round() { # sets ms
   # When the last node became Ready (before the overlay agents ran on every node).
   awk '/"phase":"wait-ready".*"step":"Ready"/ { t = $1 } END { if (t != "") printf "every node Ready at %.1f s, the overlay agents running at the end\n", t }' \
     "$work/strata-apply.json" >> "$work/strata-steps"
+  # The same in milliseconds for the medians.
+  awk '/"phase":"wait-ready".*"step":"Ready"/ { t = $1 } END { if (t != "") printf "%d\n", t * 1000 }' \
+    "$work/strata-apply.json" >> "$work/strata-ready.ms"
   cp "$work/strata-apply.json" "$work/strata-apply-$round.json"
   machines_down
   ms=$((end - start))
@@ -293,7 +296,7 @@ kubeadm_round() { # sets ms
       a / 1000, b / 1000, c / 1000, d / 1000 }' > "$work/kubeadm-steps"
 }
 
-: > "$work/strata.ms"; : > "$work/kubeadm.ms"
+: > "$work/strata.ms"; : > "$work/strata-ready.ms"; : > "$work/kubeadm.ms"
 for round in $(seq 1 "$ROUNDS"); do
   s=0; k=0; : > "$work/kubeadm-steps"; : > "$work/strata-steps"
   case " $SIDES " in *" strata "*) strata_round; s=$ms; echo "$s" >> "$work/strata.ms" ;; esac
@@ -307,6 +310,11 @@ if [ "$SIDES" != "strata kubeadm" ]; then
   for side in $SIDES; do echo "$side, median of $ROUNDS rounds: $(median "$work/$side.ms" | awk '{ printf "%.1f s", $1 / 1000 }')"; done
   exit 0
 fi
-awk -v s="$(median "$work/strata.ms")" -v k="$(median "$work/kubeadm.ms")" -v n="$ROUNDS" 'BEGIN {
+# The issue's measure: booted machines to every node Ready. kubeadm's nodes turn Ready once
+# the overlay agent has written their CNI configuration; Strata writes it before the kubelet
+# starts, so its nodes are Ready before its agents run: the end of its apply (every agent
+# running too) is printed beside it.
+awk -v s="$(median "$work/strata-ready.ms")" -v e="$(median "$work/strata.ms")" -v k="$(median "$work/kubeadm.ms")" -v n="$ROUNDS" 'BEGIN {
   printf "three hosts to every node Ready, median of %d rounds: Strata %.1f s, kubeadm %.1f s; ratio %.2f (target at most 0.5: %s)\n",
-    n, s / 1000, k / 1000, s / k, s / k <= 0.5 ? "ok" : "MISSED" }'
+    n, s / 1000, k / 1000, s / k, s / k <= 0.5 ? "ok" : "MISSED"
+  printf "to the end of Strata'"'"'s apply (every overlay agent running too): Strata %.1f s; ratio %.2f\n", e / 1000, e / k }'
