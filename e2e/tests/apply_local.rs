@@ -392,6 +392,79 @@ fn on(host: &str, script: &str) -> String {
     strata_e2e::on_machine("e2e-apply", host, script)
 }
 
+/// `strata backup`: one tar file, 0600, with the record and a snapshot that etcd's own tool
+/// reads at the recorded revision, of this cluster's etcd (the id state.json holds).
+fn a_backup_of_the_running_cluster(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = dir.join("e2e-backup.tar");
+    let said = ok(
+        &strata(dir, &["backup", "--out", &file.to_string_lossy()]),
+        "backup",
+    );
+    assert!(said.contains("keep it private"), "{said}");
+    let mode = std::fs::metadata(&file)
+        .expect("the backup")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = dir.join("e2e-backup");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    ok(
+        &Command::new("tar")
+            .arg("-xf")
+            .arg(&file)
+            .arg("-C")
+            .arg(&out)
+            .output()
+            .expect("tar"),
+        "tar -x",
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("record.json")).expect("record.json"))
+            .expect("record json");
+    let snapshot = std::fs::read(out.join("etcd-snapshot.db")).expect("etcd-snapshot.db");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("e2e-apply/state.json")).expect("state.json"),
+    )
+    .expect("state json");
+    assert_eq!(record["cluster"], "e2e-apply", "{record}");
+    assert_eq!(record["member"], "cp1", "{record}");
+    assert_eq!(record["kubernetesVersion"], "1.20.2", "{record}");
+    assert_eq!(record["etcdClusterId"], state["etcdCluster"], "{record}");
+    assert_eq!(record["encryptionKey"], state["secretsKey"], "{record}");
+    assert_eq!(
+        record["caSha256"].as_str(),
+        Some(
+            strata_manifests::plan::sha256(
+                &std::fs::read(dir.join("e2e-apply/pki/ca.crt")).expect("ca.crt")
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        record["snapshotSha256"].as_str(),
+        Some(strata_manifests::plan::sha256(&snapshot).as_str())
+    );
+    assert_eq!(
+        record["snapshotBytes"].as_u64(),
+        Some(snapshot.len() as u64)
+    );
+    let status = ok(
+        &Command::new(strata_e2e::assets_bin().join("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(out.join("etcd-snapshot.db"))
+            .output()
+            .expect("etcdctl"),
+        "etcdctl snapshot status",
+    );
+    let status: serde_json::Value = serde_json::from_str(status.trim()).expect("status json");
+    assert_eq!(status["revision"], record["etcdRevision"], "{status}");
+    assert!(status["totalKey"].as_u64().unwrap_or(0) > 100, "{status}");
+    // Nothing left behind on the member.
+    assert_eq!(on("cp1", "ls /var/lib/strata/backup | wc -l").trim(), "0");
+}
+
 /// Each kubelet replaced the client certificate apply gave it with one the controller
 /// manager signed (kubelet rotation); apply left the rotated one alone (the caller then
 /// checks that plan has nothing to do).
@@ -1828,6 +1901,7 @@ fn local_up_apply_converges_and_kubectl_works() {
     kubelets_rotated_their_client_certificates(dir.path());
     let plan = ok(&strata(dir.path(), &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
+    a_backup_of_the_running_cluster(dir.path());
     files_no_longer_rendered_are_removed(dir.path());
 
     let kubeconfig = dir.path().join("e2e-apply/auth/kubeconfig");

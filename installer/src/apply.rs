@@ -46,6 +46,8 @@ pub struct Apply<'r> {
     pub client: Option<kube::Client>,
     /// The one phase this run was asked for (`--phase`), if any.
     pub only: Option<PhaseName>,
+    /// A backup to restore (`strata restore`): the etcd phase restores it.
+    pub seed: Option<crate::backup::Seed>,
 }
 
 impl Apply<'_> {
@@ -153,6 +155,7 @@ async fn prepare<'r>(
     reporter: &'r Reporter,
     cs: ClusterState,
     args: &ApplyArgs,
+    seed: Option<crate::backup::Seed>,
 ) -> Result<Apply<'r>> {
     let phase = PhaseName::Prepare;
     let out = strata_pki::generate(&cs.inputs, &cs.state, time::OffsetDateTime::now_utc())
@@ -184,12 +187,18 @@ async fn prepare<'r>(
         facts: BTreeMap::new(),
         client: None,
         only: args.phase,
+        seed,
     })
 }
 
-async fn apply(reporter: &Reporter, cs: ClusterState, args: &ApplyArgs) -> Result<()> {
+async fn apply(
+    reporter: &Reporter,
+    cs: ClusterState,
+    args: &ApplyArgs,
+    seed: Option<crate::backup::Seed>,
+) -> Result<()> {
     let mut cx = reporter
-        .phase(PhaseName::Prepare, prepare(reporter, cs, args))
+        .phase(PhaseName::Prepare, prepare(reporter, cs, args, seed))
         .await?;
     let phases = crate::phases::sequence();
     let result = engine::run(
@@ -210,10 +219,19 @@ pub fn run(args: &ApplyArgs) -> Result<ExitCode> {
     if args.dry_run {
         return crate::render::run_plan(&args.state, args.output);
     }
+    let cs: ClusterState = load(&args.state)?;
+    run_seeded(args, cs, None)
+}
+
+/// An apply of the loaded cluster; with `seed`, one that restores it from a backup.
+pub fn run_seeded(
+    args: &ApplyArgs,
+    cs: ClusterState,
+    seed: Option<crate::backup::Seed>,
+) -> Result<ExitCode> {
     // Machine-readable when asked, and whenever nobody watches a terminal (CI).
     let json =
         args.output == OutputFormat::Json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let cs: ClusterState = load(&args.state)?;
     let names: Vec<String> = cs
         .cluster
         .spec
@@ -225,7 +243,7 @@ pub fn run(args: &ApplyArgs) -> Result<ExitCode> {
     let started = Instant::now();
     crate::runtime()?.block_on(async {
         tokio::select! {
-            r = apply(&reporter, cs, args) => {
+            r = apply(&reporter, cs, args, seed) => {
                 reporter.finish(r.is_ok().then(|| started.elapsed()));
                 r.map(|()| ExitCode::SUCCESS)
             }

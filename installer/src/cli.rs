@@ -53,6 +53,23 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// An etcd snapshot taken on a healthy member, with a record of the cluster it belongs
+    /// to (name, CA, etcd cluster id), the Kubernetes version and the Secret encryption key
+    /// in use, written as one tar file, mode 0600 (it holds the cluster's Secrets). Default:
+    /// <state dir>/backups/<cluster>-<UTC time>.tar.
+    Backup {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Write it here instead.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup: checked first (its snapshot's digest, that it is of this cluster,
+    /// that the state directory holds its Secrets' key: refused before anything stops), then
+    /// an apply whose etcd phase stops the control plane and etcd, restores the snapshot on
+    /// every etcd host of the Cluster file (the hosts may be new machines, with other
+    /// addresses) as a new etcd cluster, and starts them again; every component restarts.
+    Restore(RestoreArgs),
     /// Stop and remove everything Strata installed on the hosts (services, files, etcd data,
     /// kubelet and containerd state). The cluster is gone afterwards; the PKI stays.
     Reset {
@@ -173,6 +190,40 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The backup (`strata backup`).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Restore a backup of another cluster (another name or CA) all the same.
+    #[arg(long)]
+    pub other_cluster: bool,
+    /// As for apply: pin the host keys of hosts contacted for the first time (new machines).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Progress as readable text or as one JSON event per line.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+impl RestoreArgs {
+    /// The apply that does the restore.
+    pub fn apply_args(&self) -> ApplyArgs {
+        ApplyArgs {
+            state: self.state.clone(),
+            accept_new_host_keys: self.accept_new_host_keys,
+            output: self.output,
+            dry_run: false,
+            phase: None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub state: StateArgs,
@@ -213,7 +264,7 @@ fn parse_days(s: &str) -> Result<i64, String> {
         .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX))
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StateArgs {
     #[command(flatten)]
     pub file: FileArg,
@@ -229,7 +280,7 @@ pub enum Shell {
     Fish,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FileArg {
     /// The Cluster file.
     #[arg(

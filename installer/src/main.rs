@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod apply;
 mod assets;
+mod backup;
 mod certs;
 mod cli;
 mod departures;
@@ -67,6 +68,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => ops::status(&args),
         Command::Kubeconfig { state, out } => ops::kubeconfig(&state, out.as_deref()),
         Command::Reset { state, yes } => reset::run(&state, yes),
+        Command::Backup { state, out } => backup::run(&state, out.as_deref()),
+        Command::Restore(args) => backup::run_restore(&args),
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
         Command::Updates(cmd) => updates::run(&cmd),

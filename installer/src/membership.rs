@@ -2,9 +2,10 @@
 //! restarted a member at a time and its membership changed to the Cluster file's through
 //! etcd's own API, by the steps [`crate::etcd::plan`] gives.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use futures::future::join_all;
 use strata_manifests::catalog::{self, Component, StartPhase};
 use strata_manifests::plan::{Action, ActionKind, CLUSTER, PhaseName};
@@ -18,7 +19,7 @@ use crate::phases::start_units;
 const PHASE: PhaseName = PhaseName::Etcd;
 
 /// `etcdctl` against the member on the host it runs on, with the health-check identity.
-fn etcdctl() -> String {
+pub(crate) fn etcdctl() -> String {
     format!(
         "ETCDCTL_API=3 {}/etcdctl --endpoints=https://127.0.0.1:{} \
          --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
@@ -86,6 +87,9 @@ async fn member_list(via: &HostConn) -> Result<Vec<Member>> {
 /// The etcd phase: the cluster formed or changed to the file's members, and its id kept in
 /// the state (apply never forms a new cluster in place of one it has seen).
 pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
+    if let Some(seed) = cx.seed.take() {
+        return restore(cx, &seed).await;
+    }
     let Some(Converged { id, formed }) = converge(cx).await? else {
         return Ok(());
     };
@@ -110,6 +114,178 @@ pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
             format!("formed empty: every Secret is written encrypted with key {key}"),
         );
         cx.state.secrets_key = key;
+    }
+    Ok(())
+}
+
+/// Where a member's host keeps the snapshot to restore while it is restored.
+const RESTORE_FILE: &str = "/var/lib/strata/backup/restore.db";
+
+/// `strata restore`: the backup's snapshot becomes the data of every etcd host of the
+/// Cluster file, as a new etcd cluster (a new token, the file's members and addresses: the
+/// hosts may be new machines). First the snapshot goes to every member and etcd's own tool
+/// reads it there (a broken one is refused before anything stops); then the control plane
+/// and etcd stop, existing data is set aside (`/var/lib/etcd.before-restore-<time>`), the
+/// snapshot restored, etcd started; every other component is marked to restart in its phase
+/// (they hold the store's later revisions). Secrets stay encrypted with the backup's key
+/// (recorded: the addons phase rewrites them with the current one).
+async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
+    let members: Vec<&HostConn> = cx
+        .hosts
+        .iter()
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
+        .collect();
+    if members.is_empty() {
+        bail!("phase {PHASE}: the Cluster file has no etcd host to restore the backup on");
+    }
+    place_snapshot(&members, seed).await?;
+    let bin = catalog::BIN_DIR;
+    let want_revision = seed.record.etcd_revision;
+    let stamp = now_secs();
+    stop_and_set_aside(cx, &members, stamp).await?;
+    let initial: Vec<String> = members
+        .iter()
+        .map(|h| format!("{}={}", h.name(), peer_url(h)))
+        .collect();
+    let initial = initial.join(",");
+    let token = format!("strata-{}-restore-{stamp:x}", cx.cluster().name());
+    let shared: &Apply<'_> = cx;
+    let restored = join_all(members.iter().map(|h| {
+        let (initial, token) = (initial.as_str(), token.as_str());
+        async move {
+            h.sh(
+                PHASE,
+                &format!(
+                    "ETCDCTL_API=3 {bin}/etcdctl snapshot restore {RESTORE_FILE} --name {name}                      --initial-cluster {initial} --initial-cluster-token {token}                      --initial-advertise-peer-urls {peer} --data-dir {data} >/dev/null &&                      rm -f {RESTORE_FILE}",
+                    name = h.name(),
+                    peer = peer_url(h),
+                    data = etcd::DATA_DIR
+                ),
+            )
+            .await?;
+            write_membership(h, &etcd::membership_env(initial, "new", token)).await?;
+            start(shared, h).await
+        }
+    }))
+    .await;
+    restored.into_iter().collect::<Result<Vec<_>>>()?;
+    let waits = join_all(members.iter().map(|h| wait_healthy(shared, h))).await;
+    waits.into_iter().collect::<Result<Vec<_>>>()?;
+    let (id, _) = cluster_and_members(members[0]).await?;
+    // Every other component restarts in its phase.
+    let restarts: Vec<(String, BTreeSet<Component>)> = cx
+        .hosts
+        .iter()
+        .map(|h| {
+            let all = catalog::on_host(cx.cluster(), &h.host)
+                .filter(|s| s.start != StartPhase::Etcd)
+                .map(|s| s.component)
+                .collect();
+            (h.name().to_owned(), all)
+        })
+        .collect();
+    for (host, all) in restarts {
+        cx.state
+            .pending_restarts
+            .entry(host)
+            .or_default()
+            .extend(all);
+    }
+    cx.state.etcd_cluster = id.clone();
+    cx.state.secrets_key = seed.record.encryption_key.clone();
+    cx.save_state()?;
+    cx.reporter.action(
+        PHASE,
+        Action {
+            kind: ActionKind::Restore,
+            host: CLUSTER.into(),
+            path: seed.from.display().to_string(),
+        },
+    );
+    cx.reporter.step(
+        PHASE,
+        "etcd",
+        format!(
+            "restored the backup of {} (revision {want_revision}) on {} member(s) as etcd cluster {id}",
+            seed.record.taken_at,
+            members.len()
+        ),
+    );
+    Ok(())
+}
+
+/// The snapshot on every member's host, read there by etcd's own tool at the recorded
+/// revision: a broken one is refused before anything stops.
+async fn place_snapshot(members: &[&HostConn], seed: &crate::backup::Seed) -> Result<()> {
+    let bin = catalog::BIN_DIR;
+    let want_revision = seed.record.etcd_revision;
+    let placed = join_all(members.iter().map(|h| async move {
+        h.sh(PHASE, "umask 077 && mkdir -p /var/lib/strata/backup").await?;
+        h.conn
+            .upload(RESTORE_FILE, &seed.snapshot, 0o600, "root:root")
+            .await
+            .map_err(|e| fail(PHASE, h.name(), e))?;
+        let status = h
+            .sh(
+                PHASE,
+                &format!("ETCDCTL_API=3 {bin}/etcdctl snapshot status {RESTORE_FILE} -w json"),
+            )
+            .await
+            .map_err(|e| {
+                fail(
+                    PHASE,
+                    h.name(),
+                    format!(
+                        "etcd refuses the snapshot of {} ({e:#}); nothing was stopped",
+                        seed.from.display()
+                    ),
+                )
+            })?;
+        let revision = serde_json::from_str::<serde_json::Value>(status.trim())
+            .ok()
+            .and_then(|v| v["revision"].as_u64());
+        if revision != Some(want_revision) {
+            return Err(fail(
+                PHASE,
+                h.name(),
+                format!(
+                    "etcd reads the snapshot at revision {revision:?}, the backup's record says                      {want_revision}; nothing was stopped"
+                ),
+            ));
+        }
+        Ok::<_, anyhow::Error>(())
+    }))
+    .await;
+    placed.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(())
+}
+
+/// The control plane stopped (nothing may write to the store while it is replaced), then
+/// etcd, its data set aside.
+async fn stop_and_set_aside(cx: &Apply<'_>, members: &[&HostConn], stamp: u64) -> Result<()> {
+    for h in cx
+        .hosts
+        .iter()
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::KubeApiserver))
+    {
+        h.sh(
+            PHASE,
+            "systemctl stop kube-apiserver.service kube-controller-manager.service              kube-scheduler.service 2>/dev/null || true",
+        )
+        .await?;
+        cx.reporter.step(PHASE, h.name(), "control plane stopped");
+    }
+    let set_aside = format!(
+        "systemctl stop etcd.service 2>/dev/null || true;          if [ -d {d} ]; then mv {d} {d}.before-restore-{stamp} && echo {d}.before-restore-{stamp}; fi",
+        d = etcd::DATA_DIR
+    );
+    for h in members {
+        let moved = h.sh(PHASE, &set_aside).await?;
+        let what = match moved.trim() {
+            "" => "etcd stopped".to_owned(),
+            kept => format!("etcd stopped, its data set aside in {kept}"),
+        };
+        cx.reporter.step(PHASE, h.name(), what);
     }
     Ok(())
 }

@@ -242,6 +242,9 @@ pub enum ActionKind {
     /// A host taken out of the Cluster file: its node cordoned, drained through the Eviction
     /// API and its Node deleted (`path`: `Node <name>`); its files are then removed.
     Drain,
+    /// etcd's store replaced with a backup's snapshot (`strata restore`; `path`: the backup
+    /// file).
+    Restore,
 }
 
 impl ActionKind {
@@ -254,6 +257,7 @@ impl ActionKind {
             ActionKind::Apply => "apply",
             ActionKind::Delete => "delete",
             ActionKind::Reencrypt => "re-encrypt secrets with",
+            ActionKind::Restore => "restore etcd from",
             ActionKind::Drain => "drain and delete",
         }
     }
