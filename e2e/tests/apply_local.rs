@@ -1749,7 +1749,9 @@ fn an_addon_turned_off_is_removed(dir: &Path, kubeconfig: &Path) {
             && a.path == "/etc/systemd/system/strata-reboot.path"),
         "{done:?}"
     );
-    wait_for("the operator's pods gone", Duration::from_secs(60), || {
+    // Their deletion is Kubernetes' garbage collector's (Deployment -> ReplicaSet -> Pod,
+    // DaemonSet -> Pod), which works in cycles: seen taking over 60 s twice in some 20 runs.
+    let gone = wait_for("the operator's pods gone", Duration::from_secs(150), || {
         ok(
             &kubectl(
                 kubeconfig,
@@ -1760,7 +1762,28 @@ fn an_addon_turned_off_is_removed(dir: &Path, kubeconfig: &Path) {
         .lines()
         .all(|p| !p.contains("update"))
     })
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| {
+        let left = kubectl(
+            kubeconfig,
+            &[
+                "get", "pods", "-n", "strata-system", "-o",
+                "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase,DELETING:.metadata.deletionTimestamp,FINALIZERS:.metadata.finalizers,OWNER:.metadata.ownerReferences[0].name",
+            ],
+        );
+        let events = kubectl(
+            kubeconfig,
+            &["get", "events", "-n", "strata-system", "--sort-by=.lastTimestamp"],
+        );
+        panic!(
+            "{e}:\n{}\n{}",
+            String::from_utf8_lossy(&left.stdout),
+            String::from_utf8_lossy(&events.stdout)
+        )
+    });
+    println!(
+        "the update operator's pods gone {:.1} s after apply",
+        gone.as_secs_f64()
+    );
     ok(
         &kubectl(
             kubeconfig,

@@ -48,6 +48,9 @@ pub struct Apply<'r> {
     pub only: Option<PhaseName>,
     /// A backup to restore (`strata restore`): the etcd phase restores it.
     pub seed: Option<crate::backup::Seed>,
+    /// Node statuses from before this time do not count as Ready (set by a restore: the
+    /// restored Nodes say what they said at the backup).
+    pub ready_after: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl Apply<'_> {
@@ -188,6 +191,7 @@ async fn prepare<'r>(
         client: None,
         only: args.phase,
         seed,
+        ready_after: None,
     })
 }
 

@@ -163,7 +163,7 @@ pub fn check(cs: &ClusterState, record: &Record, other_cluster: bool) -> Result<
     let ca_path = cs.state.cert("ca");
     let ca = std::fs::read(&ca_path).map_err(|e| {
         from(format!(
-            "{}: {e}: a restore needs this cluster's PKI (the state directory the backup's              cluster was installed from)",
+            "{}: {e}: a restore needs this cluster's PKI (the state directory the backup's cluster was installed from)",
             ca_path.display()
         ))
     })?;
@@ -171,7 +171,7 @@ pub fn check(cs: &ClusterState, record: &Record, other_cluster: bool) -> Result<
     let name = cs.cluster.name();
     if (record.cluster != name || record.ca_sha256 != ca) && !other_cluster {
         return Err(from(format!(
-            "the backup is of cluster {} (CA sha256 {}), this Cluster file's is {name} (CA              sha256 {ca}): a snapshot of another cluster is refused (its objects name other              certificates and keys); --other-cluster restores it all the same",
+            "the backup is of cluster {} (CA sha256 {}), this Cluster file's is {name} (CA sha256 {ca}): a snapshot of another cluster is refused (its objects name other certificates and keys); --other-cluster restores it all the same",
             record.cluster, record.ca_sha256
         )));
     }
@@ -179,7 +179,7 @@ pub fn check(cs: &ClusterState, record: &Record, other_cluster: bool) -> Result<
     let version = cs.cluster.spec.kubernetes.version.to_string();
     if minor(&record.kubernetes_version) != minor(&version) {
         return Err(from(format!(
-            "the backup was taken with Kubernetes {}, the Cluster file has {version}: restore              it with the version it was taken with, then upgrade",
+            "the backup was taken with Kubernetes {}, the Cluster file has {version}: restore it with the version it was taken with, then upgrade",
             record.kubernetes_version
         )));
     }
@@ -190,7 +190,7 @@ pub fn check(cs: &ClusterState, record: &Record, other_cluster: bool) -> Result<
             .is_some_and(|k| k.keys.iter().any(|k| k.name == record.encryption_key));
         if !have {
             return Err(from(format!(
-                "the backup's Secrets are encrypted with key {}, which {} does not hold (pruned                  with `strata certs prune-encryption-keys`?): they could not be read",
+                "the backup's Secrets are encrypted with key {}, which {} does not hold (pruned with `strata certs prune-encryption-keys`?): they could not be read",
                 record.encryption_key,
                 cs.state.file(strata_pki::encryption::FILE).display()
             )));
@@ -208,7 +208,7 @@ pub fn run_restore(args: &crate::cli::RestoreArgs) -> Result<ExitCode> {
     if !args.yes {
         if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             bail!(
-                "restore replaces every object of cluster {} with those of {} (taken {});                  without a terminal to confirm, pass --yes",
+                "restore replaces every object of cluster {} with those of {} (taken {}); without a terminal to confirm, pass --yes",
                 cs.cluster.name(),
                 args.from.display(),
                 record.taken_at
@@ -216,7 +216,7 @@ pub fn run_restore(args: &crate::cli::RestoreArgs) -> Result<ExitCode> {
         }
         let go = dialoguer::Confirm::new()
             .with_prompt(format!(
-                "Restore cluster {} to the backup of {} (etcd revision {})? Its control plane                  and etcd stop, every object made since is lost",
+                "Restore cluster {} to the backup of {} (etcd revision {})? Its control plane and etcd stop, every object made since is lost",
                 cs.cluster.name(),
                 record.taken_at,
                 record.etcd_revision
@@ -312,7 +312,13 @@ pub fn run(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
             tried.join("\n")
         ))
     })?;
-    state.save(&state_file)?;
+    // Keys trusted at a prompt are pinned; the rest of the state may have changed meanwhile
+    // (an apply): only the pins are merged into it.
+    let mut fresh = AppliedState::load(&state_file)?;
+    for (host, key) in state.host_keys {
+        fresh.host_keys.entry(host).or_insert(key);
+    }
+    fresh.save(&state_file)?;
     let path = match out {
         Some(p) => p.to_owned(),
         None => {

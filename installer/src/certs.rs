@@ -94,7 +94,7 @@ pub fn run(cmd: &CertsCommand) -> Result<ExitCode> {
             for r in &rows {
                 let status = match (&r.problem, r.days_left) {
                     (Some(p), _) => format!("PROBLEM: {p}"),
-                    (None, Some(d)) if d < 0 => "EXPIRED".into(),
+                    _ if r.not_after.is_some_and(|t| t <= now) => "EXPIRED".into(),
                     (None, Some(d)) if d < *within => format!("expires within {within} days"),
                     _ => "ok".into(),
                 };
@@ -198,15 +198,30 @@ fn short(s: &str, n: usize) -> String {
 /// How many days ahead `strata status` warns about a certificate's expiry.
 pub const STATUS_WARN_DAYS: i64 = 30;
 
+/// `strata status`'s line about the state directory's certificates, and whether one failed.
+pub fn status_line(cs: &ClusterState) -> Result<(String, bool)> {
+    let now = OffsetDateTime::now_utc();
+    let rows = strata_pki::check(&cs.inputs, &cs.state, now)
+        .with_context(|| format!("reading the certificates in {}", cs.state.root.display()))?;
+    Ok(expiry_summary(&rows, STATUS_WARN_DAYS, now))
+}
+
 /// `strata status`'s line about the certificates in `rows`, and whether one is expired or
 /// broken (a failure; one that expires within `within` days is a warning).
-pub fn expiry_summary(rows: &[strata_pki::CertStatus], within: i64) -> (String, bool) {
+pub fn expiry_summary(
+    rows: &[strata_pki::CertStatus],
+    within: i64,
+    now: OffsetDateTime,
+) -> (String, bool) {
     let mut broken = Vec::new();
     let mut expiring = Vec::new();
     for r in rows {
         match (&r.problem, r.days_left) {
             (Some(p), _) => broken.push(format!("{} ({p})", r.name)),
-            (None, Some(d)) if d < 0 => broken.push(format!("{} (expired)", r.name)),
+            // Whole days round toward zero: compared with the time itself.
+            _ if r.not_after.is_some_and(|t| t <= now) => {
+                broken.push(format!("{} (expired)", r.name));
+            }
             (None, Some(d)) if d < within => expiring.push(format!("{} ({d} days)", r.name)),
             _ => {}
         }
@@ -247,12 +262,16 @@ pub fn expiry_summary(rows: &[strata_pki::CertStatus], within: i64) -> (String, 
 mod tests {
     use super::*;
 
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
+    }
+
     fn row(name: &str, days: Option<i64>, problem: Option<&str>) -> strata_pki::CertStatus {
         strata_pki::CertStatus {
             name: name.into(),
             subject: String::new(),
             issuer: String::new(),
-            not_after: None,
+            not_after: days.map(|d| now() + time::Duration::days(d) + time::Duration::hours(1)),
             days_left: days,
             problem: problem.map(str::to_owned),
         }
@@ -262,7 +281,7 @@ mod tests {
     fn status_warns_about_what_expires_soon_and_fails_on_what_expired() {
         let ok = [row("ca", Some(3000), None), row("admin", Some(300), None)];
         assert_eq!(
-            expiry_summary(&ok, 30),
+            expiry_summary(&ok, 30, now()),
             (
                 "certificates: all 2 valid for at least 30 days".into(),
                 false
@@ -272,7 +291,7 @@ mod tests {
             row("ca", Some(3000), None),
             row("apiserver", Some(12), None),
         ];
-        let (line, failed) = expiry_summary(&soon, 30);
+        let (line, failed) = expiry_summary(&soon, 30, now());
         assert!(!failed);
         assert!(
             line.starts_with("certificates: WARNING: 1 expire within 30 days: apiserver (12 days)"),
@@ -281,11 +300,19 @@ mod tests {
         assert!(line.contains("strata certs renew"), "{line}");
         let bad = [
             row("apiserver", Some(12), None),
-            row("admin", Some(-1), None),
+            row("admin", Some(-2), None),
             row("kubelet/w1", None, Some("missing")),
         ];
-        let (line, failed) = expiry_summary(&bad, 30);
+        let (line, failed) = expiry_summary(&bad, 30, now());
         assert!(failed);
+        // Expired an hour ago: 0 whole days left, expired all the same.
+        let mut just = row("front-proxy-client", Some(0), None);
+        just.not_after = Some(now() - time::Duration::hours(1));
+        let (line0, failed0) = expiry_summary(&[just], 30, now());
+        assert!(
+            failed0 && line0.contains("front-proxy-client (expired)"),
+            "{line0}"
+        );
         assert!(
             line.contains("admin (expired)")
                 && line.contains("kubelet/w1 (missing)")

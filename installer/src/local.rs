@@ -125,6 +125,7 @@ fn forget(cs: &crate::certs::ClusterState, removed: &[String]) -> Result<()> {
     }
     state.objects.clear();
     state.etcd_cluster.clear();
+    state.restoring.clear();
     state.save(&state_file).map_err(Into::into)
 }
 

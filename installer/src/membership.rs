@@ -90,6 +90,19 @@ pub async fn run(cx: &mut Apply<'_>) -> Result<()> {
     if let Some(seed) = cx.seed.take() {
         return restore(cx, &seed).await;
     }
+    if !cx.state.restoring.is_empty() {
+        return Err(fail(
+            PHASE,
+            "etcd",
+            format!(
+                "a restore from {f} stopped half-way (etcd stopped, its data set aside in \
+                 {d}.before-restore-<time> on the etcd hosts): run `strata restore --from {f}` \
+                 again to finish it",
+                f = cx.state.restoring,
+                d = etcd::DATA_DIR
+            ),
+        ));
+    }
     let Some(Converged { id, formed }) = converge(cx).await? else {
         return Ok(());
     };
@@ -130,15 +143,45 @@ const RESTORE_FILE: &str = "/var/lib/strata/backup/restore.db";
 /// (they hold the store's later revisions). Secrets stay encrypted with the backup's key
 /// (recorded: the addons phase rewrites them with the current one).
 async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
-    let members: Vec<&HostConn> = cx
-        .hosts
-        .iter()
-        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
-        .collect();
-    if members.is_empty() {
+    if etcd_members(cx).is_empty() {
         bail!("phase {PHASE}: the Cluster file has no etcd host to restore the backup on");
     }
-    place_snapshot(&members, seed).await?;
+    let leaving = strata_manifests::plan::departed_hosts(&cx.want, &cx.state);
+    if !leaving.is_empty() {
+        bail!(
+            "phase {PHASE}: hosts that left the Cluster file are still part of the cluster ({}): \
+             run `strata apply` to let them leave first (their control plane would keep \
+             running against the restored store); nothing was stopped",
+            leaving.join(", ")
+        );
+    }
+    place_snapshot(&etcd_members(cx), seed).await?;
+    // From here on the cluster is down until the restore is done: recorded first, with the
+    // restarts every component with units needs (they hold the store's later revisions), so
+    // that an interrupted restore is finished by running it again, not by a plain apply.
+    let restarts: Vec<(String, BTreeSet<Component>)> = cx
+        .hosts
+        .iter()
+        .map(|h| {
+            let all = catalog::on_host(cx.cluster(), &h.host)
+                .filter(|s| s.start != StartPhase::Etcd && !s.units.is_empty())
+                .map(|s| s.component)
+                .collect();
+            (h.name().to_owned(), all)
+        })
+        .collect();
+    for (host, all) in restarts {
+        cx.state
+            .pending_restarts
+            .entry(host)
+            .or_default()
+            .extend(all);
+    }
+    cx.state.restoring = seed.from.display().to_string();
+    cx.save_state()?;
+    // Restored Nodes say Ready as they did at the backup: wait-ready wants newer word.
+    cx.ready_after = seed.record.taken_at.parse().ok();
+    let members = etcd_members(cx);
     let bin = catalog::BIN_DIR;
     let want_revision = seed.record.etcd_revision;
     let stamp = now_secs();
@@ -156,7 +199,10 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
             h.sh(
                 PHASE,
                 &format!(
-                    "ETCDCTL_API=3 {bin}/etcdctl snapshot restore {RESTORE_FILE} --name {name}                      --initial-cluster {initial} --initial-cluster-token {token}                      --initial-advertise-peer-urls {peer} --data-dir {data} >/dev/null &&                      rm -f {RESTORE_FILE}",
+                    "ETCDCTL_API=3 {bin}/etcdctl snapshot restore {RESTORE_FILE} --name {name} \
+                     --initial-cluster {initial} --initial-cluster-token {token} \
+                     --initial-advertise-peer-urls {peer} --data-dir {data} >/dev/null; \
+                     rc=$?; rm -f {RESTORE_FILE}; exit $rc",
                     name = h.name(),
                     peer = peer_url(h),
                     data = etcd::DATA_DIR
@@ -172,25 +218,8 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
     let waits = join_all(members.iter().map(|h| wait_healthy(shared, h))).await;
     waits.into_iter().collect::<Result<Vec<_>>>()?;
     let (id, _) = cluster_and_members(members[0]).await?;
-    // Every other component restarts in its phase.
-    let restarts: Vec<(String, BTreeSet<Component>)> = cx
-        .hosts
-        .iter()
-        .map(|h| {
-            let all = catalog::on_host(cx.cluster(), &h.host)
-                .filter(|s| s.start != StartPhase::Etcd)
-                .map(|s| s.component)
-                .collect();
-            (h.name().to_owned(), all)
-        })
-        .collect();
-    for (host, all) in restarts {
-        cx.state
-            .pending_restarts
-            .entry(host)
-            .or_default()
-            .extend(all);
-    }
+    let count = members.len();
+    cx.state.restoring.clear();
     cx.state.etcd_cluster = id.clone();
     cx.state.secrets_key = seed.record.encryption_key.clone();
     cx.save_state()?;
@@ -208,10 +237,18 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
         format!(
             "restored the backup of {} (revision {want_revision}) on {} member(s) as etcd cluster {id}",
             seed.record.taken_at,
-            members.len()
+            count
         ),
     );
     Ok(())
+}
+
+/// The etcd hosts of the Cluster file.
+fn etcd_members<'a>(cx: &'a Apply<'_>) -> Vec<&'a HostConn> {
+    cx.hosts
+        .iter()
+        .filter(|h| catalog::runs(cx.cluster(), &h.host, Component::Etcd))
+        .collect()
 }
 
 /// The snapshot on every member's host, read there by etcd's own tool at the recorded
@@ -228,7 +265,10 @@ async fn place_snapshot(members: &[&HostConn], seed: &crate::backup::Seed) -> Re
         let status = h
             .sh(
                 PHASE,
-                &format!("ETCDCTL_API=3 {bin}/etcdctl snapshot status {RESTORE_FILE} -w json"),
+                &format!(
+                    "ETCDCTL_API=3 {bin}/etcdctl snapshot status {RESTORE_FILE} -w json || \
+                     {{ rc=$?; rm -f {RESTORE_FILE}; exit $rc; }}"
+                ),
             )
             .await
             .map_err(|e| {
@@ -249,7 +289,7 @@ async fn place_snapshot(members: &[&HostConn], seed: &crate::backup::Seed) -> Re
                 PHASE,
                 h.name(),
                 format!(
-                    "etcd reads the snapshot at revision {revision:?}, the backup's record says                      {want_revision}; nothing was stopped"
+                    "etcd reads the snapshot at revision {revision:?}, the backup's record says {want_revision}; nothing was stopped"
                 ),
             ));
         }
@@ -270,13 +310,19 @@ async fn stop_and_set_aside(cx: &Apply<'_>, members: &[&HostConn], stamp: u64) -
     {
         h.sh(
             PHASE,
-            "systemctl stop kube-apiserver.service kube-controller-manager.service              kube-scheduler.service 2>/dev/null || true",
+            &stopped(&[
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ]),
         )
         .await?;
         cx.reporter.step(PHASE, h.name(), "control plane stopped");
     }
     let set_aside = format!(
-        "systemctl stop etcd.service 2>/dev/null || true;          if [ -d {d} ]; then mv {d} {d}.before-restore-{stamp} && echo {d}.before-restore-{stamp}; fi",
+        "{stop} && if [ -d {d} ]; then mv {d} {d}.before-restore-{stamp} && \
+         echo {d}.before-restore-{stamp}; fi",
+        stop = stopped(&["etcd"]),
         d = etcd::DATA_DIR
     );
     for h in members {
@@ -288,6 +334,17 @@ async fn stop_and_set_aside(cx: &Apply<'_>, members: &[&HostConn], stamp: u64) -
         cx.reporter.step(PHASE, h.name(), what);
     }
     Ok(())
+}
+
+/// A script that stops `units` and fails, naming it, if one still runs.
+fn stopped(units: &[&str]) -> String {
+    let list: Vec<String> = units.iter().map(|u| format!("{u}.service")).collect();
+    format!(
+        "systemctl stop {list} 2>/dev/null; for u in {list}; do \
+         if systemctl is-active --quiet \"$u\"; then echo \"$u still runs after systemctl stop\" >&2; exit 1; fi; \
+         done; true",
+        list = list.join(" ")
+    )
 }
 
 /// The etcd cluster the members form.

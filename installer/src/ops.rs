@@ -155,9 +155,7 @@ pub fn status(args: &StateArgs) -> Result<ExitCode> {
                 outln!("API https://{}: unreachable: {e:#}", cs.inputs.api_endpoint);
             }
         }
-        let rows = strata_pki::check(&cs.inputs, &cs.state, time::OffsetDateTime::now_utc())
-            .with_context(|| format!("reading the certificates in {}", cs.state.root.display()))?;
-        let (line, failed) = crate::certs::expiry_summary(&rows, crate::certs::STATUS_WARN_DAYS);
+        let (line, failed) = crate::certs::status_line(&cs)?;
         outln!("{line}");
         healthy &= !failed;
         Ok(if healthy {

@@ -600,15 +600,18 @@ async fn etcd(cx: &mut Apply<'_>) -> Result<()> {
     restarted(cx, StartPhase::Etcd)
 }
 
-/// The API server, controller manager and scheduler on every control-plane host: started,
-/// not waited for (the first phase that needs the API waits, see [`Apply::client`]), except
+/// The API server and controller manager on every control-plane host (the scheduler once the
+/// API answers: [`StartPhase::Api`]): started, not waited for (the first phase that needs the API waits, see [`Apply::client`]), except
 /// where running API servers restart one at a time.
 async fn control_plane(cx: &mut Apply<'_>) -> Result<()> {
     rolling_control_plane(cx).await?;
     restarted(cx, StartPhase::ControlPlane)?;
     if cx.only == Some(PhaseName::ControlPlane) {
-        // Run alone (`--phase control-plane`): done when the API answers.
+        // Run alone (`--phase control-plane`): done when the API answers, the scheduler
+        // started (the addons phase starts it otherwise).
         cx.client(PhaseName::ControlPlane).await?;
+        start_api_units(cx, PhaseName::ControlPlane).await?;
+        restarted(cx, StartPhase::Api)?;
     }
     Ok(())
 }
@@ -1193,6 +1196,17 @@ fn has_pod_cidr(n: &Node) -> bool {
     n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some()
 }
 
+/// Whether the node's Ready condition was reported after `after` (any time when None).
+fn reported_after(n: &Node, after: Option<k8s_openapi::jiff::Timestamp>) -> bool {
+    let Some(after) = after else { return true };
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .is_some_and(|t| t.0 > after)
+}
+
 fn is_ready(n: &Node) -> bool {
     n.status
         .as_ref()
@@ -1205,7 +1219,7 @@ async fn wait_nodes(
     api: &Api<Node>,
     want: &BTreeSet<String>,
     what: &str,
-    ok: fn(&Node) -> bool,
+    ok: impl Fn(&Node) -> bool + Copy,
 ) -> Result<()> {
     let every = Duration::from_millis(250);
     retry_every(what, Duration::from_secs(180), every, || async move {
@@ -1354,11 +1368,12 @@ async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::WaitReady;
     let api: Api<Node> = Api::all(cx.client(phase).await?);
     let names = node_names(cx);
+    let after = cx.ready_after;
     wait_nodes(
         &api,
         &names,
         &format!("phase {phase}: every node Ready"),
-        is_ready,
+        move |n: &Node| is_ready(n) && reported_after(n, after),
     )
     .await?;
     for name in &names {
@@ -1447,6 +1462,40 @@ async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::apply_wave;
+
+    /// After a restore, a Ready the snapshot brought back does not count.
+    #[test]
+    fn a_node_counts_as_ready_only_with_word_after_the_restore() {
+        use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().expect("time");
+        let node = Node {
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_heartbeat_time: Some(Time(at("2026-12-01T17:00:00Z"))),
+                    ..NodeCondition::default()
+                }]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        };
+        assert!(super::is_ready(&node));
+        assert!(super::reported_after(&node, None));
+        assert!(super::reported_after(
+            &node,
+            Some(at("2026-12-01T16:59:59Z"))
+        ));
+        assert!(!super::reported_after(
+            &node,
+            Some(at("2026-12-01T17:00:00Z"))
+        ));
+        assert!(!super::reported_after(
+            &Node::default(),
+            Some(at("2026-12-01T16:00:00Z"))
+        ));
+    }
 
     #[test]
     fn namespaces_and_definitions_go_first_and_workloads_last() {

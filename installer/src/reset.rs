@@ -133,6 +133,8 @@ eval "set -- $RESTORE"
 for p in "$@"; do
   if [ -e "$p.strata-orig" ]; then mv -f "$p.strata-orig" "$p"; fi
 done
+# etcd data apply or restore set aside (copies of the cluster's data, Secrets included).
+rm -rf /var/lib/etcd.before-restore-* /var/lib/etcd.stale-*
 # Files and directories, then their parents that are left empty, inside the directories
 # Strata creates (a system directory such as /etc/sysctl.d stays, even empty).
 eval "set -- $PATHS"
@@ -253,6 +255,7 @@ pub fn run(args: &StateArgs, yes: bool) -> Result<ExitCode> {
         if etcd_left.is_empty() {
             // Every etcd member's data is gone: the next apply forms a new cluster.
             state.etcd_cluster.clear();
+            state.restoring.clear();
         }
         state.save(&state_file)?;
         if !errors.is_empty() {

@@ -66,6 +66,10 @@ pub struct AppliedState {
         skip_serializing_if = "String::is_empty"
     )]
     pub etcd_cluster: String,
+    /// The backup a `strata restore` began to restore (etcd stopped, its data set aside):
+    /// until it is done, a plain apply refuses and says to run that restore again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restoring: String,
     /// Each host as it was in the Cluster file when apply last reached it: a host taken out
     /// of the file is still reached through it, to be drained and reset.
     #[serde(
