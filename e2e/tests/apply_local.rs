@@ -490,12 +490,13 @@ fn kubelets_rotated_their_client_certificates(dir: &Path) {
     }
 }
 
-/// Starts `strata apply`, stops it with `signal` once `phase` has started; its output.
-fn apply_stopped_in(
+/// Runs `strata apply` (JSON events): `until` sees the events so far, with the running
+/// apply, after each one, until it returns true; the rest are read to the end. Its exit code
+/// and every event.
+fn apply_watched(
     dir: &Path,
-    phase: PhaseName,
-    signal: &str,
     env: &[(&str, &Path)],
+    mut until: impl FnMut(&[Event], &std::process::Child) -> bool,
 ) -> (Option<i32>, Vec<Event>) {
     let mut child = Command::new(strata_bin())
         .arg("apply")
@@ -510,17 +511,8 @@ fn apply_stopped_in(
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
-        let e: Event = serde_json::from_str(&line.expect("line")).expect("event");
-        let started = e == Event::PhaseStarted { phase };
-        seen.push(e);
-        if started {
-            // Inside the phase: its units are being started.
-            std::thread::sleep(Duration::from_millis(500));
-            let k = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status()
-                .expect("kill");
-            assert!(k.success());
+        seen.push(serde_json::from_str(&line.expect("line")).expect("event"));
+        if until(&seen, &child) {
             break;
         }
     }
@@ -529,6 +521,28 @@ fn apply_stopped_in(
     }
     let status = child.wait().expect("wait");
     (status.code(), seen)
+}
+
+/// Starts `strata apply`, stops it with `signal` once `phase` has started; its output.
+fn apply_stopped_in(
+    dir: &Path,
+    phase: PhaseName,
+    signal: &str,
+    env: &[(&str, &Path)],
+) -> (Option<i32>, Vec<Event>) {
+    apply_watched(dir, env, |seen, child| {
+        if seen.last() != Some(&Event::PhaseStarted { phase }) {
+            return false;
+        }
+        // Inside the phase: its units are being started.
+        std::thread::sleep(Duration::from_millis(500));
+        let k = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(k.success());
+        true
+    })
 }
 
 /// A Deployment with one pod on each worker (image: the static busybox of this computer,
@@ -1551,52 +1565,42 @@ fn a_worker_taken_out_of_the_file_leaves_the_cluster(
     assert!(plan.contains("drain and delete Node w2"), "{plan}");
     assert!(plan.contains("- /etc/kubernetes/kubelet.conf"), "{plan}");
 
-    let mut child = Command::new(strata_bin())
-        .arg("apply")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn strata apply");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
     // The drain names the pod its budget protects, and waits.
-    for line in lines.by_ref() {
-        let e: Event = serde_json::from_str(&line.expect("line")).expect("event");
-        let blocked = matches!(&e, Event::Step { phase: PhaseName::RemoveHosts, host, step }
+    let (code, seen) = apply_watched(dir, &[], |seen, _| {
+        let blocked = matches!(seen.last(), Some(Event::Step { phase: PhaseName::RemoveHosts, host, step })
             if host == "w2" && step.contains("waiting for: default/guarded-"));
-        seen.push(e);
-        if blocked {
-            break;
+        if !blocked {
+            return false;
         }
-    }
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Event::Step { step, .. } if step == "cordoned")),
+            "{seen:?}"
+        );
+        // While its pods are evicted, w2's own objects are still there (its overlay routes).
+        ok(
+            &kubectl(
+                kubeconfig,
+                &["get", "overlaynodes.overlay.strata.dev", "w2"],
+            ),
+            "w2's OverlayNode during its drain",
+        );
+        ok(
+            &kubectl(
+                kubeconfig,
+                &["scale", "deployment", "guarded", "--replicas=2"],
+            ),
+            "scale",
+        );
+        true
+    });
+    assert_eq!(code, Some(0), "apply without w2: {seen:?}");
     assert!(
         seen.iter()
-            .any(|e| matches!(e, Event::Step { step, .. } if step == "cordoned")),
-        "{seen:?}"
+            .any(|e| matches!(e, Event::Step { host, step, .. }
+            if host == "w2" && step.contains("waiting for: default/guarded-"))),
+        "the drain named the pod its budget protects: {seen:?}"
     );
-    // While its pods are evicted, w2's own objects are still there (its overlay routes).
-    ok(
-        &kubectl(
-            kubeconfig,
-            &["get", "overlaynodes.overlay.strata.dev", "w2"],
-        ),
-        "w2's OverlayNode during its drain",
-    );
-    ok(
-        &kubectl(
-            kubeconfig,
-            &["scale", "deployment", "guarded", "--replicas=2"],
-        ),
-        "scale",
-    );
-    for line in lines {
-        seen.push(serde_json::from_str(&line.expect("line")).expect("event"));
-    }
-    let status = child.wait().expect("apply ends");
-    assert!(status.success(), "apply without w2: {seen:?}");
     let steps = steps(&seen, PhaseName::RemoveHosts);
     for step in [
         "drained",

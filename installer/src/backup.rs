@@ -235,16 +235,11 @@ pub fn run_restore(args: &crate::cli::RestoreArgs) -> Result<ExitCode> {
     crate::apply::run_seeded(&args.apply_args(), cs, Some(seed))
 }
 
-/// `etcdctl` against the member on the host it runs on, with the health-check identity.
-fn etcdctl() -> String {
-    crate::membership::etcdctl()
-}
-
 /// The script that takes the snapshot on a member's host and prints, one per line: the
 /// member list (JSON), the snapshot's status (JSON) and its sha256; the snapshot stays in
 /// [`REMOTE_DIR`] for the download.
 fn snapshot_script() -> String {
-    let e = etcdctl();
+    let e = crate::membership::etcdctl();
     format!(
         "set -e\numask 077\nmkdir -p {REMOTE_DIR}\nrm -f {REMOTE_DIR}/snapshot.db {REMOTE_DIR}/snapshot.db.part\n\
          {e} endpoint health >/dev/null\n\
