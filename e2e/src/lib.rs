@@ -12,6 +12,8 @@ pub mod registry;
 pub mod test_ca;
 pub mod throughput;
 
+pub mod browser;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -109,8 +111,14 @@ impl LocalCluster {
         let base = BaseImage::ensure(Path::new(CACHE)).expect("base image");
         let bridge = Bridge::for_cluster(cluster.name());
         // A dead cluster's bridge would keep the range's route (as `strata local up` sees to).
-        strata_platforms::local::cluster::free_range(&bridge).expect("the local range");
-        bridge.ensure().expect("bridge");
+        let range = match &cluster.spec.platform {
+            strata_manifests::model::Platform::Local(l) => l.range(),
+            strata_manifests::model::Platform::Ssh(_) => {
+                strata_platforms::local::network::whole_range()
+            }
+        };
+        strata_platforms::local::cluster::free_range(&bridge, range).expect("the local range");
+        bridge.ensure(range, &[]).expect("bridge");
         let bin = assets_bin();
         let mut machines = Vec::new();
         for h in &cluster.spec.hosts {
@@ -444,6 +452,234 @@ pub fn on_machine(cluster: &str, host: &str, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Requests to the API through a node's balancer (127.0.0.1:7445), one every 100 ms, from
+/// inside the machine with the kubelet's client certificate (GET its own Node: etcd is read
+/// too), each answer logged with the kernel's uptime, until [`ApiProbe::stop`].
+#[derive(Debug)]
+pub struct ApiProbe {
+    cluster: String,
+    host: String,
+}
+
+/// What an [`ApiProbe`] saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    pub requests: usize,
+    /// Requests not answered 200 (no answer within 2 s counts too).
+    pub failed: usize,
+    /// The longest time between two answered requests, in seconds.
+    pub longest_gap: f64,
+    /// The log lines of the failed requests (time, HTTP code, curl's exit, the body).
+    pub failures: Vec<String>,
+}
+
+impl std::fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests through the node's balancer, {} failed, longest time without an \
+             answer {:.1} s",
+            self.requests, self.failed, self.longest_gap
+        )?;
+        // The first and the last few: a single API server's restart fails dozens alike.
+        let n = self.failures.len();
+        for (i, line) in self.failures.iter().enumerate() {
+            if i < 3 || i + 3 >= n {
+                write!(f, "\n  failed: {line}")?;
+            } else if i == 3 {
+                write!(f, "\n  ... {} more", n - 6)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ApiProbe {
+    const LOG: &'static str = "/root/e2e-probe.log";
+    const UNIT: &'static str = "e2e-api-probe";
+
+    pub fn start(cluster: &str, host: &str) -> Self {
+        let script = format!(
+            r#"cat > /root/e2e-probe.sh <<'EOF'
+#!/bin/sh
+pki=/var/lib/kubelet/pki/kubelet-client-current.pem
+while :; do
+  rm -f /tmp/e2e-probe.body
+  code=$(curl -s -o /tmp/e2e-probe.body -w '%{{http_code}}' --max-time 2 --cacert /etc/kubernetes/pki/ca.crt \
+    --cert $pki --key $pki https://127.0.0.1:7445/api/v1/nodes/{host})
+  exit=$?
+  if [ "$code" = 200 ]; then
+    echo "$(cut -d' ' -f1 /proc/uptime) $code" >> {log}
+  else
+    echo "$(cut -d' ' -f1 /proc/uptime) $code curl-exit-$exit $(head -c 300 /tmp/e2e-probe.body 2>/dev/null | tr '\n' ' ')" >> {log}
+  fi
+  sleep 0.1
+done
+EOF
+chmod 0755 /root/e2e-probe.sh
+rm -f {log}
+systemd-run --quiet --unit {unit} /root/e2e-probe.sh"#,
+            log = Self::LOG,
+            unit = Self::UNIT
+        );
+        on_machine(cluster, host, &script);
+        let probe = Self {
+            cluster: cluster.to_owned(),
+            host: host.to_owned(),
+        };
+        wait_for("the probe's first answer", Duration::from_secs(20), || {
+            probe.log().ends_with(" 200\n")
+        })
+        .expect("the API answers the probe");
+        probe
+    }
+
+    fn log(&self) -> String {
+        on_machine(
+            &self.cluster,
+            &self.host,
+            &format!("cat {} 2>/dev/null || true", Self::LOG),
+        )
+    }
+
+    pub fn stop(self) -> ProbeReport {
+        on_machine(
+            &self.cluster,
+            &self.host,
+            &format!("systemctl stop {}", Self::UNIT),
+        );
+        report(&self.log())
+    }
+}
+
+/// The serial of the certificate in PEM `file`.
+fn serial_of(file: &Path) -> String {
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(file)
+        .output()
+        .expect("openssl (package openssl)");
+    ok(&o, "openssl x509").trim().to_owned()
+}
+
+/// The serial of the certificate the server at `address` (host:port) presents.
+fn served_serial(address: &str) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {address} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .expect("openssl");
+    ok(&o, "openssl s_client").trim().to_owned()
+}
+
+/// `strata certs renew --all`, then apply, while an [`ApiProbe`] runs on `node`: the renewed
+/// certificates are served afterwards (the API server's at `control_plane`, host:port, and
+/// the etcd member's of `etcd_member`, name and address, which reads it without a restart),
+/// the node's balancer was not restarted (it read its renewed identity), and plan has
+/// nothing left to do. What the probe saw.
+pub fn renew_under_probe(
+    dir: &Path,
+    cluster: &str,
+    node: &str,
+    control_plane: &str,
+    etcd_member: (&str, &str),
+) -> ProbeReport {
+    let state = dir.join(cluster);
+    let before = serial_of(&state.join("pki/apiserver.crt"));
+    let (member, member_address) = etcd_member;
+    let etcd_cert = state.join(format!("pki/etcd/server-{member}.crt"));
+    let etcd_before = serial_of(&etcd_cert);
+    let started = |h: &str| {
+        on_machine(
+            cluster,
+            h,
+            "systemctl show -p ExecMainStartTimestampMonotonic strata-api-balancer.service",
+        )
+    };
+    let balancer = started(node);
+    let probe = ApiProbe::start(cluster, node);
+    ok(
+        &strata(dir, &["certs", "renew", "--all"]),
+        "certs renew --all",
+    );
+    let renewed = serial_of(&state.join("pki/apiserver.crt"));
+    assert_ne!(
+        before, renewed,
+        "certs renew --all kept the API server's certificate"
+    );
+    let t = Instant::now();
+    ok(
+        &strata(dir, &["apply"]),
+        "apply of the renewed certificates",
+    );
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let report = probe.stop();
+    println!(
+        "renewed certificates rolled out in {:.1} s: {report}",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        served_serial(control_plane),
+        renewed,
+        "the API server's certificate"
+    );
+    // etcd serves its renewed certificate without a restart.
+    let etcd_renewed = serial_of(&etcd_cert);
+    assert_ne!(
+        etcd_before, etcd_renewed,
+        "certs renew --all kept etcd's certificate"
+    );
+    assert_eq!(
+        served_serial(&format!("{member_address}:2379")),
+        etcd_renewed,
+        "{member}'s etcd serves its renewed certificate"
+    );
+    assert_eq!(started(node), balancer, "{node}'s balancer was restarted");
+    let journal = on_machine(
+        cluster,
+        node,
+        "journalctl -u strata-api-balancer --no-pager -o cat | grep -v 'no API server accepted' | tail -n 40",
+    );
+    assert!(
+        journal.contains("health-check identity read again"),
+        "{journal}"
+    );
+    let plan = ok(&strata(dir, &["plan"]), "plan");
+    assert!(plan.contains("Nothing to do"), "{plan}");
+    report
+}
+
+/// An [`ApiProbe`]'s log ("<uptime> <HTTP code>" per request) summed up.
+pub fn report(log: &str) -> ProbeReport {
+    let mut r = ProbeReport {
+        requests: 0,
+        failed: 0,
+        longest_gap: 0.0,
+        failures: Vec::new(),
+    };
+    let mut last_ok: Option<f64> = None;
+    for line in log.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(Ok(t)), Some(code)) = (w.next().map(str::parse::<f64>), w.next()) else {
+            continue;
+        };
+        r.requests += 1;
+        if code == "200" {
+            if let Some(before) = last_ok {
+                r.longest_gap = r.longest_gap.max(t - before);
+            }
+            last_ok = Some(t);
+        } else {
+            r.failed += 1;
+            r.failures.push(line.to_owned());
+        }
+    }
+    r
 }
 
 /// What a host is made of, as far as Strata could change it: installed unit files and

@@ -217,6 +217,18 @@ fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
         "{admin}"
     );
 
+    // Renewed certificates rolled out: the API servers and etcd members restart one host at
+    // a time, the balancers read their renewed identity: no request through w1's balancer
+    // fails.
+    let probe = strata_e2e::renew_under_probe(
+        dir.path(),
+        NAME,
+        "w1",
+        &format!("{VIP}:6443"),
+        ("cp1", "198.18.0.2"),
+    );
+    assert_eq!(probe.failed, 0, "{probe}");
+
     leader_killed(dir.path(), kc);
 }
 

@@ -12,6 +12,7 @@ use strata_e2e::{keygen, local_address, require_root, wait_for};
 use strata_platforms::local::Bridge;
 use strata_platforms::local::Machine;
 use strata_platforms::local::cluster::{self, LocalError, LocalHost, Paths};
+use strata_platforms::local::network::whole_range;
 
 const CLUSTER: &str = "e2e-machines";
 
@@ -72,14 +73,14 @@ fn machines_boot_take_ssh_with_pinned_keys_and_survive_a_reboot() {
         .collect();
 
     let _down = Down(&paths, &[CLUSTER]);
-    let up = cluster::up(CLUSTER, &hosts, &public, &paths).expect("up");
+    let up = cluster::up(CLUSTER, whole_range(), &hosts, &public, &paths).expect("up");
     assert_eq!(up.len(), 2);
     assert_ne!(
         up[0].host_key, up[1].host_key,
         "each machine has its own host key"
     );
     // Idempotent: a second `up` keeps the running machines and their keys.
-    let again = cluster::up(CLUSTER, &hosts, &public, &paths).expect("up again");
+    let again = cluster::up(CLUSTER, whole_range(), &hosts, &public, &paths).expect("up again");
     assert_eq!(again, up);
 
     let a = up[0].address.to_string();
@@ -201,12 +202,17 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
         address: local_address(1),
         prefix: strata_platforms::local::network::PREFIX,
     }];
-    cluster::up("e2e-old", &old, &public, &paths).expect("up e2e-old");
+    cluster::up("e2e-old", whole_range(), &old, &public, &paths).expect("up e2e-old");
 
-    // While e2e-old runs, a second cluster on the range is refused, naming it.
-    let err = cluster::up("e2e-new", &new, &public, &paths).expect_err("range in use");
+    // While e2e-old runs, a second cluster whose range overlaps is refused, naming it.
+    let err =
+        cluster::up("e2e-new", whole_range(), &new, &public, &paths).expect_err("range in use");
     assert!(
         matches!(&err, LocalError::RangeInUse { namespaces, .. } if namespaces == "strata-e2e-old-o1"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("spec.platform.local.range"),
         "{err}"
     );
     assert!(!paths.machines.join("e2e-new").exists());
@@ -238,7 +244,7 @@ fn a_dead_clusters_network_gives_way_and_a_running_one_is_named() {
     .expect("o1's processes end");
     assert!(link_exists(&Bridge::for_cluster("e2e-old").name));
 
-    let up = cluster::up("e2e-new", &new, &public, &paths).expect("up e2e-new");
+    let up = cluster::up("e2e-new", whole_range(), &new, &public, &paths).expect("up e2e-new");
     assert_eq!(up[0].address, new[0].address, "n1 answered SSH");
     let dead = strata_platforms::local::HostNetwork::new("e2e-old", "o1", old[0].address);
     assert!(

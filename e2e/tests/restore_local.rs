@@ -1,6 +1,7 @@
 //! Backup and restore on local machines: a backup of a running two-host cluster; objects made
 //! after it; restores refused (a truncated file, a snapshot of another cluster) with nothing
-//! stopped; every machine destroyed; new machines with other addresses; `strata restore`
+//! stopped; a restore on the running machine after the cluster changed (a host and an addon
+//! gone: their Node and objects deleted, Strata's pods started again); every machine destroyed; new machines with other addresses; `strata restore`
 //! brings back the objects of the backup (a Secret too) and not the later ones, every node
 //! Ready at its new address, and kubectl works with the admin kubeconfig.
 
@@ -12,17 +13,127 @@ use strata_e2e::{LocalDown, kubectl, ok, on_machine, require_root, strata, wait_
 const NAME: &str = "e2e-restore";
 
 fn cluster(cp1: &str, w1: &str) -> String {
+    file(
+        "",
+        &format!("  - {{name: w1, address: {w1}, roles: [worker]}}\n"),
+        cp1,
+    )
+}
+
+/// The cluster changed since the backup: w1 gone from the file, the update operator off.
+fn smaller(cp1: &str) -> String {
+    file("  addons: {updateOperator: {enabled: false}}\n", "", cp1)
+}
+
+/// The Cluster file: cp1 at `cp1`, then `more` hosts; `spec` lines before the hosts.
+fn file(spec: &str, more: &str, cp1: &str) -> String {
     format!(
         "apiVersion: strata.dev/v1alpha1
 kind: Cluster
 metadata: {{name: {NAME}}}
 spec:
   platform: {{local: {{}}}}
-  hosts:
+{spec}  hosts:
   - {{name: cp1, address: {cp1}, roles: [etcd, control-plane]}}
-  - {{name: w1, address: {w1}, roles: [worker]}}
-"
+{more}"
     )
+}
+
+/// The pods of Strata's overlay and DNS on cp1, with their creation times.
+fn addon_pods(kubeconfig: &Path) -> String {
+    ok(
+        &kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "pods",
+                "--all-namespaces",
+                "-l",
+                "app.kubernetes.io/name in (strata-overlay,strata-dns)",
+                // Pods of the backup bound to w1, gone, stay until Kubernetes collects them.
+                "--field-selector=spec.nodeName=cp1",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.metadata.creationTimestamp}{\"\\n\"}{end}",
+            ],
+        ),
+        "addon pods",
+    )
+}
+
+/// A restore on the machines that run the cluster, after it changed: the objects of the
+/// backup are back and the later one gone; what the backup's cluster had and the file no
+/// longer wants is deleted (w1's Node, the update operator's objects); the pods of Strata's
+/// workloads are new; plan has nothing to do.
+fn restored_in_place(dir: &Path, file: &Path, backup: &Path, kubeconfig: &Path) {
+    std::fs::write(file, smaller("198.18.0.2")).expect("write");
+    ok(
+        &strata(dir, &["apply"]),
+        "apply without w1 and the update operator",
+    );
+    let operator = [
+        "get",
+        "deployment",
+        "-n",
+        "strata-system",
+        "strata-update-operator",
+    ];
+    assert!(
+        !kubectl(kubeconfig, &operator).status.success(),
+        "operator still there"
+    );
+    let before = addon_pods(kubeconfig);
+    let started = Instant::now();
+    let out = ok(
+        &strata(
+            dir,
+            &["restore", "--from", &backup.to_string_lossy(), "--yes"],
+        ),
+        "restore in place",
+    );
+    assert!(out.contains("restored the backup of"), "{out}");
+    assert!(
+        out.contains("Nodes of hosts no longer in the file deleted: w1"),
+        "{out}"
+    );
+    println!(
+        "restore in place on the running machine: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    ok(
+        &kubectl(kubeconfig, &["get", "configmap", "before-backup"]),
+        "restored configmap",
+    );
+    assert!(
+        !kubectl(kubeconfig, &["get", "configmap", "after-backup"])
+            .status
+            .success(),
+        "the later configmap came back"
+    );
+    let gone = kubectl(kubeconfig, &operator);
+    assert!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "the update operator the backup had is not deleted"
+    );
+    let nodes = ok(
+        &kubectl(kubeconfig, &["get", "nodes", "-o", "name"]),
+        "nodes",
+    );
+    assert_eq!(nodes.trim(), "node/cp1", "{nodes}");
+    // The pods of the backup go (their grace period), new ones come.
+    let all_new = || {
+        let after = addon_pods(kubeconfig);
+        !after.trim().is_empty() && after.lines().all(|l| !before.contains(l))
+    };
+    if let Err(e) = wait_for(
+        "the addon pods started again",
+        Duration::from_secs(90),
+        all_new,
+    ) {
+        panic!("{e}: before\n{before}after\n{}", addon_pods(kubeconfig));
+    }
+    let plan = ok(&strata(dir, &["plan"]), "plan after the restore in place");
+    assert!(plan.contains("Nothing to do"), "{plan}");
+    std::fs::write(file, cluster("198.18.0.2", "198.18.0.3")).expect("write");
 }
 
 fn refused(dir: &Path, file: &Path) -> String {
@@ -143,6 +254,7 @@ fn a_backup_restores_onto_new_machines_with_other_addresses() {
         "{e}"
     );
     nothing_stopped(&kubeconfig);
+    restored_in_place(dir, &file, &backup, &kubeconfig);
 
     // Every machine gone; new ones at other addresses.
     ok(&strata(dir, &["local", "down", "--yes"]), "local down");

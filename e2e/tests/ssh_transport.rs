@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use strata_e2e::{keygen, local_address, require_root};
 use strata_platforms::local::cluster::{self, LocalHost, Paths};
+use strata_platforms::local::network::whole_range;
 use strata_platforms::ssh::{
     Connection, HostKeyPolicy, Identity, Jump, Secret, SshError, Target, Upload, key_is_encrypted,
 };
@@ -55,10 +56,12 @@ async fn transport_verifies_runs_and_uploads() {
     ];
     let up = {
         let (hosts, public, paths) = (hosts.clone(), public.clone(), paths.clone());
-        tokio::task::spawn_blocking(move || cluster::up(CLUSTER, &hosts, &public, &paths))
-            .await
-            .expect("join")
-            .expect("up")
+        tokio::task::spawn_blocking(move || {
+            cluster::up(CLUSTER, whole_range(), &hosts, &public, &paths)
+        })
+        .await
+        .expect("join")
+        .expect("up")
     };
     let target = |i: usize| Target {
         host: up[i].name.clone(),

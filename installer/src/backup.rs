@@ -8,6 +8,7 @@
 //! the snapshot's sha256 and size: [`read`] checks them, so that a restore refuses a
 //! truncated or altered file, or one of another cluster, before it touches a host.
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use strata_manifests::catalog::{self, Component};
-use strata_manifests::plan::{AppliedState, STATE_FILE, sha256};
+use strata_manifests::plan::{AppliedObject, AppliedState, STATE_FILE, sha256};
 
 use crate::certs::{ClusterState, load};
 use crate::cli::StateArgs;
@@ -52,6 +53,14 @@ pub struct Record {
     pub taken_at: String,
     pub snapshot_sha256: String,
     pub snapshot_bytes: u64,
+    /// The cluster objects Strata had applied then (state.json's): a restore deletes those
+    /// the Cluster file no longer renders (an addon turned off since), as apply would have.
+    #[serde(default)]
+    pub objects: BTreeMap<String, AppliedObject>,
+    /// The hosts of the Cluster file then: a restore deletes the Nodes of those it no longer
+    /// lists (they would stay NotReady).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// Why a backup file is refused.
@@ -402,6 +411,14 @@ async fn take(
         taken_at: utc_stamp(time::OffsetDateTime::now_utc()),
         snapshot_sha256: got,
         snapshot_bytes: snapshot.len() as u64,
+        objects: state.objects.clone(),
+        hosts: cs
+            .cluster
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.name.to_string())
+            .collect(),
     };
     Ok((record, snapshot))
 }
@@ -423,6 +440,8 @@ mod tests {
             taken_at: "2026-12-01T17:00:00Z".into(),
             snapshot_sha256: sha256(snapshot),
             snapshot_bytes: snapshot.len() as u64,
+            objects: BTreeMap::new(),
+            hosts: vec!["cp1".into()],
         }
     }
 

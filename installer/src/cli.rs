@@ -89,6 +89,9 @@ pub enum Command {
     /// Manage the cluster's certificates: create, check expiry, renew.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Images on the nodes without a registry.
+    #[command(subcommand)]
+    Images(ImagesCommand),
     /// OS updates: the policies, reboot locks and each node's phase; pause or resume reboots.
     #[command(subcommand)]
     Updates(UpdatesCommand),
@@ -99,6 +102,29 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Load an image archive (`docker save` or an OCI archive) into the containerd of every
+    /// node (or of --hosts), as `kind load image-archive` does: the archive is checked whole
+    /// first (a broken one is refused before any node is touched), nodes that hold every
+    /// image of it at the same image id are skipped, the others get it through the asset
+    /// fan-out (sent from here once, passed on between nodes). Pods use the images with
+    /// `imagePullPolicy: Never` or `IfNotPresent`.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The image archive.
+    #[arg(value_name = "FILE.tar")]
+    pub archive: PathBuf,
+    /// Only these nodes (comma-separated host names).
+    #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +183,26 @@ pub enum UpdatesCommand {
         #[arg(long)]
         force: bool,
     },
+    /// A live web console of the updates on this computer's loopback: policies (pause and
+    /// resume), locks, every node's phase, the version breakdown and recent Events. Every
+    /// read and action is your own API request with your kubeconfig: RBAC decides.
+    Console(ConsoleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The loopback port to serve on (default: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Print the URL only; do not open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Whose requests the console makes [default: $KUBECONFIG, else the cluster's admin
+    /// kubeconfig in the state directory].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -21,9 +21,16 @@ use strata_manifests::model::Host;
 use strata_manifests::plan::PhaseName;
 use strata_platforms::ssh::{Running, quote};
 
-use crate::apply::Apply;
 use crate::assets::{Asset, IMAGE_DIR, MODE};
 use crate::hosts::fail;
+
+/// What the fan-out works on: the hosts, connected, and the assets that go to them (an
+/// apply's, or an image archive `strata images import` sends).
+pub struct Fleet<'a> {
+    pub reporter: &'a crate::engine::Reporter,
+    pub hosts: &'a [crate::hosts::HostConn],
+    pub assets: &'a crate::assets::Assets,
+}
 
 /// The program hosts pass assets with (passed on first, see [`bootstrap_script`]).
 pub const FETCH_PROGRAM: &str = "strata-fetch";
@@ -186,7 +193,7 @@ fn mb(bytes: u64) -> String {
 /// the fetch program (itself passed on by the hosts), then what the hosts fetch from an
 /// https source themselves, then the rest.
 pub async fn run(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     needs: &[BTreeSet<String>],
     has: &[BTreeSet<String>],
 ) -> Result<Outcome> {
@@ -229,7 +236,7 @@ impl Stage<'_> {
 
     /// The fan-out of the needed files whose path `pick` takes: each from here once (to a
     /// host that holds none), then passed on in rounds by the hosts that hold it.
-    async fn fan_out(&mut self, cx: &Apply<'_>, pick: impl Fn(&str) -> bool) -> Result<()> {
+    async fn fan_out(&mut self, cx: &Fleet<'_>, pick: impl Fn(&str) -> bool) -> Result<()> {
         let phase = PhaseName::Upload;
         let paths: BTreeSet<String> = self
             .needs
@@ -329,7 +336,7 @@ impl Stage<'_> {
 /// The files with an https URL: each host fetches those it needs from the source itself
 /// (the fetch program is in place by now). What a host fetched it now holds (and may serve
 /// its peers); what it could not stays needed, with a step saying why.
-async fn from_source(cx: &Apply<'_>, stage: &mut Stage<'_>) -> Result<()> {
+async fn from_source(cx: &Fleet<'_>, stage: &mut Stage<'_>) -> Result<()> {
     let phase = PhaseName::Upload;
     let wanted: Vec<Vec<(&Asset, &str)>> = stage
         .needs
@@ -425,7 +432,7 @@ fn fetch_problem(output: &str) -> String {
 /// The figures: the distinct asset bytes the hosts received, what this computer sent (each
 /// file once, unless a transfer between hosts failed), what the hosts sent each other, and
 /// what they fetched from the asset source.
-fn report(cx: &Apply<'_>, out: &Outcome) {
+fn report(cx: &Fleet<'_>, out: &Outcome) {
     for (h, written) in cx.hosts.iter().zip(&out.written) {
         if !written.is_empty() {
             let step = format!("{} asset file(s) in place", written.len());
@@ -461,7 +468,7 @@ fn report(cx: &Apply<'_>, out: &Outcome) {
 /// Uploads over SSH the transfers from here, each host's one after another, hosts at once
 /// (a file that comes from the asset source downloaded here first).
 async fn send_here(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     assets: &[&Asset],
     transfers: &[Transfer],
     stage: &mut Stage<'_>,
@@ -514,7 +521,7 @@ async fn send_here(
 /// Starts `strata-fetch serve` on the hosts `which`, each serving the files it sends in
 /// `rounds`. A host whose server does not start is None: its transfers come from here.
 async fn start_servers(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     assets: &[&Asset],
     rounds: &[Vec<Transfer>],
     which: &[usize],
@@ -541,7 +548,7 @@ async fn start_servers(
 
 /// `strata-fetch serve` on host `i` for `files`, once it has said it listens.
 async fn serve_on(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     i: usize,
     files: &BTreeSet<&str>,
     token: &str,
@@ -594,7 +601,7 @@ async fn serve_on(
 /// for its files (or, for the fetch program itself, [`bootstrap_script`]); what could not
 /// be fetched from a peer is sent from here.
 async fn fetch_round(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     assets: &[&Asset],
     sizes: &[Option<u64>],
     round: &[Transfer],
@@ -736,7 +743,7 @@ echo "fetched {path} $size"
 /// of each file it fetched (`fetched <path> <bytes>` lines), and what went wrong when not
 /// all did (`what` names the command when it says nothing).
 async fn receive_on(
-    cx: &Apply<'_>,
+    cx: &Fleet<'_>,
     to: usize,
     (what, command): (&str, &str),
     token: &str,

@@ -113,7 +113,18 @@ pub async fn connect(
     accept_new: bool,
 ) -> Result<Vec<Result<HostConn>>> {
     let hosts: Vec<&Host> = cs.cluster.spec.hosts.iter().collect();
-    let results = connect_all(reporter, cs, state, &hosts, accept_new).await?;
+    connect_hosts(reporter, cs, state, &hosts, accept_new).await
+}
+
+/// [`connect`] to some of the Cluster file's hosts.
+pub async fn connect_hosts(
+    reporter: &Reporter,
+    cs: &ClusterState,
+    state: &mut AppliedState,
+    hosts: &[&Host],
+    accept_new: bool,
+) -> Result<Vec<Result<HostConn>>> {
+    let results = connect_all(reporter, cs, state, hosts, accept_new).await?;
     Ok(hosts
         .iter()
         .zip(results)

@@ -30,6 +30,18 @@ pub fn ssh_key(state: &strata_pki::StateDir) -> Result<PathBuf> {
     Ok(key)
 }
 
+/// The cluster's local range (`spec.platform.local.range`, all of 198.18.0.0/15 by default).
+fn range_of(cs: &ClusterState) -> Result<ipnet::Ipv4Net> {
+    match &cs.cluster.spec.platform {
+        Platform::Local(local) => Ok(local.range()),
+        other => bail!(
+            "cluster {} uses platform {}: `strata local` manages machines of `platform: local` clusters",
+            cs.cluster.name(),
+            other.name()
+        ),
+    }
+}
+
 fn local_hosts(cs: &ClusterState) -> Result<Vec<LocalHost>> {
     let Platform::Local(local) = &cs.cluster.spec.platform else {
         bail!(
@@ -46,7 +58,7 @@ fn local_hosts(cs: &ClusterState) -> Result<Vec<LocalHost>> {
             Some(IpAddr::V4(ip)) => Ok(LocalHost {
                 name: h.name.to_string(),
                 address: ip,
-                prefix: local.prefix_length,
+                prefix: local.machine_prefix(),
             }),
             _ => Err(anyhow!(
                 "host {}: local machines need an IPv4 address",
@@ -96,6 +108,12 @@ pub fn run(cmd: &LocalCommand) -> Result<ExitCode> {
         LocalCommand::List(args) => {
             let cs = load(args)?;
             let name = cs.cluster.name();
+            let range = range_of(&cs)?;
+            outln!(
+                "cluster {name}: range {range}, this computer {} on bridge {}",
+                strata_platforms::local::network::router_of(range),
+                strata_platforms::local::Bridge::for_cluster(name).name
+            );
             outln!("{:<16} {:<16} STATE", "HOST", "ADDRESS");
             for h in local_hosts(&cs)? {
                 let state = if cluster::running(name, &h.name, &paths) {
@@ -126,6 +144,7 @@ fn forget(cs: &crate::certs::ClusterState, removed: &[String]) -> Result<()> {
     state.objects.clear();
     state.etcd_cluster.clear();
     state.restoring.clear();
+    state.restored = None;
     state.save(&state_file).map_err(Into::into)
 }
 
@@ -143,7 +162,7 @@ fn up(args: &StateArgs, paths: &Paths) -> Result<ExitCode> {
         hosts.len(),
         cs.cluster.name()
     );
-    let up = cluster::up(cs.cluster.name(), &hosts, &public, paths)
+    let up = cluster::up(cs.cluster.name(), range_of(&cs)?, &hosts, &public, paths)
         .with_context(|| format!("phase local-up, cluster {}", cs.cluster.name()))?;
     // Pin every host key now: these machines were created by us, so their keys are known
     // from their own disks; SSH later verifies against these pins.

@@ -23,6 +23,7 @@ mod etcd;
 mod facts;
 mod fanout;
 mod hosts;
+mod images;
 mod init;
 mod local;
 mod membership;
@@ -30,6 +31,7 @@ mod ops;
 mod phases;
 mod render;
 mod reset;
+mod restored;
 mod updates;
 mod upstream;
 
@@ -73,6 +75,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Certs(cmd) => certs::run(&cmd),
         Command::Local(cmd) => local::run(&cmd),
         Command::Updates(cmd) => updates::run(&cmd),
+        Command::Images(cli::ImagesCommand::Import(args)) => images::run(&args),
         Command::Render { state, out } => render::run_render(&state, &out),
         Command::Plan(args) => render::run_plan(&args.state, args.output),
         Command::Schema => {

@@ -222,6 +222,15 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
     cx.state.restoring.clear();
     cx.state.etcd_cluster = id.clone();
     cx.state.secrets_key = seed.record.encryption_key.clone();
+    // The store now holds the objects Strata had applied at the backup: those the file no
+    // longer renders are deleted in the addons phase, which also finishes the rest.
+    for (path, object) in &seed.record.objects {
+        cx.state
+            .objects
+            .entry(path.clone())
+            .or_insert_with(|| object.clone());
+    }
+    cx.state.restored = Some(seed.record.hosts.clone());
     cx.save_state()?;
     cx.reporter.action(
         PHASE,

@@ -207,7 +207,12 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
         bail!("{}", errors.join("\n"));
     }
     let (needs, has) = asset_needs(cx, &found);
-    let fanned = crate::fanout::run(cx, &needs, &has).await?;
+    let fleet = crate::fanout::Fleet {
+        reporter: cx.reporter,
+        hosts: &cx.hosts,
+        assets: &cx.assets,
+    };
+    let fanned = crate::fanout::run(&fleet, &needs, &has).await?;
     let results = join_all(
         cx.hosts
             .iter()
@@ -1048,6 +1053,7 @@ async fn addons(cx: &mut Apply<'_>) -> Result<()> {
     cx.state.objects = cx.want.objects.clone();
     cx.state.objects.extend(kept);
     cx.save_state()?;
+    crate::restored::finish(cx, &client).await?;
     let key = cx.want.secrets_key.clone();
     if !key.is_empty() && key != cx.state.secrets_key {
         let n = reencrypt_secrets(&client).await?;

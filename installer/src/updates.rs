@@ -10,7 +10,7 @@ use serde_json::json;
 use strata_update_api::{NodeUpdate, RebootLock, UpdatePolicy};
 
 use crate::certs::load;
-use crate::cli::{StateArgs, UpdatesCommand, UpdatesPolicyArgs};
+use crate::cli::{ConsoleArgs, StateArgs, UpdatesCommand, UpdatesPolicyArgs};
 use crate::hosts::admin_client;
 
 pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
@@ -23,7 +23,61 @@ pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
             holder,
             force,
         } => release(policy, holder, *force),
+        UpdatesCommand::Console(args) => console(args),
     }
+}
+
+/// `strata updates console`: the console served on loopback with the user's kubeconfig
+/// (`--kubeconfig`, else `$KUBECONFIG`, else the admin one), its URL (with a fresh token)
+/// printed and opened in a browser when one can be.
+fn console(args: &ConsoleArgs) -> Result<ExitCode> {
+    let cs = load(&args.state)?;
+    let path = args
+        .kubeconfig
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| cs.state.file("auth/kubeconfig"));
+    let mut token = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut token)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    crate::runtime()?.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kc,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+        let client = kube::Client::try_from(config).context("API client")?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+            .await
+            .with_context(|| format!("listening on 127.0.0.1:{}", args.port))?;
+        let addr = listener.local_addr().context("the console's address")?;
+        let url = format!("http://{addr}/?token={token}");
+        outln!(
+            "The updates console of cluster {} (requests as {}): {url}\nStop it with Ctrl-C.",
+            cs.cluster.name(),
+            path.display()
+        );
+        let graphical = std::env::var_os("DISPLAY").is_some()
+            || std::env::var_os("WAYLAND_DISPLAY").is_some();
+        if !args.no_browser && graphical {
+            // Best effort: the URL is printed either way.
+            let _ = std::process::Command::new("xdg-open")
+                .arg(&url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+        }
+        tokio::select! {
+            r = strata_update_console::serve(client, listener, &token) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn condition(p: &UpdatePolicy, type_: &str) -> Option<(String, String)> {
@@ -86,6 +140,9 @@ fn status(args: &StateArgs) -> Result<ExitCode> {
             );
             if deg == "True" && !why.is_empty() {
                 outln!("  degraded: {why}");
+            }
+            if !st.version_summary.is_empty() {
+                outln!("  versions: {}", st.version_summary);
             }
         }
         outln!();

@@ -307,31 +307,47 @@ impl Platform {
 #[serde(deny_unknown_fields)]
 pub struct SshPlatform {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalPlatform {
-    /// The prefix length of each machine's address (default 15: every machine on one subnet,
-    /// 198.18.0.0/15). A longer prefix puts machines whose addresses differ within it on
+    /// This cluster's addresses on this computer: a part of the benchmarking range
+    /// 198.18.0.0/15 (default: all of it). Its first address is this computer's, the
+    /// machines' router; hosts without an address get the next free ones. Local clusters
+    /// whose ranges do not overlap run at once (e.g. 198.18.1.0/24 and 198.18.2.0/24);
+    /// `strata local up` refuses a range that overlaps a running cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<Cidr>,
+    /// The prefix length of each machine's address (default: the range's own, every machine
+    /// on one subnet). A longer prefix puts machines whose addresses differ within it on
     /// different subnets, routed through this computer, as hosts in two racks are: with 24,
     /// hosts at 198.18.0.x and 198.18.1.x are two subnets (the overlay then tunnels between
     /// them and routes directly within each).
-    #[serde(default = "default_local_prefix")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 15, max = 30))]
-    pub prefix_length: u8,
+    pub prefix_length: Option<u8>,
 }
 
-/// The local platform's one subnet, 198.18.0.0/15.
+/// The local platform's whole range, 198.18.0.0/15.
 pub const LOCAL_PREFIX: u8 = 15;
 
-fn default_local_prefix() -> u8 {
-    LOCAL_PREFIX
+/// 198.18.0.0/15: every local cluster's range is part of it.
+pub fn local_range_all() -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(198, 18, 0, 0), LOCAL_PREFIX)
 }
 
-impl Default for LocalPlatform {
-    fn default() -> Self {
-        Self {
-            prefix_length: LOCAL_PREFIX,
+impl LocalPlatform {
+    /// The cluster's range (an IPv6 one, refused by validation, counts as the default).
+    pub fn range(&self) -> ipnet::Ipv4Net {
+        match self.range.as_ref().map(Cidr::net) {
+            Some(IpNet::V4(n)) => n.trunc(),
+            _ => local_range_all(),
         }
+    }
+
+    /// The prefix length of the machines' addresses.
+    pub fn machine_prefix(&self) -> u8 {
+        self.prefix_length
+            .unwrap_or_else(|| self.range().prefix_len())
     }
 }
 
@@ -880,12 +896,14 @@ impl Cluster {
         }
     }
 
-    /// On the local platform, gives every host without an address the next free one of
-    /// the benchmarking range 198.18.0.0/15 (from 198.18.0.2 on, in host order).
+    /// On the local platform, gives every host without an address the next free one of the
+    /// cluster's range (from its third address on: the first is this computer's), in host
+    /// order; none when the range is full (validation says so).
     pub fn assign_local_addresses(&mut self) {
-        if !matches!(self.spec.platform, Platform::Local(_)) {
+        let Platform::Local(local) = &self.spec.platform else {
             return;
-        }
+        };
+        let range = local.range();
         // Taken: the hosts' own addresses and the virtual IP.
         let used: Vec<IpAddr> = self
             .spec
@@ -894,10 +912,14 @@ impl Cluster {
             .filter_map(|h| h.address.as_ref().and_then(HostAddress::ip))
             .chain(self.spec.control_plane.vip.map(IpAddr::V4))
             .collect();
-        let mut next = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2));
+        let mut next = u32::from(range.network()).saturating_add(2);
+        let last = u32::from(range.broadcast());
         for h in self.spec.hosts.iter_mut().filter(|h| h.address.is_none()) {
             while used.contains(&IpAddr::V4(next.into())) {
                 next += 1;
+            }
+            if next >= last {
+                return;
             }
             let ip = std::net::Ipv4Addr::from(next);
             h.address = Some(HostAddress((ip.to_string(), HostAddr::Ip(IpAddr::V4(ip)))));

@@ -70,6 +70,12 @@ pub struct AppliedState {
     /// until it is done, a plain apply refuses and says to run that restore again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub restoring: String,
+    /// After a restore, until the addons phase has finished it: the hosts of the restored
+    /// backup's cluster (the Nodes of those the Cluster file no longer lists are deleted),
+    /// and Strata's workloads have their pods started again (they watched the store's later
+    /// revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Vec<String>>,
     /// Each host as it was in the Cluster file when apply last reached it: a host taken out
     /// of the file is still reached through it, to be drained and reset.
     #[serde(

@@ -394,23 +394,17 @@ fn etcd_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErr
         0o644,
         ctx.cert("etcd/ca")?,
     );
+    // etcd reads its serving and peer certificates again for every new connection, and
+    // etcdctl the health-check client's each time it runs: a renewal restarts no member (a
+    // restarted leader hands over its leadership, and the API server's reads in flight then
+    // fail with "leader changed").
     for (kind, src) in [
         ("server", format!("etcd/server-{}", h.name)),
         ("peer", format!("etcd/peer-{}", h.name)),
         ("healthcheck-client", "etcd/healthcheck-client".to_string()),
     ] {
-        t.add(
-            Component::Etcd,
-            format!("{etcd_pki}/{kind}.crt"),
-            0o644,
-            ctx.cert(&src)?,
-        );
-        t.add(
-            Component::Etcd,
-            format!("{etcd_pki}/{kind}.key"),
-            0o600,
-            ctx.key(&src)?,
-        );
+        t.add_reloaded(format!("{etcd_pki}/{kind}.crt"), 0o644, ctx.cert(&src)?);
+        t.add_reloaded(format!("{etcd_pki}/{kind}.key"), 0o600, ctx.key(&src)?);
     }
     Ok(())
 }
@@ -548,6 +542,13 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
     if versions::uses(Item::ApiserverInsecurePortZero, ctx.minor) {
         api.push(flag("insecure-port", 0));
     }
+    // With several API servers, one that is told to stop first says it is not ready
+    // (/readyz) while it goes on serving: every node's balancer drops it (checks each second,
+    // two failed in a row) before it stops listening, so that no request goes to it then.
+    let several = catalog::hosts_running(c, Component::KubeApiserver).count() > 1;
+    if several {
+        api.push(flag("shutdown-delay-duration", "5s"));
+    }
     let admission = pod_security::admission_configuration(ctx.minor);
     if admission.is_some() {
         api.push(flag(
@@ -562,13 +563,14 @@ fn apiserver_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), Rend
         requires: &[],
         exec: format!("{BIN_DIR}/kube-apiserver"),
         args: api,
-        extra: &[
-            "LimitNOFILE=65536",
-            // On SIGTERM the API server stops listening at once, then waits for its open
-            // connections (watches never end by themselves) up to its request timeout, 60 s:
-            // every restart cost a minute. Its clients re-connect anyway.
-            "TimeoutStopSec=5",
-        ],
+        // On SIGTERM the API server stops listening (after the delay above), then waits for
+        // its open connections (watches never end by themselves) up to its request timeout,
+        // 60 s: every restart cost a minute. Its clients re-connect anyway.
+        extra: if several {
+            &["LimitNOFILE=65536", "TimeoutStopSec=10"]
+        } else {
+            &["LimitNOFILE=65536", "TimeoutStopSec=5"]
+        },
     };
     t.add(
         Component::KubeApiserver,
@@ -1133,20 +1135,16 @@ fn api_balancer_files(ctx: &Ctx<'_>, t: &mut HostTree) -> Result<(), RenderError
         0o644,
         api_balancer_backends(ctx.cluster),
     );
+    // The health-check identity is read again when it changes: a renewal restarts nothing
+    // (a restart would refuse the node's connections to the API for a moment).
     let by = Component::ApiBalancer;
-    t.add(by, format!("{dir}/ca.crt"), 0o644, ctx.cert("ca")?);
-    t.add(
-        by,
+    t.add_reloaded(format!("{dir}/ca.crt"), 0o644, ctx.cert("ca")?);
+    t.add_reloaded(
         format!("{dir}/client.crt"),
         0o644,
         ctx.cert("api-balancer")?,
     );
-    t.add(
-        by,
-        format!("{dir}/client.key"),
-        0o600,
-        ctx.key("api-balancer")?,
-    );
+    t.add_reloaded(format!("{dir}/client.key"), 0o600, ctx.key("api-balancer")?);
     let unit = Unit {
         description: "Node-local Kubernetes API load balancer (Strata)",
         documentation: "https://github.com/strata-dev/strata/tree/main/addons/api-balancer",

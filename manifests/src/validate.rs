@@ -919,8 +919,8 @@ fn check_network(c: &Cluster, k: &mut Checker<'_>) {
         );
     }
     if let Platform::Local(local) = &c.spec.platform {
-        check_local_subnets(c, local.prefix_length, k);
-        let machines = ipnet::IpNet::V4(local_range());
+        check_local_subnets(c, local, k);
+        let machines = ipnet::IpNet::V4(crate::model::local_range_all());
         for (range, field, what) in [(pod, "podCIDR", "pod"), (svc, "serviceCIDR", "service")] {
             if range.contains(&machines.network()) || machines.contains(&range.network()) {
                 k.error(
@@ -1081,36 +1081,94 @@ fn check_pki(c: &Cluster, ctx: &Context, k: &mut Checker<'_>) {
     }
 }
 
-/// Where local machines get their addresses: the benchmarking range 198.18.0.0/15.
-fn local_range() -> ipnet::Ipv4Net {
-    ipnet::Ipv4Net::new_assert(
-        std::net::Ipv4Addr::new(198, 18, 0, 0),
-        crate::model::LOCAL_PREFIX,
-    )
-}
-
-/// With a prefix longer than the local range's, this computer's bridge holds the first
-/// address of each subnet as the subnet's router: no machine may have it.
-fn check_local_subnets(c: &Cluster, prefix: u8, k: &mut Checker<'_>) {
-    if !(crate::model::LOCAL_PREFIX..=30).contains(&prefix) {
+/// The cluster's local range: IPv4, within 198.18.0.0/15, room for a router and machines;
+/// the machines' prefix within it; every host address and the virtual IP in it, none on a
+/// subnet's network, broadcast or router address (this computer's bridge holds the first
+/// address of each subnet as its router).
+fn check_local_subnets(c: &Cluster, local: &crate::model::LocalPlatform, k: &mut Checker<'_>) {
+    let all = crate::model::local_range_all();
+    if let Some(given) = &local.range {
+        let ok = match given.net() {
+            ipnet::IpNet::V4(n) => all.contains(&n) && n.prefix_len() <= 29,
+            ipnet::IpNet::V6(_) => false,
+        };
+        if !ok {
+            k.error(
+                "/spec/platform/local/range",
+                format!(
+                    "{} is not an IPv4 range of /29 or larger within {all}",
+                    given.net()
+                ),
+                "give a part of 198.18.0.0/15, e.g. 198.18.1.0/24 (one per local cluster \
+                 running at once)",
+            );
+            return;
+        }
+    }
+    let range = local.range();
+    let prefix = local.machine_prefix();
+    if !(range.prefix_len()..=30).contains(&prefix) {
         k.error(
             "/spec/platform/local/prefixLength",
-            format!("prefix length {prefix} is outside 15..=30"),
-            "use 15 (one subnet, the default) or a longer prefix such as 24 for several subnets",
+            format!(
+                "prefix length {prefix} is outside {}..=30 (the range {range} and a subnet of \
+                 at least two machines)",
+                range.prefix_len()
+            ),
+            &format!(
+                "use {} (one subnet, the default) or a longer prefix such as 24 for several \
+                 subnets",
+                range.prefix_len()
+            ),
         );
         return;
+    }
+    let without = c.spec.hosts.iter().filter(|h| h.address.is_none()).count();
+    let given = c.spec.hosts.len() - without + usize::from(c.spec.control_plane.vip.is_some());
+    // The network, this computer's router and the broadcast address are nobody's.
+    let room = (1usize << (32 - range.prefix_len())).saturating_sub(3);
+    if without > 0 && without + given > room {
+        k.error(
+            "/spec/platform/local/range",
+            format!(
+                "{range} has room for {room} machines; the cluster has {}",
+                without + given
+            ),
+            "give a larger range",
+        );
+    }
+    if let Some(vip) = c.spec.control_plane.vip
+        && !range.contains(&vip)
+    {
+        k.error(
+            "/spec/controlPlane/vip",
+            format!("{vip} is outside the cluster's local range {range}"),
+            &format!("give an unused address of {range}"),
+        );
     }
     for (i, h) in c.spec.hosts.iter().enumerate() {
         let Some(std::net::IpAddr::V4(ip)) = h.address.as_ref().and_then(HostAddress::ip) else {
             continue;
         };
+        // An address outside 198.18.0.0/15 is not on the machines' bridge at all (a
+        // loopback address, for tests that run components on this computer).
+        if !all.contains(&ip) {
+            continue;
+        }
+        if !range.contains(&ip) {
+            k.error(
+                &format!("/spec/hosts/{i}/address"),
+                format!("{ip} is outside the cluster's local range {range}"),
+                &format!(
+                    "give host {} an address of {range}, or omit it to have one assigned",
+                    h.name
+                ),
+            );
+            continue;
+        }
         let Ok(net) = ipnet::Ipv4Net::new(ip, prefix) else {
             continue;
         };
-        // Addresses outside the range are not on the machines' bridge.
-        if !local_range().contains(&ip) {
-            continue;
-        }
         let router = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
         if ip == router || ip == net.network() || ip == net.broadcast() {
             k.error(

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ONE_HOST, THREE_HOSTS, fixture};
+use common::{Fixture, ONE_HOST, THREE_HOSTS, fixture};
 use strata_manifests::Context;
 use strata_manifests::catalog;
 use strata_manifests::plan::{Action, ActionKind, AppliedState, departed_hosts, plan};
@@ -720,11 +720,8 @@ fn plan_compares_with_what_was_applied() {
     );
 }
 
-/// Restarts follow from which component reads a file: a renewed apiserver-etcd-client
-/// certificate restarts the API server and nothing else, even on a host that runs every
-/// component (etcd's own files and the etcd tools are not touched).
-#[test]
-fn renewing_the_apiserver_etcd_client_certificate_restarts_only_the_api_server() {
+/// A one-host cluster's state before and after `strata certs renew NAMES`.
+fn renewed(names: &[&str]) -> (Fixture, AppliedState, AppliedState) {
     let f = fixture(ONE_HOST);
     let before = AppliedState::of(&f.rendered);
     let ctx = Context {
@@ -737,10 +734,19 @@ fn renewing_the_apiserver_etcd_client_certificate_restarts_only_the_api_server()
         &inputs,
         &f.state,
         time::OffsetDateTime::now_utc(),
-        &strata_pki::Selection::Names(vec!["apiserver-etcd-client".into()]),
+        &strata_pki::Selection::Names(names.iter().map(|n| (*n).to_owned()).collect()),
     )
     .expect("renew");
     let after = AppliedState::of(&render(&f.cluster, &f.state).expect("render"));
+    (f, before, after)
+}
+
+/// Restarts follow from which component reads a file: a renewed apiserver-etcd-client
+/// certificate restarts the API server and nothing else, even on a host that runs every
+/// component (etcd's own files and the etcd tools are not touched).
+#[test]
+fn renewing_the_apiserver_etcd_client_certificate_restarts_only_the_api_server() {
+    let (f, before, after) = renewed(&["apiserver-etcd-client"]);
     assert_eq!(
         shown(&plan(&after, &before, running(&f.cluster))),
         [
@@ -756,6 +762,45 @@ fn renewing_the_apiserver_etcd_client_certificate_restarts_only_the_api_server()
         "{users:?}"
     );
     assert!(!users.contains(&catalog::Component::Etcd), "{users:?}");
+}
+
+/// The node-local balancer reads its renewed identity while it runs, and etcd its serving
+/// and peer certificates for each new connection: renewing them writes the files and
+/// restarts nothing (a restarted balancer refuses the node's API connections for a moment, a
+/// restarted etcd leader fails the reads in flight).
+#[test]
+fn renewing_the_balancers_and_etcds_certificates_restarts_nothing() {
+    let (f, before, after) = renewed(&["api-balancer", "etcd/server-n1", "etcd/peer-n1"]);
+    assert_eq!(
+        shown(&plan(&after, &before, running(&f.cluster))),
+        [
+            "~ n1 /etc/kubernetes/pki/etcd/peer.crt",
+            "~ n1 /etc/kubernetes/pki/etcd/server.crt",
+            "~ n1 /etc/strata/api-balancer/client.crt"
+        ]
+    );
+}
+
+/// Several API servers: each, told to stop, fails /readyz for five seconds while it still
+/// serves, so that the balancers leave it first; one API server stops at once.
+#[test]
+fn several_api_servers_leave_the_balancers_before_they_stop() {
+    let unit = |text: &str| {
+        let f = fixture(text);
+        let file = &f.rendered.hosts[0].files["/etc/systemd/system/kube-apiserver.service"];
+        String::from_utf8(file.content.clone()).expect("utf-8")
+    };
+    let one = unit(ONE_HOST);
+    assert!(!one.contains("shutdown-delay-duration"), "{one}");
+    assert!(one.contains("TimeoutStopSec=5"), "{one}");
+    let two = ONE_HOST.replace(
+        "  - {name: n1, address: 198.18.0.2, roles: [etcd, control-plane, worker]}\n",
+        "  - {name: n1, address: 198.18.0.2, roles: [etcd, control-plane, worker]}\n  \
+         - {name: n2, address: 198.18.0.3, roles: [etcd, control-plane, worker]}\n",
+    );
+    let two = unit(&two);
+    assert!(two.contains("--shutdown-delay-duration=5s"), "{two}");
+    assert!(two.contains("TimeoutStopSec=10"), "{two}");
 }
 
 /// `strata plan` renders with a state directory kept in memory: the PKI it needs is

@@ -271,6 +271,49 @@ fn local_hosts_without_addresses_get_free_ones() {
 }
 
 #[test]
+fn a_local_range_gives_the_addresses_and_holds_them_all() {
+    let with = |range: &str, hosts: &str| {
+        minimal(hosts, "").replace("local: {}", &format!("local: {{range: {range}}}"))
+    };
+    let two = "    - {name: a, roles: [etcd, control-plane]}\n    - {name: b, roles: [worker]}\n";
+    let c = check(&with("198.18.4.0/24", two)).expect("valid").cluster;
+    let addrs: Vec<String> = c
+        .spec
+        .hosts
+        .iter()
+        .filter_map(|h| h.address.as_ref().map(ToString::to_string))
+        .collect();
+    assert_eq!(addrs, ["198.18.4.2", "198.18.4.3"]);
+    let strata_manifests::model::Platform::Local(local) = &c.spec.platform else {
+        panic!("local platform");
+    };
+    assert_eq!(local.range().to_string(), "198.18.4.0/24");
+    assert_eq!(local.machine_prefix(), 24);
+    let outside = "    - {name: a, address: 198.18.0.2, roles: [etcd, control-plane]}\n";
+    let s = check(&with("198.18.4.0/24", outside))
+        .expect_err("outside")
+        .to_string();
+    assert!(
+        s.contains("198.18.0.2 is outside the cluster's local range 198.18.4.0/24"),
+        "{s}"
+    );
+    for bad in ["10.0.0.0/24", "198.18.4.0/30", "fd00::/64"] {
+        let s = check(&with(bad, two)).expect_err(bad).to_string();
+        assert!(s.contains("spec.platform.local.range"), "{bad}: {s}");
+    }
+    let three = format!(
+        "{two}    - {{name: c, roles: [worker]}}\n    - {{name: d, roles: [worker]}}\n    - {{name: e, roles: [worker]}}\n    - {{name: f, roles: [worker]}}\n"
+    );
+    let s = check(&with("198.18.4.0/29", &three))
+        .expect_err("full")
+        .to_string();
+    assert!(
+        s.contains("198.18.4.0/29 has room for 5 machines; the cluster has 6"),
+        "{s}"
+    );
+}
+
+#[test]
 fn local_subnets_keep_their_router_address_free() {
     let two = |prefix: &str, b: &str| {
         minimal(
@@ -288,7 +331,8 @@ fn local_subnets_keep_their_router_address_free() {
     let strata_manifests::model::Platform::Local(local) = &c.spec.platform else {
         panic!("local platform");
     };
-    assert_eq!(local.prefix_length, 24);
+    assert_eq!(local.prefix_length, Some(24));
+    assert_eq!(local.machine_prefix(), 24);
     let s = check(&two("24", "198.18.1.1"))
         .expect_err("the router's address")
         .to_string();

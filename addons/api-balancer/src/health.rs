@@ -2,6 +2,7 @@
 //! the balancer authenticated with a client certificate of its own (any authenticated user
 //! may read /readyz: the `system:public-info-viewer` role).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,6 +137,52 @@ impl Checker {
                 .unwrap_or(status);
             Err(CheckError::NotReady(first.trim().to_owned()))
         }
+    }
+}
+
+/// The files of the health-check identity, re-read while the balancer runs: renewed
+/// certificates take effect without a restart (which would refuse the node's connections to
+/// the API for a moment).
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How long a check may take.
+    pub timeout: Duration,
+}
+
+/// The identity's files as read, to tell whether they changed.
+pub type IdentityContent = [Vec<u8>; 3];
+
+/// Why the identity's files could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+}
+
+impl IdentityFiles {
+    /// The files' content now.
+    pub fn read(&self) -> Result<IdentityContent, LoadError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| LoadError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
+        Ok([read(&self.ca)?, read(&self.cert)?, read(&self.key)?])
+    }
+
+    /// A checker of `content` (as [`Self::read`] gave it).
+    pub fn checker(&self, content: &IdentityContent) -> Result<Checker, LoadError> {
+        let [ca, cert, key] = content;
+        Ok(Checker::new(ca, cert, key, self.timeout)?)
     }
 }
 

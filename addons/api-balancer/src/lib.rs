@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::backends::Address;
-use crate::health::Checker;
+use crate::health::{Checker, IdentityContent};
 use crate::pool::{Backend, Pool, Transition};
 
 /// How the balancer runs.
@@ -37,6 +37,9 @@ pub struct Options {
     pub fall: u32,
     /// For a connection to an API server.
     pub connect_timeout: Duration,
+    /// Where the health-check identity is read from again when it changes (None: the
+    /// checker given to [`Balancer::bind`] is kept).
+    pub identity: Option<health::IdentityFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,13 +153,60 @@ fn transition(pool: &Pool, b: &Backend, t: Option<Transition>, why: &str) {
     }
 }
 
-/// Every `interval`: re-reads the list of API servers and checks each one's /readyz.
+/// The health-check identity: read again when its files change (a renewed certificate); a
+/// pair that does not load (a certificate and a key written one after the other) keeps the
+/// identity in use until the next tick.
+struct Identity {
+    checker: Checker,
+    loaded: Option<IdentityContent>,
+    last_error: String,
+}
+
+impl Identity {
+    fn refresh(&mut self, options: &Options) {
+        let Some(files) = &options.identity else {
+            return;
+        };
+        let now = files.read();
+        if let (Ok(now), Some(loaded)) = (&now, &self.loaded)
+            && now == loaded
+        {
+            return;
+        }
+        match now.and_then(|c| files.checker(&c).map(|checker| (c, checker))) {
+            Ok((content, checker)) => {
+                if self.loaded.is_some() {
+                    info!("health-check identity read again (its files changed)");
+                }
+                self.checker = checker;
+                self.loaded = Some(content);
+                self.last_error.clear();
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != self.last_error {
+                    warn!(error = %text, "keeping the health-check identity in use");
+                    self.last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// Every `interval`: re-reads the list of API servers and the health-check identity, and
+/// checks each API server's /readyz.
 async fn watch(pool: Arc<Pool>, options: Options, checker: Checker) {
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error = String::new();
+    let mut identity = Identity {
+        loaded: options.identity.as_ref().and_then(|f| f.read().ok()),
+        checker,
+        last_error: String::new(),
+    };
     loop {
         tick.tick().await;
+        identity.refresh(&options);
         match read_backends(&options.backends_file) {
             Ok(list) => {
                 last_error.clear();
@@ -178,7 +228,7 @@ async fn watch(pool: Arc<Pool>, options: Options, checker: Checker) {
         }
         let mut checks = JoinSet::new();
         for b in pool.backends() {
-            let checker = checker.clone();
+            let checker = identity.checker.clone();
             checks.spawn(async move {
                 let r = checker.readyz(&b.address).await;
                 (b, r)

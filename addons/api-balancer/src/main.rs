@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use strata_api_balancer::health::Checker;
+use strata_api_balancer::health::IdentityFiles;
 use strata_api_balancer::{Balancer, Options};
 
 #[derive(Debug, Parser)]
@@ -23,7 +23,8 @@ struct Args {
     /// The CA that signed the API servers' serving certificates.
     #[arg(long)]
     ca: PathBuf,
-    /// The balancer's client certificate for /readyz.
+    /// The balancer's client certificate for /readyz (these three files are read again
+    /// when they change).
     #[arg(long)]
     cert: PathBuf,
     #[arg(long)]
@@ -42,10 +43,6 @@ struct Args {
     connect_timeout_ms: u64,
 }
 
-fn read(p: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -57,19 +54,23 @@ async fn main() -> Result<()> {
         .without_time()
         .init();
     let args = Args::parse();
-    let checker = Checker::new(
-        &read(&args.ca)?,
-        &read(&args.cert)?,
-        &read(&args.key)?,
-        Duration::from_millis(args.timeout_ms),
-    )
-    .context("the health-check identity (--ca, --cert, --key)")?;
+    let identity = IdentityFiles {
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let checker = identity
+        .read()
+        .and_then(|content| identity.checker(&content))
+        .context("the health-check identity (--ca, --cert, --key)")?;
     let options = Options {
         listen: args.listen,
         backends_file: args.backends,
         interval: Duration::from_millis(args.interval_ms),
         fall: args.fall,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        identity: Some(identity),
     };
     Balancer::bind(options, checker).await?.run().await;
     Ok(())

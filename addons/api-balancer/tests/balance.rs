@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use strata_api_balancer::health::Checker;
+use strata_api_balancer::health::{Checker, IdentityFiles};
 use strata_api_balancer::{Balancer, Options};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -206,6 +206,7 @@ async fn balancer(
         interval: Duration::from_millis(100),
         fall: 2,
         connect_timeout: Duration::from_millis(500),
+        identity: None,
     };
     let b = Balancer::bind(options, checker).await.expect("bind");
     let addr = b.local_addr().expect("addr");
@@ -350,6 +351,60 @@ async fn the_check_needs_the_cluster_ca() {
     a.ready.store(false, Ordering::SeqCst);
     let err = good.readyz(&addr).await.expect_err("not ready");
     assert!(err.to_string().contains("etcd failed"), "{err}");
+}
+
+#[tokio::test]
+async fn a_renewed_identity_is_read_without_a_restart() {
+    let pki = pki();
+    let stranger = self::pki();
+    let a = server(&pki, "a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backends = dir.path().join("backends");
+    std::fs::write(&backends, format!("127.0.0.1:{}\n", a.addr.port())).expect("write");
+    let files = IdentityFiles {
+        ca: dir.path().join("ca.crt"),
+        cert: dir.path().join("client.crt"),
+        key: dir.path().join("client.key"),
+        timeout: Duration::from_millis(500),
+    };
+    // A client certificate of another CA: the API server refuses the checks.
+    std::fs::write(&files.ca, &pki.ca_pem).expect("write");
+    std::fs::write(&files.cert, &stranger.client.0).expect("write");
+    std::fs::write(&files.key, &stranger.client.1).expect("write");
+    let checker = files
+        .read()
+        .and_then(|c| files.checker(&c))
+        .expect("checker");
+    let options = Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        backends_file: backends,
+        interval: Duration::from_millis(100),
+        fall: 2,
+        connect_timeout: Duration::from_millis(500),
+        identity: Some(files.clone()),
+    };
+    let b = Balancer::bind(options, checker).await.expect("bind");
+    let pool = Arc::clone(&b.pool);
+    tokio::spawn(b.run());
+    let healthy =
+        |pool: &strata_api_balancer::pool::Pool| pool.backends().iter().any(|b| b.is_healthy());
+    until(
+        "dropped: its checks refused",
+        Duration::from_secs(5),
+        async || !healthy(&pool),
+    )
+    .await;
+    // The certificate renewed in place, its key not yet: the identity in use is kept.
+    std::fs::write(&files.cert, &pki.client.0).expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!healthy(&pool));
+    std::fs::write(&files.key, &pki.client.1).expect("write");
+    until(
+        "ready with the renewed identity",
+        Duration::from_secs(5),
+        async || healthy(&pool),
+    )
+    .await;
 }
 
 fn pki_other() -> String {

@@ -11,6 +11,8 @@ use std::io::Write as _;
 
 use serde_json::json;
 
+pub mod inspect;
+
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -241,12 +243,8 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>, ImageError> {
     Ok(e.finish()?)
 }
 
-/// Builds the OCI archive of `spec`.
-pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
-    let tag = tag_of(&spec.reference)?;
-    let layer = layer_tar(spec)?;
-    let diff_id = digest(&layer);
-    let layer_gz = gzip(&layer)?;
+/// The image's config (JSON) for a layer whose uncompressed digest is `diff_id`.
+fn config_json(spec: &ImageSpec, diff_id: &str) -> Result<Vec<u8>, ImageError> {
     let mut process = serde_json::Map::new();
     if !spec.entrypoint.is_empty() {
         process.insert("Entrypoint".into(), json!(spec.entrypoint));
@@ -267,7 +265,41 @@ pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "strata-image"}],
     });
-    let config = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
+    Ok(serde_json::to_vec(&config).map_err(std::io::Error::other)?)
+}
+
+/// Builds the image of `spec` as `docker save` writes it (a docker-archive): manifest.json,
+/// the config named by its digest, the layer as an uncompressed `<id>/layer.tar`. The image
+/// has the same id (config digest) as the OCI archive of the same spec.
+pub fn build_docker_archive(spec: &ImageSpec) -> Result<Vec<u8>, ImageError> {
+    tag_of(&spec.reference)?;
+    let layer = layer_tar(spec)?;
+    let diff_id = digest(&layer);
+    let config = config_json(spec, &diff_id)?;
+    let config_name = format!("{}.json", digest(&config).trim_start_matches("sha256:"));
+    let layer_name = format!("{}/layer.tar", diff_id.trim_start_matches("sha256:"));
+    let manifest = json!([{
+        "Config": config_name,
+        "RepoTags": [spec.reference],
+        "Layers": [layer_name],
+    }]);
+    let manifest = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = diff_id.trim_start_matches("sha256:");
+    append(&mut b, dir, &Content::Dir { mode: 0o755 })?;
+    append(&mut b, &layer_name, &file(layer))?;
+    append(&mut b, &config_name, &file(config))?;
+    append(&mut b, "manifest.json", &file(manifest))?;
+    Ok(b.into_inner()?)
+}
+
+/// Builds the OCI archive of `spec`.
+pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
+    let tag = tag_of(&spec.reference)?;
+    let layer = layer_tar(spec)?;
+    let diff_id = digest(&layer);
+    let layer_gz = gzip(&layer)?;
+    let config = config_json(spec, &diff_id)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,

@@ -158,6 +158,7 @@ pub struct Gates {
     printcolumn = r#"{"name":"Rebooting","type":"integer","jsonPath":".status.inProgress"}"#,
     printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
     printcolumn = r#"{"name":"Next-Window","type":"string","jsonPath":".status.nextWindow"}"#,
+    printcolumn = r#"{"name":"Versions","type":"string","jsonPath":".status.versionSummary"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +257,54 @@ pub struct UpdatePolicyStatus {
     /// When the next maintenance window opens, when one is closed now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_window: Option<Time>,
+    /// How many of the policy's nodes run which OS (its name and version as the node reports
+    /// it), most first: the rollout's progress, as CoreUpdate's groups showed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionCount>,
+    /// `versions` in one line ("<version>: <nodes>, ..."), for `kubectl get updatepolicies`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version_summary: String,
+}
+
+/// The nodes of a policy that run one OS version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionCount {
+    /// The OS image as the kubelet reports it (e.g. "Flatcar Container Linux 3815.2.0"), or
+    /// "unknown" for a node whose agent has not reported yet.
+    pub version: String,
+    pub nodes: u32,
+}
+
+/// The version breakdown of `versions` (one per node; empty: not reported), most nodes
+/// first, then by version: the list and its one-line summary.
+pub fn version_breakdown<'a>(
+    versions: impl IntoIterator<Item = &'a str>,
+) -> (Vec<VersionCount>, String) {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for v in versions {
+        *counts
+            .entry(if v.is_empty() { "unknown" } else { v })
+            .or_default() += 1;
+    }
+    let mut list: Vec<VersionCount> = counts
+        .into_iter()
+        .map(|(version, nodes)| VersionCount {
+            version: version.to_owned(),
+            nodes,
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        b.nodes
+            .cmp(&a.nodes)
+            .then_with(|| a.version.cmp(&b.version))
+    });
+    let summary = list
+        .iter()
+        .map(|v| format!("{}: {}", v.version, v.nodes))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (list, summary)
 }
 
 /// Where a node is in its update, as its agent reports it.
@@ -507,6 +556,25 @@ mod tests {
             CRDS_YAML == generated,
             "addons/update-api/crds.yaml is stale: run \
              `cargo run -p strata-update-operator -- crds > addons/update-api/crds.yaml`"
+        );
+    }
+
+    #[test]
+    fn the_version_breakdown_counts_nodes_most_first() {
+        let (list, summary) = version_breakdown(["B 2", "A 1", "B 2", "", "A 1", "B 2"]);
+        let got: Vec<(&str, u32)> = list.iter().map(|v| (v.version.as_str(), v.nodes)).collect();
+        assert_eq!(got, [("B 2", 3), ("A 1", 2), ("unknown", 1)]);
+        assert_eq!(summary, "B 2: 3, A 1: 2, unknown: 1");
+        assert_eq!(version_breakdown([]), (Vec::new(), String::new()));
+        // The printer column shows the summary.
+        let columns = UpdatePolicy::crd().spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            columns
+                .iter()
+                .any(|c| c.name == "Versions" && c.json_path == ".status.versionSummary")
         );
     }
 

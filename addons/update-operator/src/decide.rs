@@ -15,7 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::crd::{
     CONTROL_PLANE_NODE_LABELS, Condition, ControlPlaneHealth, DrainProgress, ETCD_NODE_LABEL,
     Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
-    UpdatePolicySpec, UpdatePolicyStatus,
+    UpdatePolicySpec, UpdatePolicyStatus, version_breakdown,
 };
 use crate::window::{Window, WindowError, allowed};
 
@@ -661,6 +661,11 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             });
         }
     }
+    let (versions, version_summary) = version_breakdown(s.nodes.iter().map(|n| {
+        s.updates
+            .get(&n.name)
+            .map_or("", |(_, status)| status.os_id.as_str())
+    }));
     let status = UpdatePolicyStatus {
         conditions,
         nodes: s.nodes.len() as u32,
@@ -671,6 +676,8 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
             .count() as u32,
         failed,
         next_window,
+        versions,
+        version_summary,
     };
     Ok(Decision {
         max_holders: max,
@@ -929,6 +936,35 @@ mod tests {
             .collect();
         assert_eq!(away.len(), 1);
         assert!(away[0].warning && away[0].message.contains("API is away"));
+    }
+
+    #[test]
+    fn the_status_counts_the_nodes_of_each_os_version() {
+        let mut w = World::new(&["a", "b", "c"]);
+        for (n, os) in [("a", "Container Linux 2"), ("b", "Container Linux 1")] {
+            let mut st = status(Phase::Idle);
+            st.os_id = os.into();
+            w.updates.insert(n.into(), (NodeUpdateSpec::default(), st));
+        }
+        let d = w.at(NOW);
+        let got: Vec<(&str, u32)> = d
+            .status
+            .versions
+            .iter()
+            .map(|v| (v.version.as_str(), v.nodes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Container Linux 1", 1),
+                ("Container Linux 2", 1),
+                ("unknown", 1)
+            ]
+        );
+        assert_eq!(
+            d.status.version_summary,
+            "Container Linux 1: 1, Container Linux 2: 1, unknown: 1"
+        );
     }
 
     #[test]

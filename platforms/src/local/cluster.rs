@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
+
 use super::image::{BaseImage, ImageError};
 use super::machine::{Machine, MachineError};
 use super::network::Bridge;
@@ -30,7 +32,7 @@ impl Default for Paths {
 pub struct LocalHost {
     pub name: String,
     pub address: Ipv4Addr,
-    /// The prefix length of the host's subnet ([`super::network::PREFIX`]: the whole range).
+    /// The prefix length of the host's subnet (the cluster's range's: one subnet).
     pub prefix: u8,
 }
 
@@ -63,17 +65,40 @@ pub enum LocalError {
         tail: String,
     },
     #[error(
-        "another local cluster runs on the same address range (bridge {bridge}, machines in network namespaces {namespaces}); stop it first with `strata local down` and that cluster's file"
+        "the local range {range} overlaps {theirs} of another local cluster (bridge {bridge}, \
+         machines in network namespaces {namespaces}): stop that cluster first (`strata local \
+         down` with its Cluster file), or give this one a range of its own in \
+         spec.platform.local.range{suggestion}"
     )]
-    RangeInUse { bridge: String, namespaces: String },
+    RangeInUse {
+        range: String,
+        theirs: String,
+        bridge: String,
+        namespaces: String,
+        /// ", e.g. <free range>" when one is free.
+        suggestion: String,
+    },
     #[error(
-        "network interface {device} holds the local range's gateway address and is not a Strata bridge; remove that address or the interface"
+        "network interface {device} holds {net}, which overlaps the local range {range}, and is \
+         not a Strata bridge; remove that address, or give the cluster another \
+         spec.platform.local.range{suggestion}"
     )]
-    RangeHeld { device: String },
+    RangeHeld {
+        device: String,
+        net: String,
+        range: String,
+        suggestion: String,
+    },
     #[error(
-        "bridge {bridge} holds the local range's gateway address and has a port Strata did not make ({port}); remove the port or the bridge"
+        "bridge {bridge} holds {net}, which overlaps the local range {range}, and has a port \
+         Strata did not make ({port}); remove the port or the bridge"
     )]
-    ForeignPort { bridge: String, port: String },
+    ForeignPort {
+        bridge: String,
+        net: String,
+        range: String,
+        port: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -150,19 +175,31 @@ fn console_tail(log: &Path) -> String {
     out
 }
 
-/// Another local cluster's bridge may still hold the range, its machines gone with a
-/// restarted computer or a killed session: the host would route the range there and never
-/// reach this cluster's machines. Such a leftover network is removed; one that any process
-/// still uses (a machine, its supervisor between two boots) is refused, naming it, and so is
-/// a bridge with a port Strata did not make.
-pub fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
-    let rivals = bridge.rivals()?;
+/// Another local cluster's bridge may hold addresses of `range`: the host would route them
+/// there and never reach this cluster's machines. Such a network left behind (its machines
+/// gone with a restarted computer or a killed session) is removed; one that any process
+/// still uses (a machine, its supervisor between two boots) is refused, naming it and a free
+/// range, and so is an interface Strata did not make.
+pub fn free_range(bridge: &Bridge, range: Ipv4Net) -> Result<(), LocalError> {
+    let rivals = bridge.rivals(range)?;
     if rivals.is_empty() {
         return Ok(());
     }
-    for rival in rivals {
+    let suggestion = || {
+        super::network::free_range(range.prefix_len().max(24))
+            .ok()
+            .flatten()
+            .map(|n| format!(", e.g. {n}"))
+            .unwrap_or_default()
+    };
+    for (rival, net) in rivals {
         if !rival.name.starts_with("stb-") {
-            return Err(LocalError::RangeHeld { device: rival.name });
+            return Err(LocalError::RangeHeld {
+                device: rival.name,
+                net: net.to_string(),
+                range: range.to_string(),
+                suggestion: suggestion(),
+            });
         }
         let ports = rival.ports()?;
         let mut namespaces = Vec::new();
@@ -174,6 +211,8 @@ pub fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
                 _ => {
                     return Err(LocalError::ForeignPort {
                         bridge: rival.name,
+                        net: net.to_string(),
+                        range: range.to_string(),
                         port: port.clone(),
                     });
                 }
@@ -182,8 +221,11 @@ pub fn free_range(bridge: &Bridge) -> Result<(), LocalError> {
         let live: Vec<String> = namespaces.into_iter().filter(|n| in_use(n)).collect();
         if !live.is_empty() {
             return Err(LocalError::RangeInUse {
+                range: range.to_string(),
+                theirs: net.to_string(),
                 bridge: rival.name,
                 namespaces: live.join(", "),
+                suggestion: suggestion(),
             });
         }
         rival.delete_with_ports()?;
@@ -290,6 +332,7 @@ fn raise_inotify_limits(machines: usize) -> Result<(), LocalError> {
 /// Creates (or resumes) every machine of the cluster and boots it; idempotent.
 pub fn up(
     cluster: &str,
+    range: Ipv4Net,
     hosts: &[LocalHost],
     public_key: &str,
     paths: &Paths,
@@ -300,8 +343,7 @@ pub fn up(
     let _lock = lock(paths)?;
     let base = BaseImage::ensure(&paths.cache)?;
     let bridge = Bridge::for_cluster(cluster);
-    free_range(&bridge)?;
-    bridge.ensure()?;
+    free_range(&bridge, range)?;
     let machines: Vec<Machine> = hosts
         .iter()
         .map(|h| {
@@ -310,8 +352,8 @@ pub fn up(
             m
         })
         .collect();
-    let subnets: Vec<ipnet::Ipv4Net> = machines.iter().map(|m| m.network.subnet()).collect();
-    bridge.route_subnets(&subnets)?;
+    let subnets: Vec<Ipv4Net> = machines.iter().map(|m| m.network.subnet()).collect();
+    bridge.ensure(range, &subnets)?;
     // Machines of other local clusters count too.
     let others: usize = std::fs::read_dir(&paths.machines)
         .map(|d| {

@@ -1,8 +1,10 @@
-//! The local network: one bridge on this computer and, per host, a network namespace joined
-//! to it by a veth pair. Addresses come from the benchmarking range 198.18.0.0/15, which is
-//! no real network's. Machines are on one subnet (the whole range) unless given a longer
-//! prefix: then each subnet's first address is on the bridge as its router, and this computer
-//! forwards between the subnets (on that bridge only).
+//! The local network: one bridge per cluster on this computer and, per host, a network
+//! namespace joined to it by a veth pair. Addresses come from the benchmarking range
+//! 198.18.0.0/15, which is no real network's; each cluster has its own part of it (its
+//! range, all of it by default), so that clusters whose ranges do not overlap run at once.
+//! Machines are on one subnet (the range) unless given a longer prefix: the first address of
+//! each subnet is on the bridge as its router, and this computer forwards between the
+//! subnets (on that bridge only).
 
 use std::net::Ipv4Addr;
 
@@ -10,9 +12,20 @@ use ipnet::Ipv4Net;
 
 use super::cmd::{CommandError, ip};
 
-/// Prefix length of the local range; the bridge holds its first address.
+/// Prefix length of the whole local range (the default range of a cluster).
 pub const PREFIX: u8 = 15;
+/// This computer's address on the bridge of a cluster with the default range.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// The whole local range, 198.18.0.0/15.
+pub fn whole_range() -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), PREFIX)
+}
+
+/// Whether two networks share an address.
+pub fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
 
 /// Short stable hash for interface names (at most 15 characters on Linux).
 fn short_hash(parts: &[&str]) -> String {
@@ -43,36 +56,46 @@ impl Bridge {
         }
     }
 
-    /// Creates the bridge with the gateway address if it does not exist yet.
-    pub fn ensure(&self) -> Result<(), CommandError> {
+    /// Creates the bridge if it does not exist and gives it this computer's addresses: the
+    /// router of `range` and of each of `subnets` narrower than it (the machines' subnets,
+    /// with forwarding between them on this bridge, without ICMP redirects: a machine must
+    /// keep going through its router). An address it holds beyond those (a range the cluster
+    /// had before) is removed. Other interfaces' forwarding is untouched.
+    pub fn ensure(&self, range: Ipv4Net, subnets: &[Ipv4Net]) -> Result<(), CommandError> {
         if !exists_link(&self.name) {
             ip(&["link", "add", &self.name, "type", "bridge"])?;
         }
-        let addr = format!("{GATEWAY}/{PREFIX}");
-        let shown = ip(&["-4", "addr", "show", "dev", &self.name])?;
-        if !String::from_utf8_lossy(&shown.stdout).contains(&addr) {
-            ip(&["addr", "add", &addr, "dev", &self.name])?;
+        let mut want: Vec<String> = vec![format!("{}/{}", router_of(range), range.prefix_len())];
+        let narrower: Vec<&Ipv4Net> = subnets
+            .iter()
+            .filter(|n| n.prefix_len() > range.prefix_len())
+            .collect();
+        for net in &narrower {
+            let router = format!("{}/{}", router_of(**net), net.prefix_len());
+            if !want.contains(&router) {
+                want.push(router);
+            }
+        }
+        let held = addresses(&String::from_utf8_lossy(
+            &ip(&["-o", "-4", "addr", "show", "dev", &self.name])?.stdout,
+        ));
+        for (_, net) in &held {
+            let text = format!("{}/{}", net.addr(), net.prefix_len());
+            if !want.contains(&text) {
+                ip(&["addr", "del", &text, "dev", &self.name])?;
+            }
+        }
+        for addr in &want {
+            if !held
+                .iter()
+                .any(|(_, n)| format!("{}/{}", n.addr(), n.prefix_len()) == *addr)
+            {
+                ip(&["addr", "add", addr, "dev", &self.name])?;
+            }
         }
         ip(&["link", "set", &self.name, "up"])?;
-        Ok(())
-    }
-
-    /// Makes this computer the router of `subnets` (those narrower than the local range; the
-    /// range's own gateway serves the rest): each one's router address on the bridge, and
-    /// forwarding for packets that come in through the bridge, without ICMP redirects (a
-    /// machine must keep going through its router). Other interfaces' forwarding is untouched.
-    pub fn route_subnets(&self, subnets: &[Ipv4Net]) -> Result<(), CommandError> {
-        let narrower: Vec<&Ipv4Net> = subnets.iter().filter(|n| n.prefix_len() > PREFIX).collect();
         if narrower.is_empty() {
             return Ok(());
-        }
-        let shown = ip(&["-4", "addr", "show", "dev", &self.name])?;
-        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
-        for net in narrower {
-            let router = format!("{}/{}", router_of(*net), net.prefix_len());
-            if router_of(*net) != GATEWAY && !shown.contains(&format!("inet {router} ")) {
-                ip(&["addr", "add", &router, "dev", &self.name])?;
-            }
         }
         for (key, value) in [("forwarding", "1"), ("send_redirects", "0")] {
             let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", self.name);
@@ -116,21 +139,49 @@ impl Bridge {
         Ok(ports_of(&String::from_utf8_lossy(&shown.stdout)))
     }
 
-    /// The other bridges on this computer that hold the local range's gateway address: the
-    /// host would route the range to whichever came first, so only one may hold it.
-    pub fn rivals(&self) -> Result<Vec<Bridge>, CommandError> {
+    /// The other interfaces of this computer with an address in `range` (another local
+    /// cluster's bridge, whose range overlaps): the host would route the range to whichever
+    /// came first. Each with the network of the address it holds there.
+    pub fn rivals(&self, range: Ipv4Net) -> Result<Vec<(Bridge, Ipv4Net)>, CommandError> {
         let shown = ip(&["-o", "-4", "addr", "show"])?;
-        let addr = format!("{GATEWAY}/{PREFIX}");
-        let mut names: Vec<Bridge> = String::from_utf8_lossy(&shown.stdout)
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == addr))
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|n| *n != self.name)
-            .map(|name| Bridge { name })
-            .collect();
-        names.dedup();
-        Ok(names)
+        let mut found: Vec<(Bridge, Ipv4Net)> = Vec::new();
+        for (name, net) in addresses(&String::from_utf8_lossy(&shown.stdout)) {
+            if name != self.name
+                && overlap(net.trunc(), range)
+                && !found.iter().any(|(b, _)| b.name == name)
+            {
+                found.push((Bridge { name }, net.trunc()));
+            }
+        }
+        Ok(found)
     }
+}
+
+/// Every IPv4 address of `ip -o -4 addr show` ("3: eth0    inet 10.0.0.5/24 brd ..."), with
+/// its interface.
+pub fn addresses(text: &str) -> Vec<(String, Ipv4Net)> {
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|x| *x == "inet")?;
+            let net: Ipv4Net = w.get(at + 1)?.parse().ok()?;
+            Some(((*w.get(1)?).trim_end_matches(':').to_owned(), net))
+        })
+        .collect()
+}
+
+/// The first network of `prefix` bits in the local range that no address of this computer
+/// is in (nor whose network contains one of them): a range a new local cluster can take.
+pub fn free_range(prefix: u8) -> Result<Option<Ipv4Net>, CommandError> {
+    let shown = ip(&["-o", "-4", "addr", "show"])?;
+    let taken: Vec<Ipv4Net> = addresses(&String::from_utf8_lossy(&shown.stdout))
+        .into_iter()
+        .map(|(_, n)| n.trunc())
+        .collect();
+    Ok(whole_range()
+        .subnets(prefix)
+        .ok()
+        .and_then(|mut all| all.find(|n| !taken.iter().any(|t| overlap(*t, *n)))))
 }
 
 /// Ports from `ip -o link show master BRIDGE` ("7: stv-1234@if6: <...> ... link-netns NS"):
@@ -150,7 +201,7 @@ fn ports_of(text: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// The router of a subnet: its first host address (the local range's gateway for the range).
+/// The router of a subnet: its first host address (GATEWAY for the whole range).
 pub fn router_of(net: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
 }
@@ -194,11 +245,7 @@ impl HostNetwork {
 
     /// Where the host's default route points: its subnet's router.
     pub fn gateway(&self) -> Ipv4Addr {
-        if self.prefix <= PREFIX {
-            GATEWAY
-        } else {
-            router_of(self.subnet())
-        }
+        router_of(self.subnet())
     }
 
     pub fn netns_path(&self) -> String {
@@ -278,6 +325,23 @@ mod tests {
         assert_eq!(c.subnet().to_string(), "198.18.1.0/24");
         assert_eq!(c.gateway(), Ipv4Addr::new(198, 18, 1, 1));
         assert_eq!(Bridge::for_cluster("x"), Bridge::for_cluster("x"));
+    }
+
+    #[test]
+    fn addresses_and_overlaps() {
+        let shown = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                     7: stb-1234abcd    inet 198.18.0.1/15 scope global stb-1234abcd\n\
+                     9: eth0    inet 10.1.2.3/24 brd 10.1.2.255 scope global eth0\n";
+        let a = addresses(shown);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[1].0, "stb-1234abcd");
+        assert_eq!(a[1].1.trunc(), whole_range());
+        let one: Ipv4Net = "198.18.1.0/24".parse().expect("net");
+        let two: Ipv4Net = "198.18.2.0/24".parse().expect("net");
+        assert!(overlap(whole_range(), one) && overlap(one, whole_range()));
+        assert!(!overlap(one, two));
+        assert_eq!(router_of(one), Ipv4Addr::new(198, 18, 1, 1));
+        assert_eq!(router_of(whole_range()), GATEWAY);
     }
 
     #[test]
