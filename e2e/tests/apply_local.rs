@@ -2212,7 +2212,19 @@ fn local_up_apply_converges_and_kubectl_works() {
     hosts_fetched_the_assets_themselves(&seen, &source);
     let (code, _) = apply_stopped_in(dir.path(), PhaseName::Runtime, "-KILL", &trust);
     assert_eq!(code, None, "killed by a signal");
-    // An archive an earlier apply left, of an image now pulled instead.
+    // An archive an earlier apply left, of an image now pulled instead. The killed apply's
+    // own import script may still be finishing on w1 (a killed SSH client does not stop the
+    // command it started): it would remove the archive before the next apply sees it.
+    wait_for(
+        "the killed apply's import script on w1 to end",
+        Duration::from_secs(90),
+        || {
+            on("w1", "pgrep -f 'not taken from the asset[s]' || true")
+                .trim()
+                .is_empty()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     on(
         "w1",
         "mkdir -p /var/lib/strata/images && echo stale > /var/lib/strata/images/overlay.tar",

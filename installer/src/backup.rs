@@ -57,8 +57,9 @@ pub struct Record {
     /// the Cluster file no longer renders (an addon turned off since), as apply would have.
     #[serde(default)]
     pub objects: BTreeMap<String, AppliedObject>,
-    /// The hosts of the Cluster file then: a restore deletes the Nodes of those it no longer
-    /// lists (they would stay NotReady).
+    /// The hosts of the cluster then (the Cluster file's, and those apply had still to take
+    /// out): a restore deletes the Nodes of those the file no longer lists (they would stay
+    /// NotReady).
     #[serde(default)]
     pub hosts: Vec<String>,
 }
@@ -412,12 +413,16 @@ async fn take(
         snapshot_sha256: got,
         snapshot_bytes: snapshot.len() as u64,
         objects: state.objects.clone(),
+        // The file's hosts and those apply still has to take out (their Nodes exist too).
         hosts: cs
             .cluster
             .spec
             .hosts
             .iter()
             .map(|h| h.name.to_string())
+            .chain(state.hosts.keys().cloned())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
             .collect(),
     };
     Ok((record, snapshot))

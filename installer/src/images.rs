@@ -7,7 +7,6 @@
 //! `ctr`, checked, and removed from the node.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -34,26 +33,41 @@ fn ctr() -> String {
     format!("{BIN_DIR}/ctr -n k8s.io")
 }
 
-/// sha256 (hex) of a file, read in pieces.
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
+/// A reader that hashes what goes through it: the archive is checked and hashed in the same
+/// pass (its sha256 is what the nodes verify on arrival), so what is sent is what was checked.
+struct Hashing<R> {
+    inner: R,
+    ctx: aws_lc_rs::digest::Context,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
     }
-    Ok(ctx
+}
+
+/// The archive at `path`, checked, and its sha256 (hex).
+fn inspect_file(path: &Path) -> Result<(inspect::Archive, String)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut r = Hashing {
+        inner: std::io::BufReader::new(file),
+        ctx: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+    };
+    let archive = inspect::inspect(&mut r)
+        .map_err(|e| anyhow!("{}: {e}; refused, no node was touched", path.display()))?;
+    // What follows the tar's end (padding) is part of the file the nodes get.
+    std::io::copy(&mut r, &mut std::io::sink())
+        .with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = r
+        .ctx
         .finish()
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect();
+    Ok((archive, sha256))
 }
 
 /// What a node's containerd holds of an image: nothing by that name, or the name with the
@@ -190,12 +204,13 @@ pub fn run(args: &ImportArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let cs = load(&args.state)?;
     let path = &args.archive;
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let archive = inspect::inspect(std::io::BufReader::new(file))
-        .map_err(|e| anyhow!("{}: {e}; refused, no node was touched", path.display()))?;
-    let sha256 = sha256_file(path)?;
+    let (archive, sha256) = inspect_file(path)?;
     let targets = nodes(&cs, &args.hosts)?;
-    let remote = format!("{IMAGE_DIR}/import-{}.tar", &sha256[..16]);
+    // Per run: two imports of the same archive at once must not remove each other's file.
+    let mut run = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut run).map_err(|_| anyhow!("the system random generator failed"))?;
+    let run: String = run.iter().map(|b| format!("{b:02x}")).collect();
+    let remote = format!("{IMAGE_DIR}/import-{}-{run}.tar", &sha256[..16]);
     let assets = Assets {
         files: vec![Asset {
             local: path.clone(),

@@ -29,28 +29,55 @@ pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
 
 /// `strata updates console`: the console served on loopback with the user's kubeconfig
 /// (`--kubeconfig`, else `$KUBECONFIG`, else the admin one), its URL (with a fresh token)
-/// printed and opened in a browser when one can be.
+/// printed and opened in a browser when one can be. A kubeconfig that names another API
+/// server than this cluster's is refused (the page says whose cluster it shows).
 fn console(args: &ConsoleArgs) -> Result<ExitCode> {
     let cs = load(&args.state)?;
-    let path = args
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from))
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| cs.state.file("auth/kubeconfig"));
+    let admin = cs.state.file("auth/kubeconfig");
+    let from_env = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+    let (kc, whose) = match &args.kubeconfig {
+        Some(p) => (
+            kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("reading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None if from_env => (
+            kube::config::Kubeconfig::from_env()
+                .context("reading $KUBECONFIG")?
+                .context("$KUBECONFIG names no kubeconfig")?,
+            "$KUBECONFIG".to_owned(),
+        ),
+        None => (
+            kube::config::Kubeconfig::read_from(&admin)
+                .with_context(|| format!("reading {}", admin.display()))?,
+            admin.display().to_string(),
+        ),
+    };
     let mut token = [0u8; 24];
     aws_lc_rs::rand::fill(&mut token)
         .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
     crate::runtime()?.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let config = kube::Config::from_custom_kubeconfig(
             kc,
             &kube::config::KubeConfigOptions::default(),
         )
         .await
-        .with_context(|| format!("kubeconfig {}", path.display()))?;
+        .with_context(|| format!("kubeconfig {whose}"))?;
+        let server = config
+            .cluster_url
+            .authority()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let ours = [cs.cluster.api_endpoint(), cs.cluster.first_api_server()];
+        if !ours.iter().flatten().any(|a| *a == server) {
+            anyhow::bail!(
+                "kubeconfig {whose} names the API server {server}, not cluster {}'s ({}): pass \
+                 --kubeconfig with one of this cluster",
+                cs.cluster.name(),
+                ours.iter().flatten().cloned().collect::<Vec<_>>().join(" or ")
+            );
+        }
         let client = kube::Client::try_from(config).context("API client")?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
             .await
@@ -58,9 +85,10 @@ fn console(args: &ConsoleArgs) -> Result<ExitCode> {
         let addr = listener.local_addr().context("the console's address")?;
         let url = format!("http://{addr}/?token={token}");
         outln!(
-            "The updates console of cluster {} (requests as {}): {url}\nStop it with Ctrl-C.",
-            cs.cluster.name(),
-            path.display()
+            "The updates console of cluster {} (API {server}, requests with kubeconfig {whose}): \
+             {url}\nStop it with Ctrl-C. Anyone on this computer who learns the URL can act with \
+             these credentials until it stops.",
+            cs.cluster.name()
         );
         let graphical = std::env::var_os("DISPLAY").is_some()
             || std::env::var_os("WAYLAND_DISPLAY").is_some();

@@ -151,10 +151,48 @@ impl Write for Hasher {
     }
 }
 
+/// How a blob's content is read: as it is, or gunzipped (every member of the stream).
+enum Unzip {
+    /// Not decided yet: the first bytes, until there are two.
+    Undecided(Vec<u8>),
+    Gzip(Box<flate2::write::MultiGzDecoder<Hasher>>),
+    Plain,
+    Broken(String),
+}
+
+impl Unzip {
+    fn feed(&mut self, chunk: &[u8]) {
+        if let Self::Undecided(head) = self {
+            head.extend_from_slice(chunk);
+            if head.len() < 2 {
+                return;
+            }
+            // A layer is gzip when it starts with the gzip magic.
+            let head = std::mem::take(head);
+            *self = if head.starts_with(&[0x1f, 0x8b]) {
+                Self::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Hasher::new())))
+            } else {
+                Self::Plain
+            };
+            self.feed_decided(&head);
+            return;
+        }
+        self.feed_decided(chunk);
+    }
+
+    fn feed_decided(&mut self, chunk: &[u8]) {
+        if let Self::Gzip(d) = self
+            && let Err(e) = d.write_all(chunk)
+        {
+            *self = Self::Broken(format!("not valid gzip: {e}"));
+        }
+    }
+}
+
 /// Reads one tar entry: both digests in one pass (a gzip stream is decompressed as it goes).
 fn store(entry: &mut impl Read, size: u64) -> Result<Stored, std::io::Error> {
     let mut raw = Hasher::new();
-    let mut unzip: Option<Result<flate2::write::GzDecoder<Hasher>, String>> = None;
+    let mut unzip = Unzip::Undecided(Vec::new());
     let mut kept = (size <= KEEP_LIMIT).then(Vec::new);
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -167,28 +205,16 @@ fn store(entry: &mut impl Read, size: u64) -> Result<Stored, std::io::Error> {
         if let Some(k) = kept.as_mut() {
             k.extend_from_slice(chunk);
         }
-        if unzip.is_none() {
-            // A layer is gzip when it starts with the gzip magic (the first read has it).
-            unzip = Some(if chunk.starts_with(&[0x1f, 0x8b]) {
-                Ok(flate2::write::GzDecoder::new(Hasher::new()))
-            } else {
-                Err(String::new())
-            });
-        }
-        if let Some(Ok(d)) = unzip.as_mut()
-            && let Err(e) = d.write_all(chunk)
-        {
-            unzip = Some(Err(format!("not valid gzip: {e}")));
-        }
+        unzip.feed(chunk);
     }
     let digest = raw.finish();
     let content = match unzip {
-        Some(Ok(d)) => d
+        Unzip::Gzip(d) => d
             .finish()
             .map(Hasher::finish)
             .map_err(|e| format!("not valid gzip: {e}")),
-        Some(Err(e)) if !e.is_empty() => Err(e),
-        _ => Ok(digest.clone()),
+        Unzip::Broken(e) => Err(e),
+        Unzip::Plain | Unzip::Undecided(_) => Ok(digest.clone()),
     };
     Ok(Stored {
         size,
@@ -344,7 +370,7 @@ fn oci(files: &BTreeMap<String, Stored>) -> Result<Vec<ArchivedImage>, InspectEr
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         };
-        let (reference, base_name) = match (
+        let (reference, base_name): (String, Option<String>) = match (
             annotation(ANNOTATION_CONTAINERD_NAME),
             annotation(ANNOTATION_REF_NAME),
         ) {
@@ -376,6 +402,17 @@ fn oci(files: &BTreeMap<String, Stored>) -> Result<Vec<ArchivedImage>, InspectEr
                 });
             }
         };
+        // containerd keeps the name as written; the kubelet asks for the normalized one.
+        let full = normalize(&reference).unwrap_or_default();
+        if full != reference {
+            return Err(InspectError::Unnamed {
+                image: what,
+                what: format!(
+                    "its name `{reference}` is not a full reference: pods naming it ask \
+                     containerd for `{full}`; write the archive with that name"
+                ),
+            });
+        }
         let (mut path, _) = blob(files, desc, &what)?;
         let mut media = text(desc, "mediaType").unwrap_or_default().to_owned();
         let mut manifest = json(files, &path, &what)?;
@@ -690,7 +727,13 @@ mod tests {
 
     #[test]
     fn a_docker_archive_gives_the_same_image_id() {
-        let oci = inspect(build(&spec("app:1")).expect("build").archive.as_slice()).expect("oci");
+        let oci = inspect(
+            build(&spec("docker.io/library/app:1"))
+                .expect("build")
+                .archive
+                .as_slice(),
+        )
+        .expect("oci");
         let docker = build_docker_archive(&spec("app:1")).expect("docker");
         let d = inspect(docker.as_slice()).expect("inspect");
         assert_eq!(d.format, Format::Docker);
@@ -777,5 +820,40 @@ mod tests {
             a.images[0].base_name.as_deref(),
             Some("registry.example/app")
         );
+        let e = inspect(only("me/app:1").as_slice()).expect_err("short");
+        assert!(e.to_string().contains("docker.io/me/app:1"), "{e}");
+    }
+
+    /// A reader that gives one byte at a time (a short first read must not hide gzip).
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn layers_of_several_gzip_members_and_short_reads_are_read_whole() {
+        let plain: Vec<u8> = (0..5000u32).flat_map(u32::to_le_bytes).collect();
+        let mut two = Vec::new();
+        for part in plain.chunks(plain.len() / 2 + 1) {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(part).expect("gzip");
+            two.extend(e.finish().expect("gzip"));
+        }
+        let stored = store(&mut Trickle(&two), two.len() as u64).expect("store");
+        assert_eq!(stored.digest, crate::digest(&two));
+        assert_eq!(stored.content, Ok(crate::digest(&plain)));
+        let stored = store(&mut Trickle(&plain), plain.len() as u64).expect("store");
+        assert_eq!(stored.content, Ok(crate::digest(&plain)));
     }
 }

@@ -260,7 +260,10 @@ fn refusal(s: &Shared, headers: &HeaderMap, token: Option<&str>) -> Option<Respo
             format!("the console answers only at {}", s.hosts[0]),
         ));
     }
-    if token != Some(&*s.token) {
+    let matches = token.is_some_and(|t| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(t.as_bytes(), s.token.as_bytes()).is_ok()
+    });
+    if !matches {
         return Some(refused(
             StatusCode::FORBIDDEN,
             "open the console with the URL `strata updates console` printed (it holds the token)",
