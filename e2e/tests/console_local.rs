@@ -254,6 +254,20 @@ fn the_console_follows_a_rollout_and_acts_with_the_users_rights() {
         "[...document.querySelectorAll('#versions [data-field=nodes]')].map(e => e.textContent).join(',')",
     );
     assert_eq!(versions, "3", "every node on one OS version");
+    // The operator's version breakdown, as kubectl shows the policies.
+    let table = ok(
+        &kubectl(&kc, &["get", "updatepolicies"]),
+        "kubectl get updatepolicies",
+    );
+    println!("{table}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("VERSIONS"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains(": 3 ")),
+        "{table}"
+    );
 
     // Pause with the keyboard only: no slot is granted while paused.
     b.tab_to("button[data-action=\"pause\"]");
