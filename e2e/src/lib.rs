@@ -682,6 +682,25 @@ pub fn report(log: &str) -> ProbeReport {
     r
 }
 
+/// `kubectl get ARGS -o json`, parsed.
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&ok(&kubectl(kubeconfig, &a), "kubectl get")).expect("json")
+}
+
+/// Every NodeUpdate of the cluster, by name.
+pub fn node_updates(kubeconfig: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
+    kubectl_json(kubeconfig, &["nodeupdates"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|u| Some((u["metadata"]["name"].as_str()?.to_owned(), u)))
+        .collect()
+}
+
 /// What a host is made of, as far as Strata could change it: installed unit files and
 /// loaded units, files below the system directories (names only; package and systemd
 /// bookkeeping left out), iptables and ip6tables rules and chains, network links. Taken

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_e2e::browser::Browser;
-use strata_e2e::{kubectl, ok, on_machine, require_root, strata, strata_bin, wait_for};
+use strata_e2e::{
+    kubectl, kubectl_json, node_updates, ok, on_machine, require_root, strata, strata_bin, wait_for,
+};
 
 const NAME: &str = "e2e-console";
 const CLUSTER: &str = "\
@@ -75,38 +77,14 @@ impl Drop for Console {
     }
 }
 
-fn json(kubeconfig: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["get"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&ok(&kubectl(kubeconfig, &all), "kubectl get")).expect("json")
-}
-
-fn node_updates(kc: &Path) -> BTreeMap<String, Value> {
-    json(kc, &["nodeupdates"])["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|u| {
-            (
-                u["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                u.clone(),
-            )
-        })
-        .collect()
-}
-
 fn holders(kc: &Path) -> usize {
-    json(kc, &["rebootlock", "default"])["status"]["holders"]
+    kubectl_json(kc, &["rebootlock", "default"])["status"]["holders"]
         .as_array()
         .map_or(0, Vec::len)
 }
 
 fn paused(kc: &Path) -> bool {
-    json(kc, &["updatepolicy", "default"])["spec"]["paused"] == true
+    kubectl_json(kc, &["updatepolicy", "default"])["spec"]["paused"] == true
 }
 
 /// Each node's phase as the page shows it.

@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_e2e::{kubectl, ok, on_machine, require_root, strata, wait_for};
+use strata_e2e::{
+    kubectl, kubectl_json, node_updates, ok, on_machine, require_root, strata, wait_for,
+};
 
 const NAME: &str = "e2e-updates";
 const CLUSTER: &str = "\
@@ -139,25 +141,8 @@ impl NodeWatch {
     }
 }
 
-fn json(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    serde_json::from_str(&ok(&kubectl(kubeconfig, &a), "kubectl get")).expect("json")
-}
-
-fn node_updates(kubeconfig: &Path) -> BTreeMap<String, serde_json::Value> {
-    json(kubeconfig, &["nodeupdates"])["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|u| Some((u["metadata"]["name"].as_str()?.to_owned(), u)))
-        .collect()
-}
-
 fn lock_holders(kubeconfig: &Path) -> Vec<String> {
-    json(kubeconfig, &["rebootlock", "default"])["status"]["holders"]
+    kubectl_json(kubeconfig, &["rebootlock", "default"])["status"]["holders"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -220,7 +205,7 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
         "the operator and 4 agents",
         Duration::from_secs(180),
         || {
-            let dep = json(
+            let dep = kubectl_json(
                 &kc,
                 &[
                     "deployment",
@@ -229,7 +214,7 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
                     "strata-update-operator",
                 ],
             );
-            let ds = json(
+            let ds = kubectl_json(
                 &kc,
                 &["daemonset", "-n", "strata-system", "strata-update-agent"],
             );
@@ -278,7 +263,7 @@ fn each_worker_reboots_once_and_never_more_than_one_is_unavailable() {
         assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
     }
     // The operator runs beside the control plane only.
-    let pods = json(
+    let pods = kubectl_json(
         &kc,
         &[
             "pods",
@@ -338,7 +323,7 @@ spec:
         "web rollout",
     );
 
-    let before: BTreeMap<String, String> = json(&kc, &["nodes"])["items"]
+    let before: BTreeMap<String, String> = kubectl_json(&kc, &["nodes"])["items"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -474,7 +459,7 @@ spec:
         assert!(seen.contains(&before[w]));
     }
     assert_eq!(boots["cp1"].len(), 1, "cp1 had nothing to do");
-    let end = json(&kc, &["nodes"]);
+    let end = kubectl_json(&kc, &["nodes"]);
     for n in end["items"].as_array().expect("nodes") {
         let s = node_state(n);
         assert!(s.ready && !s.unschedulable, "{n}");
@@ -523,7 +508,7 @@ spec:
         "the policy to see its window closed",
         Duration::from_secs(30),
         || {
-            let p = json(&kc, &["updatepolicy", "default"]);
+            let p = kubectl_json(&kc, &["updatepolicy", "default"]);
             p["status"]["nextWindow"].is_string()
         },
     )
@@ -556,7 +541,7 @@ spec:
     wait_for(
         "no next window once none is closed",
         Duration::from_secs(30),
-        || json(&kc, &["updatepolicy", "default"])["status"]["nextWindow"].is_null(),
+        || kubectl_json(&kc, &["updatepolicy", "default"])["status"]["nextWindow"].is_null(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_secs(10));
@@ -578,7 +563,7 @@ spec:
     ok(&strata(d, &["updates", "resume"]), "updates resume");
 
     // FleetLock, with curl from cp1 to the operator's Service, on the same lock.
-    let ip = json(
+    let ip = kubectl_json(
         &kc,
         &["service", "-n", "strata-system", "strata-update-operator"],
     )["spec"]["clusterIP"]
