@@ -494,8 +494,11 @@ fn one_dns_pod_killed(kc: &Path) {
         NAME,
         &node,
         &format!(
+            // `if`, not `&&`: the loop's status is its last command's, and the last
+            // process listed may well be another pod's.
             "for p in $(pgrep -x strata-dns); do \
-               grep -q 'pod{uid}' /proc/$p/cgroup && kill -KILL $p && echo killed $p; done"
+               if grep -q 'pod{uid}' /proc/$p/cgroup; then kill -KILL $p && echo killed $p; fi; \
+             done"
         ),
     );
     assert!(
