@@ -4,7 +4,9 @@
 //! sees each worker's phase change until Done (a screenshot is written mid-rollout); the
 //! policy is paused from the page with the keyboard only (no slot is granted meanwhile) and
 //! resumed (the waiting node reboots); a user bound to a read-only role sees the page and is
-//! refused the action in the API's words.
+//! refused the actions in the API's words; with gates on the policy, a node waiting at its
+//! before-reboot and then its after-reboot gate is let through by the Approve button, with the
+//! keyboard.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -81,6 +83,15 @@ fn holders(kc: &Path) -> usize {
     kubectl_json(kc, &["rebootlock", "default"])["status"]["holders"]
         .as_array()
         .map_or(0, Vec::len)
+}
+
+/// The phase of `node`'s slot in the default policy's lock.
+fn holder_phase(kc: &Path, node: &str) -> Option<String> {
+    kubectl_json(kc, &["rebootlock", "default"])["status"]["holders"]
+        .as_array()?
+        .iter()
+        .find(|h| h["node"] == node)
+        .and_then(|h| h["phase"].as_str().map(str::to_owned))
 }
 
 fn paused(kc: &Path) -> bool {
@@ -232,6 +243,13 @@ fn the_console_follows_a_rollout_and_acts_with_the_users_rights() {
         "[...document.querySelectorAll('#versions [data-field=nodes]')].map(e => e.textContent).join(',')",
     );
     assert_eq!(versions, "3", "every node on one OS version");
+    for w in WORKERS {
+        let shown = b.eval(&format!(
+            "document.querySelector('tr[data-node={w}] [data-field=last-reboot]').textContent"
+        ));
+        let reported = &node_updates(&kc)[w]["status"]["lastReboot"];
+        assert_eq!(&shown, reported, "{w}: the page's last reboot");
+    }
     // The operator's version breakdown, as kubectl shows the policies.
     let table = ok(
         &kubectl(&kc, &["get", "updatepolicies"]),
@@ -338,4 +356,110 @@ fn the_console_follows_a_rollout_and_acts_with_the_users_rights() {
         "{said}"
     );
     assert!(!paused(&kc), "the viewer paused the policy");
+
+    // Gates: w2 waits at the before-reboot gate, whose annotation nobody sets.
+    ok(
+        &kubectl(
+            &kc,
+            &[
+                "patch",
+                "updatepolicy",
+                "default",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"gates":{"beforeReboot":["example.com/ready"],"afterReboot":["example.com/checked"]}}}"#,
+            ],
+        ),
+        "gates on the policy",
+    );
+    sentinel("w2");
+    wait_for("w2 granted, at its gate", Duration::from_secs(120), || {
+        holder_phase(&kc, "w2").as_deref() == Some("Granted")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gate_shown = |stage: &str| {
+        format!(
+            "(() => {{ const g = document.querySelector('tr[data-node=w2] [data-field=gate]'); \
+             return g !== null && g.textContent.startsWith('{stage}: waiting for example.com/'); }})()"
+        )
+    };
+    let approve = "tr[data-node=\"w2\"] button[data-action=\"approve-gate\"]";
+    // The viewer: refused, in the API's words.
+    vb.wait_until(
+        "the viewer sees w2 at its gate",
+        Duration::from_secs(30),
+        &gate_shown("before-reboot"),
+    );
+    vb.tab_to(approve);
+    vb.press("Enter");
+    vb.wait_until(
+        "the refusal of the approval",
+        Duration::from_secs(15),
+        "document.getElementById('message').textContent.includes('nodeupdates')",
+    );
+    let said = message(&mut vb);
+    println!("the viewer was told: {said}");
+    assert!(
+        said.contains("User \"viewer\" cannot patch resource \"nodeupdates\""),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(holder_phase(&kc, "w2").as_deref(), Some("Granted"));
+    // The admin, with the keyboard: w2 goes on, reboots, and waits at the after-reboot gate.
+    b.wait_until(
+        "the page shows w2 at its before-reboot gate",
+        Duration::from_secs(30),
+        &gate_shown("before-reboot"),
+    );
+    b.tab_to(approve);
+    b.press("Enter");
+    b.wait_until(
+        "the page says it approved",
+        Duration::from_secs(15),
+        "document.getElementById('message').textContent.startsWith('approved the before-reboot gate of node w2')",
+    );
+    wait_for(
+        "w2 back, at its after-reboot gate",
+        Duration::from_secs(300),
+        || holder_phase(&kc, "w2").as_deref() == Some("Verifying"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.wait_until(
+        "the page shows w2 at its after-reboot gate",
+        Duration::from_secs(30),
+        &gate_shown("after-reboot"),
+    );
+    b.tab_to(approve);
+    b.press("Enter");
+    wait_for(
+        "w2 done, its slot released",
+        Duration::from_secs(60),
+        || holder_phase(&kc, "w2").is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let u = &node_updates(&kc)["w2"];
+    assert_eq!(u["status"]["reboots"], 2, "{u}");
+    let approvals = ok(
+        &kubectl(
+            &kc,
+            &[
+                "get",
+                "events",
+                "-A",
+                "--field-selector=reason=GateApproved",
+                "-o",
+                "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+            ],
+        ),
+        "GateApproved events",
+    );
+    println!("GateApproved events:\n{approvals}");
+    for stage in ["before-reboot", "after-reboot"] {
+        assert!(
+            approvals
+                .lines()
+                .any(|l| l.starts_with(stage) && l.contains("example.com/")),
+            "no {stage} approval event: {approvals}"
+        );
+    }
 }

@@ -183,10 +183,21 @@ pub enum UpdatesCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Let a node waiting at its policy's before- or after-reboot gate go on, in place of
+    /// the gate's annotations (the approval names that gate of that update, nothing later).
+    Approve(ApproveArgs),
     /// A live web console of the updates on this computer's loopback: policies (pause and
     /// resume), locks, every node's phase, the version breakdown and recent Events. Every
     /// read and action is your own API request with your kubeconfig: RBAC decides.
     Console(ConsoleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The node waiting at a gate, as `strata updates status` lists it.
+    pub node: String,
 }
 
 #[derive(Debug, Args)]

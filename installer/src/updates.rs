@@ -1,5 +1,5 @@
-//! `strata updates`: the update operator's state at a glance, pause/resume, and freeing an
-//! abandoned slot of a reboot lock.
+//! `strata updates`: the update operator's state at a glance, pause/resume, approving a gate,
+//! freeing an abandoned slot of a reboot lock, and the web console.
 
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use serde_json::json;
 use strata_update_api::{NodeUpdate, RebootLock, UpdatePolicy};
 
 use crate::certs::load;
-use crate::cli::{ConsoleArgs, StateArgs, UpdatesCommand, UpdatesPolicyArgs};
+use crate::cli::{ApproveArgs, ConsoleArgs, StateArgs, UpdatesCommand, UpdatesPolicyArgs};
 use crate::hosts::admin_client;
 
 pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
@@ -23,8 +23,21 @@ pub fn run(cmd: &UpdatesCommand) -> Result<ExitCode> {
             holder,
             force,
         } => release(policy, holder, *force),
+        UpdatesCommand::Approve(args) => approve(args),
         UpdatesCommand::Console(args) => console(args),
     }
+}
+
+/// `strata updates approve NODE`: the gate the node waits at, approved through its
+/// NodeUpdate (as the console's button does).
+fn approve(args: &ApproveArgs) -> Result<ExitCode> {
+    crate::runtime()?.block_on(async {
+        let cs = load(&args.state)?;
+        let client = admin_client(&cs).await?;
+        let done = strata_update_console::actions::approve_gate(&client, &args.node).await?;
+        outln!("{done}");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `strata updates console`: the console served on loopback with the user's kubeconfig

@@ -352,6 +352,7 @@ impl Phase {
     printcolumn = r#"{"name":"OS","type":"string","jsonPath":".status.osId"}"#,
     printcolumn = r#"{"name":"Kernel","type":"string","priority":1,"jsonPath":".status.osVersion"}"#,
     printcolumn = r#"{"name":"Boot-ID","type":"string","priority":1,"jsonPath":".status.bootId"}"#,
+    printcolumn = r#"{"name":"Last-Reboot","type":"date","priority":1,"jsonPath":".status.lastReboot"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -383,6 +384,53 @@ pub struct NodeUpdateSpec {
     /// drain timeout before it is granted a slot again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_abort: Option<Time>,
+    /// A person's approval of the gate the node waits at, in place of the gate's annotations
+    /// (`strata updates approve`, or the console). Written by users, never by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_approval: Option<GateApproval>,
+}
+
+/// The gate stage a node holding a slot waits at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GateStage {
+    /// Granted a slot; waiting for the policy's `gates.beforeReboot` annotations.
+    BeforeReboot,
+    /// Back from its reboot; waiting for the policy's `gates.afterReboot` annotations.
+    AfterReboot,
+}
+
+impl GateStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateStage::BeforeReboot => "before-reboot",
+            GateStage::AfterReboot => "after-reboot",
+        }
+    }
+}
+
+/// An approval of one gate of one update: it passes the stage it names, for the lock slot
+/// granted at `slotAcquiredAt` (the holder's `acquiredAt` in the RebootLock) and no other, so an
+/// approval left from an earlier update never passes a later one's gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateApproval {
+    pub stage: GateStage,
+    pub slot_acquired_at: Time,
+}
+
+impl GateApproval {
+    /// The approval of the gate `holder` waits at now; None when it waits at none.
+    pub fn for_holder(holder: &Holder) -> Option<Self> {
+        Some(Self {
+            stage: holder.gate_stage()?,
+            slot_acquired_at: holder.acquired_at,
+        })
+    }
+
+    /// Whether this approval passes the gate `holder` waits at now.
+    pub fn passes(&self, holder: &Holder) -> bool {
+        Self::for_holder(holder).as_ref() == Some(self)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -419,6 +467,9 @@ pub struct NodeUpdateStatus {
     /// How many reboots this agent has completed on the node.
     #[serde(default)]
     pub reboots: u32,
+    /// When the agent saw the node back from its last reboot (a new boot id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reboot: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
     /// The control-plane parts on this node as its agent reads them on the node's loopback
@@ -470,6 +521,18 @@ pub struct Holder {
     /// FleetLock: the node whose address took the slot; only a request from it releases it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_node: Option<String>,
+}
+
+impl Holder {
+    /// The gate stage this holder waits at: before-reboot while `Granted`, after-reboot while
+    /// `Verifying`.
+    pub fn gate_stage(&self) -> Option<GateStage> {
+        match self.phase {
+            HolderPhase::Granted => Some(GateStage::BeforeReboot),
+            HolderPhase::Verifying => Some(GateStage::AfterReboot),
+            HolderPhase::Approved | HolderPhase::Failed | HolderPhase::FleetLock => None,
+        }
+    }
 }
 
 /// The durable reboot semaphore of one policy (same name as the policy).

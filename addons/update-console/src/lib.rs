@@ -6,8 +6,9 @@
 //! and may do; the console adds no credentials and no rights. It watches the update policies,
 //! their locks, the nodes' updates, the Nodes and the update operator's Events; whenever one
 //! changes, the page gets the whole view again as a server-sent event. Pausing and resuming
-//! a policy patch its `spec.paused`; a refusal of the API (403) goes back to the page with
-//! the API's own words, which name the missing permission.
+//! a policy patch its `spec.paused`; approving the gate a node waits at patches its
+//! NodeUpdate's `spec.gateApproval` ([`actions`]); a refusal of the API (403) goes back to the
+//! page with the API's own words, which name the missing permission.
 //!
 //! The page is one self-contained HTML document (no external script, font or style). Only
 //! this computer can reach the console, and only with the random token of its URL: requests
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -230,6 +232,7 @@ pub async fn serve(
         .route("/", get(page))
         .route("/events", get(events))
         .route("/api/policies/{name}/{action}", post(policy_action))
+        .route("/api/nodes/{name}/{action}", post(node_action))
         .with_state(shared);
     axum::serve(listener, app)
         .await
@@ -346,20 +349,55 @@ async fn policy_action(
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Json(serde_json::json!({
-            "done": format!("policy {name} {}", if paused { "paused" } else { "resumed" })
-        }))
-        .into_response(),
-        Err(kube::Error::Api(e)) => refused(
+        Ok(_) => done(format!(
+            "policy {name} {}",
+            if paused { "paused" } else { "resumed" }
+        )),
+        Err(e) => api_refused(&format!("{action} policy {name}"), &e),
+    }
+}
+
+/// `approve-gate`: approves the gate a node waits at (see [`actions::approve_gate`]).
+async fn node_action(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let token = headers.get(TOKEN_HEADER).and_then(|t| t.to_str().ok());
+    if let Some(r) = refusal(&s, &headers, token) {
+        return r;
+    }
+    if action != "approve-gate" {
+        return refused(
+            StatusCode::NOT_FOUND,
+            format!("no action {action}: approve-gate"),
+        );
+    }
+    match actions::approve_gate(&s.client, &name).await {
+        Ok(a) => done(a.to_string()),
+        Err(actions::ActionError::Api { doing, source }) => api_refused(&doing, &source),
+        Err(e) => refused(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+fn done(message: String) -> Response {
+    Json(serde_json::json!({ "done": message })).into_response()
+}
+
+/// The API's refusal of `doing` ("pause policy default"), passed on with its code and words
+/// (which name a missing permission).
+fn api_refused(doing: &str, e: &kube::Error) -> Response {
+    match e {
+        kube::Error::Api(e) => refused(
             StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_GATEWAY),
             format!(
-                "the Kubernetes API refused to {action} policy {name} ({} {}): {}",
+                "the Kubernetes API refused to {doing} ({} {}): {}",
                 e.code, e.reason, e.message
             ),
         ),
-        Err(e) => refused(
+        e => refused(
             StatusCode::BAD_GATEWAY,
-            format!("the Kubernetes API did not answer: {e}"),
+            format!("the Kubernetes API did not answer (to {doing}): {e}"),
         ),
     }
 }

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{Event, Node};
 use serde::Serialize;
 use strata_update_api::{
-    HolderPhase, NodeUpdate, RebootLock, UpdatePolicy, VersionCount, version_breakdown,
+    GateStage, HolderPhase, NodeUpdate, RebootLock, UpdatePolicy, VersionCount, version_breakdown,
 };
 
 /// How many Events the page gets (the newest).
@@ -69,12 +69,27 @@ pub struct NodeRow {
     pub kernel: String,
     pub boot_id: String,
     pub reboots: u32,
+    /// When the agent saw the node back from its last reboot.
+    pub last_reboot: Option<String>,
     /// When the phase last changed.
     pub since: Option<String>,
     pub approved: bool,
     pub ready: Option<bool>,
     pub cordoned: bool,
     pub drain: Option<DrainRow>,
+    /// The gate the node waits at, when it waits at one.
+    pub gate: Option<GateRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRow {
+    /// "before-reboot" or "after-reboot".
+    pub stage: String,
+    /// The policy's gate annotations the Node does not have as "true" yet.
+    pub missing: Vec<String>,
+    /// A person approved this gate (the operator lets the node go on at its next pass).
+    pub approved: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -172,7 +187,52 @@ fn node_ready(n: &Node) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
-fn node_row(u: &NodeUpdate, node: Option<&Node>) -> NodeRow {
+/// The gate `u`'s node waits at: its slot of its policy's lock is at a gate stage.
+fn gate_row(
+    u: &NodeUpdate,
+    node: Option<&Node>,
+    policies: &[UpdatePolicy],
+    locks: &[RebootLock],
+) -> Option<GateRow> {
+    let name = u.metadata.name.as_deref()?;
+    let named = |n: &Option<String>| n.as_deref() == Some(u.spec.policy.as_str());
+    let holder = locks
+        .iter()
+        .find(|l| named(&l.metadata.name))?
+        .status
+        .as_ref()?
+        .holders
+        .iter()
+        .find(|h| h.node == name)?;
+    let stage = holder.gate_stage()?;
+    let gates = policies
+        .iter()
+        .find(|p| named(&p.metadata.name))
+        .map(|p| match stage {
+            GateStage::BeforeReboot => p.spec.gates.before_reboot.clone(),
+            GateStage::AfterReboot => p.spec.gates.after_reboot.clone(),
+        })
+        .unwrap_or_default();
+    let annotations = node.and_then(|n| n.metadata.annotations.as_ref());
+    Some(GateRow {
+        stage: stage.as_str().into(),
+        missing: gates
+            .into_iter()
+            .filter(|a| {
+                annotations
+                    .and_then(|m| m.get(a))
+                    .is_none_or(|v| v != "true")
+            })
+            .collect(),
+        approved: u
+            .spec
+            .gate_approval
+            .as_ref()
+            .is_some_and(|a| a.passes(holder)),
+    })
+}
+
+fn node_row(u: &NodeUpdate, node: Option<&Node>, gate: Option<GateRow>) -> NodeRow {
     let st = u.status.clone().unwrap_or_default();
     NodeRow {
         name: u.metadata.name.clone().unwrap_or_default(),
@@ -184,6 +244,7 @@ fn node_row(u: &NodeUpdate, node: Option<&Node>) -> NodeRow {
         kernel: st.os_version,
         boot_id: st.boot_id,
         reboots: st.reboots,
+        last_reboot: st.last_reboot.map(|t| t.to_string()),
         since: st.last_transition_time.map(|t| t.to_string()),
         approved: u.spec.approved,
         ready: node.and_then(node_ready),
@@ -196,6 +257,7 @@ fn node_row(u: &NodeUpdate, node: Option<&Node>) -> NodeRow {
             blocked_by: d.blocked_by.clone(),
             started_at: d.started_at.map(|t| t.to_string()),
         }),
+        gate,
     }
 }
 
@@ -251,10 +313,8 @@ pub fn build(
     v.nodes = updates
         .iter()
         .map(|u| {
-            node_row(
-                u,
-                node_named(u.metadata.name.as_deref().unwrap_or_default()),
-            )
+            let node = node_named(u.metadata.name.as_deref().unwrap_or_default());
+            node_row(u, node, gate_row(u, node, policies, locks))
         })
         .collect();
     for n in nodes {
@@ -332,5 +392,57 @@ mod tests {
         assert_eq!(v.policies[0].versions[0].version, "OS 2");
         assert_eq!(v.policies[0].versions[0].nodes, 2);
         assert_eq!(v.problems, ["events: forbidden"]);
+    }
+
+    #[test]
+    fn a_node_at_a_gate_shows_the_stage_the_missing_annotations_and_an_approval() {
+        use strata_update_api::{GateApproval, Holder, RebootLockSpec, RebootLockStatus, Time};
+        let mut spec: UpdatePolicySpec = serde_json::from_str("{}").expect("defaults");
+        spec.gates.before_reboot = vec!["example.com/a".into(), "example.com/b".into()];
+        let policy = UpdatePolicy::new("default", spec);
+        let at: Time = "2026-12-01T10:00:00Z".parse().expect("time");
+        let mut lock = RebootLock::new("default", RebootLockSpec { max_holders: 1 });
+        lock.status = Some(RebootLockStatus {
+            holders: vec![Holder {
+                node: "w1".into(),
+                acquired_at: at,
+                phase: HolderPhase::Granted,
+                from_node: None,
+            }],
+            ..RebootLockStatus::default()
+        });
+        let mut node = Node::default();
+        node.metadata.name = Some("w1".into());
+        node.metadata.annotations = Some([("example.com/a".to_owned(), "true".to_owned())].into());
+        let mut u = update("w1", Phase::WaitingForLock, "OS 1");
+        let gate = |u: &NodeUpdate, lock: &RebootLock| {
+            build(
+                std::slice::from_ref(&policy),
+                std::slice::from_ref(lock),
+                std::slice::from_ref(u),
+                std::slice::from_ref(&node),
+                &[],
+                Vec::new(),
+            )
+            .nodes[0]
+                .gate
+                .clone()
+        };
+        let g = gate(&u, &lock).expect("waits at a gate");
+        assert_eq!(g.stage, "before-reboot");
+        assert_eq!(g.missing, ["example.com/b"]);
+        assert!(!g.approved);
+        u.spec.gate_approval = Some(GateApproval {
+            stage: GateStage::BeforeReboot,
+            slot_acquired_at: at,
+        });
+        assert!(
+            gate(&u, &lock)
+                .expect("still waits until the operator acts")
+                .approved
+        );
+        // Not holding a slot: no gate.
+        lock.status = None;
+        assert_eq!(gate(&u, &lock), None);
     }
 }

@@ -1,8 +1,9 @@
 //! The console against a real etcd and Kubernetes 1.20.2 kube-apiserver with the cluster
 //! objects `strata apply` installs: the page (self-contained, small) only with the token and
 //! the console's own Host; the live view as server-sent events following the API; pause and
-//! resume with the admin's rights; a user bound to a read-only role sees the view and is
-//! refused the action in the API's own words.
+//! resume with the admin's rights; the gate a node waits at approved (its NodeUpdate names
+//! the stage and slot), refused for a node at no gate; a user bound to a read-only role sees
+//! the view and is refused the actions in the API's own words.
 
 use std::time::Duration;
 
@@ -10,7 +11,10 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use strata_test_apiserver::ApiServer;
-use strata_update_api::{NodeUpdate, NodeUpdateSpec, NodeUpdateStatus, Phase, UpdatePolicy};
+use strata_update_api::{
+    GateApproval, GateStage, NodeUpdate, NodeUpdateSpec, NodeUpdateStatus, Phase, RebootLock,
+    RebootLockSpec, Time, UpdatePolicy,
+};
 
 const CLUSTER: &str = "\
 apiVersion: strata.dev/v1alpha1
@@ -212,6 +216,94 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
     assert_eq!(r.status(), 200);
     assert!(!policies.get("default").await.expect("policy").spec.paused);
 
+    // n1 holds a slot and waits at the policy's before-reboot gate (as the operator leaves
+    // it): the view shows the gate and the missing annotation; the admin approves it.
+    policies
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gates": {"beforeReboot": ["example.com/ok"]}}})),
+        )
+        .await
+        .expect("gates");
+    let locks: Api<RebootLock> = Api::all(admin.clone());
+    if locks.get_opt("default").await.expect("lock").is_none() {
+        locks
+            .create(
+                &PostParams::default(),
+                &RebootLock::new("default", RebootLockSpec { max_holders: 1 }),
+            )
+            .await
+            .expect("create lock");
+    }
+    let slot: Time = "2026-12-01T10:00:00.123456789Z".parse().expect("time");
+    let hold = |phase: &str| json!({"status": {"holders": [{"node": "n1", "acquiredAt": slot, "phase": phase}]}});
+    locks
+        .patch_status(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(hold("Granted")),
+        )
+        .await
+        .expect("holder");
+    let gate_of = |v: &Value| {
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == "n1")
+            .map(|n| n["gate"].clone())
+            .unwrap_or_default()
+    };
+    let v = view_until(&mut stream, &mut buf, |v| !gate_of(v).is_null()).await;
+    assert_eq!(
+        gate_of(&v),
+        json!({"stage": "before-reboot", "missing": ["example.com/ok"], "approved": false})
+    );
+    let approve = |addr: &str, node: &str| {
+        http.post(format!("http://{addr}/api/nodes/{node}/approve-gate"))
+            .header(strata_update_console::TOKEN_HEADER, TOKEN)
+            .send()
+    };
+    let r = approve(&addr, "n1").await.expect("approve");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        updates.get("n1").await.expect("n1").spec.gate_approval,
+        Some(GateApproval {
+            stage: GateStage::BeforeReboot,
+            slot_acquired_at: slot,
+        })
+    );
+    view_until(&mut stream, &mut buf, |v| gate_of(v)["approved"] == true).await;
+    // Past its gates, or no NodeUpdate at all: refused, with the reason.
+    locks
+        .patch_status(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(hold("Approved")),
+        )
+        .await
+        .expect("holder");
+    let r = approve(&addr, "n1").await.expect("approve");
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("waits at no gate") && body.contains("past its gates"),
+        "{body}"
+    );
+    let r = approve(&addr, "n9").await.expect("approve");
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("n9 has no NodeUpdate"), "{body}");
+    locks
+        .patch_status(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(hold("Verifying")),
+        )
+        .await
+        .expect("holder");
+
     // A user bound to a read-only role: the view, and a refusal naming the permission.
     let role = api.kubectl(&[
         "create",
@@ -255,4 +347,24 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
         "{error}"
     );
     assert!(!policies.get("default").await.expect("policy").spec.paused);
+    // n1 now waits at the after-reboot gate: the viewer is refused the approval.
+    let r = approve(&viewer, "n1").await.expect("approve as viewer");
+    assert_eq!(r.status(), 403);
+    let said: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let error = said["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("approve the after-reboot gate of node n1")
+            && error.contains("User \"viewer\" cannot patch resource \"nodeupdates\""),
+        "{error}"
+    );
+    assert_eq!(
+        updates
+            .get("n1")
+            .await
+            .expect("n1")
+            .spec
+            .gate_approval
+            .map(|a| a.stage),
+        Some(GateStage::BeforeReboot)
+    );
 }

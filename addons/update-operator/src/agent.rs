@@ -283,6 +283,7 @@ impl Agent {
                     .is_some_and(|b| b != view.boot_id)
                 {
                     st.reboots += 1;
+                    st.last_reboot = Some(Time(now));
                     to(
                         &mut st,
                         Phase::Verifying,

@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{
     CONTROL_PLANE_NODE_LABELS, Condition, ControlPlaneHealth, DrainProgress, ETCD_NODE_LABEL,
-    Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
+    GateStage, Holder, HolderPhase, NodeUpdateSpec, NodeUpdateStatus, OnDrainTimeout, Phase, Time,
     UpdatePolicySpec, UpdatePolicyStatus, version_breakdown,
 };
 use crate::window::{Window, WindowError, allowed};
@@ -186,6 +186,33 @@ const HEALTH_FRESH: Duration = Duration::from_secs(30);
 /// Why control-plane or etcd node `n` may not be granted a slot now: one such node at a
 /// time; every etcd member (of the policy's nodes) healthy; another API server ready, if
 /// there is another control-plane node. None for other nodes, or when it may.
+/// Whether the node's NodeUpdate carries a person's approval of the gate `h` waits at.
+fn approved_by_hand(spec: &NodeUpdateSpec, h: &Holder) -> bool {
+    spec.gate_approval.as_ref().is_some_and(|a| a.passes(h))
+}
+
+/// The Event's words for a gate passed by a person's approval: which gate, and which of its
+/// annotations were still missing.
+fn approval_note(s: &Snapshot<'_>, node: &NodeView, h: &Holder) -> String {
+    let (stage, gates) = match h.gate_stage() {
+        Some(GateStage::AfterReboot) => ("after-reboot", &s.policy.gates.after_reboot),
+        _ => ("before-reboot", &s.policy.gates.before_reboot),
+    };
+    let missing: Vec<&str> = gates
+        .iter()
+        .filter(|a| node.annotations.get(*a).is_none_or(|v| v != "true"))
+        .map(String::as_str)
+        .collect();
+    format!(
+        "{stage} gate approved through the NodeUpdate's spec.gateApproval{}",
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(" (annotations not set: {})", missing.join(", "))
+        }
+    )
+}
+
 fn control_plane_gate(s: &Snapshot<'_>, n: &NodeView, holders: &[Holder]) -> Option<String> {
     if !n.is_control_plane() && !n.is_etcd() {
         return None;
@@ -353,9 +380,14 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
                     None
                 }
             }
-            HolderPhase::Verifying => node
-                .gates_pass(&s.policy.gates.after_reboot)
-                .then(|| "rebooted".to_owned()),
+            HolderPhase::Verifying => {
+                let passed = node.gates_pass(&s.policy.gates.after_reboot);
+                let by_hand = !passed && approved_by_hand(spec, &h);
+                if by_hand {
+                    ev(&h.node, "GateApproved", approval_note(s, node, &h), false);
+                }
+                (passed || by_hand).then(|| "rebooted".to_owned())
+            }
             HolderPhase::Failed => back(node, spec, st).then(|| "recovered".to_owned()),
         };
         match release {
@@ -451,13 +483,21 @@ pub fn decide(s: &Snapshot<'_>) -> Result<Decision, PolicyError> {
         }
     }
 
-    // 3. Granted holders whose before-reboot gates pass are approved.
+    // 3. Granted holders whose before-reboot gates pass, or were approved by hand, are
+    // approved.
     for h in &mut holders {
-        if h.phase == HolderPhase::Granted
-            && nodes
-                .get(h.node.as_str())
-                .is_some_and(|n| n.gates_pass(&s.policy.gates.before_reboot))
-        {
+        let Some(node) = nodes.get(h.node.as_str()) else {
+            continue;
+        };
+        if h.phase != HolderPhase::Granted {
+            continue;
+        }
+        let passed = node.gates_pass(&s.policy.gates.before_reboot);
+        let by_hand = !passed && approved_by_hand(&update(&h.node).0, h);
+        if by_hand {
+            ev(&h.node, "GateApproved", approval_note(s, node, h), false);
+        }
+        if passed || by_hand {
             h.phase = HolderPhase::Approved;
             ev(
                 &h.node,
@@ -709,7 +749,7 @@ pub fn merge_conditions(old: &[Condition], new: Vec<Condition>, now: Timestamp) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DrainProgress, GoDuration, IntOrPercent, Weekday, WindowSpec};
+    use crate::crd::{DrainProgress, GateApproval, GoDuration, IntOrPercent, Weekday, WindowSpec};
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
@@ -1119,6 +1159,79 @@ mod tests {
         let d = w.at(NOW);
         assert!(d.holders.is_empty());
         assert_eq!(d.released[0].1, "rebooted");
+    }
+
+    #[test]
+    fn a_gate_approved_by_hand_passes_its_stage_of_its_slot_only() {
+        let mut w = World::new(&["a"]);
+        w.wants("a");
+        w.policy.gates.before_reboot = vec!["example.com/backup-done".into()];
+        w.policy.gates.after_reboot = vec!["example.com/smoke-test".into()];
+        let d = w.at(NOW);
+        w.apply(&d);
+        let slot = w.holders[0].clone();
+        let approve = |w: &mut World, stage, at| {
+            w.updates.get_mut("a").expect("a").0.gate_approval = Some(GateApproval {
+                stage,
+                slot_acquired_at: at,
+            });
+        };
+        // An approval of another slot (an earlier update's) or of the other stage: no effect.
+        approve(
+            &mut w,
+            GateStage::BeforeReboot,
+            time("2026-11-20T10:00:00Z"),
+        );
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Granted);
+        approve(&mut w, GateStage::AfterReboot, slot.acquired_at);
+        assert_eq!(w.at(NOW).holders[0].phase, HolderPhase::Granted);
+        // The waiting stage of this slot: approved, and the Event names the missing annotation.
+        approve(&mut w, GateStage::BeforeReboot, slot.acquired_at);
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Approved);
+        assert!(d.approvals["a"].approved);
+        let e = d
+            .events
+            .iter()
+            .find(|e| e.reason == "GateApproved")
+            .expect("GateApproved event");
+        assert!(
+            e.message.contains("before-reboot") && e.message.contains("example.com/backup-done"),
+            "{}",
+            e.message
+        );
+        // The operator keeps the person's approval as it was.
+        assert_eq!(
+            d.approvals["a"].gate_approval,
+            w.updates["a"].0.gate_approval
+        );
+        w.apply(&d);
+        // Back from the reboot: the before-reboot approval does not pass the after-reboot gate.
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            boot_id: "a-boot-2".into(),
+            ..status(Phase::Done)
+        };
+        let d = w.at(NOW);
+        assert_eq!(d.holders[0].phase, HolderPhase::Verifying);
+        w.apply(&d);
+        assert_eq!(w.at(NOW).holders[0].phase, HolderPhase::Verifying);
+        approve(&mut w, GateStage::AfterReboot, slot.acquired_at);
+        let d = w.at(NOW);
+        assert!(d.holders.is_empty());
+        assert_eq!(d.released[0].1, "rebooted");
+        w.apply(&d);
+        // The next update of the node gets a new slot: the old approval passes nothing.
+        w.updates.get_mut("a").expect("a").1 = NodeUpdateStatus {
+            boot_id: "a-boot-2".into(),
+            ..status(Phase::RebootRequired)
+        };
+        let later = "2026-11-26T11:00:00Z";
+        let d = w.at(later);
+        assert_eq!(d.holders[0].phase, HolderPhase::Granted);
+        w.apply(&d);
+        approve(&mut w, GateStage::BeforeReboot, slot.acquired_at);
+        assert_eq!(w.at(later).holders[0].phase, HolderPhase::Granted);
     }
 
     #[test]
