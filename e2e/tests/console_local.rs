@@ -458,7 +458,8 @@ fn the_console_follows_a_rollout_and_acts_with_the_users_rights() {
         assert!(
             approvals
                 .lines()
-                .any(|l| l.starts_with(stage) && l.contains("example.com/")),
+                .any(|l| l.starts_with(&format!("w2: {stage} gate approved"))
+                    && l.contains("example.com/")),
             "no {stage} approval event: {approvals}"
         );
     }

@@ -198,6 +198,24 @@ pub struct ApproveArgs {
     pub state: StateArgs,
     /// The node waiting at a gate, as `strata updates status` lists it.
     pub node: String,
+    /// The gate you mean: refused if the node waits at the other one by now.
+    #[arg(long, value_enum)]
+    pub stage: Option<GateStageArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GateStageArg {
+    BeforeReboot,
+    AfterReboot,
+}
+
+impl From<GateStageArg> for strata_update_api::GateStage {
+    fn from(s: GateStageArg) -> Self {
+        match s {
+            GateStageArg::BeforeReboot => Self::BeforeReboot,
+            GateStageArg::AfterReboot => Self::AfterReboot,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -34,7 +34,11 @@ fn approve(args: &ApproveArgs) -> Result<ExitCode> {
     crate::runtime()?.block_on(async {
         let cs = load(&args.state)?;
         let client = admin_client(&cs).await?;
-        let done = strata_update_console::actions::approve_gate(&client, &args.node).await?;
+        let shown = strata_update_console::actions::Shown {
+            stage: args.stage.map(Into::into),
+            slot_acquired_at: None,
+        };
+        let done = strata_update_console::actions::approve_gate(&client, &args.node, shown).await?;
         outln!("{done}");
         Ok(ExitCode::SUCCESS)
     })

@@ -38,7 +38,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::de::DeserializeOwned;
-use strata_update_api::{NodeUpdate, RebootLock, UpdatePolicy};
+use strata_update_api::{GateApproval, NodeUpdate, RebootLock, UpdatePolicy};
 use tokio::sync::{Notify, watch};
 
 /// The page (HTML, its style and script inline).
@@ -357,11 +357,14 @@ async fn policy_action(
     }
 }
 
-/// `approve-gate`: approves the gate a node waits at (see [`actions::approve_gate`]).
+/// `approve-gate`: approves the gate a node waits at (see [`actions::approve_gate`]). The body
+/// is the view's `gate.approval` of the node, `{"stage", "slotAcquiredAt"}`: the gate the page
+/// showed, refused when the node has moved on to another.
 async fn node_action(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> Response {
     let token = headers.get(TOKEN_HEADER).and_then(|t| t.to_str().ok());
     if let Some(r) = refusal(&s, &headers, token) {
@@ -373,9 +376,24 @@ async fn node_action(
             format!("no action {action}: approve-gate"),
         );
     }
-    match actions::approve_gate(&s.client, &name).await {
+    let shown: GateApproval = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "approve-gate takes the gate shown, as JSON {{\"stage\": \"BeforeReboot\" or \
+                     \"AfterReboot\", \"slotAcquiredAt\": \"<the holder's acquiredAt>\"}}: {e}"
+                ),
+            );
+        }
+    };
+    match actions::approve_gate(&s.client, &name, (&shown).into()).await {
         Ok(a) => done(a.to_string()),
         Err(actions::ActionError::Api { doing, source }) => api_refused(&doing, &source),
+        Err(e @ actions::ActionError::NoUpdate { .. }) => {
+            refused(StatusCode::NOT_FOUND, e.to_string())
+        }
         Err(e) => refused(StatusCode::CONFLICT, e.to_string()),
     }
 }

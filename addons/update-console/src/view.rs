@@ -5,7 +5,8 @@
 use k8s_openapi::api::core::v1::{Event, Node};
 use serde::Serialize;
 use strata_update_api::{
-    GateStage, HolderPhase, NodeUpdate, RebootLock, UpdatePolicy, VersionCount, version_breakdown,
+    GateApproval, GateStage, HolderPhase, NodeUpdate, RebootLock, UpdatePolicy, VersionCount,
+    version_breakdown,
 };
 
 /// How many Events the page gets (the newest).
@@ -81,7 +82,7 @@ pub struct NodeRow {
     pub gate: Option<GateRow>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GateRow {
     /// "before-reboot" or "after-reboot".
@@ -90,6 +91,8 @@ pub struct GateRow {
     pub missing: Vec<String>,
     /// A person approved this gate (the operator lets the node go on at its next pass).
     pub approved: bool,
+    /// The approval of this gate of this update (what the page's Approve button sends).
+    pub approval: GateApproval,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -204,7 +207,8 @@ fn gate_row(
         .holders
         .iter()
         .find(|h| h.node == name)?;
-    let stage = holder.gate_stage()?;
+    let approval = GateApproval::for_holder(holder)?;
+    let stage = approval.stage;
     let gates = policies
         .iter()
         .find(|p| named(&p.metadata.name))
@@ -229,6 +233,7 @@ fn gate_row(
             .gate_approval
             .as_ref()
             .is_some_and(|a| a.passes(holder)),
+        approval,
     })
 }
 
@@ -396,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_node_at_a_gate_shows_the_stage_the_missing_annotations_and_an_approval() {
-        use strata_update_api::{GateApproval, Holder, RebootLockSpec, RebootLockStatus, Time};
+        use strata_update_api::{Holder, RebootLockSpec, RebootLockStatus, Time};
         let mut spec: UpdatePolicySpec = serde_json::from_str("{}").expect("defaults");
         spec.gates.before_reboot = vec!["example.com/a".into(), "example.com/b".into()];
         let policy = UpdatePolicy::new("default", spec);
@@ -432,6 +437,13 @@ mod tests {
         assert_eq!(g.stage, "before-reboot");
         assert_eq!(g.missing, ["example.com/b"]);
         assert!(!g.approved);
+        assert_eq!(
+            g.approval,
+            GateApproval {
+                stage: GateStage::BeforeReboot,
+                slot_acquired_at: at,
+            }
+        );
         u.spec.gate_approval = Some(GateApproval {
             stage: GateStage::BeforeReboot,
             slot_acquired_at: at,

@@ -258,14 +258,23 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
     let v = view_until(&mut stream, &mut buf, |v| !gate_of(v).is_null()).await;
     assert_eq!(
         gate_of(&v),
-        json!({"stage": "before-reboot", "missing": ["example.com/ok"], "approved": false})
+        json!({
+            "stage": "before-reboot",
+            "missing": ["example.com/ok"],
+            "approved": false,
+            "approval": {"stage": "BeforeReboot", "slotAcquiredAt": "2026-12-01T10:00:00.123456789Z"},
+        })
     );
-    let approve = |addr: &str, node: &str| {
+    // What the page's button sends: the gate it shows.
+    let before = gate_of(&v)["approval"].clone();
+    let approve = |addr: &str, node: &str, shown: &Value| {
         http.post(format!("http://{addr}/api/nodes/{node}/approve-gate"))
             .header(strata_update_console::TOKEN_HEADER, TOKEN)
+            .header("content-type", "application/json")
+            .body(shown.to_string())
             .send()
     };
-    let r = approve(&addr, "n1").await.expect("approve");
+    let r = approve(&addr, "n1", &before).await.expect("approve");
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(
         updates.get("n1").await.expect("n1").spec.gate_approval,
@@ -284,15 +293,15 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
         )
         .await
         .expect("holder");
-    let r = approve(&addr, "n1").await.expect("approve");
+    let r = approve(&addr, "n1", &before).await.expect("approve");
     assert_eq!(r.status(), 409);
     let body = r.text().await.expect("body");
     assert!(
         body.contains("waits at no gate") && body.contains("past its gates"),
         "{body}"
     );
-    let r = approve(&addr, "n9").await.expect("approve");
-    assert_eq!(r.status(), 409);
+    let r = approve(&addr, "n9", &before).await.expect("approve");
+    assert_eq!(r.status(), 404);
     let body = r.text().await.expect("body");
     assert!(body.contains("n9 has no NodeUpdate"), "{body}");
     locks
@@ -303,6 +312,23 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
         )
         .await
         .expect("holder");
+    // At the after-reboot gate now: an approval of the before-reboot gate shown earlier is
+    // refused (it would pass a gate nobody saw), and so is a request without the gate.
+    let r = approve(&addr, "n1", &before).await.expect("approve");
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("waits at the after-reboot gate") && body.contains("look again"),
+        "{body}"
+    );
+    let r = http
+        .post(format!("http://{addr}/api/nodes/n1/approve-gate"))
+        .header(strata_update_console::TOKEN_HEADER, TOKEN)
+        .send()
+        .await
+        .expect("approve without a body");
+    assert_eq!(r.status(), 400);
+    let after = json!({"stage": "AfterReboot", "slotAcquiredAt": slot});
 
     // A user bound to a read-only role: the view, and a refusal naming the permission.
     let role = api.kubectl(&[
@@ -348,7 +374,9 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
     );
     assert!(!policies.get("default").await.expect("policy").spec.paused);
     // n1 now waits at the after-reboot gate: the viewer is refused the approval.
-    let r = approve(&viewer, "n1").await.expect("approve as viewer");
+    let r = approve(&viewer, "n1", &after)
+        .await
+        .expect("approve as viewer");
     assert_eq!(r.status(), 403);
     let said: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
     let error = said["error"].as_str().unwrap_or_default();

@@ -183,9 +183,6 @@ fn drain_timed_out(spec: &NodeUpdateSpec, now: Timestamp, timeout: Duration) -> 
 /// write an unchanged reading again every 10 s).
 const HEALTH_FRESH: Duration = Duration::from_secs(30);
 
-/// Why control-plane or etcd node `n` may not be granted a slot now: one such node at a
-/// time; every etcd member (of the policy's nodes) healthy; another API server ready, if
-/// there is another control-plane node. None for other nodes, or when it may.
 /// Whether the node's NodeUpdate carries a person's approval of the gate `h` waits at.
 fn approved_by_hand(spec: &NodeUpdateSpec, h: &Holder) -> bool {
     spec.gate_approval.as_ref().is_some_and(|a| a.passes(h))
@@ -213,6 +210,9 @@ fn approval_note(s: &Snapshot<'_>, node: &NodeView, h: &Holder) -> String {
     )
 }
 
+/// Why control-plane or etcd node `n` may not be granted a slot now: one such node at a
+/// time; every etcd member (of the policy's nodes) healthy; another API server ready, if
+/// there is another control-plane node. None for other nodes, or when it may.
 fn control_plane_gate(s: &Snapshot<'_>, n: &NodeView, holders: &[Holder]) -> Option<String> {
     if !n.is_control_plane() && !n.is_etcd() {
         return None;
