@@ -429,6 +429,15 @@ fn the_console_follows_a_rollout_and_acts_with_the_users_rights() {
         Duration::from_secs(30),
         &gate_shown("after-reboot"),
     );
+    // The command line, meaning the gate w2 has left: refused, nothing approved.
+    let moved = strata(d, &["updates", "approve", "w2", "--stage", "before-reboot"]);
+    let said = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        !moved.status.success() && said.contains("waits at the after-reboot gate"),
+        "strata updates approve --stage before-reboot: {said}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holder_phase(&kc, "w2").as_deref(), Some("Verifying"));
     b.tab_to(approve);
     b.press("Enter");
     wait_for(
