@@ -237,15 +237,20 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
             .expect("create lock");
     }
     let slot: Time = "2026-12-01T10:00:00.123456789Z".parse().expect("time");
-    let hold = |phase: &str| json!({"status": {"holders": [{"node": "n1", "acquiredAt": slot, "phase": phase}]}});
-    locks
-        .patch_status(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(hold("Granted")),
-        )
-        .await
-        .expect("holder");
+    // n1's slot of the lock, at `phase` (as the operator writes it).
+    let hold = |phase: &'static str| {
+        let locks = locks.clone();
+        async move {
+            let holders = json!({"status": {"holders": [
+                {"node": "n1", "acquiredAt": slot, "phase": phase}
+            ]}});
+            locks
+                .patch_status("default", &PatchParams::default(), &Patch::Merge(holders))
+                .await
+                .expect("holder");
+        }
+    };
+    hold("Granted").await;
     let gate_of = |v: &Value| {
         v["nodes"]
             .as_array()
@@ -285,14 +290,7 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
     );
     view_until(&mut stream, &mut buf, |v| gate_of(v)["approved"] == true).await;
     // Past its gates, or no NodeUpdate at all: refused, with the reason.
-    locks
-        .patch_status(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(hold("Approved")),
-        )
-        .await
-        .expect("holder");
+    hold("Approved").await;
     let r = approve(&addr, "n1", &before).await.expect("approve");
     assert_eq!(r.status(), 409);
     let body = r.text().await.expect("body");
@@ -304,14 +302,7 @@ async fn the_console_follows_the_api_and_acts_with_the_users_rights() {
     assert_eq!(r.status(), 404);
     let body = r.text().await.expect("body");
     assert!(body.contains("n9 has no NodeUpdate"), "{body}");
-    locks
-        .patch_status(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(hold("Verifying")),
-        )
-        .await
-        .expect("holder");
+    hold("Verifying").await;
     // At the after-reboot gate now: an approval of the before-reboot gate shown earlier is
     // refused (it would pass a gate nobody saw), and so is a request without the gate.
     let r = approve(&addr, "n1", &before).await.expect("approve");
