@@ -3,8 +3,10 @@
 //! losing one control-plane host loses no node. It passes TCP through (TLS stays between the
 //! client and the API server), spreads new connections over the API servers whose `/readyz`
 //! answers, drops one within seconds of it failing (closing the connections through it, so
-//! that their clients reconnect through a healthy one), and re-reads its list of API servers
-//! when `strata apply` rewrites it.
+//! that their clients reconnect through a healthy one: at once when it no longer answers,
+//! after a drain time when it answers that it is not ready, as an API server shutting down
+//! does while it finishes its requests), and re-reads its list of API servers when `strata
+//! apply` rewrites it.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +39,10 @@ pub struct Options {
     pub fall: u32,
     /// For a connection to an API server.
     pub connect_timeout: Duration,
+    /// How long the connections through an API server that went down while it still answers
+    /// (unready, or refusing connections) are left to it before they are closed: one shutting
+    /// down finishes their requests and closes them itself (see [`Cut`]).
+    pub drain_grace: Duration,
     /// Where the health-check identity is read from again when it changes (None: the
     /// checker given to [`Balancer::bind`] is kept).
     pub identity: Option<health::IdentityFiles>,
@@ -134,14 +140,58 @@ impl Balancer {
     }
 }
 
+/// When a backend that went down has the connections through it closed (if another API
+/// server is healthy: see [`Pool::dropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// It no longer answers (a check or a connection timed out): a host gone silent, whose
+    /// connections would hang until TCP gives up. Closed now.
+    Now,
+    /// It answers: unready (an API server shutting down keeps serving for its shutdown delay,
+    /// finishes its requests, then closes its connections itself; closing them here would
+    /// cut requests mid-answer) or refusing (its process is gone, and its connections with
+    /// it). Closed once [`Options::drain_grace`] has passed, if it is still down.
+    AfterDrain,
+}
+
+impl Cut {
+    /// What a failed check says.
+    fn of(e: &health::CheckError) -> Self {
+        match e {
+            health::CheckError::Timeout(_) => Cut::Now,
+            health::CheckError::Connect(e) if is_silence(e) => Cut::Now,
+            _ => Cut::AfterDrain,
+        }
+    }
+}
+
+/// A connection error that means no answer at all (rather than a refusal).
+fn is_silence(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable, TimedOut};
+    matches!(e.kind(), TimedOut | HostUnreachable | NetworkUnreachable)
+}
+
 /// Logs a change of `b`'s state; a backend gone down has its connections closed when
-/// another is healthy.
-fn transition(pool: &Pool, b: &Backend, t: Option<Transition>, why: &str) {
+/// another is healthy, now or after the drain time (`cut`).
+fn transition(
+    pool: &Arc<Pool>,
+    b: &Arc<Backend>,
+    t: Option<Transition>,
+    why: &str,
+    cut: Cut,
+    options: &Options,
+) {
     match t {
         Some(Transition::Up) => info!(backend = %b.address, "API server ready"),
         Some(Transition::Down) => {
             // Outside the macro: its fields are evaluated only when the event is logged.
-            let closed = pool.dropped(b);
+            let closed = match cut {
+                Cut::Now => pool.dropped(b),
+                Cut::AfterDrain => {
+                    close_after(Arc::clone(pool), Arc::clone(b), options.drain_grace);
+                    0
+                }
+            };
             warn!(
                 backend = %b.address,
                 reason = why,
@@ -151,6 +201,26 @@ fn transition(pool: &Pool, b: &Backend, t: Option<Transition>, why: &str) {
         }
         None => {}
     }
+}
+
+/// Closes the connections through `b` once `grace` has passed, unless it came back (or went
+/// down again since: that fall has its own).
+fn close_after(pool: Arc<Pool>, b: Arc<Backend>, grace: Duration) {
+    let downs = b.downs();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if b.is_healthy() || b.downs() != downs {
+            return;
+        }
+        let closed = pool.dropped(&b);
+        if closed > 0 {
+            warn!(
+                backend = %b.address,
+                closed_connections = closed,
+                "API server still down after the drain time: the connections through it closed"
+            );
+        }
+    });
 }
 
 /// The health-check identity: read again when its files change (a renewed certificate); a
@@ -244,13 +314,21 @@ async fn watch(pool: Arc<Pool>, options: Options, checker: Checker) {
             if !why.is_empty() {
                 debug!(backend = %b.address, reason = %why, "check failed");
             }
-            transition(&pool, &b, b.record(r.is_ok(), options.fall), &why);
+            let cut = r.as_ref().err().map_or(Cut::AfterDrain, Cut::of);
+            transition(
+                &pool,
+                &b,
+                b.record(r.is_ok(), options.fall),
+                &why,
+                cut,
+                &options,
+            );
         }
     }
 }
 
 /// Passes one client connection to the first API server that accepts it.
-async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Pool, options: &Options) {
+async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, options: &Options) {
     let _ = client.set_nodelay(true);
     for b in pool.candidates() {
         let connect = TcpStream::connect((b.address.host.as_str(), b.address.port));
@@ -260,21 +338,37 @@ async fn proxy(mut client: TcpStream, peer: SocketAddr, pool: &Pool, options: &O
             // timeout under load, this host out of descriptors or ports) counts as one failed
             // check, so that a local problem does not drop every API server in turn.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                transition(pool, &b, b.refused(options.fall), &format!("connect: {e}"));
-                continue;
-            }
-            Ok(Err(e)) => {
+                let why = format!("connect: {e}");
                 transition(
                     pool,
                     &b,
-                    b.record(false, options.fall),
-                    &format!("connect: {e}"),
+                    b.refused(options.fall),
+                    &why,
+                    Cut::AfterDrain,
+                    options,
                 );
+                continue;
+            }
+            Ok(Err(e)) => {
+                let cut = if is_silence(&e) {
+                    Cut::Now
+                } else {
+                    Cut::AfterDrain
+                };
+                let why = format!("connect: {e}");
+                transition(pool, &b, b.record(false, options.fall), &why, cut, options);
                 continue;
             }
             Err(_) => {
                 let why = format!("connect: no answer within {:?}", options.connect_timeout);
-                transition(pool, &b, b.record(false, options.fall), &why);
+                transition(
+                    pool,
+                    &b,
+                    b.record(false, options.fall),
+                    &why,
+                    Cut::Now,
+                    options,
+                );
                 continue;
             }
         };

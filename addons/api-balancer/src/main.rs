@@ -41,6 +41,12 @@ struct Args {
     /// Milliseconds a connection to an API server may take to open.
     #[arg(long, default_value_t = 2000)]
     connect_timeout_ms: u64,
+    /// Milliseconds the connections through an API server that went down while it still
+    /// answers (unready, refusing) are left to it before they are closed: one shutting down
+    /// finishes their requests and closes them itself (Strata's API servers: a 5 s shutdown
+    /// delay, killed 10 s after their stop began).
+    #[arg(long, default_value_t = 15000)]
+    drain_grace_ms: u64,
 }
 
 #[tokio::main]
@@ -70,6 +76,7 @@ async fn main() -> Result<()> {
         interval: Duration::from_millis(args.interval_ms),
         fall: args.fall,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        drain_grace: Duration::from_millis(args.drain_grace_ms),
         identity: Some(identity),
     };
     Balancer::bind(options, checker).await?.run().await;

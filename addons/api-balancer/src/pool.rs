@@ -1,7 +1,7 @@
 //! The API servers the balancer knows, their health and open connections, and the order in
 //! which a new connection tries them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -16,6 +16,8 @@ pub struct Backend {
     /// Consecutive failed checks.
     failures: AtomicU32,
     active: AtomicUsize,
+    /// How many times it went down (a delayed close acts only on the fall it was made for).
+    downs: AtomicU64,
     /// Bumped to close every connection through this backend.
     close: watch::Sender<u64>,
 }
@@ -36,6 +38,7 @@ impl Backend {
             healthy: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             active: AtomicUsize::new(0),
+            downs: AtomicU64::new(0),
             close: watch::channel(0).0,
         })
     }
@@ -76,7 +79,15 @@ impl Backend {
 
     fn down(&self) -> Option<Transition> {
         let was = self.healthy.swap(false, Ordering::SeqCst);
+        if was {
+            self.downs.fetch_add(1, Ordering::SeqCst);
+        }
         was.then_some(Transition::Down)
+    }
+
+    /// How many times it went down so far.
+    pub fn downs(&self) -> u64 {
+        self.downs.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection through it; returns how many there were.

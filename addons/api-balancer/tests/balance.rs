@@ -206,6 +206,7 @@ async fn balancer(
         interval: Duration::from_millis(100),
         fall: 2,
         connect_timeout: Duration::from_millis(500),
+        drain_grace: DRAIN_GRACE,
         identity: None,
     };
     let b = Balancer::bind(options, checker).await.expect("bind");
@@ -214,6 +215,9 @@ async fn balancer(
     tokio::spawn(b.run());
     (addr, pool)
 }
+
+/// The balancers' drain time here (`--drain-grace-ms` is 15 s on nodes).
+const DRAIN_GRACE: Duration = Duration::from_millis(1500);
 
 async fn until(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
@@ -248,17 +252,37 @@ async fn spreads_connections_and_drops_an_unready_server_with_its_connections() 
         held.iter().map(|h| &h.0).collect::<Vec<_>>()
     );
 
-    // a stops being ready: dropped, and its connections closed, within seconds.
+    // a stops being ready: dropped at once (new connections go to b), its connections left
+    // to it for the drain time (an API server shutting down finishes their requests), then
+    // closed.
     a.ready.store(false, Ordering::SeqCst);
     let started = Instant::now();
+    until("a dropped", Duration::from_secs(3), async || {
+        !pool.backends()[0].is_healthy()
+    })
+    .await;
+    let dropped = started.elapsed();
+    for (_, c) in held.iter_mut().filter(|(n, _)| n == "a") {
+        assert_eq!(
+            c.name().await.as_deref(),
+            Some("a"),
+            "a's connection cut before the drain time"
+        );
+    }
+    assert!(
+        started.elapsed() < dropped + DRAIN_GRACE,
+        "the check of a's connections took longer than the drain time"
+    );
     for (name, c) in held.iter_mut().filter(|(n, _)| n == "a") {
-        c.closed_within(Duration::from_secs(3)).await;
+        c.closed_within(DRAIN_GRACE + Duration::from_secs(3)).await;
         name.clear();
     }
-    println!(
-        "a dropped and its connections closed after {:?}",
-        started.elapsed()
+    let closed = started.elapsed();
+    assert!(
+        closed >= DRAIN_GRACE,
+        "a's connections closed {closed:?} after it was unready: before the drain time"
     );
+    println!("a dropped after {dropped:?}, its connections closed after {closed:?}");
     for (name, c) in held.iter_mut().filter(|(n, _)| n == "b") {
         assert_eq!(
             c.name().await.as_deref(),
@@ -381,6 +405,7 @@ async fn a_renewed_identity_is_read_without_a_restart() {
         interval: Duration::from_millis(100),
         fall: 2,
         connect_timeout: Duration::from_millis(500),
+        drain_grace: DRAIN_GRACE,
         identity: Some(files.clone()),
     };
     let b = Balancer::bind(options, checker).await.expect("bind");
