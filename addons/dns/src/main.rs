@@ -140,11 +140,32 @@ async fn run(args: Args) -> Result<()> {
         recursion_for: args.recursion_for,
         endpoint_slices: args.endpoint_slices,
     };
+    // The server is its container's first process: SIGTERM, which the kubelet sends to stop
+    // it, is ignored unless handled, and the pod would wait out its grace period.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let serving = serve(client, options, Arc::clone(&ready), metrics);
+    tokio::pin!(serving);
     tokio::select! {
-        r = serve(client, options, ready, metrics) => r.context("serving DNS"),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        r = &mut serving => return r.context("serving DNS"),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = term.recv() => {}
+    }
+    // Stopping: the pod leaves the Service's endpoints at once, kube-proxy's rules a moment
+    // later; queries still sent here meanwhile are answered (within the 5 s grace period).
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!(
+        "SIGTERM: answering {} s more while the Service forgets this pod",
+        TERMINATING_FOR.as_secs()
+    );
+    tokio::select! {
+        r = &mut serving => r.context("serving DNS"),
+        () = tokio::time::sleep(TERMINATING_FOR) => Ok(()),
     }
 }
+
+/// How long the server answers after SIGTERM (less than the pod's grace period).
+const TERMINATING_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -20,6 +20,22 @@ fn arg<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
         .with_context(|| format!("missing {name}"))
 }
 
+/// SIGTERM or SIGINT arrived.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn run(args: Vec<String>) -> Result<()> {
     if args.first().map(String::as_str) == Some("run") {
         let node = std::env::var("NODE_NAME").context("NODE_NAME: this node's name")?;
@@ -30,7 +46,13 @@ async fn run(args: Vec<String>) -> Result<()> {
             cni_dir: std::path::Path::new(arg(&args, "--cni-dir")?),
             direct_routing: args.iter().any(|a| a == "--direct-routing"),
         };
-        return strata_overlay::agent::run(&node, &opts).await;
+        // The agent is its container's first process: SIGTERM, which the kubelet sends to
+        // stop it, is ignored unless handled, and the pod would wait out its grace period.
+        // The datapath stays programmed when it exits; the next agent takes it over.
+        return tokio::select! {
+            r = strata_overlay::agent::run(&node, &opts) => r,
+            () = terminated() => Ok(()),
+        };
     }
     let dev = Device {
         name: arg(&args, "--device")?.to_owned(),
