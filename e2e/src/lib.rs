@@ -471,6 +471,9 @@ pub struct ProbeReport {
     pub failed: usize,
     /// The longest time between two answered requests, in seconds.
     pub longest_gap: f64,
+    /// The longest time between two requests, answered or not, in seconds (a request may
+    /// take 2 s: longer means the probe stopped asking for a while).
+    pub longest_silence: f64,
     /// The log lines of the failed requests (time, HTTP code, curl's exit, the body).
     pub failures: Vec<String>,
 }
@@ -579,15 +582,38 @@ fn served_serial(address: &str) -> String {
 /// `strata certs renew --all`, then apply, while an [`ApiProbe`] runs on `node`: the renewed
 /// certificates are served afterwards (the API server's at `control_plane`, host:port, and
 /// the etcd member's of `etcd_member`, name and address, which reads it without a restart),
-/// the node's balancer was not restarted (it read its renewed identity), and plan has
-/// nothing left to do. What the probe saw.
+/// the node's balancer was not restarted (it read its renewed identity), the kubelets of
+/// `nodes` restarted one host at a time and kept the client certificates they had rotated,
+/// and plan has nothing left to do. What the probe saw.
 pub fn renew_under_probe(
     dir: &Path,
     cluster: &str,
     node: &str,
+    nodes: &[&str],
     control_plane: &str,
     etcd_member: (&str, &str),
 ) -> ProbeReport {
+    let kubelets = |what: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .map(|n| on_machine(cluster, n, what).trim().to_owned())
+            .collect()
+    };
+    let client_certs = "cat /var/lib/kubelet/pki/kubelet-client-current.pem 2>/dev/null || true";
+    let kubelet_started = "systemctl show -p ExecMainStartTimestampMonotonic --value kubelet";
+    // A kubelet that joined moments ago may not have rotated its certificate yet.
+    wait_for(
+        "every kubelet on a client certificate it rotated",
+        Duration::from_secs(60),
+        || {
+            kubelets(client_certs)
+                .iter()
+                .all(|c| c.contains("BEGIN CERTIFICATE"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let certs_before = kubelets(client_certs);
+    let kubelets_before = kubelets(kubelet_started);
     let state = dir.join(cluster);
     let before = serial_of(&state.join("pki/apiserver.crt"));
     let (member, member_address) = etcd_member;
@@ -623,6 +649,52 @@ pub fn renew_under_probe(
         "renewed certificates rolled out in {:.1} s: {report}",
         took.as_secs_f64()
     );
+    // The probe asks up to ten times a second (a request takes at most 2 s): if it stopped,
+    // its silence would pass for no failure.
+    assert!(
+        report.longest_silence < 5.0 && report.requests as f64 >= took.as_secs_f64(),
+        "the probe stopped asking: {} requests in {:.1} s, at most {:.1} s between two",
+        report.requests,
+        took.as_secs_f64(),
+        report.longest_silence
+    );
+    // The kubelets (their serving certificates renewed) restarted one host at a time, each
+    // answering its health check before the next went down (machines share this computer's
+    // monotonic clock), and kept the client certificates they had rotated.
+    let kubelets_after = kubelets(kubelet_started);
+    let mut starts = Vec::new();
+    for ((n, before), after) in nodes.iter().zip(&kubelets_before).zip(&kubelets_after) {
+        assert_ne!(before, after, "{n}'s kubelet was not restarted");
+        let at: u64 = after
+            .parse()
+            .unwrap_or_else(|e| panic!("{n}: {after:?}: {e}"));
+        starts.push((at, *n));
+    }
+    starts.sort();
+    let gaps: Vec<String> = starts
+        .windows(2)
+        .map(|w| {
+            let gap = (w[1].0 - w[0].0) as f64 / 1e6;
+            format!("{} {:.2} s after {}", w[1].1, gap, w[0].1)
+        })
+        .collect();
+    println!("kubelets restarted one at a time: {}", gaps.join(", "));
+    for w in starts.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= KUBELET_ROLL_GAP_US,
+            "{}'s kubelet restarted {} us after {}'s: not one host at a time",
+            w[1].1,
+            w[1].0 - w[0].0,
+            w[0].1
+        );
+    }
+    for ((n, before), after) in nodes.iter().zip(&certs_before).zip(kubelets(client_certs)) {
+        assert!(before.contains("BEGIN CERTIFICATE"), "{n}: {before}");
+        assert_eq!(
+            before, &after,
+            "{n}'s kubelet client certificate (rotated) was replaced by the apply"
+        );
+    }
     assert_eq!(
         served_serial(control_plane),
         renewed,
@@ -654,21 +726,46 @@ pub fn renew_under_probe(
     report
 }
 
+/// The least time between two kubelets' restarts in a rolling restart, in microseconds: a
+/// kubelet takes longer than this from its start to its health check's `ok` (restarted at
+/// once, they start within a few milliseconds of each other).
+const KUBELET_ROLL_GAP_US: u64 = 300_000;
+
+/// The time of each phase of an apply whose JSON events are `out` (`--output json`), as
+/// `upload 1.2, etcd 3.4, ...` (seconds).
+pub fn phase_seconds(out: &str) -> String {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<strata_manifests::plan::Event>(l).ok())
+        .filter_map(|e| match e {
+            strata_manifests::plan::Event::PhaseFinished { phase, seconds } => {
+                Some(format!("{phase} {seconds:.1}"))
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An [`ApiProbe`]'s log ("<uptime> <HTTP code>" per request) summed up.
 pub fn report(log: &str) -> ProbeReport {
     let mut r = ProbeReport {
         requests: 0,
         failed: 0,
         longest_gap: 0.0,
+        longest_silence: 0.0,
         failures: Vec::new(),
     };
-    let mut last_ok: Option<f64> = None;
+    let (mut last_ok, mut last): (Option<f64>, Option<f64>) = (None, None);
     for line in log.lines() {
         let mut w = line.split_whitespace();
         let (Some(Ok(t)), Some(code)) = (w.next().map(str::parse::<f64>), w.next()) else {
             continue;
         };
         r.requests += 1;
+        if let Some(before) = last {
+            r.longest_silence = r.longest_silence.max(t - before);
+        }
+        last = Some(t);
         if code == "200" {
             if let Some(before) = last_ok {
                 r.longest_gap = r.longest_gap.max(t - before);

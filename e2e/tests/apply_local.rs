@@ -1425,7 +1425,10 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
     );
     println!("overlay agent on w1, idle: {}", rss.trim());
 
-    // The agent on w2 is deleted: its replacement converges, the tunnel keeps working.
+    // The agent on w2 is deleted: it stops at once on SIGTERM (well within its 30 s grace
+    // period, which a first process that ignores SIGTERM waits out), its replacement
+    // converges, the tunnel keeps working.
+    let deleting = std::time::Instant::now();
     ok(
         &kubectl(
             kubeconfig,
@@ -1441,6 +1444,15 @@ fn overlay_joins_the_workers_pods(kubeconfig: &Path, pods: &[Vec<String>]) {
             ],
         ),
         "delete the agent on w2",
+    );
+    let deleted = deleting.elapsed();
+    println!(
+        "the overlay agent on w2 deleted (stopped on SIGTERM) in {:.1} s",
+        deleted.as_secs_f64()
+    );
+    assert!(
+        deleted < Duration::from_secs(15),
+        "the agent's pod took {deleted:?} to go: its SIGTERM was not handled"
     );
     ok(&kubectl(kubeconfig, &ds), "the overlay DaemonSet again");
     wait_for(
@@ -2183,6 +2195,7 @@ fn local_up_apply_converges_and_kubectl_works() {
         dir.path(),
         "e2e-apply",
         "w1",
+        &["cp1", "w1", "w2"],
         "198.18.0.2:6443",
         ("cp1", "198.18.0.2"),
     );

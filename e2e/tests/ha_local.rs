@@ -9,7 +9,9 @@
 //! leadership is handed to the virtual IP's holder first) loses its power while a writer
 //! outside the cluster writes through the virtual IP and another, in a pod on w1, through
 //! the `kubernetes` Service: both gaps are printed, every acknowledged write is kept, the
-//! other nodes stay Ready, and the machine started again rejoins by itself.
+//! other nodes stay Ready, and the machine started again rejoins by itself. Last, a backup
+//! taken with the three members is restored on them: a new etcd cluster of the three, the
+//! backup's objects back and a later one gone, every node Ready.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -216,6 +218,12 @@ fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
         admin.contains(&format!("server: https://{VIP}:6443")),
         "{admin}"
     );
+    // A backup of the three members, restored at the end.
+    let backup = dir.path().join("three-members.tar");
+    ok(
+        &strata(dir.path(), &["backup", "--out", &backup.to_string_lossy()]),
+        "backup of three members",
+    );
 
     // Renewed certificates rolled out: the API servers and etcd members restart one host at
     // a time, the balancers read their renewed identity: no request through w1's balancer
@@ -224,12 +232,103 @@ fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
         dir.path(),
         NAME,
         "w1",
+        &["cp1", "w1", "cp2", "cp3"],
         &format!("{VIP}:6443"),
         ("cp1", "198.18.0.2"),
     );
     assert_eq!(probe.failed, 0, "{probe}");
 
     leader_killed(dir.path(), kc);
+    restored_on_three_members(dir.path(), kc, &backup);
+}
+
+/// The etcd cluster id, as `host`'s member says.
+fn cluster_id(host: &str) -> String {
+    let out = on_machine(NAME, host, &format!("{ETCDCTL} member list -w json"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("member list json");
+    v["header"]["cluster_id"].to_string()
+}
+
+/// The backup of the three members restored on the running cluster: a new etcd cluster of
+/// the same three (each a started voting member, healthy, under a new cluster id), the objects
+/// of the backup back and the one made later gone, every node Ready, plan with nothing to do.
+fn restored_on_three_members(dir: &Path, kc: &Path, backup: &Path) {
+    ok(
+        &kubectl(kc, &["create", "configmap", "after-backup"]),
+        "configmap after the backup",
+    );
+    let id_before = cluster_id("cp1");
+    let started = Instant::now();
+    let out = ok(
+        &strata(
+            dir,
+            &[
+                "restore",
+                "--from",
+                &backup.to_string_lossy(),
+                "--yes",
+                "--output",
+                "json",
+            ],
+        ),
+        "restore on three members",
+    );
+    assert!(out.contains("on 3 member(s)"), "{out}");
+    println!(
+        "restore in place on three etcd members and a worker: {:.1} s (phases: {})",
+        started.elapsed().as_secs_f64(),
+        strata_e2e::phase_seconds(&out)
+    );
+    let want: Vec<(String, bool)> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .map(|n| ((*n).to_owned(), false))
+        .collect();
+    let id = cluster_id("cp1");
+    assert_ne!(id, id_before, "the restored etcd cluster kept its id");
+    for host in ["cp1", "cp2", "cp3"] {
+        assert_eq!(member_names(host), want, "members seen from {host}");
+        assert_eq!(cluster_id(host), id, "{host}'s cluster id");
+        let health = on_machine(NAME, host, &format!("{ETCDCTL} endpoint health 2>&1"));
+        assert!(health.contains("is healthy"), "{host}: {health}");
+    }
+    for i in 0..5 {
+        let v = ok(
+            &kubectl(
+                kc,
+                &[
+                    "get",
+                    "configmap",
+                    &format!("before-{i}"),
+                    "-o",
+                    "jsonpath={.data.n}",
+                ],
+            ),
+            "configmap of the backup",
+        );
+        assert_eq!(v, i.to_string());
+    }
+    let later = kubectl(kc, &["get", "configmap", "after-backup"]);
+    assert!(
+        !later.status.success() && String::from_utf8_lossy(&later.stderr).contains("NotFound"),
+        "the later configmap came back"
+    );
+    let ready = || {
+        let nodes = String::from_utf8_lossy(&kubectl(kc, &["get", "nodes", "--no-headers"]).stdout)
+            .into_owned();
+        nodes
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+            .count()
+            == 4
+    };
+    wait_for(
+        "every node Ready after the restore",
+        Duration::from_secs(120),
+        ready,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plan = ok(&strata(dir, &["plan"]), "plan after the restore");
+    assert!(plan.contains("Nothing to do"), "{plan}");
 }
 
 /// The machine holding the virtual IP and etcd's leadership loses its power while a writer

@@ -1,9 +1,11 @@
 //! Backup and restore on local machines: a backup of a running two-host cluster; objects made
-//! after it; restores refused (a truncated file, a snapshot of another cluster) with nothing
-//! stopped; a restore on the running machine after the cluster changed (a host and an addon
-//! gone: their Node and objects deleted, Strata's pods started again); every machine destroyed; new machines with other addresses; `strata restore`
-//! brings back the objects of the backup (a Secret too) and not the later ones, every node
-//! Ready at its new address, and kubectl works with the admin kubeconfig.
+//! after it; restores refused (a truncated file, a snapshot of another cluster, a snapshot
+//! etcd cannot read while the file would stop units) with nothing stopped; a restore on the
+//! running machine after the cluster changed (a host and an addon gone: their Node and
+//! objects deleted, Strata's pods started again); every machine destroyed; new machines with
+//! other addresses; `strata restore` brings back the objects of the backup (a Secret too) and
+//! not the later ones, every node Ready at its new address, and kubectl works with the admin
+//! kubeconfig.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,9 +13,11 @@ use std::time::{Duration, Instant};
 use strata_e2e::{LocalDown, kubectl, ok, on_machine, require_root, strata, wait_for};
 
 const NAME: &str = "e2e-restore";
+/// The Cluster file's lines that turn the update operator off.
+const OPERATOR_OFF: &str = "  addons: {updateOperator: {enabled: false}}\n";
 
 fn cluster(cp1: &str, w1: &str) -> String {
-    file(
+    file_with(
         "",
         &format!("  - {{name: w1, address: {w1}, roles: [worker]}}\n"),
         cp1,
@@ -22,11 +26,11 @@ fn cluster(cp1: &str, w1: &str) -> String {
 
 /// The cluster changed since the backup: w1 gone from the file, the update operator off.
 fn smaller(cp1: &str) -> String {
-    file("  addons: {updateOperator: {enabled: false}}\n", "", cp1)
+    file_with(OPERATOR_OFF, "", cp1)
 }
 
 /// The Cluster file: cp1 at `cp1`, then `more` hosts; `spec` lines before the hosts.
-fn file(spec: &str, more: &str, cp1: &str) -> String {
+fn file_with(spec: &str, more: &str, cp1: &str) -> String {
     format!(
         "apiVersion: strata.dev/v1alpha1
 kind: Cluster
@@ -86,7 +90,14 @@ fn restored_in_place(dir: &Path, file: &Path, backup: &Path, kubeconfig: &Path) 
     let out = ok(
         &strata(
             dir,
-            &["restore", "--from", &backup.to_string_lossy(), "--yes"],
+            &[
+                "restore",
+                "--from",
+                &backup.to_string_lossy(),
+                "--yes",
+                "--output",
+                "json",
+            ],
         ),
         "restore in place",
     );
@@ -96,8 +107,9 @@ fn restored_in_place(dir: &Path, file: &Path, backup: &Path, kubeconfig: &Path) 
         "{out}"
     );
     println!(
-        "restore in place on the running machine: {:.1} s",
-        started.elapsed().as_secs_f64()
+        "restore in place on the running machine: {:.1} s (phases: {})",
+        started.elapsed().as_secs_f64(),
+        strata_e2e::phase_seconds(&out)
     );
     ok(
         &kubectl(kubeconfig, &["get", "configmap", "before-backup"]),
@@ -254,10 +266,69 @@ fn a_backup_restores_onto_new_machines_with_other_addresses() {
         "{e}"
     );
     nothing_stopped(&kubeconfig);
+    // ... and a snapshot etcd cannot read (bbolt's two meta pages zeroed) whose record
+    // matches it, so that only etcd's own check finds it, while the file turns the update
+    // operator off: the units that change would stop still run after the refusal.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    tar(&[
+        "-xf",
+        &backup.to_string_lossy(),
+        "-C",
+        &broken.to_string_lossy(),
+    ]);
+    let db = broken.join("etcd-snapshot.db");
+    let mut snapshot = std::fs::read(&db).expect("snapshot");
+    snapshot[..8192].fill(0);
+    std::fs::write(&db, &snapshot).expect("write");
+    let record = broken.join("record.json");
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+    r["snapshotSha256"] = strata_pki::sha256_hex(&snapshot).into();
+    std::fs::write(&record, serde_json::to_vec(&r).expect("json")).expect("write");
+    let broken_tar = dir.join("broken.tar");
+    tar(&[
+        "-cf",
+        &broken_tar.to_string_lossy(),
+        "-C",
+        &broken.to_string_lossy(),
+        "record.json",
+        "etcd-snapshot.db",
+    ]);
+    std::fs::write(
+        &file,
+        file_with(
+            OPERATOR_OFF,
+            "  - {name: w1, address: 198.18.0.3, roles: [worker]}\n",
+            "198.18.0.2",
+        ),
+    )
+    .expect("write");
+    let e = refused(dir, &broken_tar);
+    assert!(e.contains("etcd refuses the snapshot"), "{e}");
+    nothing_stopped(&kubeconfig);
+    for host in ["cp1", "w1"] {
+        let units = on_machine(
+            NAME,
+            host,
+            "systemctl is-active strata-reboot.path strata-update-engine-check.timer; \
+             ls /etc/systemd/system/strata-reboot.path; ls -A /var/lib/strata/backup 2>/dev/null; true",
+        );
+        assert_eq!(
+            units.split_whitespace().collect::<Vec<_>>(),
+            ["active", "active", "/etc/systemd/system/strata-reboot.path"],
+            "{host}: the update agent's units and no snapshot left: {units}"
+        );
+    }
     restored_in_place(dir, &file, &backup, &kubeconfig);
 
-    // Every machine gone; new ones at other addresses.
+    // Every machine gone (its time printed); new ones at other addresses.
+    let started = Instant::now();
     ok(&strata(dir, &["local", "down", "--yes"]), "local down");
+    println!(
+        "local down of the running two-host cluster: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     std::fs::write(&file, cluster("198.18.0.12", "198.18.0.13")).expect("write");
     ok(&strata(dir, &["local", "up"]), "local up, new machines");
     let started = Instant::now();
@@ -277,8 +348,9 @@ fn a_backup_restores_onto_new_machines_with_other_addresses() {
     );
     assert!(out.contains("restored the backup of"), "{out}");
     println!(
-        "restore onto two new machines: {:.1} s",
-        started.elapsed().as_secs_f64()
+        "restore onto two new machines: {:.1} s (phases: {})",
+        started.elapsed().as_secs_f64(),
+        strata_e2e::phase_seconds(&out)
     );
 
     // The objects of the backup, not the later one; the Secret readable.

@@ -149,6 +149,31 @@ async fn transport_verifies_runs_and_uploads() {
         .await
         .expect("ls");
     assert!(!String::from_utf8_lossy(&leftovers.stdout).contains(".strata-upload"));
+    // Streamed: the blob comes back in pieces as it is read, stderr and status kept; a sink
+    // that fails ends the command's output with its error.
+    let (mut back, mut pieces) = (Vec::new(), 0);
+    let out = c
+        .exec_streaming("cat /opt/strata/blob; echo done >&2", |data| {
+            back.extend_from_slice(data);
+            pieces += 1;
+            Ok(())
+        })
+        .await
+        .expect("streamed");
+    assert!(out.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "done");
+    assert!(
+        back == big && pieces > 1,
+        "{} bytes in {pieces} pieces",
+        back.len()
+    );
+    let e = c
+        .exec_streaming("cat /opt/strata/blob", |_| {
+            Err(std::io::Error::other("disk full"))
+        })
+        .await
+        .expect_err("a failing sink");
+    assert!(e.to_string().contains("disk full"), "{e}");
 
     // More kinds of keys, an encrypted one among them, authorised for root on s1.
     let keys = tempfile::tempdir().expect("tempdir");

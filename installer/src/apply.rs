@@ -48,6 +48,9 @@ pub struct Apply<'r> {
     pub only: Option<PhaseName>,
     /// A backup to restore (`strata restore`): the etcd phase restores it.
     pub seed: Option<crate::backup::Seed>,
+    /// The seed's snapshot is on every etcd host and etcd read it there (the upload phase
+    /// does it before it removes anything: see `membership::prepare_restore`).
+    pub seed_placed: bool,
     /// Node statuses from before this time do not count as Ready (set by a restore: the
     /// restored Nodes say what they said at the backup).
     pub ready_after: Option<k8s_openapi::jiff::Timestamp>,
@@ -191,6 +194,7 @@ async fn prepare<'r>(
         client: None,
         only: args.phase,
         seed,
+        seed_placed: false,
         ready_after: None,
     })
 }

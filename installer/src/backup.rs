@@ -141,18 +141,29 @@ pub fn read(path: &Path) -> Result<(Record, Vec<u8>), BackupError> {
     Ok((record, snapshot))
 }
 
-/// The tar file's bytes: the record, then the snapshot (both 0600).
-pub fn archive(record: &Record, snapshot: &[u8]) -> Result<Vec<u8>> {
+/// Writes the tar file to `out`: the record, then the snapshot read from `snapshot` (its
+/// size is the record's), both 0600.
+pub fn write_archive<W: std::io::Write>(
+    out: W,
+    record: &Record,
+    snapshot: impl std::io::Read,
+) -> Result<W> {
     let json = serde_json::to_vec_pretty(record)?;
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, bytes) in [(RECORD_FILE, json.as_slice()), (SNAPSHOT_FILE, snapshot)] {
+    let header = |size: u64| {
         let mut h = tar::Header::new_ustar();
-        h.set_size(bytes.len() as u64);
+        h.set_size(size);
         h.set_mode(0o600);
         h.set_mtime(0);
         h.set_cksum();
-        b.append_data(&mut h, name, bytes)?;
-    }
+        h
+    };
+    let mut b = tar::Builder::new(out);
+    b.append_data(&mut header(json.len() as u64), RECORD_FILE, json.as_slice())?;
+    b.append_data(
+        &mut header(record.snapshot_bytes),
+        SNAPSHOT_FILE,
+        snapshot.take(record.snapshot_bytes),
+    )?;
     Ok(b.into_inner()?)
 }
 
@@ -294,6 +305,23 @@ pub fn run(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
     }
     let ca = std::fs::read(cs.state.cert("ca"))
         .with_context(|| format!("reading {}", cs.state.cert("ca").display()))?;
+    // The snapshot comes to a file beside the backup's (never whole in memory: a store
+    // may be gigabytes).
+    let dir = match out {
+        Some(p) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned),
+        None => cs.state.root.join("backups"),
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     let reporter = Reporter::plain();
     let (record, snapshot) = crate::runtime()?.block_on(async {
         let conns = crate::hosts::connect(&reporter, &cs, &mut state, false).await?;
@@ -307,7 +335,7 @@ pub fn run(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
                     continue;
                 }
             };
-            match take(&cs, &state, &h, &ca).await {
+            match take(&cs, &state, &h, &ca, &dir).await {
                 Ok(done) => return Ok(done),
                 Err(e) => tried.push(format!("host {}: {e:#}", h.name())),
             }
@@ -327,20 +355,11 @@ pub fn run(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
     let path = match out {
         Some(p) => p.to_owned(),
         None => {
-            let dir = cs.state.root.join("backups");
             let stamp = record.taken_at.replace([':', '-'], "");
             dir.join(format!("{}-{stamp}.tar", record.cluster))
         }
     };
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d)
-            .with_context(|| format!("creating {}", d.display()))?;
-    }
-    strata_pki::files::write_atomic(&path, &archive(&record, &snapshot)?, 0o600)
+    write_backup_file(&path, &dir, &record, snapshot)
         .with_context(|| format!("writing {}", path.display()))?;
     outln!(
         "{}: etcd snapshot of cluster {} (etcd cluster {}, revision {}, {} bytes, sha256 {}) taken on {}; \
@@ -356,13 +375,70 @@ pub fn run(args: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The snapshot of the member on `h`, brought here and checked, with its record.
+/// The backup file at `path`: written to a temporary file in `dir` (0600), flushed to disk,
+/// then renamed into place, so that a backup there is always whole.
+fn write_backup_file(
+    path: &Path,
+    dir: &Path,
+    record: &Record,
+    mut snapshot: tempfile::NamedTempFile,
+) -> Result<()> {
+    use std::io::{Seek as _, Write as _};
+    let snapshot = snapshot.as_file_mut();
+    snapshot.rewind()?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".strata-backup-")
+        .tempfile_in(dir)?;
+    let mut out = write_archive(std::io::BufWriter::new(tmp), record, snapshot)?
+        .into_inner()
+        .map_err(|e| e.into_error())?;
+    out.flush()?;
+    out.as_file().sync_all()?;
+    out.persist(path)?;
+    // The rename itself on disk.
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A snapshot on its way here: written to `file` as it arrives, its sha256 and size summed.
+struct Incoming {
+    file: std::io::BufWriter<std::fs::File>,
+    digest: aws_lc_rs::digest::Context,
+    bytes: u64,
+}
+
+impl Incoming {
+    fn add(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.digest.update(data);
+        self.bytes += data.len() as u64;
+        self.file.write_all(data)
+    }
+
+    /// The file flushed, with the snapshot's sha256 (hex).
+    fn finish(self) -> std::io::Result<String> {
+        use std::io::Write as _;
+        let mut file = self.file;
+        file.flush()?;
+        Ok(self
+            .digest
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+}
+
+/// The snapshot of the member on `h`, brought here into a temporary file in `dir` (0600) and
+/// checked, with its record.
 async fn take(
     cs: &ClusterState,
     state: &AppliedState,
     h: &HostConn,
     ca: &[u8],
-) -> Result<(Record, Vec<u8>)> {
+    dir: &Path,
+) -> Result<(Record, tempfile::NamedTempFile)> {
     let out = h.conn.exec(&snapshot_script()).await?;
     if !out.success() {
         bail!("taking the snapshot failed: {}", out.tail());
@@ -383,17 +459,31 @@ async fn take(
     }
     let status: SnapshotStatus = serde_json::from_str(status)
         .with_context(|| format!("reading the snapshot's status: {status}"))?;
+    let snapshot = tempfile::Builder::new()
+        .prefix(".strata-snapshot-")
+        .tempfile_in(dir)
+        .with_context(|| format!("a temporary file in {}", dir.display()))?;
+    let mut incoming = Incoming {
+        file: std::io::BufWriter::new(snapshot.reopen()?),
+        digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+        bytes: 0,
+    };
     let download = h
         .conn
-        .exec(&format!(
-            "cat {REMOTE_DIR}/snapshot.db; rc=$?; rm -f {REMOTE_DIR}/snapshot.db; exit $rc"
-        ))
+        .exec_streaming(
+            &format!(
+                "cat {REMOTE_DIR}/snapshot.db; rc=$?; rm -f {REMOTE_DIR}/snapshot.db; exit $rc"
+            ),
+            |data| incoming.add(data),
+        )
         .await?;
     if !download.success() {
         bail!("reading the snapshot failed: {}", download.tail());
     }
-    let snapshot = download.stdout;
-    let got = sha256(&snapshot);
+    let size = incoming.bytes;
+    let got = incoming
+        .finish()
+        .with_context(|| format!("writing the snapshot to {}", snapshot.path().display()))?;
     if got != remote_sha.trim() {
         bail!(
             "the snapshot arrived with sha256 {got}, the host computed {}: transfer broken",
@@ -411,7 +501,7 @@ async fn take(
         encryption_key: state.secrets_key.clone(),
         taken_at: utc_stamp(time::OffsetDateTime::now_utc()),
         snapshot_sha256: got,
-        snapshot_bytes: snapshot.len() as u64,
+        snapshot_bytes: size,
         objects: state.objects.clone(),
         // The file's hosts and those apply still has to take out (their Nodes exist too).
         hosts: cs
@@ -454,6 +544,10 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, bytes).expect("write");
         p
+    }
+
+    fn archive(record: &Record, snapshot: &[u8]) -> Result<Vec<u8>> {
+        write_archive(Vec::new(), record, snapshot)
     }
 
     #[test]

@@ -143,19 +143,9 @@ const RESTORE_FILE: &str = "/var/lib/strata/backup/restore.db";
 /// (they hold the store's later revisions). Secrets stay encrypted with the backup's key
 /// (recorded: the addons phase rewrites them with the current one).
 async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
-    if etcd_members(cx).is_empty() {
-        bail!("phase {PHASE}: the Cluster file has no etcd host to restore the backup on");
+    if !cx.seed_placed {
+        prepare_restore(cx, seed).await?;
     }
-    let leaving = strata_manifests::plan::departed_hosts(&cx.want, &cx.state);
-    if !leaving.is_empty() {
-        bail!(
-            "phase {PHASE}: hosts that left the Cluster file are still part of the cluster ({}): \
-             run `strata apply` to let them leave first (their control plane would keep \
-             running against the restored store); nothing was stopped",
-            leaving.join(", ")
-        );
-    }
-    place_snapshot(&etcd_members(cx), seed).await?;
     // From here on the cluster is down until the restore is done: recorded first, with the
     // restarts every component with units needs (they hold the store's later revisions), so
     // that an interrupted restore is finished by running it again, not by a plain apply.
@@ -250,6 +240,39 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+/// What a restore checks before anything stops: the Cluster file has etcd hosts, no host
+/// that left the file is still in the cluster, and the snapshot is on every etcd host, read
+/// there by etcd's own tool. The upload phase of a restore runs it once the binaries are in
+/// place and before it removes what the file no longer renders (units it would stop).
+pub async fn prepare_restore(cx: &Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
+    if etcd_members(cx).is_empty() {
+        bail!("phase {PHASE}: the Cluster file has no etcd host to restore the backup on");
+    }
+    let leaving = strata_manifests::plan::departed_hosts(&cx.want, &cx.state);
+    if !leaving.is_empty() {
+        bail!(
+            "phase {PHASE}: hosts that left the Cluster file are still part of the cluster ({}): \
+             run `strata apply` to let them leave first (their control plane would keep \
+             running against the restored store); nothing was stopped",
+            leaving.join(", ")
+        );
+    }
+    let members = etcd_members(cx);
+    if let Err(e) = place_snapshot(&members, seed).await {
+        discard_snapshot(cx).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes the snapshot a restore placed on the etcd hosts (it holds every Secret), as far
+/// as they answer: a restore that ends before the etcd phase leaves none behind.
+pub async fn discard_snapshot(cx: &Apply<'_>) {
+    let members = etcd_members(cx);
+    let remove = format!("rm -f {RESTORE_FILE}");
+    let _ = join_all(members.iter().map(|h| h.sh(PHASE, &remove))).await;
 }
 
 /// The etcd hosts of the Cluster file.

@@ -16,7 +16,7 @@ use strata_manifests::plan::{
     Action, ActionKind, AppliedFile, CLUSTER, PhaseName, changed_components, file_actions,
     is_kept_when_unrendered, leaves_with_its_host, original_of,
 };
-use strata_manifests::{addons, pod_security};
+use strata_manifests::{Host, addons, pod_security};
 use strata_platforms::ssh::{FileUpload, RemoteFile, quote};
 
 use crate::apply::Apply;
@@ -221,12 +221,14 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
             .map(|((h, p), fetched)| upload_host(cx, h, p, fetched, needs_containerd_2)),
     )
     .await;
+    let mut deferred = Vec::new();
     for (h, r) in cx.hosts.iter().zip(results) {
         match r {
             Ok(Uploaded {
                 changed,
                 adopted,
                 stamps,
+                removals,
             }) => {
                 let name = h.name().to_owned();
                 let on_host: BTreeSet<Component> = catalog::on_host(&cx.cs.cluster, &h.host)
@@ -247,17 +249,59 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
                             .is_some_and(|b| b.preexisting);
                     f.stamp = stamps.get(path).cloned();
                 }
+                // Files whose removal waits stay recorded until they are gone.
+                for (path, _) in &removals {
+                    if let Some(f) = before.and_then(|b| b.get(path)) {
+                        files.insert(path.clone(), f.clone());
+                    }
+                }
+                if !removals.is_empty() {
+                    deferred.push((h, removals));
+                }
                 cx.state.hosts.insert(name, files);
             }
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     cx.save_state()?;
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", errors.join("\n"))
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
     }
+    if let Some(seed) = &cx.seed {
+        // A restore: its snapshot checked on the etcd hosts before any unit stops.
+        crate::membership::prepare_restore(cx, seed).await?;
+        for (h, removals) in &deferred {
+            if let Err(e) = remove_unrendered(cx, h, removals).await {
+                crate::membership::discard_snapshot(cx).await;
+                return Err(e);
+            }
+            if let Some(files) = cx.state.hosts.get_mut(h.name()) {
+                for (path, _) in removals {
+                    files.remove(path);
+                }
+            }
+        }
+        cx.save_state()?;
+        cx.seed_placed = true;
+    }
+    Ok(())
+}
+
+/// Removes files Strata wrote last time and renders no more (a role or addon removed, a file
+/// renamed by a newer release), their units stopped first: `(path, preexisting)`.
+async fn remove_unrendered(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    removals: &[(String, bool)],
+) -> Result<()> {
+    let phase = PhaseName::Upload;
+    for (path, preexisting) in removals {
+        h.sh(phase, &remove_command(path, *preexisting)).await?;
+        cx.reporter.step(phase, h.name(), format!("removed {path}"));
+        cx.reporter
+            .action(phase, action(ActionKind::Remove, h.name(), path));
+    }
+    Ok(())
 }
 
 /// What one host has, before anything is written.
@@ -353,6 +397,9 @@ struct Uploaded {
     adopted: BTreeSet<String>,
     /// Each file's stamp now that it holds what was applied (see `RemoteFile::stamp`).
     stamps: BTreeMap<String, String>,
+    /// Files to remove once a restore's snapshot is checked (`(path, preexisting)`); an
+    /// apply that restores nothing removes them at once.
+    removals: Vec<(String, bool)>,
 }
 
 /// One host's upload once the assets are in place (`fetched`: the asset paths the fan-out
@@ -414,12 +461,17 @@ async fn upload_host(
         .upload_all(&rendered, "root:root")
         .await
         .map_err(|e| fail(phase, name, e))?;
-    // Files Strata wrote last time that are no longer rendered (a role or addon removed, a
-    // file renamed by a newer release): stop their units and delete them.
-    for a in actions.iter().filter(|a| a.kind == ActionKind::Remove) {
-        let preexisting = had.get(&a.path).is_some_and(|f| f.preexisting);
-        h.sh(phase, &remove_command(&a.path, preexisting)).await?;
-        cx.reporter.step(phase, name, format!("removed {}", a.path));
+    let mut removals: Vec<(String, bool)> = actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Remove)
+        .map(|a| {
+            let preexisting = had.get(&a.path).is_some_and(|f| f.preexisting);
+            (a.path.clone(), preexisting)
+        })
+        .collect();
+    if cx.seed.is_none() {
+        remove_unrendered(cx, h, &removals).await?;
+        removals.clear();
     }
     if needs_containerd_2 {
         check_containerd_2(h).await?;
@@ -427,7 +479,8 @@ async fn upload_host(
     cx.reporter
         .step(phase, name, format!("{written} file(s) written"));
     let changed = changed_components(&actions, want, had);
-    for a in actions {
+    // Removals are reported as they are done (see `remove_unrendered`).
+    for a in actions.into_iter().filter(|a| a.kind != ActionKind::Remove) {
         cx.reporter.action(phase, a);
     }
     // Stamps of the files as they are now: those found right, and those just written.
@@ -446,6 +499,7 @@ async fn upload_host(
         changed,
         adopted: probed.adopted.clone(),
         stamps,
+        removals,
     })
 }
 
@@ -518,6 +572,26 @@ pub(crate) async fn start_units(
     phase: PhaseName,
     specs: &[&'static Spec],
 ) -> Result<()> {
+    start_units_then(cx, h, phase, specs, Restart::Queued).await
+}
+
+/// How [`start_units_then`] restarts the units of components with a pending restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Queued (`--no-block`): the apply goes on while they restart.
+    Queued,
+    /// Waited for: systemd's restart job done (a notify unit ready), the unit active.
+    Waited,
+}
+
+/// [`start_units`], the restarts queued or waited for.
+async fn start_units_then(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    phase: PhaseName,
+    specs: &[&'static Spec],
+    how: Restart,
+) -> Result<()> {
     let units: Vec<&str> = specs.iter().flat_map(|s| s.started_units()).collect();
     if units.is_empty() {
         return Ok(());
@@ -548,10 +622,16 @@ pub(crate) async fn start_units(
         every.join(" ")
     );
     if !restart.is_empty() {
-        cmd.push_str(&format!(
-            " && systemctl restart --no-block {}",
-            restart.join(" ")
-        ));
+        let restart = restart.join(" ");
+        cmd.push_str(&match how {
+            Restart::Queued => format!(" && systemctl restart --no-block {restart}"),
+            // `is-active` with several units says yes when any one is active: each alone.
+            Restart::Waited => format!(
+                " && systemctl restart {restart} && for u in {restart}; do \
+                 systemctl is-active --quiet \"$u\" || {{ echo \"$u is $(systemctl is-active \"$u\") \
+                 after its restart\" >&2; exit 1; }}; done"
+            ),
+        });
     }
     cmd.push_str(&format!(" && systemctl start --no-block {list}"));
     h.sh(phase, &cmd).await?;
@@ -574,27 +654,26 @@ pub(crate) async fn start_units(
 
 /// The pending restarts of `phase`'s components are done on every host: recorded.
 fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
-    let done: Vec<(String, BTreeSet<Component>)> = cx
-        .hosts
-        .iter()
-        .map(|h| {
-            let started = cx
-                .components(&h.host, phase)
-                .iter()
-                .map(|s| s.component)
-                .collect();
-            (h.name().to_owned(), started)
-        })
-        .collect();
-    for (host, started) in done {
-        if let Some(p) = cx.state.pending_restarts.get_mut(&host) {
-            p.retain(|c| !started.contains(c));
-            if p.is_empty() {
-                cx.state.pending_restarts.remove(&host);
-            }
-        }
+    let hosts: Vec<Host> = cx.hosts.iter().map(|h| h.host.clone()).collect();
+    for h in &hosts {
+        restarted_on(cx, h, phase);
     }
     cx.save_state()
+}
+
+/// The pending restarts of `phase`'s components on host `h` are done (not saved yet).
+fn restarted_on(cx: &mut Apply<'_>, h: &Host, phase: StartPhase) {
+    let started: BTreeSet<Component> = cx
+        .components(h, phase)
+        .iter()
+        .map(|s| s.component)
+        .collect();
+    if let Some(p) = cx.state.pending_restarts.get_mut(h.name.as_str()) {
+        p.retain(|c| !started.contains(c));
+        if p.is_empty() {
+            cx.state.pending_restarts.remove(h.name.as_str());
+        }
+    }
 }
 
 /// etcd: a new cluster is formed by every member at once; a running one keeps running (its
@@ -748,25 +827,154 @@ async fn runtime(cx: &mut Apply<'_>) -> Result<()> {
     let phase = PhaseName::Runtime;
     let imports = import_script(&cx.assets, &StrataImage::Pause.built(cx.cluster()));
     let imports = imports.as_str();
+    let rolling = restarting_hosts(cx, phase, StartPhase::Runtime).await?;
     let started = &*cx;
+    let fresh = |h: &HostConn| !rolling.contains(h.name());
     all(&started.hosts, |h| async move {
         h.sh(phase, "sysctl --quiet --system >/dev/null 2>&1 || true")
             .await?;
-        start_units(
-            started,
-            h,
-            phase,
-            &started.components(&h.host, StartPhase::Runtime),
-        )
-        .await?;
-        let out = h.sh(phase, imports).await?;
-        for line in out.lines() {
-            started.reporter.step(phase, h.name(), line);
+        if fresh(h) {
+            start_units(
+                started,
+                h,
+                phase,
+                &started.components(&h.host, StartPhase::Runtime),
+            )
+            .await?;
+            import_images(started, h, imports).await?;
         }
         Ok(())
     })
     .await?;
+    roll(cx, phase, StartPhase::Runtime, &rolling).await?;
+    // Into the restarted containerd (an upgrade's new images, say).
+    let started = &*cx;
+    all(&started.hosts, |h| async move {
+        if fresh(h) {
+            return Ok(());
+        }
+        import_images(started, h, imports).await
+    })
+    .await?;
     restarted(cx, StartPhase::Runtime)
+}
+
+/// The runtime phase's image imports on `h` (`imports`: [`import_script`]).
+async fn import_images(cx: &Apply<'_>, h: &HostConn, imports: &str) -> Result<()> {
+    let phase = PhaseName::Runtime;
+    for line in h.sh(phase, imports).await?.lines() {
+        cx.reporter.step(phase, h.name(), line);
+    }
+    Ok(())
+}
+
+/// The hosts where units of `start`'s components run and must restart (their files changed:
+/// renewed certificates, an upgrade, a restore on the same machines). They restart one host
+/// at a time ([`roll`]); units that do not run yet start on every host at once.
+async fn restarting_hosts(
+    cx: &Apply<'_>,
+    phase: PhaseName,
+    start: StartPhase,
+) -> Result<BTreeSet<String>> {
+    let probes = join_all(cx.hosts.iter().map(|h| async move {
+        let pending = cx.state.pending_restarts.get(h.name());
+        let restart = catalog::restarts(
+            &pending.cloned().unwrap_or_default(),
+            cx.components(&h.host, start),
+        );
+        if restart.is_empty() {
+            return Ok(None);
+        }
+        // `is-active` with several units says yes when any one is active.
+        let out = h
+            .sh(
+                phase,
+                &format!(
+                    "systemctl is-active --quiet {} && echo running || echo stopped",
+                    restart.join(" ")
+                ),
+            )
+            .await?;
+        Ok::<_, anyhow::Error>(out.contains("running").then(|| h.name().to_owned()))
+    }))
+    .await;
+    let mut rolling = BTreeSet::new();
+    for p in probes {
+        rolling.extend(p?);
+    }
+    Ok(rolling)
+}
+
+/// Where the kubelet answers its health check (its default `healthzPort`, on loopback).
+const KUBELET_HEALTHZ_PORT: u16 = 10248;
+/// How long a restarted kubelet may take to answer its health check.
+const KUBELET_HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
+/// Restarts the units of `start`'s components on the hosts of `rolling` one host at a time,
+/// in the Cluster file's order: each restart waited for (systemd's job done, the units
+/// active, a kubelet answering its health check) before the next host's begins, so that a
+/// change rolled out to every node never has them all restarting at once.
+async fn roll(
+    cx: &mut Apply<'_>,
+    phase: PhaseName,
+    start: StartPhase,
+    rolling: &BTreeSet<String>,
+) -> Result<()> {
+    let order: Vec<usize> = (0..cx.hosts.len())
+        .filter(|i| rolling.contains(cx.hosts[*i].name()))
+        .collect();
+    for i in order {
+        roll_host(cx, &cx.hosts[i], phase, start).await?;
+        // Recorded host by host: a run stopped half-way does not restart these again.
+        let host = cx.hosts[i].host.clone();
+        restarted_on(cx, &host, start);
+        cx.save_state()?;
+    }
+    Ok(())
+}
+
+/// [`roll`] on one host.
+async fn roll_host(
+    cx: &Apply<'_>,
+    h: &HostConn,
+    phase: PhaseName,
+    start: StartPhase,
+) -> Result<()> {
+    {
+        let specs = cx.components(&h.host, start);
+        start_units_then(cx, h, phase, &specs, Restart::Waited).await?;
+        let pending = cx.state.pending_restarts.get(h.name());
+        let kubelet = specs.iter().any(|s| s.component == Component::Kubelet)
+            && pending.is_some_and(|p| p.contains(&Component::Kubelet));
+        if kubelet {
+            let limit = KUBELET_HEALTHY_WITHIN.as_secs();
+            h.sh(phase, &healthz_script(KUBELET_HEALTHZ_PORT, limit))
+                .await
+                .map_err(|e| {
+                    fail(
+                        phase,
+                        h.name(),
+                        format!(
+                            "the kubelet did not answer its health check within {limit} s of its \
+                             restart (`journalctl -u kubelet` on the host says why): {e:#}"
+                        ),
+                    )
+                })?;
+        }
+        cx.reporter
+            .step(phase, h.name(), "restarted and back (one host at a time)");
+    }
+    Ok(())
+}
+
+/// Waits up to `limit` seconds for `/healthz` on loopback `port` to say `ok` (bash's
+/// /dev/tcp: no HTTP client needed on the host).
+fn healthz_script(port: u16, limit: u64) -> String {
+    format!(
+        "timeout {limit} bash -c 'until (exec 3<>/dev/tcp/127.0.0.1/{port} && \
+         printf \"GET /healthz HTTP/1.0\\r\\n\\r\\n\" >&3 && grep -q \"^ok\" <&3) 2>/dev/null; \
+         do sleep 0.5; done'"
+    )
 }
 
 /// Every node's Node and pod subnet and CNI configuration, then its kubelet (which finds
@@ -774,17 +982,24 @@ async fn runtime(cx: &mut Apply<'_>) -> Result<()> {
 async fn nodes(cx: &mut Apply<'_>) -> Result<()> {
     let api: Api<Node> = Api::all(cx.client(PhaseName::Nodes).await?);
     pod_subnets(cx, &api).await?;
+    let phase = PhaseName::Nodes;
+    let rolling = restarting_hosts(cx, phase, StartPhase::Nodes).await?;
     let started = &*cx;
+    let rolling = &rolling;
     all(&started.hosts, |h| async move {
+        if rolling.contains(h.name()) {
+            return Ok(());
+        }
         start_units(
             started,
             h,
-            PhaseName::Nodes,
+            phase,
             &started.components(&h.host, StartPhase::Nodes),
         )
         .await
     })
     .await?;
+    roll(cx, phase, StartPhase::Nodes, rolling).await?;
     restarted(cx, StartPhase::Nodes)
 }
 
@@ -1531,5 +1746,45 @@ mod tests {
         ] {
             assert_eq!(apply_wave(path), wave, "{path}");
         }
+    }
+
+    /// The health check a rolling restart waits for, run by the shell against a server on
+    /// loopback: `ok` passes; another answer, or no server, fails once its limit has passed.
+    #[test]
+    fn the_healthz_script_waits_for_ok() {
+        use std::io::{Read as _, Write as _};
+        let serve = |body: &'static str| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().take(8) {
+                    let Ok(mut s) = stream else { continue };
+                    let mut buf = [0u8; 512];
+                    let _ = s.read(&mut buf);
+                    let _ = write!(
+                        s,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            port
+        };
+        let run = |port: u16, limit: u64| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(super::healthz_script(port, limit))
+                .status()
+                .expect("sh")
+                .success()
+        };
+        assert!(run(serve("ok"), 10));
+        assert!(!run(serve("[-]ping failed"), 1));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        assert!(!run(closed, 1));
     }
 }

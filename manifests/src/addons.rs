@@ -913,11 +913,14 @@ pub fn update_agent_units() -> [(&'static str, String); 6] {
                  [Path]\nPathExists=/run/reboot-required\n\n[Install]\nWantedBy=multi-user.target\n"
             ),
         ),
+        // RemainAfterExit: while the file exists, a PathExists= path unit starts its service
+        // again each time that service is inactive; a oneshot that exits would be started
+        // in a loop until systemd's trigger limit fails the path unit.
         (
             "strata-reboot-required.service",
             format!(
                 "{head}[Unit]\nDescription=Strata: a reboot is required\n\n\
-                 [Service]\nType=oneshot\n\
+                 [Service]\nType=oneshot\nRemainAfterExit=yes\n\
                  ExecStart=/bin/sh -c 'mkdir -p {UPDATE_AGENT_RUN_DIR} && touch {UPDATE_AGENT_RUN_DIR}/reboot-required'\n"
             ),
         ),

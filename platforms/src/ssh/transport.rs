@@ -610,29 +610,65 @@ impl Connection {
                 .await
                 .map_err(|e| self.channel_err("sending input", e))?;
         }
+        let mut stdout = Vec::new();
+        let (status, stderr) = self
+            .read_to_end(channel, |data| {
+                stdout.extend_from_slice(data);
+                Ok(())
+            })
+            .await?;
+        Ok(CommandOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs `command` with nothing on its standard input and hands its standard output to
+    /// `sink` as it arrives (a large file brought here without holding it in memory); the
+    /// output returned has its standard error and status, and no standard output. A `sink`
+    /// error closes the channel and is returned.
+    pub async fn exec_streaming(
+        &self,
+        command: &str,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<CommandOutput, SshError> {
+        let channel = self.open_exec(command).await?;
+        let (status, stderr) = self.read_to_end(channel, sink).await?;
+        Ok(CommandOutput {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        })
+    }
+
+    /// Closes `channel`'s input and reads it to its end: standard output to `stdout`,
+    /// standard error kept. The exit status (255 when the command gave none) and the
+    /// standard error.
+    async fn read_to_end(
+        &self,
+        mut channel: russh::Channel<client::Msg>,
+        mut stdout: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(u32, Vec<u8>), SshError> {
         channel
             .eof()
             .await
             .map_err(|e| self.channel_err("closing input", e))?;
-        let (mut out, mut status) = (
-            CommandOutput {
-                status: 255,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            },
-            None,
-        );
-        let mut channel = channel;
+        let (mut stderr, mut status) = (Vec::new(), None);
         while let Some(msg) = channel.wait().await {
             match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::Data { data } => {
+                    if let Err(e) = stdout(&data) {
+                        let _ = channel.close().await;
+                        return Err(self.channel_err("keeping the command's output", e));
+                    }
+                }
+                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                 _ => {}
             }
         }
-        out.status = status.unwrap_or(255);
-        Ok(out)
+        Ok((status.unwrap_or(255), stderr))
     }
 
     /// Starts `command` with `input` on its standard input, which stays open: the command
