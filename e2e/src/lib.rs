@@ -731,6 +731,32 @@ pub fn renew_under_probe(
 /// once, they start within a few milliseconds of each other).
 const KUBELET_ROLL_GAP_US: u64 = 300_000;
 
+/// `strata restore --from BACKUP --yes --output json` in `dir`, which must succeed (`what`
+/// names it): its JSON events; the time it took and that of each phase printed.
+pub fn restored(dir: &Path, backup: &Path, what: &str) -> String {
+    let started = Instant::now();
+    let out = ok(
+        &strata(
+            dir,
+            &[
+                "restore",
+                "--from",
+                &backup.to_string_lossy(),
+                "--yes",
+                "--output",
+                "json",
+            ],
+        ),
+        what,
+    );
+    println!(
+        "{what}: {:.1} s (phases: {})",
+        started.elapsed().as_secs_f64(),
+        phase_seconds(&out)
+    );
+    out
+}
+
 /// The time of each phase of an apply whose JSON events are `out` (`--output json`), as
 /// `upload 1.2, etcd 3.4, ...` (seconds).
 pub fn phase_seconds(out: &str) -> String {

@@ -115,22 +115,7 @@ fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
             format!(r#""host":"{host}","step":"joined etcd as a learner, caught up, promoted""#);
         assert!(out.contains(&joined), "{out}");
     }
-    for i in 0..5 {
-        let v = ok(
-            &kubectl(
-                kc,
-                &[
-                    "get",
-                    "configmap",
-                    &format!("before-{i}"),
-                    "-o",
-                    "jsonpath={.data.n}",
-                ],
-            ),
-            "configmap after growing",
-        );
-        assert_eq!(v, i.to_string());
-    }
+    the_first_objects_are_there(kc, "after growing");
     let want: Vec<(String, bool)> = ["cp1", "cp2", "cp3"]
         .iter()
         .map(|n| ((*n).to_owned(), false))
@@ -242,6 +227,27 @@ fn one_control_plane_host_grown_to_three_through_the_node_local_balancers() {
     restored_on_three_members(dir.path(), kc, &backup);
 }
 
+/// The configmaps made on the first control-plane host, `before-0` to `before-4`, hold their
+/// values (`when`: the step of the test).
+fn the_first_objects_are_there(kc: &Path, when: &str) {
+    for i in 0..5 {
+        let v = ok(
+            &kubectl(
+                kc,
+                &[
+                    "get",
+                    "configmap",
+                    &format!("before-{i}"),
+                    "-o",
+                    "jsonpath={.data.n}",
+                ],
+            ),
+            &format!("configmap before-{i} {when}"),
+        );
+        assert_eq!(v, i.to_string(), "before-{i} {when}");
+    }
+}
+
 /// The etcd cluster id, as `host`'s member says.
 fn cluster_id(host: &str) -> String {
     let out = on_machine(NAME, host, &format!("{ETCDCTL} member list -w json"));
@@ -258,27 +264,12 @@ fn restored_on_three_members(dir: &Path, kc: &Path, backup: &Path) {
         "configmap after the backup",
     );
     let id_before = cluster_id("cp1");
-    let started = Instant::now();
-    let out = ok(
-        &strata(
-            dir,
-            &[
-                "restore",
-                "--from",
-                &backup.to_string_lossy(),
-                "--yes",
-                "--output",
-                "json",
-            ],
-        ),
-        "restore on three members",
+    let out = strata_e2e::restored(
+        dir,
+        backup,
+        "restore in place on three etcd members and a worker",
     );
     assert!(out.contains("on 3 member(s)"), "{out}");
-    println!(
-        "restore in place on three etcd members and a worker: {:.1} s (phases: {})",
-        started.elapsed().as_secs_f64(),
-        strata_e2e::phase_seconds(&out)
-    );
     let want: Vec<(String, bool)> = ["cp1", "cp2", "cp3"]
         .iter()
         .map(|n| ((*n).to_owned(), false))
@@ -291,22 +282,7 @@ fn restored_on_three_members(dir: &Path, kc: &Path, backup: &Path) {
         let health = on_machine(NAME, host, &format!("{ETCDCTL} endpoint health 2>&1"));
         assert!(health.contains("is healthy"), "{host}: {health}");
     }
-    for i in 0..5 {
-        let v = ok(
-            &kubectl(
-                kc,
-                &[
-                    "get",
-                    "configmap",
-                    &format!("before-{i}"),
-                    "-o",
-                    "jsonpath={.data.n}",
-                ],
-            ),
-            "configmap of the backup",
-        );
-        assert_eq!(v, i.to_string());
-    }
+    the_first_objects_are_there(kc, "after the restore");
     let later = kubectl(kc, &["get", "configmap", "after-backup"]);
     assert!(
         !later.status.success() && String::from_utf8_lossy(&later.stderr).contains("NotFound"),

@@ -86,30 +86,11 @@ fn restored_in_place(dir: &Path, file: &Path, backup: &Path, kubeconfig: &Path) 
         "operator still there"
     );
     let before = addon_pods(kubeconfig);
-    let started = Instant::now();
-    let out = ok(
-        &strata(
-            dir,
-            &[
-                "restore",
-                "--from",
-                &backup.to_string_lossy(),
-                "--yes",
-                "--output",
-                "json",
-            ],
-        ),
-        "restore in place",
-    );
+    let out = strata_e2e::restored(dir, backup, "restore in place on the running machine");
     assert!(out.contains("restored the backup of"), "{out}");
     assert!(
         out.contains("Nodes of hosts no longer in the file deleted: w1"),
         "{out}"
-    );
-    println!(
-        "restore in place on the running machine: {:.1} s (phases: {})",
-        started.elapsed().as_secs_f64(),
-        strata_e2e::phase_seconds(&out)
     );
     ok(
         &kubectl(kubeconfig, &["get", "configmap", "before-backup"]),
@@ -331,27 +312,8 @@ fn a_backup_restores_onto_new_machines_with_other_addresses() {
     );
     std::fs::write(&file, cluster("198.18.0.12", "198.18.0.13")).expect("write");
     ok(&strata(dir, &["local", "up"]), "local up, new machines");
-    let started = Instant::now();
-    let out = ok(
-        &strata(
-            dir,
-            &[
-                "restore",
-                "--from",
-                &backup.to_string_lossy(),
-                "--yes",
-                "--output",
-                "json",
-            ],
-        ),
-        "restore",
-    );
+    let out = strata_e2e::restored(dir, &backup, "restore onto two new machines");
     assert!(out.contains("restored the backup of"), "{out}");
-    println!(
-        "restore onto two new machines: {:.1} s (phases: {})",
-        started.elapsed().as_secs_f64(),
-        strata_e2e::phase_seconds(&out)
-    );
 
     // The objects of the backup, not the later one; the Secret readable.
     ok(

@@ -20,22 +20,6 @@ fn arg<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
         .with_context(|| format!("missing {name}"))
 }
 
-/// SIGTERM or SIGINT arrived.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn run(args: Vec<String>) -> Result<()> {
     if args.first().map(String::as_str) == Some("run") {
         let node = std::env::var("NODE_NAME").context("NODE_NAME: this node's name")?;
@@ -49,9 +33,12 @@ async fn run(args: Vec<String>) -> Result<()> {
         // The agent is its container's first process: SIGTERM, which the kubelet sends to
         // stop it, is ignored unless handled, and the pod would wait out its grace period.
         // The datapath stays programmed when it exits; the next agent takes it over.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?;
         return tokio::select! {
             r = strata_overlay::agent::run(&node, &opts) => r,
-            () = terminated() => Ok(()),
+            _ = term.recv() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
         };
     }
     let dev = Device {
