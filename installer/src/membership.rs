@@ -168,14 +168,22 @@ async fn restore(cx: &mut Apply<'_>, seed: &crate::backup::Seed) -> Result<()> {
             .extend(all);
     }
     cx.state.restoring = seed.from.display().to_string();
-    cx.save_state()?;
+    if let Err(e) = cx.save_state() {
+        discard_snapshot(cx).await;
+        return Err(e);
+    }
     // Restored Nodes say Ready as they did at the backup: wait-ready wants newer word.
     cx.ready_after = seed.record.taken_at.parse().ok();
     let members = etcd_members(cx);
     let bin = catalog::BIN_DIR;
     let want_revision = seed.record.etcd_revision;
     let stamp = now_secs();
-    stop_and_set_aside(cx, &members, stamp).await?;
+    if let Err(e) = stop_and_set_aside(cx, &members, stamp).await {
+        // Run again, the restore places it again; meanwhile no copy of every Secret lies
+        // about (etcd's own data, set aside or not, stays where it is).
+        discard_snapshot(cx).await;
+        return Err(e);
+    }
     let initial: Vec<String> = members
         .iter()
         .map(|h| format!("{}={}", h.name(), peer_url(h)))

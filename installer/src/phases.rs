@@ -271,17 +271,20 @@ async fn upload(cx: &mut Apply<'_>) -> Result<()> {
         // A restore: its snapshot checked on the etcd hosts before any unit stops.
         crate::membership::prepare_restore(cx, seed).await?;
         for (h, removals) in &deferred {
-            if let Err(e) = remove_unrendered(cx, h, removals).await {
-                crate::membership::discard_snapshot(cx).await;
-                return Err(e);
-            }
-            if let Some(files) = cx.state.hosts.get_mut(h.name()) {
+            let removed = remove_unrendered(cx, h, removals).await;
+            if removed.is_ok()
+                && let Some(files) = cx.state.hosts.get_mut(h.name())
+            {
                 for (path, _) in removals {
                     files.remove(path);
                 }
             }
+            // Saved host by host: what is gone is not planned again.
+            if let Err(e) = removed.and_then(|()| cx.save_state()) {
+                crate::membership::discard_snapshot(cx).await;
+                return Err(e);
+            }
         }
-        cx.save_state()?;
         cx.seed_placed = true;
     }
     Ok(())
