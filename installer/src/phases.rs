@@ -943,30 +943,28 @@ async fn roll_host(
     phase: PhaseName,
     start: StartPhase,
 ) -> Result<()> {
-    {
-        let specs = cx.components(&h.host, start);
-        start_units_then(cx, h, phase, &specs, Restart::Waited).await?;
-        let pending = cx.state.pending_restarts.get(h.name());
-        let kubelet = specs.iter().any(|s| s.component == Component::Kubelet)
-            && pending.is_some_and(|p| p.contains(&Component::Kubelet));
-        if kubelet {
-            let limit = KUBELET_HEALTHY_WITHIN.as_secs();
-            h.sh(phase, &healthz_script(KUBELET_HEALTHZ_PORT, limit))
-                .await
-                .map_err(|e| {
-                    fail(
-                        phase,
-                        h.name(),
-                        format!(
-                            "the kubelet did not answer its health check within {limit} s of its \
-                             restart (`journalctl -u kubelet` on the host says why): {e:#}"
-                        ),
-                    )
-                })?;
-        }
-        cx.reporter
-            .step(phase, h.name(), "restarted and back (one host at a time)");
+    let specs = cx.components(&h.host, start);
+    start_units_then(cx, h, phase, &specs, Restart::Waited).await?;
+    let pending = cx.state.pending_restarts.get(h.name());
+    let kubelet = specs.iter().any(|s| s.component == Component::Kubelet)
+        && pending.is_some_and(|p| p.contains(&Component::Kubelet));
+    if kubelet {
+        let limit = KUBELET_HEALTHY_WITHIN.as_secs();
+        h.sh(phase, &healthz_script(KUBELET_HEALTHZ_PORT, limit))
+            .await
+            .map_err(|e| {
+                fail(
+                    phase,
+                    h.name(),
+                    format!(
+                        "the kubelet did not answer its health check within {limit} s of its \
+                         restart (`journalctl -u kubelet` on the host says why): {e:#}"
+                    ),
+                )
+            })?;
     }
+    cx.reporter
+        .step(phase, h.name(), "restarted and back (one host at a time)");
     Ok(())
 }
 
