@@ -14,6 +14,7 @@ pub mod throughput;
 
 pub mod browser;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -627,6 +628,16 @@ pub fn renew_under_probe(
         )
     };
     let balancer = started(node);
+    let path_unit = || {
+        on_machine(
+            cluster,
+            node,
+            "systemctl show -p ActiveEnterTimestampMonotonic strata-reboot.path",
+        )
+    };
+    let path_unit_before = path_unit();
+    let kubeconfig = state.join("auth/kubeconfig");
+    let agents_before = agent_pods(&kubeconfig);
     let probe = ApiProbe::start(cluster, node);
     ok(
         &strata(dir, &["certs", "renew", "--all"]),
@@ -712,6 +723,26 @@ pub fn renew_under_probe(
         "{member}'s etcd serves its renewed certificate"
     );
     assert_eq!(started(node), balancer, "{node}'s balancer was restarted");
+    // The agents read their renewed identities from the host when they start: each node's
+    // pods replaced. The host's path units do not read them: not restarted.
+    let agents_after = agent_pods(&kubeconfig);
+    assert!(!agents_before.is_empty(), "no agent pods");
+    for (key, pod) in &agents_before {
+        let now = agents_after.get(key);
+        assert!(
+            now.is_some_and(|p| p != pod),
+            "{key:?}: pod {pod} not replaced ({now:?})"
+        );
+    }
+    println!(
+        "agent pods replaced: {} (every node's overlay and update agents)",
+        agents_after.len()
+    );
+    assert_eq!(
+        path_unit(),
+        path_unit_before,
+        "strata-reboot.path restarted"
+    );
     let journal = on_machine(
         cluster,
         node,
@@ -724,6 +755,33 @@ pub fn renew_under_probe(
     let plan = ok(&strata(dir, &["plan"]), "plan");
     assert!(plan.contains("Nothing to do"), "{plan}");
     report
+}
+
+/// The pods of the overlay and update agents' DaemonSets, by (DaemonSet, node).
+fn agent_pods(kubeconfig: &Path) -> BTreeMap<(String, String), String> {
+    let pods = kubectl_json(kubeconfig, &["pods", "-n", "strata-system"]);
+    let mut out = BTreeMap::new();
+    for p in pods["items"].as_array().into_iter().flatten() {
+        let owner = &p["metadata"]["ownerReferences"][0];
+        if owner["kind"] != "DaemonSet" || !p["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let key = (
+            owner["name"].as_str().unwrap_or_default().to_owned(),
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        out.insert(
+            key,
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    out
 }
 
 /// The least time between two kubelets' restarts in a rolling restart, in microseconds: a

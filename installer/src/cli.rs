@@ -259,7 +259,8 @@ pub struct ApplyArgs {
     pub dry_run: bool,
     /// Run only this phase (after connect and facts), e.g. `--phase addons` to send the
     /// cluster objects again; the phases before it must have run. Restarts still pending
-    /// from an earlier run are done by the phase that starts those units.
+    /// from an earlier run are done by the phase that starts those units (pods that read host
+    /// files: by wait-ready).
     #[arg(long, value_name = "PHASE")]
     pub phase: Option<strata_manifests::plan::PhaseName>,
 }

@@ -29,6 +29,7 @@ mod local;
 mod membership;
 mod ops;
 mod phases;
+mod pod_restarts;
 mod render;
 mod reset;
 mod restored;

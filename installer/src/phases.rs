@@ -614,25 +614,33 @@ async fn start_units_then(
         .collect();
     // systemd reads the unit files again when a unit changed on disk (NeedDaemonReload), is
     // unknown, or is loaded from another file than Strata's (a package's unit in /lib that
-    // Strata's in /etc now overrides: systemd does not notice that one by itself).
+    // Strata's in /etc now overrides: systemd does not notice that one by itself). Then
+    // the units' failed state and start counters are reset: apply starts them on purpose,
+    // and systemd's start limit (5 starts in 10 s, there to stop crash loops) refused a
+    // path unit's restart in an e2e run ("Job failed"; six restarts in a row do it).
+    // systemd resets each unit it holds and says "not loaded" for one it does not (it has
+    // nothing to reset: a unit enabled without a reload, say): that is not a failure.
     let mut cmd = format!(
         "systemctl enable --quiet --no-reload {list} && \
          if systemctl show -p Id -p LoadState -p NeedDaemonReload -p FragmentPath {} | awk -F= '\
          function check() {{ if (id != \"\" && path != \"/etc/systemd/system/\" id) stale = 1; id = \"\"; path = \"\" }} \
          /^$/ {{ check() }} $1 == \"Id\" {{ id = $2 }} $1 == \"FragmentPath\" {{ path = $2 }} \
          $0 == \"LoadState=not-found\" || $0 == \"NeedDaemonReload=yes\" {{ stale = 1 }} \
-         END {{ check(); exit !stale }}'; then systemctl daemon-reload; fi",
+         END {{ check(); exit !stale }}'; then systemctl daemon-reload; fi && \
+         {{ systemctl reset-failed {list} 2>/dev/null || true; }}",
         every.join(" ")
     );
     if !restart.is_empty() {
         let restart = restart.join(" ");
         cmd.push_str(&match how {
             Restart::Queued => format!(" && systemctl restart --no-block {restart}"),
-            // `is-active` with several units says yes when any one is active: each alone.
+            // `is-active` with several units says yes when any one is active: each alone;
+            // a unit that is not says why (systemd's own error names no unit).
             Restart::Waited => format!(
-                " && systemctl restart {restart} && for u in {restart}; do \
+                " && {{ systemctl restart {restart}; r=$?; for u in {restart}; do \
                  systemctl is-active --quiet \"$u\" || {{ echo \"$u is $(systemctl is-active \"$u\") \
-                 after its restart\" >&2; exit 1; }}; done"
+                 after its restart:\" >&2; systemctl status --no-pager --lines=10 \"$u\" >&2; r=1; }}; \
+                 done; [ $r -eq 0 ]; }}"
             ),
         });
     }
@@ -665,7 +673,7 @@ fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
 }
 
 /// The pending restarts of `phase`'s components on host `h` are done (not saved yet).
-fn restarted_on(cx: &mut Apply<'_>, h: &Host, phase: StartPhase) {
+pub(crate) fn restarted_on(cx: &mut Apply<'_>, h: &Host, phase: StartPhase) {
     let started: BTreeSet<Component> = cx
         .components(h, phase)
         .iter()
@@ -1642,7 +1650,9 @@ async fn wait_ready(cx: &mut Apply<'_>) -> Result<()> {
         cx.reporter
             .step(phase, "overlay", "an agent running on every node");
     }
-    Ok(())
+    // Now that every node runs: the agents whose identity on their host changed.
+    let client = cx.client(phase).await?;
+    crate::pod_restarts::run(cx, phase, &client).await
 }
 
 async fn kubeconfig(cx: &mut Apply<'_>) -> Result<()> {

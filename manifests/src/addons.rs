@@ -300,6 +300,9 @@ pub const OVERLAY_DIR: &str = "/etc/strata/overlay";
 /// The overlay agents' DaemonSet (in [`NAMESPACE`]).
 pub const OVERLAY_DAEMONSET: &str = "strata-overlay";
 
+/// The update agents' DaemonSet (in [`NAMESPACE`]).
+pub const UPDATE_AGENT_DAEMONSET: &str = "strata-update-agent";
+
 /// The overlay's objects (none when `spec.addons.overlay.enabled` is false): the OverlayNode
 /// CRD and one OverlayNode per host (empty: its agent publishes into it), read access for
 /// every agent, per node the right to write only that node's OverlayNode, and the DaemonSet.
@@ -795,7 +798,7 @@ pub fn update_operator(c: &Cluster) -> Result<Vec<ClusterObject>, RenderError> {
             .for_host(node),
         );
     }
-    let agent_name = "strata-update-agent";
+    let agent_name = UPDATE_AGENT_DAEMONSET;
     let agent_labels: BTreeMap<String, String> =
         [("app.kubernetes.io/name".into(), agent_name.into())].into();
     let agent = Container {

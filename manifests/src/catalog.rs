@@ -140,6 +140,10 @@ pub struct Spec {
     /// Prefixes of the iptables chains it creates (removed by reset, with the rules that
     /// jump to them).
     pub chains: &'static [&'static str],
+    /// The DaemonSet (in [`crate::addons::NAMESPACE`]) whose pod on each node reads this
+    /// component's files on that node (its identity, mounted from the host): a change
+    /// replaces that node's pod, as a change restarts a unit.
+    pub daemonset: Option<&'static str>,
 }
 
 /// Where Strata installs the binaries it ships.
@@ -179,6 +183,7 @@ const fn base(
         run_paths: &[],
         links: &[],
         chains: &[],
+        daemonset: None,
     }
 }
 
@@ -345,6 +350,7 @@ pub const CATALOG: &[Spec] = &[
         health: Health::PodsRunning,
         run_paths: &["/etc/cni/net.d/10-strata.conflist"],
         links: &["strata.*"],
+        daemonset: Some(crate::addons::OVERLAY_DAEMONSET),
         ..base(
             Component::Overlay,
             "overlay",
@@ -354,6 +360,7 @@ pub const CATALOG: &[Spec] = &[
     },
     Spec {
         health: Health::PodsRunning,
+        daemonset: Some(crate::addons::UPDATE_AGENT_DAEMONSET),
         ..base(
             Component::UpdateOperator,
             "update-operator",
@@ -485,6 +492,11 @@ pub fn restarts(
         .filter(|s| changed.contains(&s.component))
         .flat_map(|s| s.started_units())
         .collect()
+}
+
+/// How plan and apply name the replacement of a DaemonSet's pod on one host.
+pub fn pod_restart_path(daemonset: &str) -> String {
+    format!("pod of daemonset {}/{daemonset}", crate::addons::NAMESPACE)
 }
 
 #[cfg(test)]

@@ -432,8 +432,11 @@ pub fn file_actions(
     out
 }
 
-/// The components whose units restart after `changes` to one host's files: the readers of
-/// every created or updated file (as rendered now) and of every removed one (as applied).
+/// The components whose units restart (or whose pods on the host are replaced) after
+/// `changes` to one host's files: the readers of every created or updated file (as rendered
+/// now) and of every removed one (as applied). A created file is no change for the pods
+/// that read it: their host directory is mounted as one that must exist, which the file's
+/// creation makes, so they start after it.
 pub fn changed_components(
     changes: &[Action],
     want: &BTreeMap<String, AppliedFile>,
@@ -442,11 +445,16 @@ pub fn changed_components(
     changes
         .iter()
         .filter_map(|a| match a.kind {
-            ActionKind::Create | ActionKind::Update => want.get(&a.path),
-            ActionKind::Remove => have.get(&a.path),
+            ActionKind::Create | ActionKind::Update => want.get(&a.path).map(|f| (a.kind, f)),
+            ActionKind::Remove => have.get(&a.path).map(|f| (a.kind, f)),
             _ => None,
         })
-        .flat_map(|f| f.users.iter().copied())
+        .flat_map(|(kind, f)| {
+            f.users
+                .iter()
+                .copied()
+                .filter(move |c| kind != ActionKind::Create || c.spec().daemonset.is_none())
+        })
         .collect()
 }
 
@@ -468,11 +476,21 @@ pub fn plan(
         let changes = file_actions(host, w, h);
         let mut changed = changed_components(&changes, w, h);
         changed.extend(have.pending_restarts.get(host).unwrap_or(&no_pending));
-        for unit in crate::catalog::restarts(&changed, running(host)) {
+        let running = running(host);
+        for unit in crate::catalog::restarts(&changed, running.iter().copied()) {
             restarts.push(Action {
                 kind: ActionKind::Restart,
                 host: host.clone(),
                 path: unit.into(),
+            });
+        }
+        // Pods that read changed files on the host: replaced (see `Spec::daemonset`).
+        let readers = running.iter().filter(|s| changed.contains(&s.component));
+        for ds in readers.filter_map(|s| s.daemonset) {
+            restarts.push(Action {
+                kind: ActionKind::Restart,
+                host: host.clone(),
+                path: crate::catalog::pod_restart_path(ds),
             });
         }
         files.extend(changes);
@@ -610,6 +628,54 @@ mod tests {
                 host: "w1".into(),
                 path: "kubelet.service".into()
             }]
+        );
+    }
+
+    #[test]
+    fn an_agent_identity_changed_replaces_the_nodes_agent_pod_not_host_units() {
+        use Component::*;
+        let mut have = AppliedState::default();
+        have.hosts.insert(
+            "w1".into(),
+            [
+                ("/overlay".to_string(), file("1", &[Overlay])),
+                ("/agent".to_string(), file("1", &[UpdateOperator])),
+                ("/unit".to_string(), file("1", &[UpdateAgentHost])),
+            ]
+            .into(),
+        );
+        let mut want = have.clone();
+        for f in ["/overlay", "/agent"] {
+            want.hosts
+                .get_mut("w1")
+                .and_then(|h| h.get_mut(f))
+                .expect("file")
+                .sha256 = "2".into();
+        }
+        let running = |_: &str| {
+            vec![
+                UpdateAgentHost.spec(),
+                Overlay.spec(),
+                UpdateOperator.spec(),
+            ]
+        };
+        // Created (a new node, the addon turned on): its pods start after them.
+        let restarts_from_nothing = plan(&want, &AppliedState::default(), running)
+            .into_iter()
+            .filter(|a| a.kind == ActionKind::Restart && a.path.starts_with("pod of"))
+            .count();
+        assert_eq!(restarts_from_nothing, 0);
+        let restarts: Vec<String> = plan(&want, &have, running)
+            .into_iter()
+            .filter(|a| a.kind == ActionKind::Restart)
+            .map(|a| a.path)
+            .collect();
+        assert_eq!(
+            restarts,
+            [
+                "pod of daemonset strata-system/strata-overlay",
+                "pod of daemonset strata-system/strata-update-agent"
+            ]
         );
     }
 

@@ -308,7 +308,8 @@ pub fn render(cluster: &Cluster, state: &StateDir) -> Result<Rendered, RenderErr
                             .file(&format!("kubeconfigs/overlay-{}.conf", h.name)),
                     )?,
                 ),
-                // Cluster objects only (see objects::cluster_objects).
+                // Cluster objects (see objects::cluster_objects); the update agent's pods read
+                // the kubeconfig update_agent_files writes.
                 Component::UpdateOperator | Component::Dns => {}
             }
         }
@@ -1218,8 +1219,9 @@ fn vip_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderErro
 /// The update agent's identity on its node, and the path units it works through.
 fn update_agent_files(ctx: &Ctx<'_>, h: &Host, t: &mut HostTree) -> Result<(), RenderError> {
     use crate::addons::UPDATE_AGENT_DIR;
+    // Read by the agent's pod (the update operator's DaemonSet), not by the host's units.
     t.add(
-        Component::UpdateAgentHost,
+        Component::UpdateOperator,
         format!("{UPDATE_AGENT_DIR}/kubeconfig"),
         0o600,
         ctx.read(
