@@ -649,16 +649,17 @@ pub fn renew_under_probe(
         "certs renew --all kept the API server's certificate"
     );
     let t = Instant::now();
-    ok(
-        &strata(dir, &["apply"]),
+    let out = ok(
+        &strata(dir, &["apply", "--output", "json"]),
         "apply of the renewed certificates",
     );
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let report = probe.stop();
     println!(
-        "renewed certificates rolled out in {:.1} s: {report}",
-        took.as_secs_f64()
+        "renewed certificates rolled out in {:.1} s ({}): {report}",
+        took.as_secs_f64(),
+        phase_seconds(&out)
     );
     // The probe asks up to ten times a second (a request takes at most 2 s): if it stopped,
     // its silence would pass for no failure.

@@ -375,7 +375,9 @@ pub async fn admin_client(cs: &ClusterState) -> Result<kube::Client> {
 
 /// Without the client's automatic retries of 429: a refused eviction (a PodDisruptionBudget
 /// that allows none) is the answer a drain must see and name, not something the client waits
-/// out for up to 1,000 s per request; apply's waits have their own limits.
+/// out for up to 1,000 s per request; apply's waits have their own limits. A request whose
+/// answer stops coming fails after [`API_READ_TIMEOUT`] (the client waits forever without
+/// one) and those waits try again: apply makes no watches or other long requests.
 async fn admin_config(cs: &ClusterState) -> Result<kube::Config> {
     let path = cs.state.file("auth/kubeconfig");
     let kc = Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -383,8 +385,12 @@ async fn admin_config(cs: &ClusterState) -> Result<kube::Config> {
         .await
         .context("admin kubeconfig")?;
     config.default_retry = false;
+    config.read_timeout = Some(API_READ_TIMEOUT);
     Ok(config)
 }
+
+/// How long apply's API client waits for an answer to go on arriving.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin client against one API server (`host:port`).
 pub async fn client_at(cs: &ClusterState, server: &str) -> Result<kube::Client> {

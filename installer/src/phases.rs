@@ -673,7 +673,7 @@ fn restarted(cx: &mut Apply<'_>, phase: StartPhase) -> Result<()> {
 }
 
 /// The pending restarts of `phase`'s components on host `h` are done (not saved yet).
-pub(crate) fn restarted_on(cx: &mut Apply<'_>, h: &Host, phase: StartPhase) {
+fn restarted_on(cx: &mut Apply<'_>, h: &Host, phase: StartPhase) {
     let started: BTreeSet<Component> = cx
         .components(h, phase)
         .iter()

@@ -5,7 +5,7 @@
 //! that started after the files changed (the DaemonSet's own rollout replaced it) already
 //! reads them and stays.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -151,11 +151,12 @@ async fn replace(
         .labels(&selector)
         .fields(&format!("spec.nodeName={node}"));
     let found = pods.list(&on_node).await.with_context(|| what.clone())?;
-    let old: BTreeSet<String> = found
+    // The old pods, each with the containers it runs now: the ones that must stop.
+    let old: BTreeMap<String, BTreeSet<String>> = found
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some() || !started_after(p, changed_at))
-        .filter_map(|p| p.metadata.name.clone())
+        .filter_map(|p| Some((p.metadata.name.clone()?, running_containers(p))))
         .collect();
     if old.is_empty() {
         return Ok(if found.items.is_empty() {
@@ -164,7 +165,7 @@ async fn replace(
             "its pod started after the files changed: kept"
         });
     }
-    for name in &old {
+    for name in old.keys() {
         match pods.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -178,7 +179,10 @@ async fn replace(
         async move {
             let now = pods.list(&on_node).await?;
             let new = now.items.iter().find(|p| {
-                p.metadata.name.as_ref().is_some_and(|n| !old.contains(n))
+                p.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| !old.contains_key(n))
                     && p.metadata.deletion_timestamp.is_none()
             });
             match new {
@@ -189,16 +193,19 @@ async fn replace(
                     why_not_ready(p)
                 ),
                 None => {
-                    let going: Vec<&Pod> = now
+                    let going: Vec<(&str, &Pod, &BTreeSet<String>)> = now
                         .items
                         .iter()
-                        .filter(|p| p.metadata.name.as_ref().is_some_and(|n| old.contains(n)))
+                        .filter_map(|p| {
+                            let name = p.metadata.name.as_deref()?;
+                            Some((name, p, old.get(name)?))
+                        })
                         .collect();
                     // The kubelet reports the containers stopped at once but removes the pod
                     // only at its next status sync (up to 10 s later), and the DaemonSet
-                    // waits for that: a pod whose containers all stopped is removed now.
-                    for p in going.iter().filter(|p| all_stopped(p)) {
-                        let name = p.metadata.name.as_deref().unwrap_or_default();
+                    // waits for that: a pod whose containers that ran all stopped (those,
+                    // not ones restarted since) is removed now.
+                    for (name, p, _) in going.iter().filter(|(_, p, ran)| stopped(p, ran)) {
                         let mut now = DeleteParams::default().grace_period(0);
                         now.preconditions = Some(Preconditions {
                             uid: p.metadata.uid.clone(),
@@ -237,15 +244,31 @@ fn started_after(p: &Pod, t: i64) -> bool {
     })
 }
 
-/// Whether the kubelet reports every container of the pod stopped.
-fn all_stopped(p: &Pod) -> bool {
+/// The ids of the pod's running containers.
+fn running_containers(p: &Pod) -> BTreeSet<String> {
     p.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .filter_map(|c| c.container_id.clone())
+        .collect()
+}
+
+/// Whether the kubelet reports every container of the pod stopped, each one of `ran`.
+fn stopped(p: &Pod, ran: &BTreeSet<String>) -> bool {
+    let statuses = p
+        .status
         .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|c| {
-            !c.is_empty()
-                && c.iter()
-                    .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+        .and_then(|s| s.container_statuses.as_ref());
+    !ran.is_empty()
+        && statuses.is_some_and(|c| {
+            c.iter().all(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.container_id.as_ref())
+                    .is_some_and(|id| ran.contains(id))
+            })
         })
 }
 
@@ -279,7 +302,7 @@ fn why_not_ready(p: &Pod) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStatus, PodStatus,
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, PodStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -300,6 +323,50 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    fn with_container(id: &str, running: bool) -> Pod {
+        let state = if running {
+            ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..ContainerState::default()
+            }
+        } else {
+            ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    container_id: Some(id.into()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }
+        };
+        Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "agent".into(),
+                    container_id: Some(id.into()),
+                    state: Some(state),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn only_the_containers_seen_running_count_as_stopped() {
+        let ran = running_containers(&with_container("containerd://a", true));
+        assert_eq!(ran, ["containerd://a".to_string()].into());
+        assert!(stopped(&with_container("containerd://a", false), &ran));
+        // Restarted since (and stopped again): not the one that was asked to stop.
+        assert!(!stopped(&with_container("containerd://b", false), &ran));
+        assert!(!stopped(&with_container("containerd://a", true), &ran));
+        // Nothing ran when it was deleted: left to the kubelet.
+        assert!(!stopped(
+            &with_container("containerd://a", false),
+            &BTreeSet::new()
+        ));
     }
 
     #[test]
